@@ -1,0 +1,188 @@
+"""The `smg` command: `smg [launch]`, `smg serve`, `smg sim-worker`.
+
+Gateway flags are spelled as the reference gateway spells them, so a user can
+switch by changing the command name only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, NoReturn
+
+import trio
+
+from smg import __version__
+from smg.config import DEFAULT_REQUEST_ID_HEADERS, LOG_LEVELS, POLICIES, UPSTREAM_CLIENTS, ConfigError, GatewayConfig
+from smg.observability.logs import setup_logging
+from smg.server import run_gateway, run_serve
+from smg.testing.engine import SimConfig
+from smg.testing.fleet import run_fleet
+
+COMMANDS = ("launch", "serve", "sim-worker")
+
+EPILOG = """commands:
+  smg [launch] ...           run the gateway over --worker-urls (the default command)
+  smg serve --sim-workers N  run N simulated workers and a gateway over them (embedded default)
+  smg sim-worker ...         run simulated workers alone (see: smg sim-worker --help)
+"""
+
+SIM_HELP = {
+    "model": "model id the worker serves",
+    "seed": "seed of the fault draws and generated text (worker i uses seed + i)",
+    "ttft_ms": "fixed part of time to first token, in ms",
+    "prefill_tokens_per_sec": "prefill speed: uncached prompt tokens per second added to the TTFT",
+    "tpot_ms": "decode time per output token, in ms, with one running request",
+    "batch_slowdown": "fractional slowdown of decode per extra running request",
+    "max_running": "requests decoded at once; more wait in a FIFO queue",
+    "cache_blocks": "prefix KV-cache capacity in blocks of 16 tokens (LRU)",
+    "output_tokens": "output tokens when the request sets no max_tokens",
+    "embedding_dim": "dimension of generated embeddings",
+    "owned_by": "owned_by reported by /v1/models (gateways read the engine type from it)",
+    "fail_rate": "fraction of generation requests answered with --*fail-status",
+    "fail_status": "HTTP status of injected failures",
+    "unhealthy": "answer /health with 503",
+    "hang_rate": "fraction of requests that hang before the first byte until the client leaves",
+    "die_mid_stream_rate": "fraction of streams cut off half-way (connection dropped)",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"smg: error: {message}\n")
+
+
+def add_gateway_args(parser: argparse.ArgumentParser) -> None:
+    net = parser.add_argument_group("server")
+    net.add_argument("--host", default="0.0.0.0", help="address to bind the gateway (default: %(default)s)")
+    net.add_argument("--port", type=int, default=30000, help="port of the gateway (default: %(default)s)")
+    net.add_argument("--tls-cert-path", help="serve HTTPS with this PEM certificate (needs --tls-key-path)")
+    net.add_argument("--tls-key-path", help="PEM private key for --tls-cert-path")
+    net.add_argument("--max-payload-size", type=int, default=512 * 1024 * 1024, help="largest request body in bytes; larger gets 413 (default: %(default)s)")
+    net.add_argument("--request-timeout-secs", type=float, default=1800.0, help="longest a request may take end to end; then 504 (default: %(default)s)")
+    net.add_argument("--shutdown-grace-period-secs", type=float, default=180.0, help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)")
+    net.add_argument("--request-id-headers", nargs="+", default=list(DEFAULT_REQUEST_ID_HEADERS), metavar="HEADER", help="headers whose value is taken as the request id, first match wins (default: %(default)s)")
+    net.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but the probes and /v1/models; also sent to workers")
+
+    workers = parser.add_argument_group("workers and routing")
+    workers.add_argument("--worker-urls", nargs="*", default=[], metavar="URL", help="worker base URLs, e.g. http://127.0.0.1:8000")
+    workers.add_argument("--policy", choices=POLICIES, default="round_robin", help="load-balancing policy (default: %(default)s)")
+    workers.add_argument("--enable-igw", action="store_true", help="multi-model mode: start with no workers and serve whatever models workers added through /workers offer")
+    workers.add_argument("--worker-startup-timeout-secs", type=float, default=1800.0, help="how long a new worker may take to pass its first health check (default: %(default)s)")
+    workers.add_argument("--worker-startup-check-interval", type=float, default=1.0, help="longest pause between start-up probes, in seconds (default: %(default)s)")
+    workers.add_argument("--connect-timeout-secs", type=float, default=10.0, help="limit for opening a connection to a worker; then 502 (default: %(default)s)")
+    workers.add_argument("--upstream-client", choices=UPSTREAM_CLIENTS, default="h11", help="HTTP client of the data plane: the lean h11 pool or httpx (default: %(default)s)")
+    workers.add_argument("--upstream-max-idle-per-worker", type=int, default=256, help="idle keep-alive connections kept per worker (default: %(default)s)")
+
+    obs = parser.add_argument_group("logs and metrics")
+    obs.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
+    obs.add_argument("--log-json", action="store_true", help="one JSON object per log line, with the request id")
+    obs.add_argument("--prometheus-host", default="0.0.0.0", help="address of the /metrics server (default: %(default)s)")
+    obs.add_argument("--prometheus-port", type=int, default=29000, help="port of the /metrics server; 0 picks a free port (default: %(default)s)")
+
+
+def add_sim_args(parser: argparse.ArgumentParser, prefix: str) -> None:
+    group = parser.add_argument_group("simulated worker" + (f" (--{prefix}*)" if prefix else ""))
+    for f in dataclasses.fields(SimConfig):
+        flag = f"--{prefix}{f.name.replace('_', '-')}"
+        default = f.default
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=f"sim_{f.name}", action="store_true", help=SIM_HELP[f.name])
+        else:
+            group.add_argument(flag, dest=f"sim_{f.name}", type=type(default), default=default, help=f"{SIM_HELP[f.name]} (default: %(default)s)")
+
+
+def sim_config_from(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(**{f.name: getattr(args, f"sim_{f.name}") for f in dataclasses.fields(SimConfig)})
+
+
+def gateway_config_from(args: argparse.Namespace) -> GatewayConfig:
+    return GatewayConfig(
+        host=args.host,
+        port=args.port,
+        worker_urls=tuple(args.worker_urls),
+        policy=args.policy,
+        api_key=args.api_key,
+        tls_cert_path=args.tls_cert_path,
+        tls_key_path=args.tls_key_path,
+        max_payload_size=args.max_payload_size,
+        request_timeout_secs=args.request_timeout_secs,
+        connect_timeout_secs=args.connect_timeout_secs,
+        log_level=args.log_level,
+        log_json=args.log_json,
+        prometheus_host=args.prometheus_host,
+        prometheus_port=args.prometheus_port,
+        shutdown_grace_period_secs=args.shutdown_grace_period_secs,
+        request_id_headers=tuple(args.request_id_headers),
+        enable_igw=args.enable_igw,
+        worker_startup_timeout_secs=args.worker_startup_timeout_secs,
+        worker_startup_check_interval=args.worker_startup_check_interval,
+        upstream_client=args.upstream_client,
+        upstream_max_idle_per_worker=args.upstream_max_idle_per_worker,
+    )
+
+
+def build_parser(command: str) -> Parser:
+    if command == "launch":
+        parser = Parser(prog="smg", description="smg: high-availability LLM routing gateway", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--version", action="version", version=f"smg {__version__}")
+        add_gateway_args(parser)
+    elif command == "serve":
+        parser = Parser(prog="smg serve", description="simulated workers plus a gateway over them: the embedded default")
+        parser.add_argument("--sim-workers", type=int, default=2, help="how many simulated workers (default: %(default)s)")
+        parser.add_argument("--sim-host", default="127.0.0.1", help="address the simulated workers bind (default: %(default)s)")
+        parser.add_argument("--sim-port", type=int, default=None, help="port of the first simulated worker, the rest follow (default: gateway port + 1)")
+        add_gateway_args(parser)
+        add_sim_args(parser, "sim-")
+    else:
+        parser = Parser(prog="smg sim-worker", description="simulated OpenAI-compatible workers with a prefix KV-cache model")
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+        parser.add_argument("--port", type=int, default=8000, help="port of the first worker; 0 picks free ports (default: %(default)s)")
+        parser.add_argument("--count", type=int, default=1, help="workers on consecutive ports (default: %(default)s)")
+        parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+        parser.add_argument("--log-json", action="store_true")
+        add_sim_args(parser, "")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = "launch"
+    if args_list and args_list[0] in COMMANDS:
+        command = args_list.pop(0)
+    parser = build_parser(command)
+    args = parser.parse_args(args_list)
+    try:
+        runner = _runner(command, args)
+    except (ConfigError, ValueError) as exc:
+        parser.error(str(exc))
+    setup_logging(args.log_level, args.log_json)
+    try:
+        trio.run(runner)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _runner(command: str, args: argparse.Namespace) -> Any:
+    if command == "launch":
+        return partial(run_gateway, gateway_config_from(args), handle_signals=True)
+    sim = sim_config_from(args)
+    if command == "serve":
+        if args.sim_workers < 1:
+            raise ConfigError("--sim-workers must be at least 1")
+        config = gateway_config_from(args)
+        sim_port = args.sim_port if args.sim_port is not None else config.port + 1
+        if not 1 <= sim_port <= 65535 - args.sim_workers:
+            raise ConfigError(f"--sim-port {sim_port} leaves no room for {args.sim_workers} workers")
+        return partial(run_serve, config, sim, args.sim_workers, args.sim_host, sim_port)
+    if args.count < 1:
+        raise ConfigError("--count must be at least 1")
+    if not 0 <= args.port <= 65535 - args.count:
+        raise ConfigError(f"--port {args.port} leaves no room for {args.count} workers")
+    return partial(run_fleet, sim, args.host, args.port, args.count)

@@ -1,0 +1,108 @@
+"""Prometheus metrics of one gateway, named as the reference names them.
+
+Each gateway owns its registry (several gateways may live in one test
+process). Label children are cached so the hot path pays one dict lookup
+per metric instead of prometheus-client's label validation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from smg.asgi import Receive, Scope, Send, send_bytes, send_text, serve_lifespan
+
+disable_created_metrics()  # the `_created` series double the scrape for no use here
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _Cached:
+    """`metric.labels(*values)` memoised by the label tuple."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+    def remove(self, *values: str) -> None:
+        if self._children.pop(values, None) is not None:
+            self._metric.remove(*values)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.http_requests = _Cached(
+            Counter("smg_http_requests_total", "HTTP requests received", ["method", "path"], registry=r)
+        )
+        self.http_duration = _Cached(
+            Histogram(
+                "smg_http_request_duration_seconds",
+                "Time from request start to the end of the response",
+                ["method", "path"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.http_responses = _Cached(
+            Counter("smg_http_responses_total", "HTTP responses sent", ["path", "status_code"], registry=r)
+        )
+        self.router_requests = _Cached(
+            Counter("smg_router_requests_total", "Inference requests routed", ["route", "model", "stream"], registry=r)
+        )
+        self.router_errors = _Cached(
+            Counter("smg_router_request_errors_total", "Requests answered with an error", ["route", "error_code"], registry=r)
+        )
+        self.upstream_responses = _Cached(
+            Counter(
+                "smg_router_upstream_responses_total",
+                "Responses received from workers",
+                ["worker", "status_code"],
+                registry=r,
+            )
+        )
+        self.ttft = _Cached(
+            Histogram(
+                "smg_router_ttft_seconds",
+                "Time to the first streamed byte from the worker",
+                ["model"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.worker_active = _Cached(
+            Gauge("smg_worker_requests_active", "Requests in flight per worker", ["worker"], registry=r)
+        )
+        self.worker_health = _Cached(
+            Gauge("smg_worker_health", "1 if the worker is available, else 0", ["worker"], registry=r)
+        )
+        self.worker_pool_size = Gauge("smg_worker_pool_size", "Workers known to this gateway", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsApp:
+    """ASGI app serving `/metrics` on the separate Prometheus port."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+        elif scope["type"] == "http":
+            if scope["path"] in ("/metrics", "/"):
+                await send_bytes(send, 200, self.metrics.render(), content_type=(b"content-type", CONTENT_TYPE_LATEST.encode()))
+            else:
+                await send_text(send, 404, "not found; metrics are at /metrics")

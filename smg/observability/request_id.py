@@ -1,0 +1,35 @@
+"""Request ids: honour a client's id, else mint one shaped like the reference's."""
+
+from __future__ import annotations
+
+import random
+import string
+
+from smg.asgi import Scope
+
+_ALPHABET = string.ascii_letters + string.digits
+_rng = random.SystemRandom()
+
+# Route path -> prefix of generated ids, as the reference mints them.
+PREFIX_BY_PATH = {
+    "/v1/chat/completions": "chatcmpl-",
+    "/v1/completions": "cmpl-",
+}
+
+
+def new_request_id(path: str) -> str:
+    return PREFIX_BY_PATH.get(path, "req-") + "".join(_rng.choices(_ALPHABET, k=24))
+
+
+def _acceptable(value: bytes) -> bool:
+    return 0 < len(value) <= 128 and all(0x21 <= b <= 0x7E for b in value)
+
+
+def request_id_for(scope: Scope, header_names: tuple[bytes, ...]) -> str:
+    """The first configured header carrying a valid id (1-128 visible ASCII), else a new id."""
+    headers = scope["headers"]
+    for wanted in header_names:
+        for name, value in headers:
+            if name == wanted and _acceptable(value):
+                return value.decode("ascii")
+    return new_request_id(scope["path"])

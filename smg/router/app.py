@@ -1,0 +1,159 @@
+"""The gateway's ASGI app: route table, auth, and per-request bookkeeping."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+from smg.asgi import BodyTooLarge, ClientDisconnected, Receive, Scope, Send, send_json, send_text, serve_lifespan
+from smg.observability.request_id import request_id_for
+from smg.router import control
+from smg.router.context import GatewayContext
+from smg.router.dataplane import ROUTES, handle_inference, handle_models
+from smg.router.errors import GatewayError
+from smg.router.exchange import Exchange
+
+log = logging.getLogger("smg.router")
+access_log = logging.getLogger("smg.access")
+
+OPEN, DATA, CONTROL = "open", "data", "control"
+Handler = Callable[[GatewayContext, Exchange], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Handler
+    template: str  # the `path` label: never a raw path with ids in it
+    auth: str
+
+
+async def health(ctx: GatewayContext, ex: Exchange) -> None:
+    await send_text(ex.send, 200, "OK")
+
+
+async def readiness(ctx: GatewayContext, ex: Exchange) -> None:
+    healthy, total = ctx.registry.healthy_count(), len(ctx.registry)
+    if ctx.draining:
+        await send_json(ex.send, 503, {"status": "not ready", "reason": "draining"})
+    elif healthy or (ctx.config.enable_igw and not total):
+        await send_json(ex.send, 200, {"status": "ready", "healthy_workers": healthy, "total_workers": total})
+    else:
+        await send_json(ex.send, 503, {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0, "total_workers": total})
+
+
+def _static_routes() -> dict[tuple[str, str], Route]:
+    routes = {
+        ("GET", "/health"): Route(health, "/health", OPEN),
+        ("GET", "/liveness"): Route(health, "/liveness", OPEN),
+        ("GET", "/readiness"): Route(readiness, "/readiness", OPEN),
+        ("GET", "/v1/models"): Route(handle_models, "/v1/models", OPEN),
+        ("GET", "/workers"): Route(control.list_workers, "/workers", CONTROL),
+        ("POST", "/workers"): Route(control.add_worker, "/workers", CONTROL),
+        ("GET", "/get_loads"): Route(control.get_loads, "/get_loads", CONTROL),
+        ("GET", "/v1/loads"): Route(control.get_loads, "/v1/loads", CONTROL),
+        ("POST", "/flush_cache"): Route(control.flush_cache, "/flush_cache", CONTROL),
+    }
+    for path, inference in ROUTES.items():
+        routes[("POST", path)] = Route(partial(handle_inference, route=inference), path, DATA)
+    return routes
+
+
+_WORKER_ITEM = {
+    "GET": control.get_worker,
+    "PATCH": control.patch_worker,
+    "PUT": control.put_worker,
+    "DELETE": control.delete_worker,
+}
+
+
+class GatewayApp:
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.routes = _static_routes()
+        self._paths = {path for _, path in self.routes}
+        self._api_key = f"Bearer {ctx.config.api_key}".encode() if ctx.config.api_key else None
+
+    def _route(self, method: str, path: str) -> Route:
+        route = self.routes.get((method, path))
+        if route is not None:
+            return route
+        if path.startswith("/workers/") and path.count("/") == 2:
+            handler = _WORKER_ITEM.get(method)
+            if handler is not None:
+                worker_id = path[len("/workers/") :]
+                return Route(partial(handler, worker_id=worker_id), "/workers/{id}", CONTROL)  # type: ignore[call-arg]
+            raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on /workers/{{id}}")
+        if path in self._paths:
+            raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on {path}")
+        raise GatewayError(404, "not_found", f"no route for {method} {path}")
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self._api_key is None:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._api_key)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await serve_lifespan(receive, send)
+            return
+        ctx = self.ctx
+        method = scope["method"]
+        ex = Exchange(scope, receive, send, request_id_for(scope, ctx.request_id_headers), scope["path"])
+        is_data = False
+        try:
+            route = self._route(method, scope["path"])
+            ex.route = route.template
+            if route.auth != OPEN and not self._authorized(scope):
+                raise GatewayError(401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer <key>')")
+            is_data = route.auth == DATA
+            if is_data:
+                ctx.in_flight += 1
+            await route.handler(ctx, ex)
+        except GatewayError as error:
+            await ex.fail(error)
+        except BodyTooLarge as exc:
+            await ex.fail(GatewayError(413, "request_body_too_large", str(exc)))
+        except ClientDisconnected:
+            ex.status = 499
+        except Exception:
+            log.exception("request %s %s %s failed", ex.request_id, method, scope["path"])
+            await ex.fail(GatewayError(500, "internal_error", "internal gateway error; see the gateway log"))
+        finally:
+            if is_data:
+                ctx.in_flight -= 1
+            self._record(ex, method)
+
+    def _record(self, ex: Exchange, method: str) -> None:
+        elapsed = time.perf_counter() - ex.started_at
+        metrics = self.ctx.metrics
+        path = ex.route
+        status = str(ex.status)
+        metrics.http_requests(method, path).inc()
+        metrics.http_duration(method, path).observe(elapsed)
+        metrics.http_responses(path, status).inc()
+        if ex.error_code is not None:
+            metrics.router_errors(path, ex.error_code).inc()
+        if ex.status >= 500:
+            level = logging.WARNING
+        elif path in ("/health", "/liveness", "/readiness"):
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
+        if access_log.isEnabledFor(level):
+            fields = {"request_id": ex.request_id, "status": ex.status, "duration_ms": round(elapsed * 1000, 2)}
+            if ex.model:
+                fields["model"] = ex.model
+            if ex.worker is not None:
+                fields["worker"] = ex.worker.url
+            if ex.error_code:
+                fields["error"] = ex.error_code
+                fields["detail"] = ex.error_message
+            access_log.log(level, "%s %s", method, ex.scope["path"], extra={"fields": fields})

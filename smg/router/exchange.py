@@ -1,0 +1,74 @@
+"""One request/response exchange as the handlers see it."""
+
+from __future__ import annotations
+
+import time
+
+from smg.asgi import Message, Receive, Scope, Send
+from smg.router.errors import GatewayError
+from smg.router.workers import Worker
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class Exchange:
+    """Wraps ASGI `send` to record what the access log and metrics need.
+
+    Every response gets the `x-request-id` header here, so no handler can
+    forget it.
+    """
+
+    __slots__ = (
+        "_send",
+        "client_gone",
+        "error_code",
+        "error_message",
+        "event_stream",
+        "finished",
+        "model",
+        "receive",
+        "request_id",
+        "route",
+        "scope",
+        "started",
+        "started_at",
+        "status",
+        "worker",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, request_id: str, route: str) -> None:
+        self.scope = scope
+        self.receive = receive
+        self._send = send
+        self.request_id = request_id
+        self.route = route
+        self.started_at = time.perf_counter()
+        self.status = 0
+        self.started = False
+        self.finished = False
+        self.client_gone = False
+        self.worker: Worker | None = None
+        self.model: str | None = None
+        self.error_code: str | None = None
+        self.error_message: str | None = None
+        self.event_stream = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+            message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, self.request_id.encode())]
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+    async def fail(self, error: GatewayError) -> None:
+        """Answer with `error`, or end a response already under way with it."""
+        self.error_code = error.code
+        self.error_message = error.message
+        if not self.started:
+            await error.send(self.send)
+        elif not self.finished:
+            body = error.sse_event() if self.event_stream else b""
+            await self.send({"type": "http.response.body", "body": body, "more_body": False})

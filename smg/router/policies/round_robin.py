@@ -1,0 +1,20 @@
+"""Exact alternation over the available workers of a model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from smg.router.policies.base import RequestInfo
+from smg.router.workers import Worker
+
+
+class RoundRobinPolicy:
+    name = "round_robin"
+
+    def __init__(self, *, seed: int | None = None) -> None:
+        self._next: dict[str, int] = {}
+
+    def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
+        index = self._next.get(request.model, 0)
+        self._next[request.model] = index + 1
+        return workers[index % len(workers)]
