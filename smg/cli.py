@@ -63,27 +63,86 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--port", type=int, default=30000, help="port of the gateway (default: %(default)s)")
     net.add_argument("--tls-cert-path", help="serve HTTPS with this PEM certificate (needs --tls-key-path)")
     net.add_argument("--tls-key-path", help="PEM private key for --tls-cert-path")
-    net.add_argument("--max-payload-size", type=int, default=512 * 1024 * 1024, help="largest request body in bytes; larger gets 413 (default: %(default)s)")
-    net.add_argument("--request-timeout-secs", type=float, default=1800.0, help="longest a request may take end to end; then 504 (default: %(default)s)")
-    net.add_argument("--shutdown-grace-period-secs", type=float, default=180.0, help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)")
-    net.add_argument("--request-id-headers", nargs="+", default=list(DEFAULT_REQUEST_ID_HEADERS), metavar="HEADER", help="headers whose value is taken as the request id, first match wins (default: %(default)s)")
-    net.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but the probes and /v1/models; also sent to workers")
+    net.add_argument(
+        "--max-payload-size",
+        type=int,
+        default=512 * 1024 * 1024,
+        help="largest request body in bytes; larger gets 413 (default: %(default)s)",
+    )
+    net.add_argument(
+        "--request-timeout-secs",
+        type=float,
+        default=1800.0,
+        help="longest a request may take end to end; then 504 (default: %(default)s)",
+    )
+    net.add_argument(
+        "--shutdown-grace-period-secs",
+        type=float,
+        default=180.0,
+        help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)",
+    )
+    net.add_argument(
+        "--request-id-headers",
+        nargs="+",
+        default=list(DEFAULT_REQUEST_ID_HEADERS),
+        metavar="HEADER",
+        help="headers whose value is taken as the request id, first match wins (default: %(default)s)",
+    )
+    net.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on every route but the probes and /v1/models; also sent to workers"
+    )
 
     workers = parser.add_argument_group("workers and routing")
-    workers.add_argument("--worker-urls", nargs="*", default=[], metavar="URL", help="worker base URLs, e.g. http://127.0.0.1:8000")
+    workers.add_argument(
+        "--worker-urls", nargs="*", default=[], metavar="URL", help="worker base URLs, e.g. http://127.0.0.1:8000"
+    )
     workers.add_argument("--policy", choices=POLICIES, default="round_robin", help="load-balancing policy (default: %(default)s)")
-    workers.add_argument("--enable-igw", action="store_true", help="multi-model mode: start with no workers and serve whatever models workers added through /workers offer")
-    workers.add_argument("--worker-startup-timeout-secs", type=float, default=1800.0, help="how long a new worker may take to pass its first health check (default: %(default)s)")
-    workers.add_argument("--worker-startup-check-interval", type=float, default=1.0, help="longest pause between start-up probes, in seconds (default: %(default)s)")
-    workers.add_argument("--connect-timeout-secs", type=float, default=10.0, help="limit for opening a connection to a worker; then 502 (default: %(default)s)")
-    workers.add_argument("--upstream-client", choices=UPSTREAM_CLIENTS, default="h11", help="HTTP client of the data plane: the lean h11 pool or httpx (default: %(default)s)")
-    workers.add_argument("--upstream-max-idle-per-worker", type=int, default=256, help="idle keep-alive connections kept per worker (default: %(default)s)")
+    workers.add_argument(
+        "--enable-igw",
+        action="store_true",
+        help="multi-model mode: start with no workers and serve whatever models workers added through /workers offer",
+    )
+    workers.add_argument(
+        "--worker-startup-timeout-secs",
+        type=float,
+        default=1800.0,
+        help="how long a new worker may take to pass its first health check (default: %(default)s)",
+    )
+    workers.add_argument(
+        "--worker-startup-check-interval",
+        type=float,
+        default=1.0,
+        help="longest pause between start-up probes, in seconds (default: %(default)s)",
+    )
+    workers.add_argument(
+        "--connect-timeout-secs",
+        type=float,
+        default=10.0,
+        help="limit for opening a connection to a worker; then 502 (default: %(default)s)",
+    )
+    workers.add_argument(
+        "--upstream-client",
+        choices=UPSTREAM_CLIENTS,
+        default="h11",
+        help="HTTP client of the data plane: the lean h11 pool or httpx (default: %(default)s)",
+    )
+    workers.add_argument(
+        "--upstream-max-idle-per-worker",
+        type=int,
+        default=256,
+        help="idle keep-alive connections kept per worker (default: %(default)s)",
+    )
 
     obs = parser.add_argument_group("logs and metrics")
     obs.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     obs.add_argument("--log-json", action="store_true", help="one JSON object per log line, with the request id")
     obs.add_argument("--prometheus-host", default="0.0.0.0", help="address of the /metrics server (default: %(default)s)")
-    obs.add_argument("--prometheus-port", type=int, default=29000, help="port of the /metrics server; 0 picks a free port (default: %(default)s)")
+    obs.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=29000,
+        help="port of the /metrics server; 0 picks a free port (default: %(default)s)",
+    )
 
 
 def add_sim_args(parser: argparse.ArgumentParser, prefix: str) -> None:
@@ -94,7 +153,9 @@ def add_sim_args(parser: argparse.ArgumentParser, prefix: str) -> None:
         if isinstance(default, bool):
             group.add_argument(flag, dest=f"sim_{f.name}", action="store_true", help=SIM_HELP[f.name])
         else:
-            group.add_argument(flag, dest=f"sim_{f.name}", type=type(default), default=default, help=f"{SIM_HELP[f.name]} (default: %(default)s)")
+            group.add_argument(
+                flag, dest=f"sim_{f.name}", type=type(default), default=default, help=f"{SIM_HELP[f.name]} (default: %(default)s)"
+            )
 
 
 def sim_config_from(args: argparse.Namespace) -> SimConfig:
@@ -129,20 +190,32 @@ def gateway_config_from(args: argparse.Namespace) -> GatewayConfig:
 
 def build_parser(command: str) -> Parser:
     if command == "launch":
-        parser = Parser(prog="smg", description="smg: high-availability LLM routing gateway", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = Parser(
+            prog="smg",
+            description="smg: high-availability LLM routing gateway",
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         parser.add_argument("--version", action="version", version=f"smg {__version__}")
         add_gateway_args(parser)
     elif command == "serve":
         parser = Parser(prog="smg serve", description="simulated workers plus a gateway over them: the embedded default")
         parser.add_argument("--sim-workers", type=int, default=2, help="how many simulated workers (default: %(default)s)")
         parser.add_argument("--sim-host", default="127.0.0.1", help="address the simulated workers bind (default: %(default)s)")
-        parser.add_argument("--sim-port", type=int, default=None, help="port of the first simulated worker, the rest follow (default: gateway port + 1)")
+        parser.add_argument(
+            "--sim-port",
+            type=int,
+            default=None,
+            help="port of the first simulated worker, the rest follow (default: gateway port + 1)",
+        )
         add_gateway_args(parser)
         add_sim_args(parser, "sim-")
     else:
         parser = Parser(prog="smg sim-worker", description="simulated OpenAI-compatible workers with a prefix KV-cache model")
         parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-        parser.add_argument("--port", type=int, default=8000, help="port of the first worker; 0 picks free ports (default: %(default)s)")
+        parser.add_argument(
+            "--port", type=int, default=8000, help="port of the first worker; 0 picks free ports (default: %(default)s)"
+        )
         parser.add_argument("--count", type=int, default=1, help="workers on consecutive ports (default: %(default)s)")
         parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
         parser.add_argument("--log-json", action="store_true")

@@ -42,9 +42,7 @@ class _Cached:
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.http_requests = _Cached(
-            Counter("smg_http_requests_total", "HTTP requests received", ["method", "path"], registry=r)
-        )
+        self.http_requests = _Cached(Counter("smg_http_requests_total", "HTTP requests received", ["method", "path"], registry=r))
         self.http_duration = _Cached(
             Histogram(
                 "smg_http_request_duration_seconds",
@@ -80,12 +78,8 @@ class GatewayMetrics:
                 registry=r,
             )
         )
-        self.worker_active = _Cached(
-            Gauge("smg_worker_requests_active", "Requests in flight per worker", ["worker"], registry=r)
-        )
-        self.worker_health = _Cached(
-            Gauge("smg_worker_health", "1 if the worker is available, else 0", ["worker"], registry=r)
-        )
+        self.worker_active = _Cached(Gauge("smg_worker_requests_active", "Requests in flight per worker", ["worker"], registry=r))
+        self.worker_health = _Cached(Gauge("smg_worker_health", "1 if the worker is available, else 0", ["worker"], registry=r))
         self.worker_pool_size = Gauge("smg_worker_pool_size", "Workers known to this gateway", registry=r)
 
     def render(self) -> bytes:

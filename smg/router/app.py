@@ -42,7 +42,9 @@ async def readiness(ctx: GatewayContext, ex: Exchange) -> None:
     elif healthy or (ctx.config.enable_igw and not total):
         await send_json(ex.send, 200, {"status": "ready", "healthy_workers": healthy, "total_workers": total})
     else:
-        await send_json(ex.send, 503, {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0, "total_workers": total})
+        await send_json(
+            ex.send, 503, {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0, "total_workers": total}
+        )
 
 
 def _static_routes() -> dict[tuple[str, str], Route]:

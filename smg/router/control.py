@@ -69,7 +69,9 @@ async def add_worker(ctx: GatewayContext, ex: Exchange) -> None:
     try:
         worker = ctx.add_worker(url, **_settings(body))
     except DuplicateWorker:
-        raise GatewayError(409, "WORKER_ALREADY_EXISTS", f"a worker with URL '{normalize_url(url)}' already exists", param="url") from None
+        raise GatewayError(
+            409, "WORKER_ALREADY_EXISTS", f"a worker with URL '{normalize_url(url)}' already exists", param="url"
+        ) from None
     except ValueError as exc:
         raise GatewayError(400, "invalid_value", str(exc), param="url") from None
     await send_json(
@@ -120,7 +122,11 @@ async def put_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
     for key, value in replacement.items():
         setattr(worker, key, value)
     ctx.registrar.register(worker)
-    await send_json(ex.send, 202, {"status": "accepted", "worker_id": worker.id, "url": worker.url, "message": "worker settings replaced; re-probing"})
+    await send_json(
+        ex.send,
+        202,
+        {"status": "accepted", "worker_id": worker.id, "url": worker.url, "message": "worker settings replaced; re-probing"},
+    )
 
 
 async def delete_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
@@ -129,7 +135,12 @@ async def delete_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> No
     await send_json(
         ex.send,
         202,
-        {"status": "accepted", "worker_id": worker.id, "url": worker.url, "message": "worker draining; removed once its in-flight requests finish"},
+        {
+            "status": "accepted",
+            "worker_id": worker.id,
+            "url": worker.url,
+            "message": "worker draining; removed once its in-flight requests finish",
+        },
     )
 
 

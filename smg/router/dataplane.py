@@ -169,7 +169,9 @@ async def _answer(
         try:
             payload = route.transform(request, payload, ex.model or "", ex.request_id)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise GatewayError(502, "upstream_invalid_response", f"worker {worker.url} sent an unexpected {route.name} answer: {exc}") from None
+            raise GatewayError(
+                502, "upstream_invalid_response", f"worker {worker.url} sent an unexpected {route.name} answer: {exc}"
+            ) from None
     await send_bytes(ex.send, response.status, payload, [routed], (b"content-type", content_type))
 
 

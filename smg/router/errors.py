@@ -25,9 +25,7 @@ def error_type_for(status: int) -> str:
     return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-def error_body(
-    status: int, code: str, message: str, *, param: str | None = None, type: str | None = None
-) -> dict[str, Any]:
+def error_body(status: int, code: str, message: str, *, param: str | None = None, type: str | None = None) -> dict[str, Any]:
     return {
         "error": {
             "type": type or error_type_for(status),
@@ -78,15 +76,11 @@ def invalid_json(detail: str) -> GatewayError:
 
 
 def missing_parameter(name: str) -> GatewayError:
-    return GatewayError(
-        400, "missing_required_parameter", f"missing required parameter: '{name}'", param=name
-    )
+    return GatewayError(400, "missing_required_parameter", f"missing required parameter: '{name}'", param=name)
 
 
 def model_not_found(model: str) -> GatewayError:
-    return GatewayError(
-        404, "model_not_found", f"the model '{model}' does not exist or is not served", param="model"
-    )
+    return GatewayError(404, "model_not_found", f"the model '{model}' does not exist or is not served", param="model")
 
 
 def load_json_object(body: bytes) -> dict[str, Any]:

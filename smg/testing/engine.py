@@ -13,7 +13,33 @@ from typing import Any
 
 from smg.testing.kvcache import PrefixKVCache
 
-VOCABULARY = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "gateways", "route", "tokens", "to", "engines", "that", "cache", "prefixes", "and", "stream", "answers", "back", "to", "patient", "clients"]
+VOCABULARY = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "gateways",
+    "route",
+    "tokens",
+    "to",
+    "engines",
+    "that",
+    "cache",
+    "prefixes",
+    "and",
+    "stream",
+    "answers",
+    "back",
+    "to",
+    "patient",
+    "clients",
+]
 
 
 @dataclass

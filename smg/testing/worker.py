@@ -30,7 +30,7 @@ from smg.asgi import (
     serve_lifespan,
 )
 from smg.router.errors import GatewayError, load_json_object, missing_parameter
-from smg.testing.engine import SimConfig, SimEngine
+from smg.testing.engine import Outcome, SimConfig, SimEngine
 from smg.testing.kvcache import tokenize
 
 log = logging.getLogger("smg.sim")
@@ -164,9 +164,7 @@ class SimWorker:
         )
 
     async def _loads(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json(
-            send, 200, {"timestamp": time.time(), "dp_rank_count": 1, "loads": [self.engine.load_report()]}
-        )
+        await send_json(send, 200, {"timestamp": time.time(), "dp_rank_count": 1, "loads": [self.engine.load_report()]})
 
     async def _flush_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.engine.cache.flush()
@@ -267,28 +265,45 @@ class SimWorker:
             engine.waiting -= 1
         engine.running += 1
         try:
-            cached = engine.cache.admit(tokens)
-            delay = engine.ttft_secs(prompt_tokens - cached)
-            if delay > 0:
-                await trio.sleep(delay)
-            words = engine.output_words(prompt, count)
-            engine.completion_tokens += count
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": count,
-                "total_tokens": prompt_tokens + count,
-                "prompt_tokens_details": {"cached_tokens": cached},
-            }
-            if body.get("stream"):
-                await self._stream(send, body, words, usage, shape, outcome.die_after_tokens)
-            else:
-                tpot = engine.tpot_secs()
-                if tpot > 0 and count:
-                    await trio.sleep(tpot * count)
-                await send_json(send, 200, shape.full(self.config.model, words, usage))
+            async with trio.open_nursery() as nursery:  # a real engine aborts when its client leaves
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                await self._run(send, body, prompt, tokens, prompt_tokens, count, shape, outcome)
+                nursery.cancel_scope.cancel()
         finally:
             engine.running -= 1
             self._slots.release()
+
+    async def _run(
+        self,
+        send: Send,
+        body: dict[str, Any],
+        prompt: str,
+        tokens: list[str],
+        prompt_tokens: int,
+        count: int,
+        shape: _Shape,
+        outcome: Outcome,
+    ) -> None:
+        engine = self.engine
+        cached = engine.cache.admit(tokens)
+        delay = engine.ttft_secs(prompt_tokens - cached)
+        if delay > 0:
+            await trio.sleep(delay)
+        words = engine.output_words(prompt, count)
+        engine.completion_tokens += count
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": count,
+            "total_tokens": prompt_tokens + count,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+        if body.get("stream"):
+            await self._stream(send, body, words, usage, shape, outcome.die_after_tokens)
+        else:
+            tpot = engine.tpot_secs()
+            if tpot > 0 and count:
+                await trio.sleep(tpot * count)
+            await send_json(send, 200, shape.full(self.config.model, words, usage))
 
     async def _stream(
         self,
@@ -328,10 +343,7 @@ class SimWorker:
         texts = [prompt_text(item) for item in inputs]
         tokens = sum(max(1, len(tokenize(t))) for t in texts)
         self.engine.requests += 1
-        data = [
-            {"object": "embedding", "index": i, "embedding": self.engine.embedding(text)}
-            for i, text in enumerate(texts)
-        ]
+        data = [{"object": "embedding", "index": i, "embedding": self.engine.embedding(text)} for i, text in enumerate(texts)]
         await send_json(
             send,
             200,
@@ -366,6 +378,11 @@ class SimWorker:
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    await _wait_for_disconnect(receive)
+    scope.cancel()
 
 
 class _Shape:
@@ -415,8 +432,16 @@ class _ChatShape(_Shape):
         events.append((head + '{},"finish_reason":"length"}]}\n\n').encode())
         if include_usage:
             events.append(
-                _sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                      "model": model, "choices": [], "usage": usage})
+                _sse(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
             )
         return events
 
@@ -434,15 +459,32 @@ class _CompletionShape(_Shape):
 
     def stream(self, model: str, words: list[str], usage: dict[str, Any], include_usage: bool) -> list[bytes]:
         def chunk(text: str, finish: str | None) -> bytes:
-            return _sse({"id": self.id, "object": "text_completion", "created": self.created, "model": model,
-                         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+            return _sse(
+                {
+                    "id": self.id,
+                    "object": "text_completion",
+                    "created": self.created,
+                    "model": model,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                }
+            )
 
         events = [chunk("", None)]
         events.extend(chunk(_piece(words, i), None) for i in range(len(words)))
         events.append(chunk("", "length"))
         if include_usage:
-            events.append(_sse({"id": self.id, "object": "text_completion", "created": self.created,
-                                "model": model, "choices": [], "usage": usage}))
+            events.append(
+                _sse(
+                    {
+                        "id": self.id,
+                        "object": "text_completion",
+                        "created": self.created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
         return events
 
 

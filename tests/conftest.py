@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import Proc, start_gateway, start_sim
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Proc]:
+    """Two simulated workers with no artificial delay."""
+    proc = start_sim(2, "--ttft-ms", "0", "--tpot-ms", "0")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(sim: Proc) -> Iterator[Proc]:
+    proc = start_gateway(sim.urls, "--policy", "round_robin", "--max-payload-size", "100000")
+    yield proc
+    proc.stop()

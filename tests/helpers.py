@@ -1,0 +1,101 @@
+"""Real processes for end-to-end tests: simulated workers and gateways on 127.0.0.1.
+
+Every process binds port 0 and the test reads the bound address from its log,
+so parallel runs never race for ports. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+STARTUP_DEADLINE = 20.0
+_SIM_URL = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+_GATEWAY_URL = re.compile(r"smg gateway listening on (https?://[\d.]+:\d+) .*metrics (https?://[\d.]+:\d+|off)")
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    urls: list[str] = field(default_factory=list)
+    metrics_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+        if not os.environ.get("SMG_KEEP_TEST_LOGS"):
+            self.log_path.unlink(missing_ok=True)
+
+
+def _spawn(args: list[str]) -> Proc:
+    fd, path = tempfile.mkstemp(prefix="smg-test-", suffix=".log")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    popen = subprocess.Popen([sys.executable, "-m", "smg", *args], stdout=fd, stderr=fd, env=env)
+    os.close(fd)
+    return Proc(popen, Path(path))
+
+
+def _wait_for_log(proc: Proc, pattern: re.Pattern[str], count: int = 1) -> list[re.Match[str]]:
+    deadline = time.monotonic() + STARTUP_DEADLINE
+    while time.monotonic() < deadline:
+        matches = list(pattern.finditer(proc.log()))
+        if len(matches) >= count:
+            return matches
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.popen.returncode}:\n{proc.log()}")
+        time.sleep(0.02)
+    proc.stop()
+    raise TimeoutError(f"process did not start within {STARTUP_DEADLINE}s:\n{proc.log()}")
+
+
+def start_sim(count: int = 1, *flags: str) -> Proc:
+    proc = _spawn(["sim-worker", "--port", "0", "--count", str(count), *flags])
+    proc.urls = [m.group(1) for m in _wait_for_log(proc, _SIM_URL, count)]
+    return proc
+
+
+def start_gateway(worker_urls: list[str], *flags: str, ready: bool = True, scheme: str = "http") -> Proc:
+    args = ["--host", "127.0.0.1", "--port", "0", "--prometheus-host", "127.0.0.1", "--prometheus-port", "0"]
+    if worker_urls:
+        args += ["--worker-urls", *worker_urls]
+    proc = _spawn([*args, *flags])
+    match = _wait_for_log(proc, _GATEWAY_URL)[0]
+    proc.urls = [match.group(1)]
+    proc.metrics_url = None if match.group(2) == "off" else match.group(2)
+    if ready:
+        wait_until(lambda: httpx.get(proc.url + "/readiness", verify=False).status_code == 200, "gateway ready")
+    return proc
+
+
+def wait_until(predicate, what: str, deadline: float = STARTUP_DEADLINE) -> None:  # type: ignore[no-untyped-def]
+    """Poll `predicate` until true; fail with `what` after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
