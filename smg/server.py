@@ -21,6 +21,7 @@ from smg.config import GatewayConfig
 from smg.observability.metrics import MetricsApp
 from smg.router.app import GatewayApp
 from smg.router.context import GatewayContext
+from smg.router.workers import DuplicateWorker
 from smg.serving import hypercorn_config, serve_app
 from smg.testing.engine import SimConfig
 
@@ -54,7 +55,10 @@ async def run_gateway(
     async with trio.open_nursery() as nursery:
         await nursery.start(ctx.registrar.run)
         for url in config.worker_urls:
-            ctx.add_worker(url)
+            try:
+                ctx.add_worker(url)
+            except DuplicateWorker:
+                log.warning("ignoring duplicate worker URL %s", url)
         ctx.publish_worker_metrics()
         main = hypercorn_config(
             config.host, config.port, certfile=config.tls_cert_path, keyfile=config.tls_key_path, graceful_timeout=1.0

@@ -1,0 +1,144 @@
+"""Graceful shutdown, TLS, metrics and the CLI's handling of bad flags."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import Proc, start_gateway, start_sim, wait_until
+
+
+def test_sigterm_drains_in_flight_requests() -> None:
+    sim = start_sim(1, "--ttft-ms", "0", "--tpot-ms", "20")
+    gateway = start_gateway(sim.urls, "--shutdown-grace-period-secs", "20")
+    try:
+        done: list[str] = []
+
+        def stream() -> None:
+            body = {"model": "sim-model", "messages": [], "stream": True, "max_tokens": 60}  # about 1.2 s
+            with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=30) as r:
+                done.extend(line for line in r.iter_lines() if line)
+
+        client = threading.Thread(target=stream)
+        client.start()
+        wait_until(lambda: httpx.get(sim.url + "/sim/stats").json()["running"] == 1, "stream to start")
+        gateway.signal(signal.SIGTERM)
+        wait_until(lambda: httpx.get(gateway.url + "/readiness").status_code == 503, "readiness to flip", 2)
+        assert httpx.get(gateway.url + "/readiness").json() == {"status": "not ready", "reason": "draining"}
+        assert httpx.get(gateway.url + "/liveness").status_code == 200
+        client.join(timeout=20)
+        assert done[-1] == "data: [DONE]" and len(done) == 63
+        assert gateway.popen.wait(timeout=10) == 0
+        assert "draining" in gateway.log()
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+def test_metrics_endpoint(gateway: Proc) -> None:
+    httpx.post(gateway.url + "/v1/chat/completions", json={"model": "sim-model", "messages": [], "stream": True})
+    httpx.post(gateway.url + "/v1/chat/completions", json={"model": "nope", "messages": []})
+    text = httpx.get(gateway.metrics_url + "/metrics").text
+    for name in (
+        "smg_http_requests_total",
+        "smg_http_request_duration_seconds_bucket",
+        "smg_http_responses_total",
+        "smg_router_requests_total",
+        "smg_router_request_errors_total",
+        "smg_router_upstream_responses_total",
+        "smg_router_ttft_seconds_bucket",
+        "smg_worker_requests_active",
+        "smg_worker_health",
+        "smg_worker_pool_size 2.0",
+    ):
+        assert name in text, name
+    assert 'smg_router_request_errors_total{error_code="model_not_found",route="/v1/chat/completions"}' in text
+    assert httpx.get(gateway.url + "/metrics").status_code == 404  # metrics live on their own port only
+
+
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_tls(sim: Proc, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    gateway = start_gateway(sim.urls, "--tls-cert-path", cert, "--tls-key-path", key, ready=False)
+    trusted = ssl.create_default_context(cafile=cert)
+    try:
+        assert gateway.url.startswith("https://")
+        wait_until(lambda: httpx.get(gateway.url + "/readiness", verify=trusted).status_code == 200, "TLS gateway ready")
+        r = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "sim-model", "messages": []}, verify=trusted)
+        assert r.status_code == 200
+    finally:
+        gateway.stop()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "smg", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--policy", "fastest"], "--policy"),
+        (["--worker-urls", "ftp://x"], "unsupported scheme"),
+        (["--tls-cert-path", "/nonexistent"], "together"),
+        (["--request-timeout-secs", "0"], "--request-timeout-secs"),
+        (["--max-payload-size", "abc"], "--max-payload-size"),
+        (["--no-such-flag"], "unrecognized"),
+        (["sim-worker", "--fail-rate", "2"], "fail_rate"),
+        (["serve", "--sim-workers", "0"], "--sim-workers"),
+    ],
+)
+def test_bad_flags_exit_with_one_line(args: list[str], words: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("smg: error:") and words in lines[0], result.stderr
+
+
+def test_help_documents_every_flag() -> None:
+    text = run_cli("--help").stdout
+    for flag in (
+        "--host", "--port", "--worker-urls", "--policy", "--api-key", "--tls-cert-path", "--tls-key-path",
+        "--max-payload-size", "--request-timeout-secs", "--log-level", "--log-json", "--prometheus-host",
+        "--prometheus-port", "--shutdown-grace-period-secs", "--request-id-headers", "--enable-igw",
+    ):  # fmt: skip
+        assert flag in text, flag
+    assert "smg serve" in text and "smg sim-worker" in text
+    assert "--sim-fail-rate" in run_cli("serve", "--help").stdout
+    assert run_cli("launch", "--help").returncode == 0
