@@ -123,8 +123,8 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     workers.add_argument(
         "--upstream-client",
         choices=UPSTREAM_CLIENTS,
-        default="h11",
-        help="HTTP client of the data plane: the lean h11 pool or httpx (default: %(default)s)",
+        default="pool",
+        help="HTTP client of the data plane: smg's lean keep-alive pool, or httpx (default: %(default)s)",
     )
     workers.add_argument(
         "--upstream-max-idle-per-worker",

@@ -9,7 +9,7 @@ from smg.router.workers import normalize_url
 
 POLICIES = ("random", "round_robin")
 LOG_LEVELS = ("debug", "info", "warn", "error")
-UPSTREAM_CLIENTS = ("h11", "httpx")
+UPSTREAM_CLIENTS = ("pool", "httpx")
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id")
 
 
@@ -38,7 +38,7 @@ class GatewayConfig:
     enable_igw: bool = False
     worker_startup_timeout_secs: float = 1800.0
     worker_startup_check_interval: float = 1.0
-    upstream_client: str = "h11"
+    upstream_client: str = "pool"
     upstream_max_idle_per_worker: int = 256
 
     def __post_init__(self) -> None:

@@ -54,6 +54,7 @@ async def run_gateway(
     app = GatewayApp(ctx)
     async with trio.open_nursery() as nursery:
         await nursery.start(ctx.registrar.run)
+        await nursery.start(ctx.access_log.run)
         for url in config.worker_urls:
             try:
                 ctx.add_worker(url)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import random
+import os
 import string
 
 from smg.asgi import Scope
 
-_ALPHABET = string.ascii_letters + string.digits
-_rng = random.SystemRandom()
+_ALPHABET = (string.ascii_letters + string.digits).encode()
+# byte -> alphanumeric, so one os.urandom call and one C-level translate mint an id
+_TO_ALNUM = bytes(_ALPHABET[b % len(_ALPHABET)] for b in range(256))
 
 # Route path -> prefix of generated ids, as the reference mints them.
 PREFIX_BY_PATH = {
@@ -18,7 +19,7 @@ PREFIX_BY_PATH = {
 
 
 def new_request_id(path: str) -> str:
-    return PREFIX_BY_PATH.get(path, "req-") + "".join(_rng.choices(_ALPHABET, k=24))
+    return PREFIX_BY_PATH.get(path, "req-") + os.urandom(24).translate(_TO_ALNUM).decode()
 
 
 def _acceptable(value: bytes) -> bool:

@@ -18,7 +18,6 @@ from smg.router.errors import GatewayError
 from smg.router.exchange import Exchange
 
 log = logging.getLogger("smg.router")
-access_log = logging.getLogger("smg.access")
 
 OPEN, DATA, CONTROL = "open", "data", "control"
 Handler = Callable[[GatewayContext, Exchange], Awaitable[None]]
@@ -149,7 +148,8 @@ class GatewayApp:
             level = logging.DEBUG
         else:
             level = logging.INFO
-        if access_log.isEnabledFor(level):
+        access_log = self.ctx.access_log
+        if access_log.enabled_for(level):
             fields = {"request_id": ex.request_id, "status": ex.status, "duration_ms": round(elapsed * 1000, 2)}
             if ex.model:
                 fields["model"] = ex.model
@@ -158,4 +158,4 @@ class GatewayApp:
             if ex.error_code:
                 fields["error"] = ex.error_code
                 fields["detail"] = ex.error_message
-            access_log.log(level, "%s %s", method, ex.scope["path"], extra={"fields": fields})
+            access_log.write(level, f"{method} {ex.scope['path']}", fields)

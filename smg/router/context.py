@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from smg.config import GatewayConfig
+from smg.observability.logs import AccessLog
 from smg.observability.metrics import GatewayMetrics
 from smg.router.policies import Policy, make_policy
 from smg.router.registration import Registrar
@@ -21,6 +22,7 @@ class GatewayContext:
     metrics: GatewayMetrics
     registrar: Registrar
     request_id_headers: tuple[bytes, ...]
+    access_log: AccessLog = field(default_factory=AccessLog)
     in_flight: int = 0
     draining: bool = False
     _known_worker_urls: set[str] = field(default_factory=set)
@@ -48,6 +50,7 @@ class GatewayContext:
             request_id_headers=tuple(h.lower().encode() for h in config.request_id_headers),
         )
         ctx.registrar.on_change = ctx.publish_worker_metrics
+        ctx.access_log.configure(config.log_json)
         return ctx
 
     def add_worker(self, url: str, **settings: object) -> Worker:

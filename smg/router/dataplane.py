@@ -115,22 +115,26 @@ async def forward(
 ) -> None:
     """Call the worker and answer the client, ending cleanly on every failure."""
     error: GatewayError | None = None
+    answer: tuple[int, bytes, bytes] | None = None
+    routed = (ROUTED_WORKER_HEADER, worker.url.encode())
     with trio.move_on_after(ctx.config.request_timeout_secs) as deadline:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
             try:
                 async with ctx.upstream.request(worker.origin, b"POST", route.target, headers, body) as response:
                     ctx.metrics.upstream_responses(worker.url, str(response.status)).inc()
-                    await _answer(ctx, ex, route, worker, request, response)
+                    content_type = _content_type(response)
+                    if content_type.startswith(b"text/event-stream"):
+                        await relay_events(ctx, ex, worker, response, content_type, routed)
+                    else:
+                        answer = (response.status, content_type, await response.read())
             except UpstreamConnectError as exc:
                 error = GatewayError(502, "upstream_connect_error", f"cannot reach worker {worker.url}: {exc}")
             except UpstreamError as exc:
                 error = GatewayError(502, "upstream_error", f"worker {worker.url} failed: {exc}")
-            except GatewayError as exc:  # raised here, it would leave the nursery as a group
-                error = exc
             nursery.cancel_scope.cancel()
     if ex.client_gone:
-        ex.status = ex.status if ex.finished else 499
+        ex.status = 499
         return
     if deadline.cancelled_caught:
         error = GatewayError(
@@ -138,41 +142,31 @@ async def forward(
         )
     if error is not None:
         await ex.fail(error)
+    elif answer is not None:  # sent after the worker connection went back to the pool
+        status, content_type, payload = answer
+        if route.transform is not None and status == 200:
+            try:
+                payload = route.transform(request, payload, ex.model or "", ex.request_id)
+            except (ValueError, TypeError, AttributeError) as exc:
+                message = f"worker {worker.url} sent an unexpected {route.name} answer: {exc}"
+                await ex.fail(GatewayError(502, "upstream_invalid_response", message))
+                return
+        await send_bytes(ex.send, status, payload, [routed], (b"content-type", content_type))
 
 
 async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
     while (await ex.receive())["type"] != "http.disconnect":
         pass
-    ex.client_gone = True
-    scope.cancel()
+    if not ex.finished:  # hypercorn also reports a disconnect once the response is complete
+        ex.client_gone = True
+        scope.cancel()
 
 
-async def _answer(
-    ctx: GatewayContext,
-    ex: Exchange,
-    route: InferenceRoute,
-    worker: Worker,
-    request: dict[str, Any],
-    response: UpstreamResponse,
-) -> None:
-    content_type = _JSON_TYPE
+def _content_type(response: UpstreamResponse) -> bytes:
     for name, value in response.headers:
         if name == b"content-type":
-            content_type = value
-            break
-    routed = (ROUTED_WORKER_HEADER, worker.url.encode())
-    if content_type.startswith(b"text/event-stream"):
-        await relay_events(ctx, ex, worker, response, content_type, routed)
-        return
-    payload = await response.read()
-    if route.transform is not None and response.status == 200:
-        try:
-            payload = route.transform(request, payload, ex.model or "", ex.request_id)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise GatewayError(
-                502, "upstream_invalid_response", f"worker {worker.url} sent an unexpected {route.name} answer: {exc}"
-            ) from None
-    await send_bytes(ex.send, response.status, payload, [routed], (b"content-type", content_type))
+            return value
+    return _JSON_TYPE
 
 
 async def relay_events(

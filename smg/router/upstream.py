@@ -1,9 +1,9 @@
 """The upstream client interface the data plane uses to call workers.
 
-Two implementations sit behind it: `H11Upstream` (a lean keep-alive pool on
-h11 and trio sockets, the default for the data plane) and `HttpxUpstream`
-(kept selectable with `--upstream-client httpx` so the two can be measured
-side by side by `bench/overhead.py`). Timeouts of a whole request are the
+Two implementations sit behind it: `PoolUpstream` (a lean keep-alive pool on
+trio sockets with its own HTTP/1.1 response parser, the default) and
+`HttpxUpstream` (selectable with `--upstream-client httpx`, so the two can be
+measured side by side by `bench/overhead.py`). Timeouts of a whole request are the
 caller's `trio.fail_after`; only connecting has its own limit here.
 """
 
@@ -52,10 +52,10 @@ class Upstream(Protocol):
 
 
 def make_upstream(kind: str, *, connect_timeout: float, max_idle_per_origin: int) -> Upstream:
-    if kind == "h11":
-        from smg.router.upstream_h11 import H11Upstream
+    if kind == "pool":
+        from smg.router.upstream_pool import PoolUpstream
 
-        return H11Upstream(connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin)
+        return PoolUpstream(connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin)
     if kind == "httpx":
         from smg.router.upstream_httpx import HttpxUpstream
 

@@ -1,0 +1,198 @@
+"""What the gateway adds: the same load direct to a worker, through smg, and
+through the reference gateway (when installed), in one run.
+
+    python bench/overhead.py                     # smg (pool), smg (httpx), direct
+    python bench/overhead.py --reference .venv-reference/bin/smg
+
+One simulated worker with zero artificial delay serves every target, so the
+figures are the cost of the proxies (and of the worker itself, for direct).
+Gateway CPU per request is read from /proc/<pid>/stat (user + system time of
+all the gateway's threads) over each measured phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Result, build_request, run_load
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {deadline}s")
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None  # None: the worker itself (direct)
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def start_targets(args: argparse.Namespace, worker_url: str, logdir: Path) -> list[Target]:
+    targets = []
+    for client in args.upstream_clients:
+        port = free_port()
+        proc = start(
+            [sys.executable, "-m", "smg", "--host", HOST, "--port", str(port), "--worker-urls", worker_url,
+             "--policy", "round_robin", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
+             "--upstream-client", client, "--log-level", args.log_level],
+            logdir / f"smg-{client}.log",
+        )  # fmt: skip
+        targets.append(Target(f"smg ({client})", port, proc))
+    if args.reference:
+        port = free_port()
+        proc = start(
+            [args.reference, "launch", "--host", HOST, "--port", str(port), "--worker-urls", worker_url,
+             "--policy", "round_robin", "--prometheus-host", HOST, "--prometheus-port", str(free_port())],
+            logdir / "reference.log",
+        )  # fmt: skip
+        targets.append(Target("reference", port, proc))
+    if args.floor:
+        port = free_port()
+        proc = start([sys.executable, str(Path(__file__).parent / "hypercorn_floor.py"), str(port)], logdir / "floor.log")
+        targets.append(Target("hyp. floor", port, proc))
+    for target in targets:
+        wait_http(f"http://{HOST}:{target.port}/readiness")
+    return targets
+
+
+SCENARIOS = {
+    "tiny chat c=32": (32, {"model": "sim-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
+    # 62 tokens + the role chunk + the finish chunk = 64 events, then [DONE]
+    "stream 64 chunks c=32": (
+        32,
+        {"model": "sim-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 62, "stream": True},
+    ),
+    "tiny chat c=1": (1, {"model": "sim-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
+}
+
+
+async def measure(target: Target, concurrency: int, body: bytes, count: int, warmup: int) -> tuple[Result, float | None]:
+    request = build_request(HOST, target.port, "/v1/chat/completions", body)
+    await run_load(HOST, target.port, request, min(concurrency, 8), warmup)
+    before = cpu_seconds(target.proc.pid) if target.proc else None
+    result = await run_load(HOST, target.port, request, concurrency, count)
+    cpu = (cpu_seconds(target.proc.pid) - before) / max(1, len(result.latencies)) if target.proc and before is not None else None
+    return result, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per target and scenario (c=1 uses a third)")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--reference", help="path of the reference `smg` executable (its own venv)")
+    parser.add_argument("--upstream-clients", nargs="+", default=["pool", "httpx"])
+    parser.add_argument("--log-level", default="info", help="smg log level during the run (default: info, as users run it)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--floor", action="store_true", help="also measure a trivial ASGI app on hypercorn (non-streaming)")
+    args = parser.parse_args()
+    if args.reference is None and Path(".venv-reference/bin/smg").exists():
+        args.reference = ".venv-reference/bin/smg"
+
+    logdir = Path(tempfile.mkdtemp(prefix="smg-bench-"))
+    worker_port = free_port()
+    worker = start(
+        [sys.executable, "-m", "smg", "sim-worker", "--port", str(worker_port), "--ttft-ms", "0", "--tpot-ms", "0",
+         "--log-level", "warn"],
+        logdir / "worker.log",
+    )  # fmt: skip
+    procs = [worker]
+    rows = []
+    try:
+        worker_url = f"http://{HOST}:{worker_port}"
+        wait_http(worker_url + "/health")
+        targets = start_targets(args, worker_url, logdir)
+        procs += [t.proc for t in targets if t.proc]
+        targets.insert(0, Target("direct", worker_port, None))
+        print(f"{'scenario':<24}{'target':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'gw CPU ms/req':>15}{'errors':>8}")
+        for scenario, (concurrency, payload) in SCENARIOS.items():
+            body = json.dumps(payload).encode()
+            count = args.requests if concurrency > 1 else max(300, args.requests // 3)
+            direct_p50 = None
+            for target in targets:
+                result, cpu = trio.run(measure, target, concurrency, body, count, args.warmup)
+                p50, p99 = result.percentile(50) * 1000, result.percentile(99) * 1000
+                direct_p50 = p50 if target.name == "direct" else direct_p50
+                bad = result.errors + sum(n for s, n in result.statuses.items() if s != 200)
+                cpu_text = f"{cpu * 1000:.3f}" if cpu is not None else "-"
+                print(f"{scenario:<24}{target.name:<14}{result.rate:>9.0f}{p50:>9.2f}{p99:>9.2f}{cpu_text:>15}{bad:>8}")
+                rows.append(
+                    {"scenario": scenario, "target": target.name, "rps": round(result.rate, 1), "p50_ms": round(p50, 3),
+                     "p99_ms": round(p99, 3), "cpu_ms_per_req": None if cpu is None else round(cpu * 1000, 4),
+                     "added_p50_ms": None if direct_p50 is None or target.name == "direct" else round(p50 - direct_p50, 3),
+                     "errors": bad}
+                )  # fmt: skip
+            print()
+        _print_ratios(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print(f"logs: {logdir}")
+
+
+def _print_ratios(rows: list[dict]) -> None:
+    """smg against the reference: gateway CPU per request and added p50 latency."""
+    by = {(r["scenario"], r["target"]): r for r in rows}
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    if not any(t == "reference" for _, t in by):
+        return
+    print("ratios, smg (pool) / reference:")
+    for scenario in scenarios:
+        ours, ref = by.get((scenario, "smg (pool)")), by.get((scenario, "reference"))
+        if ours and ref and ref["cpu_ms_per_req"]:
+            print(
+                f"  {scenario:<24} CPU/req x{ours['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.2f}   "
+                f"req/s x{ours['rps'] / ref['rps']:.2f}   added p50 {ours['added_p50_ms']:.2f} ms vs {ref['added_p50_ms']:.2f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
