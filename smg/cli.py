@@ -163,29 +163,11 @@ def sim_config_from(args: argparse.Namespace) -> SimConfig:
 
 
 def gateway_config_from(args: argparse.Namespace) -> GatewayConfig:
-    return GatewayConfig(
-        host=args.host,
-        port=args.port,
-        worker_urls=tuple(args.worker_urls),
-        policy=args.policy,
-        api_key=args.api_key,
-        tls_cert_path=args.tls_cert_path,
-        tls_key_path=args.tls_key_path,
-        max_payload_size=args.max_payload_size,
-        request_timeout_secs=args.request_timeout_secs,
-        connect_timeout_secs=args.connect_timeout_secs,
-        log_level=args.log_level,
-        log_json=args.log_json,
-        prometheus_host=args.prometheus_host,
-        prometheus_port=args.prometheus_port,
-        shutdown_grace_period_secs=args.shutdown_grace_period_secs,
-        request_id_headers=tuple(args.request_id_headers),
-        enable_igw=args.enable_igw,
-        worker_startup_timeout_secs=args.worker_startup_timeout_secs,
-        worker_startup_check_interval=args.worker_startup_check_interval,
-        upstream_client=args.upstream_client,
-        upstream_max_idle_per_worker=args.upstream_max_idle_per_worker,
-    )
+    """Every gateway flag's dest is the name of its `GatewayConfig` field."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(GatewayConfig)}
+    values["worker_urls"] = tuple(args.worker_urls)
+    values["request_id_headers"] = tuple(args.request_id_headers)
+    return GatewayConfig(**values)
 
 
 def build_parser(command: str) -> Parser:

@@ -107,7 +107,8 @@ class GatewayApp:
             return
         ctx = self.ctx
         method = scope["method"]
-        ex = Exchange(scope, receive, send, request_id_for(scope, ctx.request_id_headers), scope["path"])
+        # the metrics label stays "unmatched" for unknown paths: raw paths would grow without bound
+        ex = Exchange(scope, receive, send, request_id_for(scope, ctx.request_id_headers), "unmatched")
         is_data = False
         try:
             route = self._route(method, scope["path"])

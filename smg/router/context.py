@@ -10,7 +10,7 @@ from smg.observability.metrics import GatewayMetrics
 from smg.router.policies import Policy, make_policy
 from smg.router.registration import Registrar
 from smg.router.upstream import Upstream, make_upstream
-from smg.router.workers import DuplicateWorker, Worker, WorkerRegistry
+from smg.router.workers import Worker, WorkerRegistry
 
 
 @dataclass
@@ -70,6 +70,3 @@ class GatewayContext:
             metrics.worker_active.remove(gone)
         self._known_worker_urls = urls
         metrics.worker_pool_size.set(len(urls))
-
-
-__all__ = ["DuplicateWorker", "GatewayContext"]

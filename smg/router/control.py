@@ -74,18 +74,14 @@ async def add_worker(ctx: GatewayContext, ex: Exchange) -> None:
         ) from None
     except ValueError as exc:
         raise GatewayError(400, "invalid_value", str(exc), param="url") from None
-    await send_json(
-        ex.send,
-        202,
-        {
-            "status": "accepted",
-            "worker_id": worker.id,
-            "url": worker.url,
-            "location": f"/workers/{worker.id}",
-            "message": "worker registration started; it serves traffic once its health check passes",
-        },
-        [(b"location", f"/workers/{worker.id}".encode())],
-    )
+    await _accepted(ex, worker, "worker registration started; it serves traffic once its health check passes")
+
+
+async def _accepted(ex: Exchange, worker: Worker, message: str) -> None:
+    """202 for a change that completes in the background; `location` is where to watch it."""
+    location = f"/workers/{worker.id}"
+    body = {"status": "accepted", "worker_id": worker.id, "url": worker.url, "location": location, "message": message}
+    await send_json(ex.send, 202, body, [(b"location", location.encode())])
 
 
 def _worker(ctx: GatewayContext, worker_id: str) -> Worker:
@@ -122,26 +118,13 @@ async def put_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
     for key, value in replacement.items():
         setattr(worker, key, value)
     ctx.registrar.register(worker)
-    await send_json(
-        ex.send,
-        202,
-        {"status": "accepted", "worker_id": worker.id, "url": worker.url, "message": "worker settings replaced; re-probing"},
-    )
+    await _accepted(ex, worker, "worker settings replaced; re-probing")
 
 
 async def delete_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
     worker = _worker(ctx, worker_id)
     ctx.registrar.drain_and_remove(worker, ctx.config.shutdown_grace_period_secs)
-    await send_json(
-        ex.send,
-        202,
-        {
-            "status": "accepted",
-            "worker_id": worker.id,
-            "url": worker.url,
-            "message": "worker draining; removed once its in-flight requests finish",
-        },
-    )
+    await _accepted(ex, worker, "worker draining; removed once its in-flight requests finish")
 
 
 async def get_loads(ctx: GatewayContext, ex: Exchange) -> None:
