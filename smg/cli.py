@@ -133,6 +133,130 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="idle keep-alive connections kept per worker (default: %(default)s)",
     )
 
+    health = parser.add_argument_group("worker health")
+    health.add_argument(
+        "--health-check-interval-secs",
+        type=float,
+        default=10.0,
+        help="seconds between health probes of each worker (default: %(default)s; the reference: 60)",
+    )
+    health.add_argument(
+        "--health-check-timeout-secs", type=float, default=5.0, help="limit of one health probe (default: %(default)s)"
+    )
+    health.add_argument("--health-check-endpoint", default="/health", help="path probed on each worker (default: %(default)s)")
+    health.add_argument(
+        "--health-success-threshold",
+        type=int,
+        default=2,
+        help="consecutive successes that make a worker ready (default: %(default)s)",
+    )
+    health.add_argument(
+        "--health-failure-threshold",
+        type=int,
+        default=3,
+        help="consecutive failures that take a worker out (default: %(default)s)",
+    )
+    health.add_argument(
+        "--health-failed-threshold",
+        type=int,
+        default=30,
+        help="consecutive failures after which a worker is 'failed' (default: %(default)s)",
+    )
+    health.add_argument(
+        "--disable-health-check", action="store_true", help="no periodic probes: a worker is ready once discovered"
+    )
+    health.add_argument(
+        "--remove-unhealthy-workers", action="store_true", help="remove workers that reach 'failed' (default: keep probing them)"
+    )
+
+    breaker = parser.add_argument_group("circuit breaker")
+    breaker.add_argument(
+        "--cb-failure-threshold",
+        type=int,
+        default=10,
+        help="consecutive failed attempts that open a worker's breaker (default: %(default)s)",
+    )
+    breaker.add_argument(
+        "--cb-success-threshold", type=int, default=3, help="successful half-open probes that close it (default: %(default)s)"
+    )
+    breaker.add_argument(
+        "--cb-timeout-duration-secs",
+        type=float,
+        default=60.0,
+        help="how long an open breaker hides the worker (default: %(default)s)",
+    )
+    breaker.add_argument(
+        "--cb-window-duration-secs",
+        type=float,
+        default=120.0,
+        help="failures further apart than this do not add up (default: %(default)s)",
+    )
+    breaker.add_argument("--disable-circuit-breaker", action="store_true")
+
+    retry = parser.add_argument_group("retries and timeouts")
+    retry.add_argument(
+        "--retry-max-retries",
+        type=int,
+        default=5,
+        help="attempts in total, the first included; each picks a worker again (default: %(default)s)",
+    )
+    retry.add_argument("--retry-initial-backoff-ms", type=float, default=50.0, help="(default: %(default)s)")
+    retry.add_argument("--retry-max-backoff-ms", type=float, default=30000.0, help="(default: %(default)s)")
+    retry.add_argument("--retry-backoff-multiplier", type=float, default=1.5, help="(default: %(default)s)")
+    retry.add_argument(
+        "--retry-jitter-factor", type=float, default=0.2, help="backoff varies by +/- this fraction (default: %(default)s)"
+    )
+    retry.add_argument("--disable-retries", action="store_true", help="one attempt only")
+    retry.add_argument(
+        "--worker-first-byte-timeout-secs",
+        type=float,
+        default=120.0,
+        help="a worker sending no response headers within this fails the attempt (default: %(default)s)",
+    )
+    retry.add_argument(
+        "--stream-stall-timeout-secs",
+        type=float,
+        default=300.0,
+        help="a stream silent this long is ended with an error event (default: %(default)s)",
+    )
+
+    admission = parser.add_argument_group("admission and auth")
+    admission.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=-1,
+        help="requests served at once; the permit is held until the response (stream included) ends; -1: no limit (default: %(default)s)",
+    )
+    admission.add_argument(
+        "--queue-size",
+        type=int,
+        default=100,
+        help="requests that may wait for a permit; beyond: 429 admission_queue_full (default: %(default)s)",
+    )
+    admission.add_argument(
+        "--queue-timeout-secs",
+        type=float,
+        default=60.0,
+        help="longest wait for a permit; then 503 admission_queue_timeout (default: %(default)s)",
+    )
+    admission.add_argument(
+        "--rate-limit-tokens-per-second",
+        type=float,
+        default=0.0,
+        help="admitted requests per second (a token bucket bursting to --max-concurrent-requests); 0: no rate limit",
+    )
+    admission.add_argument(
+        "--tenant-api-key",
+        dest="tenant_api_keys",
+        action="append",
+        default=[],
+        metavar="TENANT:KEY",
+        help="a data-plane key of one tenant (repeatable); tenant keys get 401 on control-plane routes",
+    )
+    admission.add_argument(
+        "--cors-allowed-origins", nargs="+", default=[], metavar="ORIGIN", help="origins browsers may call from, or '*'"
+    )
+
     obs = parser.add_argument_group("logs and metrics")
     obs.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     obs.add_argument("--log-json", action="store_true", help="one JSON object per log line, with the request id")
@@ -167,6 +291,8 @@ def gateway_config_from(args: argparse.Namespace) -> GatewayConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(GatewayConfig)}
     values["worker_urls"] = tuple(args.worker_urls)
     values["request_id_headers"] = tuple(args.request_id_headers)
+    values["tenant_api_keys"] = tuple(args.tenant_api_keys)
+    values["cors_allowed_origins"] = tuple(args.cors_allowed_origins)
     return GatewayConfig(**values)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from smg.router.breaker import BreakerConfig
+from smg.router.health import HealthConfig
+from smg.router.retry import RetryConfig
 from smg.router.workers import normalize_url
 
 POLICIES = ("random", "round_robin")
@@ -40,6 +43,38 @@ class GatewayConfig:
     worker_startup_check_interval: float = 1.0
     upstream_client: str = "pool"
     upstream_max_idle_per_worker: int = 256
+    # worker health (probes of GET <url><endpoint>)
+    health_check_interval_secs: float = 10.0
+    health_check_timeout_secs: float = 5.0
+    health_check_endpoint: str = "/health"
+    health_success_threshold: int = 2
+    health_failure_threshold: int = 3
+    health_failed_threshold: int = 30
+    disable_health_check: bool = False
+    remove_unhealthy_workers: bool = False
+    # circuit breaker
+    cb_failure_threshold: int = 10
+    cb_success_threshold: int = 3
+    cb_timeout_duration_secs: float = 60.0
+    cb_window_duration_secs: float = 120.0
+    disable_circuit_breaker: bool = False
+    # retries and per-attempt timeouts
+    retry_max_retries: int = 5
+    retry_initial_backoff_ms: float = 50.0
+    retry_max_backoff_ms: float = 30000.0
+    retry_backoff_multiplier: float = 1.5
+    retry_jitter_factor: float = 0.2
+    disable_retries: bool = False
+    worker_first_byte_timeout_secs: float = 120.0
+    stream_stall_timeout_secs: float = 300.0
+    # admission
+    max_concurrent_requests: int = -1
+    queue_size: int = 100
+    queue_timeout_secs: float = 60.0
+    rate_limit_tokens_per_second: float = 0.0
+    # auth and browsers
+    tenant_api_keys: tuple[str, ...] = ()
+    cors_allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,11 +113,70 @@ class GatewayConfig:
         for name in self.request_id_headers:
             if not name or not name.isascii() or " " in name:
                 raise ConfigError(f"--request-id-headers: invalid header name '{name}'")
+        for flag, value in (
+            ("--health-check-interval-secs", self.health_check_interval_secs),
+            ("--health-check-timeout-secs", self.health_check_timeout_secs),
+            ("--worker-first-byte-timeout-secs", self.worker_first_byte_timeout_secs),
+            ("--stream-stall-timeout-secs", self.stream_stall_timeout_secs),
+            ("--queue-timeout-secs", self.queue_timeout_secs),
+        ):
+            if not value > 0:
+                raise ConfigError(f"{flag} must be positive, got {value}")
+        if not self.health_check_endpoint.startswith("/"):
+            raise ConfigError("--health-check-endpoint must start with '/'")
+        if self.max_concurrent_requests == 0 or self.max_concurrent_requests < -1:
+            raise ConfigError("--max-concurrent-requests must be positive, or -1 for no limit")
+        if self.queue_size < 0:
+            raise ConfigError("--queue-size must not be negative")
+        if self.rate_limit_tokens_per_second < 0:
+            raise ConfigError("--rate-limit-tokens-per-second must not be negative")
+        for entry in self.tenant_api_keys:
+            tenant, sep, key = entry.partition(":")
+            if not sep or not tenant or not key:
+                raise ConfigError(f"--tenant-api-key must look like TENANT:KEY, got '{entry}'")
+        for origin in self.cors_allowed_origins:
+            if origin != "*" and "://" not in origin:
+                raise ConfigError(f"--cors-allowed-origins: '{origin}' is not an origin like https://example.com or '*'")
+        try:
+            self.health_config()
+            self.breaker_config()
+            self.retry_config()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         for url in self.worker_urls:
             try:
                 normalize_url(url)
             except ValueError as exc:
                 raise ConfigError(f"--worker-urls: {exc}") from None
+
+    def health_config(self) -> HealthConfig:
+        return HealthConfig(
+            success_threshold=self.health_success_threshold,
+            failure_threshold=self.health_failure_threshold,
+            failed_threshold=max(self.health_failed_threshold, self.health_failure_threshold),
+        )
+
+    def breaker_config(self) -> BreakerConfig:
+        return BreakerConfig(
+            failure_threshold=self.cb_failure_threshold,
+            success_threshold=self.cb_success_threshold,
+            timeout=self.cb_timeout_duration_secs,
+            window=self.cb_window_duration_secs,
+            enabled=not self.disable_circuit_breaker,
+        )
+
+    def retry_config(self) -> RetryConfig:
+        return RetryConfig(
+            max_attempts=1 if self.disable_retries else self.retry_max_retries,
+            initial_backoff=self.retry_initial_backoff_ms / 1000.0,
+            max_backoff=self.retry_max_backoff_ms / 1000.0,
+            multiplier=self.retry_backoff_multiplier,
+            jitter=self.retry_jitter_factor,
+        )
+
+    def tenant_keys(self) -> dict[str, str]:
+        """API key -> tenant id."""
+        return {key: tenant for tenant, _, key in (entry.partition(":") for entry in self.tenant_api_keys)}
 
 
 def _port(flag: str, value: int) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from smg.observability.request_id import request_id_for
+from smg.router.health import HealthState
 from smg.router.policies import RequestInfo, make_policy
-from smg.router.workers import READY, Worker, WorkerRegistry, normalize_url, worker_id_for
+from smg.router.workers import Worker, WorkerRegistry, normalize_url, worker_id_for
 from smg.testing.engine import SimConfig, SimEngine
 from smg.testing.kvcache import PrefixKVCache, chain_hashes, tokenize
 
@@ -92,7 +93,8 @@ def test_worker_ids_and_registry_index() -> None:
     registry.add(a)
     registry.add(b)
     assert registry.available("m") == []
-    a.status = b.status = READY
+    a.health.reset(HealthState.READY)
+    b.health.reset(HealthState.READY)
     registry.refresh()
     assert registry.available("m") == [a, b] and registry.available("n") == [b]
     assert sorted(registry.models()) == ["m", "n"]

@@ -81,6 +81,22 @@ class GatewayMetrics:
         self.worker_active = _Cached(Gauge("smg_worker_requests_active", "Requests in flight per worker", ["worker"], registry=r))
         self.worker_health = _Cached(Gauge("smg_worker_health", "1 if the worker is available, else 0", ["worker"], registry=r))
         self.worker_pool_size = Gauge("smg_worker_pool_size", "Workers known to this gateway", registry=r)
+        self.worker_selection = _Cached(
+            Counter("smg_worker_selection_total", "Workers picked by the policy", ["policy", "worker"], registry=r)
+        )
+        self.retries = _Cached(
+            Counter("smg_worker_retries_total", "Attempts retried after a failure on this worker", ["worker"], registry=r)
+        )
+        self.retries_exhausted = _Cached(
+            Counter("smg_worker_retries_exhausted_total", "Requests whose every attempt failed", ["route"], registry=r)
+        )
+        self.cb_state = _Cached(
+            Gauge("smg_worker_cb_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open", ["worker"], registry=r)
+        )
+        self.cb_transitions = _Cached(
+            Counter("smg_worker_cb_transitions_total", "Circuit breaker transitions", ["worker", "from", "to"], registry=r)
+        )
+        self.rate_limit = _Cached(Counter("smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

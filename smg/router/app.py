@@ -9,7 +9,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
-from smg.asgi import BodyTooLarge, ClientDisconnected, Receive, Scope, Send, send_json, send_text, serve_lifespan
+from smg.asgi import (
+    TEXT_CONTENT,
+    BodyTooLarge,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_bytes,
+    send_json,
+    send_text,
+    serve_lifespan,
+)
 from smg.observability.request_id import request_id_for
 from smg.router import control
 from smg.router.context import GatewayContext
@@ -20,6 +32,7 @@ from smg.router.exchange import Exchange
 log = logging.getLogger("smg.router")
 
 OPEN, DATA, CONTROL = "open", "data", "control"
+ADMIN_TENANT = "admin"  # the tenant of the shared --api-key
 Handler = Callable[[GatewayContext, Exchange], Awaitable[None]]
 
 
@@ -76,7 +89,11 @@ class GatewayApp:
         self.ctx = ctx
         self.routes = _static_routes()
         self._paths = {path for _, path in self.routes}
-        self._api_key = f"Bearer {ctx.config.api_key}".encode() if ctx.config.api_key else None
+        config = ctx.config
+        self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
+        self._tenant_keys = {f"Bearer {key}".encode(): tenant for key, tenant in ctx.tenant_keys.items()}
+        self._cors_any = "*" in config.cors_allowed_origins
+        self._cors_origins = {origin.encode() for origin in config.cors_allowed_origins}
 
     def _route(self, method: str, path: str) -> Route:
         route = self.routes.get((method, path))
@@ -92,12 +109,37 @@ class GatewayApp:
             raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on {path}")
         raise GatewayError(404, "not_found", f"no route for {method} {path}")
 
-    def _authorized(self, scope: Scope) -> bool:
-        if self._api_key is None:
+    def _authenticate(self, scope: Scope, auth: str) -> str | None:
+        """The tenant a request acts for; raises 401 when its key does not open `auth` routes."""
+        if self._api_key is None and not self._tenant_keys:
+            return None
+        presented = header(scope, b"authorization") or b""
+        if self._api_key is not None and hmac.compare_digest(presented, self._api_key):
+            return ADMIN_TENANT
+        tenant = self._tenant_keys.get(presented)
+        if tenant is not None:
+            if auth == DATA:
+                return tenant
+            raise GatewayError(401, "invalid_api_key", "tenant keys cannot use control-plane routes; use the --api-key key")
+        raise GatewayError(401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer <key>')")
+
+    def _cors(self, scope: Scope, ex: Exchange) -> bool:
+        """Add CORS headers for an allowed origin; True when this was a preflight, answered here."""
+        origin = header(scope, b"origin")
+        if origin is None or not (self._cors_any or origin in self._cors_origins):
+            return False
+        ex.extra_headers += [(b"access-control-allow-origin", origin), (b"vary", b"origin")]
+        if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method") is not None:
+            ex.extra_headers += [
+                (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+                (
+                    b"access-control-allow-headers",
+                    header(scope, b"access-control-request-headers") or b"authorization, content-type",
+                ),
+                (b"access-control-max-age", b"600"),
+            ]
             return True
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                return hmac.compare_digest(value, self._api_key)
+        ex.extra_headers.append((b"access-control-expose-headers", b"x-request-id, x-smg-routed-worker-id, x-smg-error-code"))
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,10 +153,13 @@ class GatewayApp:
         ex = Exchange(scope, receive, send, request_id_for(scope, ctx.request_id_headers), "unmatched")
         is_data = False
         try:
+            if self._cors_origins and self._cors(scope, ex):
+                await send_bytes(ex.send, 204, b"", content_type=TEXT_CONTENT)
+                return
             route = self._route(method, scope["path"])
             ex.route = route.template
-            if route.auth != OPEN and not self._authorized(scope):
-                raise GatewayError(401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer <key>')")
+            if route.auth != OPEN:
+                ex.tenant = self._authenticate(scope, route.auth)
             is_data = route.auth == DATA
             if is_data:
                 ctx.in_flight += 1
@@ -154,6 +199,8 @@ class GatewayApp:
             fields = {"request_id": ex.request_id, "status": ex.status, "duration_ms": round(elapsed * 1000, 2)}
             if ex.model:
                 fields["model"] = ex.model
+            if ex.tenant:
+                fields["tenant"] = ex.tenant
             if ex.worker is not None:
                 fields["worker"] = ex.worker.url
             if ex.error_code:

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from smg.config import GatewayConfig
 from smg.observability.logs import AccessLog
 from smg.observability.metrics import GatewayMetrics
+from smg.router.admission import Admission
+from smg.router.breaker import STATE_GAUGE
 from smg.router.policies import Policy, make_policy
 from smg.router.registration import Registrar
+from smg.router.retry import RetryConfig
 from smg.router.upstream import Upstream, make_upstream
 from smg.router.workers import Worker, WorkerRegistry
 
@@ -22,6 +25,9 @@ class GatewayContext:
     metrics: GatewayMetrics
     registrar: Registrar
     request_id_headers: tuple[bytes, ...]
+    retry: RetryConfig
+    admission: Admission
+    tenant_keys: dict[str, str]  # API key -> tenant
     access_log: AccessLog = field(default_factory=AccessLog)
     in_flight: int = 0
     draining: bool = False
@@ -45,17 +51,36 @@ class GatewayContext:
                 registry,
                 startup_timeout=config.worker_startup_timeout_secs,
                 check_interval=config.worker_startup_check_interval,
+                health_interval=config.health_check_interval_secs,
+                health_timeout=config.health_check_timeout_secs,
+                health_endpoint=config.health_check_endpoint,
+                health_checks=not config.disable_health_check,
+                remove_failed=config.remove_unhealthy_workers,
                 api_key=config.api_key,
             ),
             request_id_headers=tuple(h.lower().encode() for h in config.request_id_headers),
+            retry=config.retry_config(),
+            admission=Admission(
+                config.max_concurrent_requests if config.max_concurrent_requests > 0 else None,
+                config.queue_size,
+                config.queue_timeout_secs,
+                config.rate_limit_tokens_per_second,
+            ),
+            tenant_keys=config.tenant_keys(),
         )
         ctx.registrar.on_change = ctx.publish_worker_metrics
         ctx.access_log.configure(config.log_json)
         return ctx
 
+    @property
+    def forward_client_authorization(self) -> bool:
+        """A client's own Authorization goes to workers only when the gateway checks no keys."""
+        return not self.config.api_key and not self.tenant_keys
+
     def add_worker(self, url: str, **settings: object) -> Worker:
         """Register a worker by URL; raises DuplicateWorker or ValueError."""
-        worker = Worker.from_url(url, **settings)  # type: ignore[arg-type]
+        config = self.config
+        worker = Worker.from_url(url, health=config.health_config(), breaker=config.breaker_config(), **settings)  # type: ignore[arg-type]
         self.registry.add(worker)
         self.registrar.register(worker)
         return worker
@@ -64,9 +89,10 @@ class GatewayContext:
         metrics = self.metrics
         urls = {w.url for w in self.registry}
         for worker in self.registry:
-            metrics.worker_health(worker.url).set(1 if worker.is_available else 0)
+            metrics.worker_health(worker.url).set(1 if worker.is_routable else 0)
+            metrics.cb_state(worker.url).set(STATE_GAUGE[worker.breaker.state])
         for gone in self._known_worker_urls - urls:
-            metrics.worker_health.remove(gone)
-            metrics.worker_active.remove(gone)
+            for metric in (metrics.worker_health, metrics.worker_active, metrics.cb_state):
+                metric.remove(gone)
         self._known_worker_urls = urls
         metrics.worker_pool_size.set(len(urls))

@@ -24,6 +24,7 @@ class Exchange:
         "error_code",
         "error_message",
         "event_stream",
+        "extra_headers",
         "finished",
         "model",
         "receive",
@@ -33,6 +34,7 @@ class Exchange:
         "started",
         "started_at",
         "status",
+        "tenant",
         "worker",
     )
 
@@ -52,13 +54,15 @@ class Exchange:
         self.error_code: str | None = None
         self.error_message: str | None = None
         self.event_stream = False
+        self.tenant: str | None = None
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
             self.started = True
-            message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, self.request_id.encode())]
+            message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, self.request_id.encode()), *self.extra_headers]
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)

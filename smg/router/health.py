@@ -67,6 +67,21 @@ class HealthMachine:
             return self._move(HealthState.FAILED)
         return None
 
+    def observe_startup(self, ok: bool) -> HealthTransition | None:
+        """A probe while the worker starts: failures only reset the run of successes.
+
+        Engines take minutes to load a model; the start-up deadline, not a
+        count of failures, decides when a starting worker has failed.
+        """
+        if ok:
+            return self.observe(True)
+        self.successes = 0
+        return None
+
+    def reset(self, state: HealthState = HealthState.PENDING) -> None:
+        self.state = state
+        self.successes = self.failures = 0
+
     def _move(self, new: HealthState) -> HealthTransition:
         old, self.state = self.state, new
         return HealthTransition(old, new)

@@ -1,8 +1,12 @@
-"""Worker registration and control-plane calls to workers (httpx).
+"""Worker discovery, health probing and removal, plus control-plane calls (httpx).
 
-A worker becomes available once `/health` answers 200 and `/v1/models`
-names what it serves. Probing runs in the registrar's nursery, retrying every
-`--worker-startup-check-interval` until `--worker-startup-timeout-secs`.
+A new worker is discovered by `GET /health` and `GET /v1/models` (which
+names what it serves), retrying with backoff up to
+`--worker-startup-timeout-secs`; its health machine then needs
+`--health-success-threshold` good probes to become ready. A periodic loop
+probes every discovered worker each `--health-check-interval-secs` and feeds
+the results to its `HealthMachine`. Every task runs in the registrar's
+nursery.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import Any
 import httpx
 import trio
 
-from smg.router.workers import DRAINING, FAILED, PENDING, READY, Worker, WorkerRegistry
+from smg.router.health import HealthState
+from smg.router.workers import Worker, WorkerRegistry
 
 log = logging.getLogger("smg.workers")
 
-CONTROL_TIMEOUT = httpx.Timeout(5.0)
+DISCOVERY_TIMEOUT = httpx.Timeout(5.0)
+FIRST_RETRY_SECS = 0.1
 
 
 class Registrar:
@@ -28,15 +34,25 @@ class Registrar:
         *,
         startup_timeout: float,
         check_interval: float,
+        health_interval: float = 10.0,
+        health_timeout: float = 5.0,
+        health_endpoint: str = "/health",
+        health_checks: bool = True,
+        remove_failed: bool = False,
         api_key: str | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
         self.startup_timeout = startup_timeout
         self.check_interval = check_interval
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self.health_endpoint = health_endpoint
+        self.health_checks = health_checks
+        self.remove_failed = remove_failed
         self.api_key = api_key
         self.on_change = on_change
-        self.client = httpx.AsyncClient(timeout=CONTROL_TIMEOUT)
+        self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT)
         self._nursery: trio.Nursery | None = None
         self._probes: dict[str, trio.CancelScope] = {}
 
@@ -45,6 +61,8 @@ class Registrar:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.health_checks:
+                    nursery.start_soon(self._health_loop)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -61,51 +79,65 @@ class Registrar:
         key = worker.api_key or self.api_key
         return {"authorization": f"Bearer {key}"} if key else {}
 
-    # -- registration -------------------------------------------------------
+    # -- discovery ------------------------------------------------------------
 
     def register(self, worker: Worker) -> None:
-        """Probe `worker` in the background until it is ready or the timeout passes."""
+        """Discover `worker` in the background until it is ready or the start-up timeout passes."""
         previous = self._probes.pop(worker.id, None)
         if previous is not None:
             previous.cancel()
-        worker.status = PENDING
+        worker.health.reset()
+        worker.discovered = False
         self._changed()
-        self._spawn(self._probe_until_ready, worker)
+        self._spawn(self._start_up, worker)
 
-    async def _probe_until_ready(self, worker: Worker) -> None:
+    async def _start_up(self, worker: Worker) -> None:
         with trio.CancelScope() as scope:
             self._probes[worker.id] = scope
             deadline = trio.current_time() + self.startup_timeout
+            delay = FIRST_RETRY_SECS
             attempt = 0
             while True:
                 attempt += 1
-                try:
-                    await self._probe(worker)
-                except (httpx.HTTPError, ValueError) as exc:
-                    worker.last_error = f"{type(exc).__name__}: {exc}"
-                    if trio.current_time() + self.check_interval > deadline:
-                        worker.status = FAILED
-                        log.error("worker %s failed to register after %d attempts: %s", worker.url, attempt, worker.last_error)
-                        self._changed()
-                        break
-                    log.debug("worker %s not ready (attempt %d): %s", worker.url, attempt, worker.last_error)
-                    await trio.sleep(min(self.check_interval, 0.05 * 2**attempt))
-                    continue
-                if worker.status == PENDING:
-                    worker.status = READY
+                ok = await self._start_up_step(worker)
+                if not self.health_checks:
+                    if worker.discovered:
+                        worker.health.reset(HealthState.READY)
+                else:
+                    worker.health.observe_startup(ok)
+                if worker.health.state is HealthState.READY:
                     worker.last_error = None
                     log.info("worker %s ready: models %s (%s)", worker.url, ", ".join(worker.models), worker.runtime_type)
-                    self._changed()
-                break
+                    break
+                if trio.current_time() + delay > deadline:
+                    worker.health.reset(HealthState.FAILED)
+                    log.error("worker %s failed to become ready after %d attempts: %s", worker.url, attempt, worker.last_error)
+                    break
+                await trio.sleep(delay)
+                delay = min(self.check_interval, delay * 2)
+            self._changed()
         if self._probes.get(worker.id) is scope:
             del self._probes[worker.id]
 
-    async def _probe(self, worker: Worker) -> None:
-        headers = self.headers_for(worker)
-        health = await self.client.get(worker.url + "/health", headers=headers)
-        if health.status_code != 200:
-            raise ValueError(f"/health answered {health.status_code}")
-        response = await self.client.get(worker.url + "/v1/models", headers=headers)
+    async def _start_up_step(self, worker: Worker) -> bool:
+        """Discover the models first; after that, probe health."""
+        if worker.discovered:
+            return await self.probe_health(worker)
+        try:
+            await self._discover_models(worker)
+        except httpx.HTTPError as exc:
+            worker.last_error = f"discovery: {type(exc).__name__}: {exc}"
+            return False
+        except ValueError as exc:
+            worker.last_error = str(exc)
+            return False
+        worker.discovered = True
+        return True
+
+    async def _discover_models(self, worker: Worker) -> None:
+        if not await self.probe_health(worker):
+            raise ValueError(worker.last_error)
+        response = await self.client.get(worker.url + "/v1/models", headers=self.headers_for(worker))
         if response.status_code != 200:
             raise ValueError(f"/v1/models answered {response.status_code}")
         data = response.json().get("data")
@@ -117,6 +149,46 @@ class Registrar:
         worker.models = models
         worker.runtime_type = str(data[0].get("owned_by") or "unknown")
 
+    async def probe_health(self, worker: Worker) -> bool:
+        try:
+            response = await self.client.get(
+                worker.url + self.health_endpoint, headers=self.headers_for(worker), timeout=self.health_timeout
+            )
+        except httpx.HTTPError as exc:
+            worker.last_error = f"health probe: {type(exc).__name__}: {exc}"
+            return False
+        if response.status_code != 200:
+            worker.last_error = f"health probe answered {response.status_code}"
+            return False
+        return True
+
+    # -- periodic health checks ---------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await trio.sleep(self.health_interval)
+            workers = [w for w in self.registry if w.discovered and not w.draining and w.health.state is not HealthState.PENDING]
+            async with trio.open_nursery() as nursery:
+                for worker in workers:
+                    nursery.start_soon(self._check, worker)
+
+    async def _check(self, worker: Worker) -> None:
+        ok = await self.probe_health(worker)
+        if worker.draining or self.registry.get(worker.id) is not worker:
+            return  # removed or draining while the probe was out
+        transition = worker.health.observe(ok)
+        if transition is None:
+            return
+        if transition.new is HealthState.READY:
+            worker.last_error = None
+            log.info("worker %s is healthy again (%s -> ready)", worker.url, transition.old.value)
+        else:
+            log.warning("worker %s: %s -> %s (%s)", worker.url, transition.old.value, transition.new.value, worker.last_error)
+        if transition.new is HealthState.FAILED and self.remove_failed:
+            self.registry.remove(worker.id)
+            log.warning("worker %s removed after %d failed probes", worker.url, worker.health.failures)
+        self._changed()
+
     # -- removal ------------------------------------------------------------
 
     def drain_and_remove(self, worker: Worker, grace: float) -> None:
@@ -124,7 +196,7 @@ class Registrar:
         probe = self._probes.pop(worker.id, None)
         if probe is not None:
             probe.cancel()
-        worker.status = DRAINING
+        worker.draining = True
         self._changed()
         self._spawn(self._remove_when_idle, worker, grace)
 

@@ -7,10 +7,10 @@ from hashlib import blake2b
 from typing import Any
 from urllib.parse import urlsplit
 
-PENDING = "pending"  # registered through the API, not yet probed successfully
-READY = "ready"
-FAILED = "failed"  # probing gave up after the start-up timeout
-DRAINING = "draining"  # being removed: no new requests, in-flight ones finish
+from smg.router.breaker import BreakerConfig, CircuitBreaker
+from smg.router.health import HealthConfig, HealthMachine, HealthState
+
+DRAINING = "draining"  # the status of a worker being removed: no new requests, in-flight ones finish
 
 
 def normalize_url(url: str) -> str:
@@ -66,22 +66,42 @@ class Worker:
     origin: Origin
     models: list[str] = field(default_factory=list)
     runtime_type: str = "unknown"
-    status: str = PENDING
     labels: dict[str, str] = field(default_factory=dict)
     priority: int = 50
     cost: float = 1.0
     api_key: str | None = None
     in_flight: int = 0
     last_error: str | None = None
+    health: HealthMachine = field(default_factory=lambda: HealthMachine(HealthConfig()))
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(BreakerConfig()))
+    discovered: bool = False  # /v1/models answered: the worker's models are known
+    draining: bool = False
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Worker:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        health: HealthConfig | None = None,
+        breaker: BreakerConfig | None = None,
+        **settings: Any,
+    ) -> Worker:
         normalized = normalize_url(url)
-        return cls(url=normalized, id=worker_id_for(normalized), origin=Origin.parse(normalized), **kwargs)
+        worker = cls(url=normalized, id=worker_id_for(normalized), origin=Origin.parse(normalized), **settings)
+        if health is not None:
+            worker.health = HealthMachine(health)
+        if breaker is not None:
+            worker.breaker = CircuitBreaker(breaker)
+        return worker
 
     @property
-    def is_available(self) -> bool:
-        return self.status == READY
+    def status(self) -> str:
+        return DRAINING if self.draining else self.health.state.value
+
+    @property
+    def is_routable(self) -> bool:
+        """Healthy and not draining; the breaker is asked separately, at pick time."""
+        return self.health.state is HealthState.READY and not self.draining
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,8 +115,9 @@ class Worker:
             "labels": dict(self.labels),
             "priority": self.priority,
             "cost": self.cost,
-            "is_healthy": self.status == READY,
+            "is_healthy": self.is_routable,
             "status": self.status,
+            "circuit_breaker": self.breaker.state.value,
             "load": self.in_flight,
             "last_error": self.last_error,
         }
@@ -137,16 +158,17 @@ class WorkerRegistry:
         """Rebuild the per-model index; call after any status or model change."""
         index: dict[str, list[Worker]] = {}
         for worker in self._by_id.values():
-            if worker.is_available:
+            if worker.is_routable:
                 for model in worker.models:
                     index.setdefault(model, []).append(worker)
         self._available = index
 
     def available(self, model: str) -> list[Worker]:
+        """Routable workers of `model` (breakers not yet consulted)."""
         return self._available.get(model, [])
 
     def available_any(self) -> list[Worker]:
-        return [w for w in self._by_id.values() if w.is_available]
+        return [w for w in self._by_id.values() if w.is_routable]
 
     def serves(self, model: str) -> bool:
         """Whether any known worker (available or not) lists `model`."""
@@ -156,10 +178,10 @@ class WorkerRegistry:
         """Each served model with one worker that serves it (for `/v1/models`)."""
         out: dict[str, Worker] = {}
         for worker in self._by_id.values():
-            if worker.is_available:
+            if worker.is_routable:
                 for model in worker.models:
                     out.setdefault(model, worker)
         return out
 
     def healthy_count(self) -> int:
-        return sum(1 for w in self._by_id.values() if w.is_available)
+        return sum(1 for w in self._by_id.values() if w.is_routable)
