@@ -16,8 +16,9 @@ from typing import Any, NoReturn
 import trio
 
 from smg import __version__
-from smg.config import DEFAULT_REQUEST_ID_HEADERS, LOG_LEVELS, POLICIES, UPSTREAM_CLIENTS, ConfigError, GatewayConfig
+from smg.config import DEFAULT_REQUEST_ID_HEADERS, LOG_LEVELS, UPSTREAM_CLIENTS, ConfigError, GatewayConfig
 from smg.observability.logs import setup_logging
+from smg.router.policies import POLICIES
 from smg.server import run_gateway, run_serve
 from smg.testing.engine import SimConfig
 from smg.testing.fleet import run_fleet
@@ -96,7 +97,9 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     workers.add_argument(
         "--worker-urls", nargs="*", default=[], metavar="URL", help="worker base URLs, e.g. http://127.0.0.1:8000"
     )
-    workers.add_argument("--policy", choices=POLICIES, default="round_robin", help="load-balancing policy (default: %(default)s)")
+    workers.add_argument(
+        "--policy", choices=list(POLICIES), default="round_robin", help="load-balancing policy (default: %(default)s)"
+    )
     workers.add_argument(
         "--enable-igw",
         action="store_true",
@@ -131,6 +134,37 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=256,
         help="idle keep-alive connections kept per worker (default: %(default)s)",
+    )
+
+    policy = parser.add_argument_group("policy tuning")
+    policy.add_argument(
+        "--prefix-token-count",
+        type=int,
+        default=256,
+        help="prefix_hash: tokens hashed (4 characters each, untokenised) (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--prefix-hash-load-factor",
+        type=float,
+        default=1.25,
+        help="prefix_hash: a worker above this multiple of its fair share is passed over (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--max-idle-secs",
+        "--sticky-key-idle-secs",
+        dest="max_idle_secs",
+        type=float,
+        default=14400.0,
+        help="manual: an unused routing key is forgotten after this (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--load-monitor-interval",
+        type=float,
+        default=10.0,
+        help="seconds between polls of workers' /v1/loads for load-aware policies (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--disable-load-monitoring", action="store_true", help="load-aware policies use the gateway's in-flight counts only"
     )
 
     health = parser.add_argument_group("worker health")

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from smg.router.breaker import BreakerConfig
 from smg.router.health import HealthConfig
+from smg.router.policies import POLICIES, PolicyConfig
 from smg.router.retry import RetryConfig
 from smg.router.workers import normalize_url
 
-POLICIES = ("random", "round_robin")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 UPSTREAM_CLIENTS = ("pool", "httpx")
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id")
@@ -43,6 +43,12 @@ class GatewayConfig:
     worker_startup_check_interval: float = 1.0
     upstream_client: str = "pool"
     upstream_max_idle_per_worker: int = 256
+    # policies
+    prefix_token_count: int = 256
+    prefix_hash_load_factor: float = 1.25
+    max_idle_secs: float = 14400.0
+    load_monitor_interval: float = 10.0
+    disable_load_monitoring: bool = False
     # worker health (probes of GET <url><endpoint>)
     health_check_interval_secs: float = 10.0
     health_check_timeout_secs: float = 5.0
@@ -119,6 +125,7 @@ class GatewayConfig:
             ("--worker-first-byte-timeout-secs", self.worker_first_byte_timeout_secs),
             ("--stream-stall-timeout-secs", self.stream_stall_timeout_secs),
             ("--queue-timeout-secs", self.queue_timeout_secs),
+            ("--load-monitor-interval", self.load_monitor_interval),
         ):
             if not value > 0:
                 raise ConfigError(f"{flag} must be positive, got {value}")
@@ -141,6 +148,7 @@ class GatewayConfig:
             self.health_config()
             self.breaker_config()
             self.retry_config()
+            self.policy_config()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for url in self.worker_urls:
@@ -173,6 +181,18 @@ class GatewayConfig:
             multiplier=self.retry_backoff_multiplier,
             jitter=self.retry_jitter_factor,
         )
+
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(
+            prefix_token_count=self.prefix_token_count,
+            prefix_hash_load_factor=self.prefix_hash_load_factor,
+            max_idle_secs=self.max_idle_secs,
+        )
+
+    @property
+    def load_monitoring(self) -> bool:
+        """Poll workers' /v1/loads for the policies that weigh load."""
+        return not self.disable_load_monitoring and self.policy in ("power_of_two", "prefix_hash", "manual")
 
     def tenant_keys(self) -> dict[str, str]:
         """API key -> tenant id."""

@@ -6,7 +6,7 @@ import pytest
 
 from smg.observability.request_id import request_id_for
 from smg.router.health import HealthState
-from smg.router.policies import RequestInfo, make_policy
+from smg.router.policies import PolicyConfig, RequestInfo, make_policy
 from smg.router.workers import Worker, WorkerRegistry, normalize_url, worker_id_for
 from smg.testing.engine import SimConfig, SimEngine
 from smg.testing.kvcache import PrefixKVCache, chain_hashes, tokenize
@@ -105,7 +105,7 @@ def test_round_robin_alternates_per_model_and_random_stays_in_set() -> None:
     rr = make_policy("round_robin")
     picks = [rr.select(workers, RequestInfo("m", "/")).url for _ in range(6)]
     assert picks == [w.url for w in workers] * 2
-    rnd = make_policy("random", seed=1)
+    rnd = make_policy("random", PolicyConfig(seed=1))
     assert {rnd.select(workers, RequestInfo("m", "/")).url for _ in range(60)} == {w.url for w in workers}
 
 

@@ -40,7 +40,7 @@ class GatewayContext:
         ctx = cls(
             config=config,
             registry=registry,
-            policy=make_policy(config.policy),
+            policy=make_policy(config.policy, config.policy_config()),
             upstream=make_upstream(
                 config.upstream_client,
                 connect_timeout=config.connect_timeout_secs,
@@ -56,6 +56,7 @@ class GatewayContext:
                 health_endpoint=config.health_check_endpoint,
                 health_checks=not config.disable_health_check,
                 remove_failed=config.remove_unhealthy_workers,
+                load_interval=config.load_monitor_interval if config.load_monitoring else None,
                 api_key=config.api_key,
             ),
             request_id_headers=tuple(h.lower().encode() for h in config.request_id_headers),

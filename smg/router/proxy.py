@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,8 +26,9 @@ from smg.asgi import send_bytes
 from smg.router.breaker import STATE_GAUGE, Transition
 from smg.router.errors import GatewayError, model_not_found
 from smg.router.exchange import REQUEST_ID_HEADER, Exchange
-from smg.router.policies import RequestInfo
+from smg.router.policies import NoEligibleWorker, RequestInfo
 from smg.router.retry import is_retryable
+from smg.router.routing_text import routing_text
 from smg.router.upstream import UpstreamConnectError, UpstreamError, UpstreamResponse
 from smg.router.workers import Worker
 
@@ -61,8 +62,39 @@ class Failed:
     answer: Answer | None = None  # the worker's own answer, when it sent one
 
 
-def choose_worker(ctx: GatewayContext, model: str | None, path: str, tried: Sequence[str] = ()) -> Worker:
+def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> RequestInfo:
+    """What the policy may know of this request, gathered once for all attempts."""
+    routing_key = target = client_key = None
+    for name, value in ex.scope["headers"]:
+        if name == b"x-smg-routing-key":
+            routing_key = value.decode("latin-1")
+        elif name == b"x-smg-target-worker":
+            try:
+                target = int(value)
+            except ValueError:
+                raise GatewayError(
+                    400,
+                    "invalid_routing_header",
+                    "X-SMG-Target-Worker must be a worker index (an integer)",
+                    param="x-smg-target-worker",
+                ) from None
+        elif name == b"authorization" or (name == b"x-forwarded-for" and client_key is None):
+            client_key = value.decode("latin-1").split(",")[0].strip()
+    model = ex.model or ""
+    return RequestInfo(
+        model=model,
+        path=ex.scope["path"],
+        text=routing_text(request) if ctx.policy.needs_text else "",
+        routing_key=routing_key,
+        target_index=target,
+        client_key=client_key,
+        pool=ctx.registry.serving(model) if ex.model is not None else (),
+    )
+
+
+def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] = ()) -> Worker:
     registry = ctx.registry
+    model = info.model or None
     candidates = registry.available(model) if model is not None else registry.available_any()
     if not candidates:
         if model is not None and not registry.serves(model) and all(w.discovered for w in registry):
@@ -76,7 +108,10 @@ def choose_worker(ctx: GatewayContext, model: str | None, path: str, tried: Sequ
     if tried:
         fresh = [w for w in workers if w.id not in tried]
         workers = fresh or workers
-    worker = ctx.policy.select(workers, RequestInfo(model or "", path))
+    try:
+        worker = ctx.policy.select(workers, replace(info, now=now))
+    except NoEligibleWorker as exc:
+        raise GatewayError(503, "no_available_workers", str(exc)) from None
     ctx.metrics.worker_selection(ctx.policy.name, worker.url).inc()
     return worker
 
@@ -96,6 +131,7 @@ def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker) -> list[
 async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:
     """Answer `ex` from the workers, retrying failed attempts within the request deadline."""
     retry = ctx.retry
+    info = request_info(ctx, ex, request)
     outcome: Answer | Failed | None = None
     tried: list[str] = []
     with trio.move_on_after(ctx.config.request_timeout_secs) as deadline:
@@ -105,7 +141,7 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
                 if attempt > 1:
                     await trio.sleep(retry.delay(attempt - 1, random.random()))
                 try:
-                    worker = choose_worker(ctx, ex.model, ex.scope["path"], tried)
+                    worker = choose_worker(ctx, info, tried)
                 except GatewayError as error:
                     if outcome is None:  # nothing tried yet: this is the answer
                         outcome = Failed(error)

@@ -39,6 +39,7 @@ class Registrar:
         health_endpoint: str = "/health",
         health_checks: bool = True,
         remove_failed: bool = False,
+        load_interval: float | None = None,
         api_key: str | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
@@ -50,6 +51,7 @@ class Registrar:
         self.health_endpoint = health_endpoint
         self.health_checks = health_checks
         self.remove_failed = remove_failed
+        self.load_interval = load_interval
         self.api_key = api_key
         self.on_change = on_change
         self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT)
@@ -63,6 +65,8 @@ class Registrar:
                 self._nursery = nursery
                 if self.health_checks:
                     nursery.start_soon(self._health_loop)
+                if self.load_interval:
+                    nursery.start_soon(self._load_loop, self.load_interval)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -189,6 +193,16 @@ class Registrar:
             log.warning("worker %s removed after %d failed probes", worker.url, worker.health.failures)
         self._changed()
 
+    # -- load monitor -------------------------------------------------------
+
+    async def _load_loop(self, interval: float) -> None:
+        """Poll each routable worker's /v1/loads; a worker that does not answer reports 0."""
+        while True:
+            workers = self.registry.available_any()
+            for worker, result in await self.fan_out("GET", "/v1/loads", workers):
+                worker.reported_load = reported_load(result)
+            await trio.sleep(interval)
+
     # -- removal ------------------------------------------------------------
 
     def drain_and_remove(self, worker: Worker, grace: float) -> None:
@@ -229,3 +243,14 @@ class Registrar:
             for i, worker in enumerate(workers):
                 nursery.start_soon(call, i, worker)
         return [(w, r) for w, r in zip(workers, results, strict=True) if r is not None]
+
+
+def reported_load(result: httpx.Response | Exception) -> int:
+    """Running + waiting requests over all data-parallel ranks of an SGLang-style load report."""
+    if isinstance(result, Exception) or result.status_code != 200:
+        return 0
+    try:
+        ranks = result.json().get("loads", [])
+        return sum(int(r.get("num_running_reqs", 0)) + int(r.get("num_waiting_reqs", 0)) for r in ranks if isinstance(r, dict))
+    except (ValueError, TypeError, AttributeError):
+        return 0

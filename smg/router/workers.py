@@ -76,6 +76,7 @@ class Worker:
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(BreakerConfig()))
     discovered: bool = False  # /v1/models answered: the worker's models are known
     draining: bool = False
+    reported_load: int = 0  # running + waiting from the worker's /v1/loads (load monitor), else 0
 
     @classmethod
     def from_url(
@@ -133,6 +134,7 @@ class WorkerRegistry:
     def __init__(self) -> None:
         self._by_id: dict[str, Worker] = {}
         self._available: dict[str, list[Worker]] = {}
+        self._serving: dict[str, list[Worker]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -156,16 +158,23 @@ class WorkerRegistry:
 
     def refresh(self) -> None:
         """Rebuild the per-model index; call after any status or model change."""
-        index: dict[str, list[Worker]] = {}
+        available: dict[str, list[Worker]] = {}
+        serving: dict[str, list[Worker]] = {}
         for worker in self._by_id.values():
-            if worker.is_routable:
-                for model in worker.models:
-                    index.setdefault(model, []).append(worker)
-        self._available = index
+            for model in worker.models:
+                serving.setdefault(model, []).append(worker)
+                if worker.is_routable:
+                    available.setdefault(model, []).append(worker)
+        self._available = available
+        self._serving = serving
 
     def available(self, model: str) -> list[Worker]:
         """Routable workers of `model` (breakers not yet consulted)."""
         return self._available.get(model, [])
+
+    def serving(self, model: str) -> list[Worker]:
+        """Every worker that lists `model`, whatever its state, in registration order."""
+        return self._serving.get(model, [])
 
     def available_any(self) -> list[Worker]:
         return [w for w in self._by_id.values() if w.is_routable]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from hashlib import blake2b
+
+from smg.hashing import chain_hashes as _chain
 
 BLOCK_TOKENS = 16
 
@@ -22,13 +23,10 @@ def tokenize(text: str) -> list[str]:
 
 def chain_hashes(tokens: list[str], block_tokens: int = BLOCK_TOKENS) -> list[bytes]:
     """Chained 64-bit hashes of the full blocks of `tokens`."""
-    hashes: list[bytes] = []
-    previous = b""
-    for start in range(0, len(tokens) - block_tokens + 1, block_tokens):
-        block = " ".join(tokens[start : start + block_tokens]).encode()
-        previous = blake2b(previous + block, digest_size=8).digest()
-        hashes.append(previous)
-    return hashes
+    return _chain(
+        " ".join(tokens[start : start + block_tokens]).encode()
+        for start in range(0, len(tokens) - block_tokens + 1, block_tokens)
+    )
 
 
 @dataclass

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from smg.router.policies.base import Policy, RequestInfo
+from smg.router.policies.base import NoEligibleWorker, Policy, PolicyConfig, RequestInfo, load_of
+from smg.router.policies.consistent_hashing import ConsistentHashingPolicy
+from smg.router.policies.manual import ManualPolicy
+from smg.router.policies.power_of_two import PowerOfTwoPolicy
+from smg.router.policies.prefix_hash import PrefixHashPolicy
 from smg.router.policies.random import RandomPolicy
 from smg.router.policies.round_robin import RoundRobinPolicy
 
-_POLICIES: dict[str, type[Policy]] = {
+POLICIES: dict[str, type[Policy]] = {
     "random": RandomPolicy,
     "round_robin": RoundRobinPolicy,
+    "power_of_two": PowerOfTwoPolicy,
+    "consistent_hashing": ConsistentHashingPolicy,
+    "prefix_hash": PrefixHashPolicy,
+    "manual": ManualPolicy,
 }
 
 
-def make_policy(name: str, *, seed: int | None = None) -> Policy:
+def make_policy(name: str, config: PolicyConfig | None = None) -> Policy:
     try:
-        cls = _POLICIES[name]
+        cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy '{name}'") from None
-    return cls(seed=seed)
+    return cls(config or PolicyConfig())  # type: ignore[call-arg]
 
 
-__all__ = ["Policy", "RequestInfo", "make_policy"]
+__all__ = ["POLICIES", "NoEligibleWorker", "Policy", "PolicyConfig", "RequestInfo", "load_of", "make_policy"]

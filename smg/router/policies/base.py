@@ -1,4 +1,4 @@
-"""The interface every policy implements."""
+"""The interface every policy implements, and what a policy may know of a request."""
 
 from __future__ import annotations
 
@@ -9,19 +9,52 @@ from typing import Protocol
 from smg.router.workers import Worker
 
 
+class NoEligibleWorker(Exception):
+    """The policy cannot route this request (e.g. a targeted worker that is out of range)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
     """What a policy may look at; richer policies get more fields, not more calls."""
 
     model: str
-    path: str
+    path: str = ""
+    now: float = 0.0  # monotonic seconds, from the trio shell
+    text: str = ""  # the routing text, filled only for policies that set `needs_text`
+    routing_key: str | None = None  # X-SMG-Routing-Key
+    target_index: int | None = None  # X-SMG-Target-Worker
+    client_key: str | None = None  # from Authorization or X-Forwarded-For
+    pool: Sequence[Worker] = ()  # every worker of the model, in registration order
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    seed: int | None = None
+    virtual_nodes: int = 160
+    prefix_token_count: int = 256
+    prefix_hash_load_factor: float = 1.25
+    max_idle_secs: float = 14400.0
+    max_sticky_keys: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.virtual_nodes < 1 or self.prefix_token_count < 1:
+            raise ValueError("--prefix-token-count must be at least 1")
+        if not self.prefix_hash_load_factor >= 1.0:
+            raise ValueError("--prefix-hash-load-factor must be at least 1.0")
+        if self.max_idle_secs <= 0:
+            raise ValueError("--max-idle-secs must be positive")
 
 
 class Policy(Protocol):
     name: str
-
-    def __init__(self, *, seed: int | None = None) -> None: ...
+    needs_text: bool
 
     def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
-        """Pick one of `workers` (never empty)."""
+        """Pick one of `workers` (never empty), or raise NoEligibleWorker."""
         ...
+
+
+def load_of(worker: Worker) -> int:
+    """A worker's load as policies see it: the gateway's in-flight count, or the
+    worker's own report (running + waiting) when that is higher."""
+    return max(worker.in_flight, worker.reported_load)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from smg.router.policies.base import RequestInfo
+from smg.router.policies.base import PolicyConfig, RequestInfo
 from smg.router.workers import Worker
 
 
 class RoundRobinPolicy:
     name = "round_robin"
+    needs_text = False
 
-    def __init__(self, *, seed: int | None = None) -> None:
+    def __init__(self, config: PolicyConfig) -> None:
         self._next: dict[str, int] = {}
 
     def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
