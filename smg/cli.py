@@ -98,7 +98,7 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         "--worker-urls", nargs="*", default=[], metavar="URL", help="worker base URLs, e.g. http://127.0.0.1:8000"
     )
     workers.add_argument(
-        "--policy", choices=list(POLICIES), default="round_robin", help="load-balancing policy (default: %(default)s)"
+        "--policy", choices=list(POLICIES), default="cache_aware", help="load-balancing policy (default: %(default)s)"
     )
     workers.add_argument(
         "--enable-igw",
@@ -137,6 +137,43 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     )
 
     policy = parser.add_argument_group("policy tuning")
+    policy.add_argument(
+        "--cache-threshold",
+        "--cache-match-threshold",
+        dest="cache_threshold",
+        type=float,
+        default=0.3,
+        help="cache_aware: least matched share of the prompt that pins it to the matching worker (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--balance-abs-threshold",
+        "--spill-abs-threshold",
+        dest="balance_abs_threshold",
+        type=int,
+        default=64,
+        help="cache_aware: imbalance when max - min load exceeds this ... (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--balance-rel-threshold",
+        "--spill-rel-threshold",
+        dest="balance_rel_threshold",
+        type=float,
+        default=1.5,
+        help="... and max exceeds this multiple of min; then the least loaded wins (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--max-tree-size",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="cache_aware: characters (or tokens) remembered per model, shared by its workers (default: %(default)s)",
+    )
+    policy.add_argument(
+        "--eviction-interval-secs",
+        type=float,
+        default=60.0,
+        help="cache_aware: seconds between evictions down to --max-tree-size (default: %(default)s)",
+    )
+    policy.add_argument("--tokenizer-path", help="cache_aware in token mode: a tokenizer.json (or a directory holding one)")
     policy.add_argument(
         "--prefix-token-count",
         type=int,

@@ -9,6 +9,7 @@ from smg.router.breaker import BreakerConfig
 from smg.router.health import HealthConfig
 from smg.router.policies import POLICIES, PolicyConfig
 from smg.router.retry import RetryConfig
+from smg.router.tokenizer import load_tokenizer
 from smg.router.workers import normalize_url
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -25,7 +26,7 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 30000
     worker_urls: tuple[str, ...] = ()
-    policy: str = "round_robin"
+    policy: str = "cache_aware"
     api_key: str | None = None
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
@@ -44,6 +45,12 @@ class GatewayConfig:
     upstream_client: str = "pool"
     upstream_max_idle_per_worker: int = 256
     # policies
+    cache_threshold: float = 0.3
+    balance_abs_threshold: int = 64
+    balance_rel_threshold: float = 1.5
+    max_tree_size: int = 64 * 1024 * 1024
+    eviction_interval_secs: float = 60.0
+    tokenizer_path: str | None = None
     prefix_token_count: int = 256
     prefix_hash_load_factor: float = 1.25
     max_idle_secs: float = 14400.0
@@ -126,6 +133,7 @@ class GatewayConfig:
             ("--stream-stall-timeout-secs", self.stream_stall_timeout_secs),
             ("--queue-timeout-secs", self.queue_timeout_secs),
             ("--load-monitor-interval", self.load_monitor_interval),
+            ("--eviction-interval-secs", self.eviction_interval_secs),
         ):
             if not value > 0:
                 raise ConfigError(f"{flag} must be positive, got {value}")
@@ -184,6 +192,11 @@ class GatewayConfig:
 
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig(
+            cache_threshold=self.cache_threshold,
+            balance_abs_threshold=self.balance_abs_threshold,
+            balance_rel_threshold=self.balance_rel_threshold,
+            max_tree_size=self.max_tree_size,
+            tokenize=load_tokenizer(self.tokenizer_path) if self.tokenizer_path else None,
             prefix_token_count=self.prefix_token_count,
             prefix_hash_load_factor=self.prefix_hash_load_factor,
             max_idle_secs=self.max_idle_secs,
@@ -192,7 +205,7 @@ class GatewayConfig:
     @property
     def load_monitoring(self) -> bool:
         """Poll workers' /v1/loads for the policies that weigh load."""
-        return not self.disable_load_monitoring and self.policy in ("power_of_two", "prefix_hash", "manual")
+        return not self.disable_load_monitoring and self.policy in ("power_of_two", "prefix_hash", "manual", "cache_aware")
 
     def tenant_keys(self) -> dict[str, str]:
         """API key -> tenant id."""

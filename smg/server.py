@@ -55,6 +55,7 @@ async def run_gateway(
     async with trio.open_nursery() as nursery:
         await nursery.start(ctx.registrar.run)
         await nursery.start(ctx.access_log.run)
+        nursery.start_soon(ctx.maintain_policy)
         for url in config.worker_urls:
             try:
                 ctx.add_worker(url)

@@ -43,3 +43,27 @@ def test_manual_policy_is_sticky() -> None:
     finally:
         gateway.stop()
         sim.stop()
+
+
+def test_cache_aware_keeps_a_shared_prefix_on_one_worker_and_spreads_the_rest() -> None:
+    sim = start_sim(3, "--ttft-ms", "0", "--tpot-ms", "0")
+    gateway = start_gateway(sim.urls)  # cache_aware is the default
+    try:
+        system = {"role": "system", "content": "You are a careful assistant who answers briefly. " * 30}
+        homes, cached = set(), []
+        for i in range(6):
+            body = {"model": "sim-model", "max_tokens": 1, "messages": [system, {"role": "user", "content": f"question {i}"}]}
+            r = httpx.post(gateway.url + "/v1/chat/completions", json=body)
+            homes.add(r.headers["x-smg-routed-worker-id"])
+            cached.append(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+        assert len(homes) == 1 and cached[0] == 0 and min(cached[1:]) > 200
+        spread = set()
+        for i in range(6):
+            body = {"model": "sim-model", "max_tokens": 1, "messages": [{"role": "user", "content": f"topic {i} " * 80}]}
+            spread.add(httpx.post(gateway.url + "/v1/chat/completions", json=body).headers["x-smg-routed-worker-id"])
+        assert len(spread) >= 2
+        metrics = httpx.get(gateway.metrics_url + "/metrics").text
+        assert "smg_router_cache_match_ratio_count" in metrics
+    finally:
+        gateway.stop()
+        sim.stop()

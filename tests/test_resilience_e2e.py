@@ -19,7 +19,7 @@ def pair() -> Iterator[tuple[Proc, Proc]]:
     sim = start_sim(2, "--ttft-ms", "0", "--tpot-ms", "0")
     gateway = start_gateway(
         sim.urls,
-        "--retry-initial-backoff-ms", "1", "--retry-max-backoff-ms", "5",
+        "--policy", "round_robin", "--retry-initial-backoff-ms", "1", "--retry-max-backoff-ms", "5",
         "--health-check-interval-secs", "0.1", "--health-failure-threshold", "2", "--health-success-threshold", "2",
         "--cb-failure-threshold", "3", "--cb-success-threshold", "1", "--cb-timeout-duration-secs", "0.5",
         "--worker-first-byte-timeout-secs", "0.5", "--stream-stall-timeout-secs", "0.5",

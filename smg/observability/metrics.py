@@ -96,6 +96,15 @@ class GatewayMetrics:
         self.cb_transitions = _Cached(
             Counter("smg_worker_cb_transitions_total", "Circuit breaker transitions", ["worker", "from", "to"], registry=r)
         )
+        self.cache_match_ratio = Histogram(
+            "smg_router_cache_match_ratio",
+            "cache_aware: matched share of the prompt at the best worker",
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=r,
+        )
+        self.cache_tree_size = _Cached(
+            Gauge("smg_router_cache_tree_size", "cache_aware: characters or tokens in a model's tree", ["model"], registry=r)
+        )
         self.rate_limit = _Cached(Counter("smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
 
     def render(self) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import trio
+
 from smg.config import GatewayConfig
 from smg.observability.logs import AccessLog
 from smg.observability.metrics import GatewayMetrics
@@ -69,7 +71,9 @@ class GatewayContext:
             ),
             tenant_keys=config.tenant_keys(),
         )
-        ctx.registrar.on_change = ctx.publish_worker_metrics
+        ctx.registrar.on_change = ctx.workers_changed
+        if hasattr(ctx.policy, "on_match"):
+            ctx.policy.on_match = metrics.cache_match_ratio.observe
         ctx.access_log.configure(config.log_json)
         return ctx
 
@@ -85,6 +89,23 @@ class GatewayContext:
         self.registry.add(worker)
         self.registrar.register(worker)
         return worker
+
+    def workers_changed(self) -> None:
+        forget = getattr(self.policy, "forget_workers", None)
+        if forget is not None:
+            forget({w.id for w in self.registry})
+        self.publish_worker_metrics()
+
+    async def maintain_policy(self) -> None:
+        """Tick the policy's periodic upkeep (cache_aware eviction) from the node's nursery."""
+        maintain = getattr(self.policy, "maintain", None)
+        if maintain is None:
+            return
+        while True:
+            await trio.sleep(self.config.eviction_interval_secs)
+            maintain(trio.current_time())
+            for model, size in self.policy.tree_sizes().items():  # type: ignore[attr-defined]
+                self.metrics.cache_tree_size(model).set(size)
 
     def publish_worker_metrics(self) -> None:
         metrics = self.metrics

@@ -11,16 +11,20 @@ request.
   by spaces.
 
 In HTTP mode the text is cut into blocks of `TEXT_BLOCK_CHARS` characters;
-each full block gets a chained blake2b-64 hash (see `smg.hashing`).
+in token mode the token ids into blocks of `TOKEN_BLOCK` ids (each block
+hashed as little-endian uint32s). Each full block gets a chained blake2b-64
+hash (see `smg.hashing`).
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from smg.hashing import chain_hashes
 
 TEXT_BLOCK_CHARS = 64
+TOKEN_BLOCK = 16
 _UNIT, _RECORD = "\x1f", "\x1e"
 
 
@@ -57,3 +61,9 @@ def routing_text(request: dict[str, Any]) -> str:
 def text_chain(text: str, block: int = TEXT_BLOCK_CHARS) -> list[bytes]:
     """Chain hashes of the full `block`-character blocks of `text`."""
     return chain_hashes(text[i : i + block].encode() for i in range(0, len(text) - block + 1, block))
+
+
+def token_chain(tokens: tuple[int, ...], block: int = TOKEN_BLOCK) -> list[bytes]:
+    """Chain hashes of the full `block`-id blocks of `tokens`."""
+    pack = struct.Struct(f"<{block}I").pack
+    return chain_hashes(pack(*tokens[i : i + block]) for i in range(0, len(tokens) - block + 1, block))

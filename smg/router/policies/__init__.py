@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from smg.router.policies.base import NoEligibleWorker, Policy, PolicyConfig, RequestInfo, load_of
+from smg.router.policies.cache_aware import CacheAwarePolicy
 from smg.router.policies.consistent_hashing import ConsistentHashingPolicy
 from smg.router.policies.manual import ManualPolicy
 from smg.router.policies.power_of_two import PowerOfTwoPolicy
@@ -11,6 +12,7 @@ from smg.router.policies.random import RandomPolicy
 from smg.router.policies.round_robin import RoundRobinPolicy
 
 POLICIES: dict[str, type[Policy]] = {
+    "cache_aware": CacheAwarePolicy,
     "random": RandomPolicy,
     "round_robin": RoundRobinPolicy,
     "power_of_two": PowerOfTwoPolicy,

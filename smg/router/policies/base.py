@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +35,11 @@ class PolicyConfig:
     prefix_hash_load_factor: float = 1.25
     max_idle_secs: float = 14400.0
     max_sticky_keys: int = 1_000_000
+    cache_threshold: float = 0.3
+    balance_abs_threshold: int = 64
+    balance_rel_threshold: float = 1.5
+    max_tree_size: int = 64 * 1024 * 1024
+    tokenize: Callable[[str], tuple[int, ...]] | None = None  # token mode when set
 
     def __post_init__(self) -> None:
         if self.virtual_nodes < 1 or self.prefix_token_count < 1:
@@ -43,6 +48,12 @@ class PolicyConfig:
             raise ValueError("--prefix-hash-load-factor must be at least 1.0")
         if self.max_idle_secs <= 0:
             raise ValueError("--max-idle-secs must be positive")
+        if not 0.0 <= self.cache_threshold <= 1.0:
+            raise ValueError("--cache-threshold must be between 0 and 1")
+        if self.balance_abs_threshold < 0 or self.balance_rel_threshold < 1.0:
+            raise ValueError("--balance-abs-threshold must be >= 0 and --balance-rel-threshold >= 1")
+        if self.max_tree_size < 1:
+            raise ValueError("--max-tree-size must be at least 1")
 
 
 class Policy(Protocol):

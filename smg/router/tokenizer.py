@@ -1,0 +1,30 @@
+"""Loading a Hugging Face `tokenizer.json` for token-mode cache-aware routing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+Tokenize = Callable[[str], tuple[int, ...]]
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str) -> Tokenize:
+    """A function from routing text to token ids; raises ValueError with a clear message."""
+    from tokenizers import Tokenizer  # imported here: only token mode needs it
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "tokenizer.json"
+    if not file.is_file():
+        raise ValueError(f"--tokenizer-path: no tokenizer.json at {path}")
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as exc:  # the library raises a bare Exception on bad JSON
+        raise ValueError(f"--tokenizer-path: cannot load {file}: {exc}") from None
+
+    def tokenize(text: str) -> tuple[int, ...]:
+        return tuple(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    return tokenize
