@@ -195,6 +195,12 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="manual: an unused routing key is forgotten after this (default: %(default)s)",
     )
     policy.add_argument(
+        "--bucket-adjust-interval-secs",
+        type=float,
+        default=60.0,
+        help="bucket: seconds between boundary adjustments (default: %(default)s)",
+    )
+    policy.add_argument(
         "--load-monitor-interval",
         type=float,
         default=10.0,

@@ -54,6 +54,7 @@ class GatewayConfig:
     prefix_token_count: int = 256
     prefix_hash_load_factor: float = 1.25
     max_idle_secs: float = 14400.0
+    bucket_adjust_interval_secs: float = 60.0
     load_monitor_interval: float = 10.0
     disable_load_monitoring: bool = False
     # worker health (probes of GET <url><endpoint>)
@@ -200,12 +201,20 @@ class GatewayConfig:
             prefix_token_count=self.prefix_token_count,
             prefix_hash_load_factor=self.prefix_hash_load_factor,
             max_idle_secs=self.max_idle_secs,
+            bucket_adjust_interval_secs=self.bucket_adjust_interval_secs,
         )
 
     @property
     def load_monitoring(self) -> bool:
         """Poll workers' /v1/loads for the policies that weigh load."""
-        return not self.disable_load_monitoring and self.policy in ("power_of_two", "prefix_hash", "manual", "cache_aware")
+        return not self.disable_load_monitoring and self.policy in (
+            "power_of_two",
+            "least_load",
+            "prefix_hash",
+            "manual",
+            "cache_aware",
+            "bucket",
+        )
 
     def tenant_keys(self) -> dict[str, str]:
         """API key -> tenant id."""

@@ -4,7 +4,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import Proc, start_gateway, start_sim
+from tests.helpers import SPAWNED, Proc, start_gateway, start_sim
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    """Whatever a failed fixture or test left running is killed at the end of the session."""
+    yield
+    for proc in SPAWNED:
+        if proc.popen.poll() is None:
+            proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -48,12 +48,17 @@ class Proc:
             self.log_path.unlink(missing_ok=True)
 
 
+SPAWNED: list[Proc] = []  # every process a test started; the session kills leftovers
+
+
 def _spawn(args: list[str]) -> Proc:
     fd, path = tempfile.mkstemp(prefix="smg-test-", suffix=".log")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     popen = subprocess.Popen([sys.executable, "-m", "smg", *args], stdout=fd, stderr=fd, env=env)
     os.close(fd)
-    return Proc(popen, Path(path))
+    proc = Proc(popen, Path(path))
+    SPAWNED.append(proc)
+    return proc
 
 
 def _wait_for_log(proc: Proc, pattern: re.Pattern[str], count: int = 1) -> list[re.Match[str]]:
@@ -84,7 +89,11 @@ def start_gateway(worker_urls: list[str], *flags: str, ready: bool = True, schem
     proc.urls = [match.group(1)]
     proc.metrics_url = None if match.group(2) == "off" else match.group(2)
     if ready:
-        wait_until(lambda: httpx.get(proc.url + "/readiness", verify=False).status_code == 200, "gateway ready")
+        try:
+            wait_until(lambda: httpx.get(proc.url + "/readiness", verify=False).status_code == 200, "gateway ready")
+        except TimeoutError:
+            proc.stop()
+            raise
     return proc
 
 

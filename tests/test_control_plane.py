@@ -88,13 +88,14 @@ def test_unreachable_worker_fails_registration() -> None:
 def test_loads_and_flush_cache(igw: tuple[Proc, Proc]) -> None:
     sim, gateway = igw
     prompt = " ".join(f"t{i}" for i in range(64))
+    blocks_before = httpx.get(sim.urls[0] + "/sim/stats").json()["cache_blocks"]
     for _ in range(2):
         httpx.post(gateway.url + "/v1/completions", json={"model": "sim-model", "prompt": prompt, "max_tokens": 1})
     loads = httpx.get(gateway.url + "/get_loads").json()
     assert loads["total_workers"] == loads["successful"] == 1
     assert loads["loads"][0]["loads"][0]["num_running_reqs"] == 0
     assert loads["aggregate"]["num_waiting_reqs"] == 0
-    assert httpx.get(sim.urls[0] + "/sim/stats").json()["cache_blocks"] == 4
+    assert httpx.get(sim.urls[0] + "/sim/stats").json()["cache_blocks"] == blocks_before + 4  # 64 prompt tokens
     r = httpx.post(gateway.url + "/flush_cache")
     assert r.status_code == 200 and r.json()["status"] == "success" and r.json()["workers_flushed"] == 1
     assert httpx.get(sim.urls[0] + "/sim/stats").json()["cache_blocks"] == 0

@@ -142,3 +142,11 @@ def test_help_documents_every_flag() -> None:
     assert "smg serve" in text and "smg sim-worker" in text
     assert "--sim-fail-rate" in run_cli("serve", "--help").stdout
     assert run_cli("launch", "--help").returncode == 0
+
+
+def test_every_config_field_has_a_flag() -> None:
+    from smg.cli import build_parser, gateway_config_from
+    from smg.config import GatewayConfig
+
+    for command in ("launch", "serve"):
+        assert gateway_config_from(build_parser(command).parse_args([])) == GatewayConfig()

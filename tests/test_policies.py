@@ -114,3 +114,24 @@ def test_unknown_policy_and_bad_config() -> None:
         make_policy("fastest")
     with pytest.raises(ValueError):
         PolicyConfig(prefix_hash_load_factor=0.5)
+
+
+def test_least_load_takes_the_idlest_worker() -> None:
+    workers = fleet(3)
+    workers[0].in_flight, workers[1].in_flight, workers[2].reported_load = 3, 1, 2
+    assert make_policy("least_load").select(workers, RequestInfo("m")) is workers[1]
+
+
+def test_bucket_boundaries_split_work_evenly_and_route_by_length() -> None:
+    from smg.router.policies.bucket import equal_work_boundaries
+
+    assert equal_work_boundaries([10] * 4 + [40], 2) == [10]
+    workers = sorted(fleet(2), key=lambda w: w.id)
+    policy = make_policy("bucket", PolicyConfig(bucket_adjust_interval_secs=10))
+    for length in range(1, 101):  # learning: half the characters are in prompts longer than 71
+        policy.select(workers, RequestInfo("m", text="x" * length, now=length * 0.05, pool=workers))
+    policy.select(workers, RequestInfo("m", text="x", now=11, pool=workers))  # adjusts the boundaries
+    short = policy.select(workers, RequestInfo("m", text="x" * 10, now=12, pool=workers))
+    long = policy.select(workers, RequestInfo("m", text="x" * 100, now=12, pool=workers))
+    assert short is workers[0] and long is workers[1]
+    assert policy.select([workers[0]], RequestInfo("m", text="x" * 100, now=13, pool=workers)) is workers[0]

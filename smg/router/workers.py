@@ -20,6 +20,8 @@ def normalize_url(url: str) -> str:
         raw = "http://" + raw
     parts = urlsplit(raw)
     scheme = parts.scheme.lower()
+    if scheme == "grpc":
+        raise ValueError(f"gRPC workers are not supported yet: '{url}' (use the worker's http:// endpoint)")
     if scheme not in ("http", "https"):
         raise ValueError(f"unsupported scheme in worker URL '{url}' (use http or https)")
     if not parts.hostname:

@@ -64,6 +64,20 @@ class PrefixKVCache:
             if h not in blocks:
                 break
             matched += 1
+        self._store(hashes)
+        cached = matched * self.block_tokens
+        stats = self.stats
+        stats.lookups += 1
+        stats.prompt_tokens += len(tokens)
+        stats.cached_tokens += cached
+        return cached
+
+    def retain(self, tokens: list[str]) -> None:
+        """Keep the KV of prompt + generated tokens, as a radix-cache engine does after decoding."""
+        self._store(chain_hashes(tokens, self.block_tokens))
+
+    def _store(self, hashes: list[bytes]) -> None:
+        blocks = self._blocks
         for h in hashes:
             if h in blocks:
                 blocks.move_to_end(h)
@@ -72,13 +86,7 @@ class PrefixKVCache:
         overflow = len(blocks) - self.capacity_blocks
         for _ in range(max(0, overflow)):
             blocks.popitem(last=False)
-        cached = matched * self.block_tokens
-        stats = self.stats
-        stats.lookups += 1
-        stats.prompt_tokens += len(tokens)
-        stats.cached_tokens += cached
-        stats.evictions += max(0, overflow)
-        return cached
+        self.stats.evictions += max(0, overflow)
 
     def flush(self) -> None:
         self._blocks.clear()

@@ -297,12 +297,14 @@ class SimWorker:
             "total_tokens": prompt_tokens + count,
             "prompt_tokens_details": {"cached_tokens": cached},
         }
+        retained = tokens + shape.continuation(words)
         if body.get("stream"):
-            await self._stream(send, body, words, usage, shape, outcome.die_after_tokens)
+            await self._stream(send, body, words, usage, shape, outcome.die_after_tokens, retained)
         else:
             tpot = engine.tpot_secs()
             if tpot > 0 and count:
                 await trio.sleep(tpot * count)
+            engine.cache.retain(retained)  # decoding is done; the answer's last bytes follow
             await send_json(send, 200, shape.full(self.config.model, words, usage))
 
     async def _stream(
@@ -313,6 +315,7 @@ class SimWorker:
         usage: dict[str, Any],
         shape: _Shape,
         die_after: int | None,
+        retained: list[str],
     ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [SSE_CONTENT, (b"cache-control", b"no-cache")]})
         model = self.config.model
@@ -327,6 +330,7 @@ class SimWorker:
                 if tpot > 0:
                     await trio.sleep(tpot)
             await send({"type": "http.response.body", "body": event, "more_body": True})
+        self.engine.cache.retain(retained)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
     # -- embeddings and rerank ---------------------------------------------
@@ -395,6 +399,10 @@ class _Shape:
     def full(self, model: str, words: list[str], usage: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def continuation(self, words: list[str]) -> list[str]:
+        """The tokens a follow-up prompt carries after this one: the answer (and its role)."""
+        return words
+
     def stream(self, model: str, words: list[str], usage: dict[str, Any], include_usage: bool) -> list[bytes]:
         raise NotImplementedError
 
@@ -408,6 +416,9 @@ def _piece(words: list[str], i: int) -> str:
 
 
 class _ChatShape(_Shape):
+    def continuation(self, words: list[str]) -> list[str]:
+        return ["assistant:", *words]  # chat_prompt writes the next turn as "assistant: <answer>"
+
     def full(self, model: str, words: list[str], usage: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": self.id,

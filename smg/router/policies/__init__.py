@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from smg.router.policies.base import NoEligibleWorker, Policy, PolicyConfig, RequestInfo, load_of
+from smg.router.policies.bucket import BucketPolicy
 from smg.router.policies.cache_aware import CacheAwarePolicy
 from smg.router.policies.consistent_hashing import ConsistentHashingPolicy
+from smg.router.policies.least_load import LeastLoadPolicy
 from smg.router.policies.manual import ManualPolicy
 from smg.router.policies.power_of_two import PowerOfTwoPolicy
 from smg.router.policies.prefix_hash import PrefixHashPolicy
@@ -19,6 +21,8 @@ POLICIES: dict[str, type[Policy]] = {
     "consistent_hashing": ConsistentHashingPolicy,
     "prefix_hash": PrefixHashPolicy,
     "manual": ManualPolicy,
+    "least_load": LeastLoadPolicy,
+    "bucket": BucketPolicy,
 }
 
 

@@ -40,6 +40,7 @@ class PolicyConfig:
     balance_rel_threshold: float = 1.5
     max_tree_size: int = 64 * 1024 * 1024
     tokenize: Callable[[str], tuple[int, ...]] | None = None  # token mode when set
+    bucket_adjust_interval_secs: float = 60.0
 
     def __post_init__(self) -> None:
         if self.virtual_nodes < 1 or self.prefix_token_count < 1:
@@ -52,6 +53,8 @@ class PolicyConfig:
             raise ValueError("--cache-threshold must be between 0 and 1")
         if self.balance_abs_threshold < 0 or self.balance_rel_threshold < 1.0:
             raise ValueError("--balance-abs-threshold must be >= 0 and --balance-rel-threshold >= 1")
+        if self.bucket_adjust_interval_secs <= 0:
+            raise ValueError("--bucket-adjust-interval-secs must be positive")
         if self.max_tree_size < 1:
             raise ValueError("--max-tree-size must be at least 1")
 
