@@ -122,6 +122,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--no-such-flag"], "unrecognized"),
         (["sim-worker", "--fail-rate", "2"], "fail_rate"),
         (["serve", "--sim-workers", "0"], "--sim-workers"),
+        (["--cb-failure-threshold", "0"], "circuit breaker"),
+        (["--retry-backoff-multiplier", "0.5"], "--retry-backoff-multiplier"),
+        (["--cache-threshold", "2"], "--cache-threshold"),
+        (["--tenant-api-key", "nocolon"], "TENANT:KEY"),
+        (["--health-failure-threshold", "0"], "health thresholds"),
+        (["--worker-urls", "grpc://w:1"], "gRPC workers are not supported"),
+        (["--max-concurrent-requests", "0"], "--max-concurrent-requests"),
+        (["--tokenizer-path", "/nonexistent"], "--tokenizer-path"),
     ],
 )
 def test_bad_flags_exit_with_one_line(args: list[str], words: str) -> None:
