@@ -1,0 +1,202 @@
+"""Property tests of WindowedCounter, ORMap/ORSet and PrefixSummary."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smg.crdt import ORMap, ORSet, PrefixSummary, Timestamp, WindowedCounter
+from smg.hashing import chain_hashes
+
+REPLICAS = ["a#1", "b#1", "c#1"]
+
+
+def joined(*states):  # type: ignore[no-untyped-def]
+    out = states[0].copy()
+    for s in states[1:]:
+        out.merge(s)
+    return out
+
+
+def assert_join_laws(a, b, c) -> None:  # type: ignore[no-untyped-def]
+    assert joined(a, b).state_digest() == joined(b, a).state_digest()
+    assert joined(joined(a, b), c).state_digest() == joined(a, joined(b, c)).state_digest()
+    assert joined(a, a).state_digest() == a.state_digest()
+
+
+def deliver_shuffled(empty, deltas: list, states: list, rng: random.Random):  # type: ignore[no-untyped-def]
+    """Deltas in random order with drops and duplicates, then full-state anti-entropy."""
+    replica = empty
+    batch = [d for d in deltas if rng.random() > 0.2] * 2
+    rng.shuffle(batch)
+    for delta in batch:
+        replica.merge(delta)
+    for state in states:
+        replica.merge(state)
+    return replica
+
+
+# -- windowed counter -------------------------------------------------------------
+
+incs = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1), st.integers(0, 3), st.integers(0, 4)), max_size=30)
+
+
+def run_windowed(ops: list) -> tuple[list[WindowedCounter], list[WindowedCounter]]:
+    states = [WindowedCounter() for _ in REPLICAS]
+    deltas = [states[r].increment(f"t{k}", REPLICAS[r], epoch, n) for r, k, epoch, n in ops]
+    return states, deltas
+
+
+@given(incs, incs, incs)
+def test_windowed_counter_join_laws(x: list, y: list, z: list) -> None:
+    assert_join_laws(*(joined(*run_windowed(ops)[0]) for ops in (x, y, z)))
+
+
+@given(incs, st.randoms(use_true_random=False))
+def test_windowed_counter_converges_and_sums_increments(ops: list, rng: random.Random) -> None:
+    states, deltas = run_windowed(ops)
+    replicas = [deliver_shuffled(WindowedCounter(), deltas, states, rng) for _ in range(3)]
+    assert len({r.state_digest() for r in replicas}) == 1
+    for key in ("t0", "t1"):
+        epochs = sorted({e for _, k, e, _ in ops if f"t{k}" == key})
+        for epoch in epochs[-2:]:  # the two newest windows are kept
+            expected = sum(n for _, k, e, n in ops if f"t{k}" == key and e == epoch)
+            assert replicas[0].total(key, epoch) == expected
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 5)), max_size=40), st.randoms(use_true_random=False))
+def test_windowed_read_is_monotone_within_a_window(incs_: list, rng: random.Random) -> None:
+    states = [WindowedCounter() for _ in REPLICAS]
+    deltas = [states[r].increment("tenant", REPLICAS[r], 7, n) for r, n in incs_]
+    rng.shuffle(deltas)
+    reader, last = WindowedCounter(), 0.0
+    for delta in deltas + deltas:
+        reader.merge(delta)
+        now = reader.read("tenant", 7)
+        assert now >= last
+        last = now
+    assert last == sum(n for _, n in incs_)
+
+
+def test_windowed_sliding_estimate_and_pruning() -> None:
+    w = WindowedCounter()
+    w.increment("t", "a#1", 10, 40)
+    w.increment("t", "a#1", 11, 10)
+    assert w.read("t", 11, elapsed_fraction=0.25) == 10 + 40 * 0.75
+    w.increment("t", "b#1", 12, 1)  # a third window: the oldest goes
+    assert w.total("t", 10) == 0 and w.total("t", 11) == 10
+    w.drop_before(13)
+    assert w.keys == {}
+
+
+# -- OR map / set -------------------------------------------------------------------
+
+or_ops = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 3), st.integers(0, 5)), max_size=30)
+
+
+def run_ormap(ops: list, history: str = "") -> tuple[list[ORMap], list[ORMap]]:
+    """op 0/1: put, 2: remove; replicas sometimes sync their state with a neighbour first."""
+    states = [ORMap() for _ in REPLICAS]
+    deltas = []
+    for step, (r, op, k, value) in enumerate(ops, start=1):
+        replica = REPLICAS[r] + history
+        if value == 0:
+            states[r].merge(states[(r + 1) % 3])
+        if op < 2:
+            deltas.append(states[r].put(f"k{k}", value, replica, Timestamp(step, 0, replica)))
+        else:
+            deltas.append(states[r].remove(f"k{k}"))
+    return states, deltas
+
+
+@given(or_ops, or_ops, or_ops)
+def test_ormap_join_laws(x: list, y: list, z: list) -> None:
+    assert_join_laws(*(joined(*run_ormap(ops, h)[0]) for ops, h in ((x, "x"), (y, "y"), (z, "z"))))
+
+
+@given(or_ops, st.randoms(use_true_random=False))
+def test_ormap_deltas_converge(ops: list, rng: random.Random) -> None:
+    states, deltas = run_ormap(ops)
+    reference = joined(*states)
+    replicas = [deliver_shuffled(ORMap(), deltas, states, rng) for _ in range(3)]
+    assert {r.state_digest() for r in replicas} == {reference.state_digest()}
+
+
+def test_ormap_add_wins_and_removed_dots_stay_removed() -> None:
+    a, b = ORMap(), ORMap()
+    b.merge(a.put("w1", "x", "a#1", Timestamp(1, 0, "a#1")))
+    removal = a.remove("w1")
+    concurrent = b.put("w1", "y", "b#1", Timestamp(2, 0, "b#1"))
+    a.merge(concurrent)
+    b.merge(removal)
+    assert a.get("w1") == "y" and b.get("w1") == "y"  # the concurrent put wins
+    assert a.state_digest() == b.state_digest()
+    a.merge(b.remove("w1"))
+    stale = ORMap()
+    stale.merge(a.put("w2", 1, "a#1", Timestamp(3, 0, "a#1")))
+    a.merge(stale)
+    assert "w1" not in a
+
+
+def test_orset_ttl_ages_entries_deterministically() -> None:
+    s = ORSet(ttl_ms=1000)
+    s.add("old", "a#1", Timestamp(0, 0, "a#1"))
+    s.add("new", "a#1", Timestamp(500, 0, "a#1"))
+    assert s.elements() == {"old", "new"}
+    peer = s.copy()
+    s.add("newest", "a#1", Timestamp(1500, 0, "a#1"))
+    assert s.elements() == {"new", "newest"}  # "old" is 1500 ms behind the newest
+    prune = s.prune()
+    peer.merge(prune)
+    peer.merge(s)
+    assert peer.elements() == s.elements() and peer.state_digest() == s.state_digest()
+
+
+# -- prefix summary -------------------------------------------------------------------
+
+summary_ops = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 1), st.integers(0, 3), st.integers(1, 6), st.integers(0, 3000)), max_size=25
+)
+
+
+def run_summary(ops: list, history: str = "", budget: int = 12) -> tuple[list[PrefixSummary], list[PrefixSummary]]:
+    states = [PrefixSummary(budget=budget, ttl_ms=2000) for _ in REPLICAS]
+    deltas = []
+    for step, (r, w, prefix, blocks, wall) in enumerate(ops):
+        chain = chain_hashes(f"p{prefix}b{i}".encode() for i in range(blocks))
+        deltas.append(states[r].record("m", f"w{w}", chain, Timestamp(wall, step, REPLICAS[r] + history)))
+    return states, deltas
+
+
+@given(summary_ops, summary_ops, summary_ops)
+def test_prefix_summary_join_laws(x: list, y: list, z: list) -> None:
+    assert_join_laws(*(joined(*run_summary(ops, h)[0]) for ops, h in ((x, "x"), (y, "y"), (z, "z"))))
+
+
+@given(summary_ops, st.randoms(use_true_random=False))
+def test_prefix_summary_converges_within_budget(ops: list, rng: random.Random) -> None:
+    states, deltas = run_summary(ops)
+    reference = joined(*states)
+    replicas = [deliver_shuffled(PrefixSummary(budget=12, ttl_ms=2000), deltas, states, rng) for _ in range(3)]
+    assert {r.state_digest() for r in replicas} == {reference.state_digest()}
+    assert all(len(r) <= 12 for r in replicas)
+
+
+def test_prefix_summary_match_ttl_and_eviction_order() -> None:
+    s = PrefixSummary(budget=3, ttl_ms=1000)
+    chain = chain_hashes([b"a", b"b", b"c"])
+    s.record("m", "w1", chain, Timestamp(100, 0, "r"))
+    s.record("m", "w2", chain[:1], Timestamp(200, 0, "r"))
+    assert len(s) == 3  # budget 3: the oldest entry (of w1; ties by hash) made room
+    evicted = min(chain)
+    assert ("w1", evicted) not in s.models["m"] and ("w2", chain[0]) in s.models["m"]
+    s = PrefixSummary(budget=10, ttl_ms=1000)
+    s.record("m", "w1", chain, Timestamp(100, 0, "r"))
+    s.record("m", "w2", chain[:2], Timestamp(200, 0, "r"))
+    assert s.match("m", chain) == {"w1": 3, "w2": 2}
+    s.record("m", "w3", chain[:1], Timestamp(1200, 0, "r"))  # w1's entries are now 1100 ms old
+    assert s.match("m", chain) == {"w2": 2, "w3": 1}
+    s.forget_worker("w2")
+    assert s.match("m", chain) == {"w3": 1}
