@@ -1,0 +1,193 @@
+"""Wire codec of CRDT states and deltas: a version byte, then msgpack.
+
+`decode` never lets a foreign exception out: empty, oversized, unknown
+version, malformed msgpack or a wrong shape anywhere all raise `CodecError`,
+so a garbage or forged packet is answered by a log line and a metric, not a
+crash.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from smg.crdt.counters import GCounter, PNCounter
+from smg.crdt.hlc import Timestamp
+from smg.crdt.lww import Entry, LWWMap, LWWRegister
+from smg.crdt.ormap import DotContext, ORMap, ORSet
+from smg.crdt.prefix_summary import PrefixSummary
+from smg.crdt.windowed import WindowedCounter
+
+VERSION = 1
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+CRDT = GCounter | PNCounter | LWWRegister | LWWMap | WindowedCounter | ORMap | ORSet | PrefixSummary
+
+
+class CodecError(ValueError):
+    """Input that is not a valid encoded CRDT of a known version."""
+
+
+def _fail(what: str) -> CodecError:
+    return CodecError(f"malformed CRDT payload: {what}")
+
+
+def _list(raw: Any, what: str, length: int | None = None) -> list[Any]:
+    if not isinstance(raw, list) or (length is not None and len(raw) != length):
+        raise _fail(f"{what} is not a list" + (f" of {length}" if length is not None else ""))
+    return raw
+
+
+def _str(raw: Any, what: str) -> str:
+    if not isinstance(raw, str):
+        raise _fail(f"{what} is not a string")
+    return raw
+
+
+def _int(raw: Any, what: str, minimum: int | None = 0) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or (minimum is not None and raw < minimum):
+        raise _fail(f"{what} is not an integer >= {minimum}")
+    return raw
+
+
+def _ts(raw: Any) -> Timestamp:
+    try:
+        return Timestamp.unpack(raw)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _slots(raw: Any, what: str) -> dict[str, int]:
+    return {_str(r, what): _int(c, what) for r, c in (_list(p, what, 2) for p in _list(raw, what))}
+
+
+# -- per type: to a msgpack-able payload and back ---------------------------------
+
+
+def _enc(crdt: CRDT) -> tuple[str, Any]:
+    if isinstance(crdt, GCounter):
+        return "g", sorted(crdt.slots.items())
+    if isinstance(crdt, PNCounter):
+        return "pn", [sorted(crdt.p.slots.items()), sorted(crdt.n.slots.items())]
+    if isinstance(crdt, LWWRegister):
+        return "reg", [list(crdt.ts), crdt.value]
+    if isinstance(crdt, LWWMap):
+        return "lww", [list(crdt.floor), [[k, list(e.ts), e.deleted, e.value] for k, e in crdt.entries.items()]]
+    if isinstance(crdt, WindowedCounter):
+        return "win", [[k, [[e, sorted(s.items())] for e, s in w.items()]] for k, w in crdt.keys.items()]
+    if isinstance(crdt, (ORMap, ORSet)):
+        m = crdt.map if isinstance(crdt, ORSet) else crdt
+        entries = [[k, [[d[0], d[1], list(ts), v] for d, (ts, v) in dots.items()]] for k, dots in m.entries.items()]
+        return ("orset" if isinstance(crdt, ORSet) else "ormap"), [
+            m.ttl_ms,
+            entries,
+            sorted(m.context.vv.items()),
+            sorted(m.context.cloud),
+        ]
+    if isinstance(crdt, PrefixSummary):
+        models = [[m, [[w, h, list(ts)] for (w, h), ts in e.items()]] for m, e in crdt.models.items()]
+        return "prefix", [crdt.budget, crdt.ttl_ms, models]
+    raise TypeError(f"not a CRDT: {type(crdt).__name__}")
+
+
+def _dec_ormap(payload: Any) -> ORMap:
+    ttl, raw_entries, vv, cloud = _list(payload, "ormap", 4)
+    if ttl is not None:
+        _int(ttl, "ttl", 1)
+    entries: dict[str, dict[tuple[str, int], tuple[Timestamp, Any]]] = {}
+    for item in _list(raw_entries, "entries"):
+        key, raw_dots = _list(item, "entry", 2)
+        dots = {}
+        for raw_dot in _list(raw_dots, "dots"):
+            replica, counter, ts, value = _list(raw_dot, "dot", 4)
+            dots[(_str(replica, "dot replica"), _int(counter, "dot counter", 1))] = (_ts(ts), value)
+        if dots:
+            entries[_str(key, "key")] = dots
+    context = DotContext(
+        _slots(vv, "version vector"),
+        {(_str(r, "cloud"), _int(c, "cloud", 1)) for r, c in (_list(p, "cloud dot", 2) for p in _list(cloud, "cloud"))},
+    )
+    return ORMap(entries, context, ttl)
+
+
+def _dec(tag: str, payload: Any) -> CRDT:
+    if tag == "g":
+        return GCounter(_slots(payload, "gcounter"))
+    if tag == "pn":
+        p, n = _list(payload, "pncounter", 2)
+        return PNCounter(GCounter(_slots(p, "p")), GCounter(_slots(n, "n")))
+    if tag == "reg":
+        ts, value = _list(payload, "register", 2)
+        return LWWRegister(value, _ts(ts))
+    if tag == "lww":
+        floor, raw = _list(payload, "lww map", 2)
+        entries = {}
+        for item in _list(raw, "entries"):
+            key, ts, deleted, value = _list(item, "entry", 4)
+            if not isinstance(deleted, bool):
+                raise _fail("deleted flag is not a boolean")
+            entries[_str(key, "key")] = Entry(_ts(ts), value, deleted)
+        return LWWMap(entries, _ts(floor))
+    if tag == "win":
+        keys = {}
+        for item in _list(payload, "windows"):
+            key, raw_windows = _list(item, "key windows", 2)
+            keys[_str(key, "key")] = {
+                _int(e, "epoch", None): _slots(s, "slots")
+                for e, s in (_list(w, "window", 2) for w in _list(raw_windows, "windows"))
+            }
+        return WindowedCounter(keys)
+    if tag == "ormap":
+        return _dec_ormap(payload)
+    if tag == "orset":
+        return ORSet(map=_dec_ormap(payload))
+    if tag == "prefix":
+        budget, ttl, raw_models = _list(payload, "prefix summary", 3)
+        models = {}
+        for item in _list(raw_models, "models"):
+            model, raw_entries = _list(item, "model", 2)
+            entries = {}
+            for raw in _list(raw_entries, "entries"):
+                worker, block, ts = _list(raw, "entry", 3)
+                if not isinstance(block, bytes) or len(block) != 8:
+                    raise _fail("block hash is not 8 bytes")
+                entries[(_str(worker, "worker"), block)] = _ts(ts)
+            models[_str(model, "model")] = entries
+        try:
+            return PrefixSummary(_int(budget, "budget", 1), _int(ttl, "ttl", 1), models)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    raise _fail(f"unknown type tag {tag!r}")
+
+
+# -- the wire -------------------------------------------------------------------------
+
+
+def encode(crdt: CRDT, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    tag, payload = _enc(crdt)
+    data = bytes([VERSION]) + msgpack.packb([tag, payload], use_bin_type=True)
+    if len(data) > max_bytes:
+        raise CodecError(f"encoded {tag} is {len(data)} bytes, over the {max_bytes}-byte limit")
+    return data
+
+
+def decode(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> CRDT:
+    if not data:
+        raise CodecError("empty payload")
+    if len(data) > max_bytes:
+        raise CodecError(f"payload of {len(data)} bytes is over the {max_bytes}-byte limit")
+    if data[0] != VERSION:
+        raise CodecError(f"unknown codec version {data[0]}")
+    try:
+        tag, payload = msgpack.unpackb(data[1:], raw=False, use_list=True)
+    except Exception as exc:  # msgpack raises a zoo of types on garbage; all mean the same here
+        raise CodecError(f"undecodable payload: {type(exc).__name__}: {exc}") from None
+    if not isinstance(tag, str):
+        raise _fail("type tag is not a string")
+    try:
+        return _dec(tag, payload)
+    except CodecError:
+        raise
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # a shape the validators missed
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
