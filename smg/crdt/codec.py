@@ -86,7 +86,13 @@ def _enc(crdt: CRDT) -> tuple[str, Any]:
             sorted(m.context.cloud),
         ]
     if isinstance(crdt, PrefixSummary):
-        models = [[m, [[w, h, list(ts)] for (w, h), ts in e.items()]] for m, e in crdt.models.items()]
+        # grouped by worker, then by timestamp: a recorded prompt's blocks share one stamp
+        models = []
+        for model, entries in crdt.models.items():
+            grouped: dict[str, dict[Timestamp, list[bytes]]] = {}
+            for (worker, block), ts in entries.items():
+                grouped.setdefault(worker, {}).setdefault(ts, []).append(block)
+            models.append([model, [[w, [[list(ts), blocks] for ts, blocks in by_ts.items()]] for w, by_ts in grouped.items()]])
         return "prefix", [crdt.budget, crdt.ttl_ms, models]
     raise TypeError(f"not a CRDT: {type(crdt).__name__}")
 
@@ -146,13 +152,18 @@ def _dec(tag: str, payload: Any) -> CRDT:
         budget, ttl, raw_models = _list(payload, "prefix summary", 3)
         models = {}
         for item in _list(raw_models, "models"):
-            model, raw_entries = _list(item, "model", 2)
+            model, raw_workers = _list(item, "model", 2)
             entries = {}
-            for raw in _list(raw_entries, "entries"):
-                worker, block, ts = _list(raw, "entry", 3)
-                if not isinstance(block, bytes) or len(block) != 8:
-                    raise _fail("block hash is not 8 bytes")
-                entries[(_str(worker, "worker"), block)] = _ts(ts)
+            for raw_worker in _list(raw_workers, "workers"):
+                worker, raw_groups = _list(raw_worker, "worker", 2)
+                worker = _str(worker, "worker")
+                for group in _list(raw_groups, "groups"):
+                    raw_ts, blocks = _list(group, "group", 2)
+                    ts = _ts(raw_ts)
+                    for block in _list(blocks, "blocks"):
+                        if not isinstance(block, bytes) or len(block) != 8:
+                            raise _fail("block hash is not 8 bytes")
+                        entries[(worker, block)] = ts
             models[_str(model, "model")] = entries
         try:
             return PrefixSummary(_int(budget, "budget", 1), _int(ttl, "ttl", 1), models)

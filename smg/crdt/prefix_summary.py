@@ -13,14 +13,27 @@ the whole).
 
 from __future__ import annotations
 
+import heapq
+
 from smg.crdt.digest import digest_of
-from smg.crdt.hlc import Timestamp
+from smg.crdt.hlc import ZERO, Timestamp
 
 Entries = dict[tuple[str, bytes], Timestamp]  # (worker id, block hash) -> last seen
 
 
+class _Order:
+    """Per model: a lazy min-heap in eviction order, and the newest timestamp seen."""
+
+    __slots__ = ("heap", "newest")
+
+    def __init__(self, entries: Entries) -> None:
+        self.heap = [(ts, h, w) for (w, h), ts in entries.items()]
+        heapq.heapify(self.heap)
+        self.newest = max(entries.values(), default=ZERO)
+
+
 class PrefixSummary:
-    __slots__ = ("budget", "models", "ttl_ms")
+    __slots__ = ("_order", "budget", "models", "ttl_ms")
 
     def __init__(self, budget: int = 100_000, ttl_ms: int = 3_600_000, models: dict[str, Entries] | None = None) -> None:
         if budget < 1 or ttl_ms < 1:
@@ -28,6 +41,9 @@ class PrefixSummary:
         self.budget = budget
         self.ttl_ms = ttl_ms
         self.models: dict[str, Entries] = {m: dict(e) for m, e in (models or {}).items()}
+        self._order: dict[str, _Order] = {m: _Order(e) for m, e in self.models.items()}
+        for model in self.models:
+            self._prune(model)
 
     def record(self, model: str, worker: str, chain: list[bytes], ts: Timestamp) -> PrefixSummary:
         """`worker` was given the prefix `chain` at `ts`; returns the delta."""
@@ -37,26 +53,38 @@ class PrefixSummary:
 
     def merge(self, other: PrefixSummary) -> None:
         for model, theirs in other.models.items():
-            mine = self.models.setdefault(model, {})
+            mine = self.models.get(model)
+            if mine is None:
+                mine = self.models[model] = {}
+                self._order[model] = _Order(mine)
+            order = self._order[model]
+            heap = order.heap
             for key, ts in theirs.items():
                 current = mine.get(key)
                 if current is None or ts > current:
                     mine[key] = ts
+                    heapq.heappush(heap, (ts, key[1], key[0]))
+                    if ts > order.newest:
+                        order.newest = ts
             self._prune(model)
 
     def _prune(self, model: str) -> None:
+        """Drop expired entries, then the oldest beyond the budget: (last seen, hash, worker) order."""
         entries = self.models[model]
-        if not entries:
-            return
-        newest = max(entries.values())
-        cutoff = newest.wall - self.ttl_ms
-        expired = [k for k, ts in entries.items() if ts.wall < cutoff]
-        for key in expired:
-            del entries[key]
-        excess = len(entries) - self.budget
-        if excess > 0:
-            for key, _ in sorted(entries.items(), key=lambda kv: (kv[1], kv[0][1], kv[0][0]))[:excess]:
-                del entries[key]
+        order = self._order[model]
+        heap = order.heap
+        cutoff = order.newest.wall - self.ttl_ms
+        while heap:
+            ts, block, worker = heap[0]
+            if entries.get((worker, block)) != ts:
+                heapq.heappop(heap)  # stale: the entry was refreshed or removed
+                continue
+            if ts.wall >= cutoff and len(entries) <= self.budget:
+                break
+            heapq.heappop(heap)
+            del entries[(worker, block)]
+        if len(heap) > 2 * len(entries) + 1024:
+            self._order[model] = _Order(entries)  # shed the stale heap items
 
     def match(self, model: str, chain: list[bytes]) -> dict[str, int]:
         """For each worker, the deepest block of `chain` it was given (in blocks)."""
@@ -72,7 +100,7 @@ class PrefixSummary:
     def forget_worker(self, worker: str) -> None:
         for entries in self.models.values():
             for key in [k for k in entries if k[0] == worker]:
-                del entries[key]
+                del entries[key]  # its heap items go stale and are skipped
 
     def __len__(self) -> int:
         return sum(len(e) for e in self.models.values())
