@@ -3,8 +3,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import SPAWNED, Proc, start_gateway, start_sim
+
+# Deterministic property tests (same examples every run) without per-example
+# deadlines, which a loaded CI machine would turn into flakes.
+settings.register_profile("smg", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("smg")
 
 
 @pytest.fixture(scope="session", autouse=True)

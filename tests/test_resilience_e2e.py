@@ -21,7 +21,7 @@ def pair() -> Iterator[tuple[Proc, Proc]]:
         sim.urls,
         "--policy", "round_robin", "--retry-initial-backoff-ms", "1", "--retry-max-backoff-ms", "5",
         "--health-check-interval-secs", "0.1", "--health-failure-threshold", "2", "--health-success-threshold", "2",
-        "--cb-failure-threshold", "3", "--cb-success-threshold", "1", "--cb-timeout-duration-secs", "0.5",
+        "--cb-failure-threshold", "3", "--cb-success-threshold", "1", "--cb-timeout-duration-secs", "3",
         "--worker-first-byte-timeout-secs", "0.5", "--stream-stall-timeout-secs", "0.5",
     )  # fmt: skip
     yield sim, gateway
@@ -101,7 +101,7 @@ def test_breaker_opens_after_the_threshold_and_recovers(cluster: tuple[Proc, Pro
         httpx.post(gateway.url + "/v1/chat/completions", json=CHAT)
         return worker(gateway, bad)["circuit_breaker"] == "closed"
 
-    wait_until(probed_and_closed, "breaker to close after a half-open probe", 5)
+    wait_until(probed_and_closed, "breaker to close after a half-open probe", 10)
     assert "smg_worker_cb_transitions_total" in httpx.get(gateway.metrics_url + "/metrics").text
 
 
