@@ -1,0 +1,97 @@
+"""A mesh node: the SWIM core driven by trio time and the UDP/TCP transport.
+
+The node's nursery owns the transport and the timer task. Every packet goes
+to `Swim.receive`, the timer task calls `Swim.tick` at `next_deadline()`
+(woken early when a packet moved a deadline), and every `Send` the core
+returns leaves through the transport. Shutdown is cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import trio
+
+from smg.mesh.keyring import Keyring
+from smg.mesh.messages import Message, State
+from smg.mesh.swim import MemberEvent, Send, Swim, SwimConfig
+from smg.mesh.transport import MeshTransport
+
+log = logging.getLogger("smg.mesh")
+
+
+class MeshNode:
+    def __init__(
+        self,
+        name: str,
+        host: str = "0.0.0.0",
+        port: int = 39527,
+        *,
+        advertise_host: str | None = None,
+        seeds: list[str] | None = None,
+        keyring: Keyring | None = None,
+        config: SwimConfig | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if keyring is None:
+            log.warning("mesh %s runs unencrypted: set a mesh key outside development", name)
+        self.name = name
+        self.advertise_host = advertise_host or host
+        self.seeds = list(seeds or [])
+        self.config = config or SwimConfig()
+        self.meta = dict(meta or {})
+        self.transport = MeshTransport(host, port, keyring, self._on_message)
+        self.swim: Swim | None = None
+        self.events: list[tuple[float, MemberEvent]] = []
+        self._kick = trio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.advertise_host}:{self.transport.port}"
+
+    async def run(self, *, task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.run)
+            now = trio.current_time()
+            self.swim = Swim(self.name, self.address, self.config, random.Random(), now, self.meta)
+            self._dispatch(self.swim.join(self.seeds, now))
+            nursery.start_soon(self._timer)
+            log.info("mesh node %s listening on %s (seeds: %s)", self.name, self.address, ", ".join(self.seeds) or "none")
+            task_status.started(self)
+
+    def _on_message(self, message: Message) -> None:
+        if self.swim is None:
+            return
+        self._dispatch(self.swim.receive(message, trio.current_time()))
+        self._kick.set()
+
+    async def _timer(self) -> None:
+        swim = self.swim
+        assert swim is not None
+        while True:
+            with trio.move_on_at(swim.next_deadline()):
+                await self._kick.wait()
+            self._kick = trio.Event()
+            now = trio.current_time()
+            if now >= swim.next_deadline():
+                self._dispatch(swim.tick(now))
+
+    def _dispatch(self, sends: list[Send]) -> None:
+        for send in sends:
+            self.transport.send_soon(send.address, send.message, send.reliable)
+        if self.swim is not None:
+            now = trio.current_time()
+            for event in self.swim.pop_events():
+                log.info("mesh %s: %s is %s (incarnation %d)", self.name, event.name, event.state.value, event.incarnation)
+                self.events.append((now, event))
+
+    def state_of(self, name: str) -> State | None:
+        return None if self.swim is None else self.swim.state_of(name)
+
+    async def leave(self) -> None:
+        """Tell the cluster we are leaving, give the announcement a moment, then return."""
+        if self.swim is not None:
+            self._dispatch(self.swim.leave(trio.current_time()))
+            await trio.sleep(self.config.gossip_interval * 2)

@@ -1,0 +1,152 @@
+"""UDP and TCP on one port for the mesh, with sealing and a run-time fault filter.
+
+UDP carries probes and gossip; TCP carries push-pull (one connection per
+message, a 4-byte length prefix, then a sealed frame). Everything received is
+opened and decoded here; anything that fails is dropped and counted by
+reason, never raised into the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from smg.mesh.keyring import Keyring, SealError, open_frame, seal
+from smg.mesh.messages import Message
+from smg.mesh.wire import MAX_MESSAGE, WireError, decode_message, encode_message
+
+log = logging.getLogger("smg.mesh")
+
+UDP_MAX = 65_507
+RCVBUF = 4 * 1024 * 1024
+TCP_TIMEOUT = 5.0
+
+
+@dataclass
+class FaultFilter:
+    """Faults injected at run time by tests and the chaos suite: drops by peer, random loss."""
+
+    drop_to: set[str] = field(default_factory=set)
+    drop_from: set[str] = field(default_factory=set)
+    loss: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def outgoing_dropped(self, address: str) -> bool:
+        return address in self.drop_to or (self.loss > 0 and self.rng.random() < self.loss)
+
+    def incoming_dropped(self, host: str) -> bool:
+        return host in self.drop_from
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MeshTransport:
+    def __init__(self, host: str, port: int, keyring: Keyring | None, deliver: Callable[[Message], None]) -> None:
+        self.host = host
+        self.port = port
+        self.keyring = keyring
+        self.deliver = deliver
+        self.faults = FaultFilter()
+        self.dropped: Counter[str] = Counter()
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        self._udp: trio.socket.SocketType | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, RCVBUF)
+        await udp.bind((self.host, self.port))
+        self.port = udp.getsockname()[1]
+        self._udp = udp
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        with udp:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._udp_loop, udp)
+                nursery.start_soon(trio.serve_listeners, self._tcp_handler, listeners)
+                task_status.started(self.port)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _accept(self, frame: bytes, host: str) -> None:
+        self.received_bytes += len(frame)
+        if self.faults.incoming_dropped(host):
+            self.dropped["fault_filter"] += 1
+            return
+        try:
+            message = decode_message(open_frame(self.keyring, frame))
+        except SealError:
+            self.dropped["unauthenticated"] += 1
+            return
+        except WireError:
+            self.dropped["malformed"] += 1
+            return
+        self.deliver(message)
+
+    async def _udp_loop(self, udp: trio.socket.SocketType) -> None:
+        while True:
+            frame, (host, _port) = await udp.recvfrom(UDP_MAX)
+            self._accept(frame, host)
+
+    async def _tcp_handler(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                with trio.fail_after(TCP_TIMEOUT):
+                    header = await _receive_exactly(stream, 4)
+                    (length,) = struct.unpack(">I", header)
+                    if length > MAX_MESSAGE:
+                        self.dropped["oversize"] += 1
+                        return
+                    frame = await _receive_exactly(stream, length)
+            except (trio.TooSlowError, trio.BrokenResourceError, EOFError):
+                self.dropped["truncated"] += 1
+                return
+            host = stream.socket.getpeername()[0]
+            self._accept(frame, host)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send(self, address: str, message: Message, reliable: bool) -> None:
+        if self.faults.outgoing_dropped(address):
+            return
+        frame = seal(self.keyring, encode_message(message))
+        self.sent_bytes += len(frame)
+        host, port = split_address(address)
+        if not reliable and len(frame) <= UDP_MAX:
+            try:
+                await self._udp.sendto(frame, (host, port))  # type: ignore[union-attr]
+            except OSError as exc:
+                log.debug("mesh: UDP to %s failed: %s", address, exc)
+            return
+        try:
+            with trio.fail_after(TCP_TIMEOUT):
+                stream = await trio.open_tcp_stream(host, port)
+                async with stream:
+                    await stream.send_all(struct.pack(">I", len(frame)) + frame)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            log.debug("mesh: TCP to %s failed: %s", address, exc)
+
+    def send_soon(self, address: str, message: Message, reliable: bool) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self.send, address, message, reliable)
+
+
+async def _receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        data = await stream.receive_some(n - got)
+        if not data:
+            raise EOFError
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)

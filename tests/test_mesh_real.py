@@ -1,0 +1,101 @@
+"""Mesh nodes on real UDP/TCP sockets on 127.0.0.1, in one trio loop."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+
+import trio
+
+from smg.mesh.keyring import Keyring, parse_key
+from smg.mesh.messages import State
+from smg.mesh.node import MeshNode
+from smg.mesh.swim import SwimConfig
+
+FAST = SwimConfig(probe_interval=0.1, probe_timeout=0.04, gossip_interval=0.05, push_pull_interval=2.0, reconnect_interval=1.0)
+KEY = os.urandom(32)
+
+
+def unused_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+async def start(
+    nursery: trio.Nursery, name: str, seeds: list[str], port: int = 0, key: bytes = KEY, label: str = "test"
+) -> tuple[MeshNode, trio.CancelScope]:
+    node = MeshNode(name, "127.0.0.1", port, seeds=seeds, keyring=Keyring([key], label), config=FAST)
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await node.run(task_status=task_status)
+
+    await nursery.start(run)
+    return node, scope
+
+
+async def until(predicate, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def sees(nodes: list[MeshNode], name: str, state: State) -> bool:
+    return all(n.state_of(name) is state for n in nodes if n.name != name)
+
+
+async def test_join_through_a_dead_first_seed_kill_and_restart(nursery: trio.Nursery) -> None:
+    dead_seed = unused_address()
+    a, _ = await start(nursery, "a", [])
+    b, _ = await start(nursery, "b", [dead_seed, a.address])
+    c, c_scope = await start(nursery, "c", [dead_seed, b.address])
+    await until(lambda: all(sees([a, b, c], n, State.ALIVE) for n in "abc"), 5)
+    port, incarnation = c.transport.port, c.swim.incarnation  # type: ignore[union-attr]
+    c_scope.cancel()
+    await until(lambda: sees([a, b], "c", State.DEAD), 8)
+    reborn, _ = await start(nursery, "c", [a.address], port=port)
+    await until(lambda: sees([a, b], "c", State.ALIVE), 5)
+    assert reborn.swim.incarnation > incarnation  # type: ignore[union-attr]
+    assert a.swim.members["c"].incarnation == reborn.swim.incarnation  # type: ignore[union-attr]
+
+
+async def test_wrong_key_or_cluster_label_never_joins(nursery: trio.Nursery) -> None:
+    a, _ = await start(nursery, "a", [])
+    b, _ = await start(nursery, "b", [a.address])
+    await until(lambda: sees([a, b], "b", State.ALIVE), 5)
+    await start(nursery, "intruder", [a.address], key=os.urandom(32))
+    await start(nursery, "other-cluster", [a.address], label="prod")
+    await trio.sleep(1.5)
+    assert a.state_of("intruder") is None and a.state_of("other-cluster") is None
+    assert a.transport.dropped["unauthenticated"] >= 2
+
+
+async def test_key_rotation_keeps_the_cluster_up(nursery: trio.Nursery) -> None:
+    nodes = [(await start(nursery, "a", []))[0]]
+    for name in "bc":
+        nodes.append((await start(nursery, name, [nodes[0].address]))[0])
+    await until(lambda: all(sees(nodes, n, State.ALIVE) for n in "abc"), 5)
+    new = os.urandom(32)
+    for node in nodes:  # install everywhere, then use, then remove the old key
+        node.transport.keyring.install(new)  # type: ignore[union-attr]
+    for node in nodes:
+        node.transport.keyring.use(new)  # type: ignore[union-attr]
+        await trio.sleep(0.2)
+    for node in nodes:
+        node.transport.keyring.remove(KEY)  # type: ignore[union-attr]
+    await trio.sleep(1.5)
+    assert all(sees(nodes, n, State.ALIVE) for n in "abc")
+    assert all(e.state is State.ALIVE for node in nodes for _, e in node.events)  # no suspicion, no death
+
+
+def test_parse_key() -> None:
+    assert parse_key(base64.b64encode(KEY).decode()) == KEY
+    for bad in ("not base64!", base64.b64encode(b"short").decode()):
+        try:
+            parse_key(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
