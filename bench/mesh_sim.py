@@ -63,7 +63,12 @@ def scenario(n: int, loss: float, idle: float, seed: int) -> None:
     net.kill(victim)
     killed_at = net.now
     death = spread_times(net, f"n{n // 2}", State.DEAD, 120)
-    suspected = [t for node in net.nodes.values() for t, e in node.events if e.name == f"n{n // 2}" and e.state is State.SUSPECT and t >= killed_at]
+    suspected = [
+        t
+        for node in net.nodes.values()
+        for t, e in node.events
+        if e.name == f"n{n // 2}" and e.state is State.SUSPECT and t >= killed_at
+    ]
     detection = min(suspected) - killed_at if suspected else None
     before_bytes, before = net.bytes_estimate, net.now
     net.run_until(net.now + idle)
@@ -82,7 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--losses", type=float, nargs="+", default=[0.0, 0.1, 0.5])
-    parser.add_argument("--idle", type=float, default=300.0, help="simulated seconds of idle running for false positives and traffic")
+    parser.add_argument(
+        "--idle", type=float, default=300.0, help="simulated seconds of idle running for false positives and traffic"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     print("     N  loss   join: 50%   99%  99.99%     dead: 50%   99%  99.99%   (seconds, simulated)")

@@ -99,3 +99,31 @@ def test_parse_key() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+async def test_event_stream_push_pull_hooks_and_metrics(nursery: trio.Nursery) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from smg.mesh.metrics import MeshCollector
+
+    received: list[tuple[str, bytes]] = []
+    a = MeshNode("a", "127.0.0.1", 0, keyring=Keyring([KEY], "test"), config=FAST)
+    a.app_state = lambda: b"state-of-a"
+    a.merge_app_state = lambda source, data: received.append((source, data))
+    await nursery.start(a.run)
+    events = a.subscribe()
+    b = MeshNode(
+        "b", "127.0.0.1", 0, seeds=[a.address], keyring=Keyring([KEY], "test"), config=FAST, meta={"http": "127.0.0.1:30000"}
+    )
+    b.app_state = lambda: b"state-of-b"
+    await nursery.start(b.run)
+    with trio.fail_after(5):
+        event = await events.receive()
+    assert event.name == "b" and event.state is State.ALIVE
+    await until(lambda: ("b", b"state-of-b") in received, 5)  # b's join push-pull carried its state
+    assert {m["name"]: m["meta"] for m in a.members()}["b"] == {"http": "127.0.0.1:30000"}
+    registry = CollectorRegistry()
+    registry.register(MeshCollector(a))
+    text = generate_latest(registry).decode()
+    assert 'smg_mesh_members{state="alive"} 2.0' in text
+    assert "smg_mesh_packets_dropped_total" in text and "smg_mesh_local_health" in text

@@ -92,6 +92,7 @@ class PushPull:
     source_address: str
     members: tuple[MemberState, ...]
     reply: bool  # False: a request that wants our state back
+    app: bytes = b""  # the application's full state (the push-pull hook), opaque here
 
 
 @dataclass(frozen=True, slots=True)

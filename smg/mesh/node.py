@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -45,7 +46,10 @@ class MeshNode:
         self.transport = MeshTransport(host, port, keyring, self._on_message)
         self.swim: Swim | None = None
         self.events: list[tuple[float, MemberEvent]] = []
+        self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._kick = trio.Event()
+        self.app_state: Callable[[], bytes] | None = None  # push-pull hooks, set before run()
+        self.merge_app_state: Callable[[str, bytes], None] | None = None
 
     @property
     def address(self) -> str:
@@ -56,6 +60,7 @@ class MeshNode:
             await nursery.start(self.transport.run)
             now = trio.current_time()
             self.swim = Swim(self.name, self.address, self.config, random.Random(), now, self.meta)
+            self.swim.app_state, self.swim.merge_app_state = self.app_state, self.merge_app_state
             self._dispatch(self.swim.join(self.seeds, now))
             nursery.start_soon(self._timer)
             log.info("mesh node %s listening on %s (seeds: %s)", self.name, self.address, ", ".join(self.seeds) or "none")
@@ -86,6 +91,28 @@ class MeshNode:
             for event in self.swim.pop_events():
                 log.info("mesh %s: %s is %s (incarnation %d)", self.name, event.name, event.state.value, event.incarnation)
                 self.events.append((now, event))
+                for channel in list(self._subscribers):
+                    try:
+                        channel.send_nowait(event)
+                    except trio.WouldBlock:
+                        log.warning("mesh %s: a slow event subscriber lost an event", self.name)
+                    except trio.BrokenResourceError:
+                        self._subscribers.remove(channel)
+
+    def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[MemberEvent]:
+        """A stream of membership events (join/alive, suspect, dead, left) from now on."""
+        send, receive = trio.open_memory_channel[MemberEvent](buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every known member until reaped: name, address, state, incarnation, metadata."""
+        if self.swim is None:
+            return []
+        return [
+            {"name": m.name, "address": m.address, "status": m.state.value, "incarnation": m.incarnation, "meta": dict(m.meta)}
+            for m in self.swim.members.values()
+        ]
 
     def state_of(self, name: str) -> State | None:
         return None if self.swim is None else self.swim.state_of(name)

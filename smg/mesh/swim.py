@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,9 @@ class Swim:
         self._join_backoff = 0.5
         self._next_reap = now + 60.0
         self.stats = {"suspicions": 0, "refutations": 0, "push_pulls": 0, "probes": 0, "failed_probes": 0}
+        # push-pull hooks: the application's full state rides along, opaque to SWIM
+        self.app_state: Callable[[], bytes] | None = None
+        self.merge_app_state: Callable[[str, bytes], None] | None = None
 
     # -- views ------------------------------------------------------------------------
 
@@ -360,6 +364,8 @@ class Swim:
             out.append(Send(message.target_address, Ping(self._seq, self.name, self.address, message.target)))
         elif isinstance(message, PushPull):
             self._merge_state(message, now)
+            if message.app and self.merge_app_state is not None:
+                self.merge_app_state(message.source, message.app)
             if not message.reply:
                 out.append(self._push_pull(message.source_address, reply=True))
             elif not self.joined:
@@ -387,7 +393,8 @@ class Swim:
 
     def _push_pull(self, address: str, reply: bool) -> Send:
         states = tuple(MemberState(m.name, m.address, m.incarnation, m.state, m.meta) for m in self.members.values())
-        return Send(address, PushPull(self.name, self.address, states, reply), reliable=True)
+        app = self.app_state() if self.app_state is not None else b""
+        return Send(address, PushPull(self.name, self.address, states, reply, app), reliable=True)
 
     # -- state changes ------------------------------------------------------------------
 

@@ -59,6 +59,8 @@ class MeshTransport:
         self.dropped: Counter[str] = Counter()
         self.sent_bytes = 0
         self.received_bytes = 0
+        self.sent_packets = 0
+        self.received_packets = 0
         self._udp: trio.socket.SocketType | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -80,6 +82,7 @@ class MeshTransport:
 
     def _accept(self, frame: bytes, host: str) -> None:
         self.received_bytes += len(frame)
+        self.received_packets += 1
         if self.faults.incoming_dropped(host):
             self.dropped["fault_filter"] += 1
             return
@@ -121,6 +124,7 @@ class MeshTransport:
             return
         frame = seal(self.keyring, encode_message(message))
         self.sent_bytes += len(frame)
+        self.sent_packets += 1
         host, port = split_address(address)
         if not reliable and len(frame) <= UDP_MAX:
             try:

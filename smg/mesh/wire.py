@@ -62,7 +62,7 @@ def encode_message(message: Message) -> bytes:
         body = ["gossip", message.source, [_update_out(u) for u in message.updates]]
     elif isinstance(message, PushPull):
         members = [[m.name, m.address, m.incarnation, m.state.value, m.meta] for m in message.members]
-        body = ["pp", message.source, message.source_address, members, message.reply]
+        body = ["pp", message.source, message.source_address, members, message.reply, message.app]
     else:
         raise TypeError(f"not a mesh message: {type(message).__name__}")
     return msgpack.packb(body, use_bin_type=True)
@@ -126,15 +126,15 @@ def decode_message(data: bytes) -> Message:
             return Nack(_i(body[1]), _s(body[2]))
         if tag == "gossip" and n == 3:
             return Gossip(_s(body[1]), _updates(body[2]))
-        if tag == "pp" and n == 5:
-            if not isinstance(body[3], list) or not isinstance(body[4], bool):
+        if tag == "pp" and n == 6:
+            if not isinstance(body[3], list) or not isinstance(body[4], bool) or not isinstance(body[5], bytes):
                 raise WireError("malformed push-pull")
             members = []
             for m in body[3]:
                 if not isinstance(m, list) or len(m) != 5:
                     raise WireError("malformed member state")
                 members.append(MemberState(_s(m[0]), _s(m[1]), _i(m[2]), State(m[3]), _meta(m[4])))
-            return PushPull(_s(body[1]), _s(body[2]), tuple(members), body[4])
+            return PushPull(_s(body[1]), _s(body[2]), tuple(members), body[4], body[5])
     except (ValueError, TypeError) as exc:
         raise WireError(str(exc)) from None
     raise WireError(f"unknown message {tag!r}")

@@ -1,0 +1,57 @@
+"""Prometheus metrics of a mesh node, read from the node at scrape time.
+
+A custom collector: the protocol core keeps plain counters, and nothing on the
+packet path pays for label lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from smg.mesh.messages import State
+
+if TYPE_CHECKING:
+    from smg.mesh.node import MeshNode
+
+
+class MeshCollector(Collector):
+    def __init__(self, node: MeshNode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        node, swim = self.node, self.node.swim
+        members = GaugeMetricFamily("smg_mesh_members", "Known mesh members by state", labels=["state"])
+        counts = {state: 0 for state in State}
+        if swim is not None:
+            for member in swim.members.values():
+                counts[member.state] += 1
+        for state, count in counts.items():
+            members.add_metric([state.value], count)
+        yield members
+        transport = node.transport
+        yield CounterMetricFamily("smg_mesh_packets_sent_total", "Packets and frames sent", value=transport.sent_packets)
+        yield CounterMetricFamily(
+            "smg_mesh_packets_received_total", "Packets and frames received", value=transport.received_packets
+        )
+        yield CounterMetricFamily("smg_mesh_bytes_sent_total", "Bytes sent, sealed", value=transport.sent_bytes)
+        yield CounterMetricFamily("smg_mesh_bytes_received_total", "Bytes received, sealed", value=transport.received_bytes)
+        dropped = CounterMetricFamily("smg_mesh_packets_dropped_total", "Packets dropped, by reason", labels=["reason"])
+        for reason in ("unauthenticated", "malformed", "oversize", "truncated", "fault_filter"):
+            dropped.add_metric([reason], transport.dropped[reason])
+        yield dropped
+        stats = swim.stats if swim is not None else {}
+        for key, help_text in (
+            ("suspicions", "Suspicions raised or accepted"),
+            ("refutations", "Suspicions of this node it refuted"),
+            ("push_pulls", "Push-pull state exchanges merged"),
+            ("probes", "Probes started"),
+            ("failed_probes", "Probes that got no ack"),
+        ):
+            yield CounterMetricFamily(f"smg_mesh_{key}_total", help_text, value=stats.get(key, 0))
+        yield GaugeMetricFamily(
+            "smg_mesh_local_health", "Lifeguard local health score (0 is healthy)", value=swim.health if swim else 0
+        )
