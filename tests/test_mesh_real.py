@@ -127,3 +127,37 @@ async def test_event_stream_push_pull_hooks_and_metrics(nursery: trio.Nursery) -
     text = generate_latest(registry).decode()
     assert 'smg_mesh_members{state="alive"} 2.0' in text
     assert "smg_mesh_packets_dropped_total" in text and "smg_mesh_local_health" in text
+
+
+async def test_ordered_peer_streams_survive_a_restart(nursery: trio.Nursery) -> None:
+    got: list[bytes] = []
+
+    def make(name: str, seeds: list[str], port: int = 0) -> MeshNode:
+        node = MeshNode(name, "127.0.0.1", port, seeds=seeds, keyring=Keyring([KEY], "test"), config=FAST)
+        node.on_app_message = lambda source, channel, payload: got.append(payload) if channel == "crdt" else None
+        return node
+
+    a = make("a", [])
+    await nursery.start(a.run)
+    b = make("b", [a.address])
+    b_scope = trio.CancelScope()
+
+    async def run_b(node: MeshNode, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with b_scope:
+            await node.run(task_status=task_status)
+
+    await nursery.start(run_b, b)
+    await until(lambda: a.state_of("b") is State.ALIVE, 5)
+    for i in range(200):
+        assert a.send_to("b", "crdt", b"%d" % i)
+    await until(lambda: len(got) == 200, 5)
+    assert got == [b"%d" % i for i in range(200)]  # in order
+    port = b.transport.port
+    b_scope.cancel()
+    await until(lambda: a.state_of("b") is State.DEAD, 8)
+    got.clear()
+    reborn = make("b", [a.address], port)
+    await nursery.start(reborn.run)
+    await until(lambda: a.state_of("b") is State.ALIVE, 5)
+    a.send_to("b", "crdt", b"after restart")
+    await until(lambda: got == [b"after restart"], 5)

@@ -103,4 +103,13 @@ class Gossip:
     updates: tuple[Update, ...]
 
 
-Message = Ping | Ack | PingReq | Nack | PushPull | Gossip
+@dataclass(frozen=True, slots=True)
+class AppMessage:
+    """Application data on a per-peer stream (not a SWIM message: the node hands it to the application)."""
+
+    source: str
+    channel: str
+    payload: bytes
+
+
+Message = Ping | Ack | PingReq | Nack | PushPull | Gossip | AppMessage

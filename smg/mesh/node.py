@@ -16,7 +16,8 @@ from typing import Any
 import trio
 
 from smg.mesh.keyring import Keyring
-from smg.mesh.messages import Message, State
+from smg.mesh.messages import AppMessage, Message, State
+from smg.mesh.streams import PeerStreams
 from smg.mesh.swim import MemberEvent, Send, Swim, SwimConfig
 from smg.mesh.transport import MeshTransport
 
@@ -50,6 +51,8 @@ class MeshNode:
         self._kick = trio.Event()
         self.app_state: Callable[[], bytes] | None = None  # push-pull hooks, set before run()
         self.merge_app_state: Callable[[str, bytes], None] | None = None
+        self.on_app_message: Callable[[str, str, bytes], None] | None = None  # (source, channel, payload)
+        self.streams = PeerStreams(name, self.transport, self._address_of)
 
     @property
     def address(self) -> str:
@@ -58,6 +61,7 @@ class MeshNode:
     async def run(self, *, task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.transport.run)
+            await nursery.start(self.streams.run)
             now = trio.current_time()
             self.swim = Swim(self.name, self.address, self.config, random.Random(), now, self.meta)
             self.swim.app_state, self.swim.merge_app_state = self.app_state, self.merge_app_state
@@ -67,6 +71,10 @@ class MeshNode:
             task_status.started(self)
 
     def _on_message(self, message: Message) -> None:
+        if isinstance(message, AppMessage):
+            if self.on_app_message is not None:
+                self.on_app_message(message.source, message.channel, message.payload)
+            return
         if self.swim is None:
             return
         self._dispatch(self.swim.receive(message, trio.current_time()))
@@ -113,6 +121,16 @@ class MeshNode:
             {"name": m.name, "address": m.address, "status": m.state.value, "incarnation": m.incarnation, "meta": dict(m.meta)}
             for m in self.swim.members.values()
         ]
+
+    def _address_of(self, name: str) -> str | None:
+        member = self.swim.members.get(name) if self.swim is not None else None
+        if member is None or member.state in (State.DEAD, State.LEFT):
+            return None
+        return member.address
+
+    def send_to(self, peer: str, channel: str, payload: bytes) -> bool:
+        """Queue application data for a member on its ordered stream (see `PeerStreams`)."""
+        return self.streams.send(peer, channel, payload)
 
     def state_of(self, name: str) -> State | None:
         return None if self.swim is None else self.swim.state_of(name)

@@ -102,20 +102,24 @@ class MeshTransport:
             self._accept(frame, host)
 
     async def _tcp_handler(self, stream: trio.SocketStream) -> None:
+        """Frames until the peer closes: one for a push-pull, many on a per-peer stream."""
         async with stream:
-            try:
-                with trio.fail_after(TCP_TIMEOUT):
-                    header = await _receive_exactly(stream, 4)
+            host = stream.socket.getpeername()[0]
+            while True:
+                try:
+                    header = await _receive_exactly(stream, 4, allow_eof=True)
+                    if header is None:
+                        return
                     (length,) = struct.unpack(">I", header)
                     if length > MAX_MESSAGE:
                         self.dropped["oversize"] += 1
                         return
-                    frame = await _receive_exactly(stream, length)
-            except (trio.TooSlowError, trio.BrokenResourceError, EOFError):
-                self.dropped["truncated"] += 1
-                return
-            host = stream.socket.getpeername()[0]
-            self._accept(frame, host)
+                    with trio.fail_after(TCP_TIMEOUT):
+                        frame = await _receive_exactly(stream, length)
+                except (trio.TooSlowError, trio.BrokenResourceError, EOFError):
+                    self.dropped["truncated"] += 1
+                    return
+                self._accept(frame, host)  # type: ignore[arg-type]
 
     # -- sending --------------------------------------------------------------------------
 
@@ -140,16 +144,25 @@ class MeshTransport:
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             log.debug("mesh: TCP to %s failed: %s", address, exc)
 
+    def frame(self, message: Message) -> bytes:
+        """A length-prefixed sealed frame, for a persistent stream."""
+        sealed = seal(self.keyring, encode_message(message))
+        self.sent_bytes += len(sealed) + 4
+        self.sent_packets += 1
+        return struct.pack(">I", len(sealed)) + sealed
+
     def send_soon(self, address: str, message: Message, reliable: bool) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(self.send, address, message, reliable)
 
 
-async def _receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
+async def _receive_exactly(stream: trio.SocketStream, n: int, allow_eof: bool = False) -> bytes:
     chunks, got = [], 0
     while got < n:
         data = await stream.receive_some(n - got)
         if not data:
+            if allow_eof and not got:
+                return None  # type: ignore[return-value]
             raise EOFError
         chunks.append(data)
         got += len(data)

@@ -13,6 +13,7 @@ import msgpack
 from smg.mesh.messages import (
     Ack,
     Alive,
+    AppMessage,
     Dead,
     Gossip,
     MemberState,
@@ -63,6 +64,8 @@ def encode_message(message: Message) -> bytes:
     elif isinstance(message, PushPull):
         members = [[m.name, m.address, m.incarnation, m.state.value, m.meta] for m in message.members]
         body = ["pp", message.source, message.source_address, members, message.reply, message.app]
+    elif isinstance(message, AppMessage):
+        body = ["app", message.source, message.channel, message.payload]
     else:
         raise TypeError(f"not a mesh message: {type(message).__name__}")
     return msgpack.packb(body, use_bin_type=True)
@@ -124,6 +127,10 @@ def decode_message(data: bytes) -> Message:
             return PingReq(_i(body[1]), _s(body[2]), _s(body[3]), _s(body[4]), _s(body[5]), _updates(body[6]))
         if tag == "nack" and n == 3:
             return Nack(_i(body[1]), _s(body[2]))
+        if tag == "app" and n == 4:
+            if not isinstance(body[3], bytes):
+                raise WireError("app payload is not bytes")
+            return AppMessage(_s(body[1]), _s(body[2]), body[3])
         if tag == "gossip" and n == 3:
             return Gossip(_s(body[1]), _updates(body[2]))
         if tag == "pp" and n == 6:

@@ -1,0 +1,125 @@
+"""Ordered per-peer application streams over persistent TCP connections.
+
+`send(peer, channel, payload)` queues a message for a member; one sender task
+per peer keeps a connection to the member's current address (reconnecting
+with backoff when it breaks or the member moves) and writes frames in order.
+Delivery is at most once per message: a message written into a connection
+that then breaks may be lost. The application acknowledges what it needs
+acknowledged (the CRDT delta replicator does: it resends unacknowledged
+intervals), so the stream stays simple and never blocks the sender.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from smg.mesh.messages import AppMessage
+from smg.mesh.transport import TCP_TIMEOUT, MeshTransport, split_address
+
+log = logging.getLogger("smg.mesh")
+
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+
+
+class _Outbox:
+    __slots__ = ("queue", "wakeup")
+
+    def __init__(self) -> None:
+        self.queue: deque[AppMessage] = deque()
+        self.wakeup = trio.Event()
+
+
+class PeerStreams:
+    def __init__(self, source: str, transport: MeshTransport, resolve: Callable[[str], str | None], limit: int = 10_000) -> None:
+        self.source = source
+        self.transport = transport
+        self.resolve = resolve  # member name -> current address, None when unknown or dead
+        self.limit = limit
+        self.dropped = 0
+        self._outboxes: dict[str, _Outbox] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def send(self, peer: str, channel: str, payload: bytes) -> bool:
+        """Queue `payload` for `peer`; False (and counted) when its outbox is full."""
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            if self._nursery is None:
+                raise RuntimeError("peer streams are not running")
+            outbox = self._outboxes[peer] = _Outbox()
+            self._nursery.start_soon(self._sender, peer, outbox)
+        if len(outbox.queue) >= self.limit:
+            self.dropped += 1
+            return False
+        outbox.queue.append(AppMessage(self.source, channel, payload))
+        outbox.wakeup.set()
+        return True
+
+    async def _sender(self, peer: str, outbox: _Outbox) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            while not outbox.queue:
+                outbox.wakeup = trio.Event()
+                await outbox.wakeup.wait()
+            address = self.resolve(peer)
+            if address is None:
+                await trio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            try:
+                with trio.fail_after(TCP_TIMEOUT):
+                    stream = await trio.open_tcp_stream(*split_address(address))
+            except (OSError, trio.TooSlowError) as exc:
+                log.debug("mesh stream to %s (%s): %s", peer, address, exc)
+                await trio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            backoff = BACKOFF_MIN
+            async with stream:
+                try:
+                    while self.resolve(peer) == address:
+                        while outbox.queue:
+                            await stream.send_all(self.transport.frame(outbox.queue[0]))
+                            outbox.queue.popleft()
+                        outbox.wakeup = trio.Event()
+                        if await _closed_while_idle(stream, outbox.wakeup):
+                            break  # the peer went away: reconnect when there is work
+                except (trio.BrokenResourceError, OSError) as exc:
+                    log.debug("mesh stream to %s broke: %s", peer, exc)
+
+
+async def _closed_while_idle(stream: trio.SocketStream, wakeup: trio.Event, recheck: float = 1.0) -> bool:
+    """Wait for work (or `recheck` seconds); True if the peer closed the connection meanwhile.
+
+    The receiving side never writes on a stream, so anything readable is its
+    end: noticing it now, instead of at the next write, keeps the next
+    message from vanishing into a dead connection.
+    """
+    closed = False
+    with trio.move_on_after(recheck):
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal closed
+                with contextlib.suppress(trio.BrokenResourceError, OSError):
+                    await stream.receive_some(1)
+                closed = True
+                nursery.cancel_scope.cancel()
+
+            async def work() -> None:
+                await wakeup.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(work)
+    return closed
