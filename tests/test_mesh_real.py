@@ -161,3 +161,20 @@ async def test_ordered_peer_streams_survive_a_restart(nursery: trio.Nursery) -> 
     await until(lambda: a.state_of("b") is State.ALIVE, 5)
     a.send_to("b", "crdt", b"after restart")
     await until(lambda: got == [b"after restart"], 5)
+
+
+async def test_cluster_wide_key_rotation_reports_each_member(nursery: trio.Nursery) -> None:
+    nodes = [(await start(nursery, "a", []))[0]]
+    for name in "bc":
+        nodes.append((await start(nursery, name, [nodes[0].address]))[0])
+    await until(lambda: all(sees(nodes, n, State.ALIVE) for n in "abc"), 5)
+    new = os.urandom(32)
+    a = nodes[0]
+    assert await a.key_op("install", new) == {"a": None, "b": None, "c": None}
+    assert await a.key_op("use", new) == {"a": None, "b": None, "c": None}
+    refused = await a.key_op("remove", new)  # the primary now: every member refuses
+    assert set(refused) == {"a", "b", "c"} and all("primary" in (e or "") for e in refused.values())
+    assert await a.key_op("remove", KEY) == {"a": None, "b": None, "c": None}
+    assert all(node.transport.keyring.keys == [new] for node in nodes)  # type: ignore[union-attr]
+    await trio.sleep(1.0)
+    assert all(sees(nodes, n, State.ALIVE) for n in "abc")

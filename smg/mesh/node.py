@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import trio
 
 from smg.mesh.keyring import Keyring
@@ -53,6 +55,7 @@ class MeshNode:
         self.merge_app_state: Callable[[str, bytes], None] | None = None
         self.on_app_message: Callable[[str, str, bytes], None] | None = None  # (source, channel, payload)
         self.streams = PeerStreams(name, self.transport, self._address_of)
+        self._key_requests: dict[str, tuple[dict[str, str | None], set[str], trio.Event]] = {}
 
     @property
     def address(self) -> str:
@@ -72,7 +75,9 @@ class MeshNode:
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, AppMessage):
-            if self.on_app_message is not None:
+            if message.channel.startswith("mesh."):
+                self._on_control(message)
+            elif self.on_app_message is not None:
                 self.on_app_message(message.source, message.channel, message.payload)
             return
         if self.swim is None:
@@ -131,6 +136,60 @@ class MeshNode:
     def send_to(self, peer: str, channel: str, payload: bytes) -> bool:
         """Queue application data for a member on its ordered stream (see `PeerStreams`)."""
         return self.streams.send(peer, channel, payload)
+
+    # -- cluster-wide key operations ------------------------------------------------------
+
+    def apply_key_op(self, op: str, key: bytes) -> str | None:
+        """Apply one keyring operation here; returns an error message, or None."""
+        keyring = self.transport.keyring
+        if keyring is None:
+            return "this node runs unencrypted"
+        try:
+            {"install": keyring.install, "use": keyring.use, "remove": keyring.remove}[op](key)
+        except KeyError:
+            return f"unknown key operation '{op}'"
+        except ValueError as exc:
+            return str(exc) or "key not installed"
+        log.info("mesh %s: key %s", self.name, op)
+        return None
+
+    async def key_op(self, op: str, key: bytes, timeout: float = 5.0) -> dict[str, str | None]:
+        """Apply `op` on every live member; returns each member's error (None: done)."""
+        request = secrets.token_hex(8)
+        results: dict[str, str | None] = {self.name: self.apply_key_op(op, key)}
+        members = [m["name"] for m in self.members() if m["status"] in ("alive", "suspect") and m["name"] != self.name]
+        done = trio.Event()
+        self._key_requests[request] = (results, set(members), done)
+        payload = msgpack.packb({"id": request, "op": op, "key": key}, use_bin_type=True)
+        for member in members:
+            self.send_to(member, "mesh.keys", payload)
+        if members:
+            with trio.move_on_after(timeout):
+                await done.wait()
+        del self._key_requests[request]
+        for member in members:
+            results.setdefault(member, "no answer")
+        return results
+
+    def _on_control(self, message: AppMessage) -> None:
+        try:
+            body = msgpack.unpackb(message.payload, raw=False)
+            if not isinstance(body, dict):
+                raise ValueError("not a map")
+            if message.channel == "mesh.keys":
+                error = self.apply_key_op(str(body["op"]), bytes(body["key"]))
+                reply = msgpack.packb({"id": body["id"], "error": error}, use_bin_type=True)
+                self.send_to(message.source, "mesh.keys.reply", reply)
+            elif message.channel == "mesh.keys.reply":
+                pending = self._key_requests.get(str(body["id"]))
+                if pending is not None:
+                    results, waiting, done = pending
+                    results[message.source] = body.get("error")
+                    waiting.discard(message.source)
+                    if not waiting:
+                        done.set()
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("mesh %s: malformed control message from %s: %s", self.name, message.source, exc)
 
     def state_of(self, name: str) -> State | None:
         return None if self.swim is None else self.swim.state_of(name)

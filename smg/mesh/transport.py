@@ -64,13 +64,27 @@ class MeshTransport:
         self._udp: trio.socket.SocketType | None = None
         self._nursery: trio.Nursery | None = None
 
+    async def _bind(self) -> tuple[trio.socket.SocketType, list[trio.SocketListener]]:
+        """UDP and TCP on one port number; with port 0, retry until a number is free for both."""
+        for _ in range(20):
+            udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, RCVBUF)
+            await udp.bind((self.host, self.port))
+            port = udp.getsockname()[1]
+            try:
+                listeners = await trio.open_tcp_listeners(port, host=self.host)
+            except OSError:
+                udp.close()
+                if self.port:
+                    raise
+                continue  # the TCP side of that number is taken (often by an outgoing connection)
+            self.port = port
+            return udp, listeners
+        raise OSError("no port number free for both UDP and TCP")
+
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, RCVBUF)
-        await udp.bind((self.host, self.port))
-        self.port = udp.getsockname()[1]
+        udp, listeners = await self._bind()
         self._udp = udp
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         with udp:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
