@@ -103,3 +103,25 @@ def test_no_false_positives_at_ten_percent_loss() -> None:
     deaths = [e for a in addresses for t, e in net.nodes[a].events if t > start and e.state is State.DEAD]
     assert deaths == []
     assert all(net.all_see(f"n{i}", State.ALIVE) for i in range(50))
+
+
+def test_broadcasts_spread_best_effort_without_duplicates() -> None:
+    net, addresses = cluster(50, seed=4, loss=0.05)
+    net.nodes[addresses[7]].swim.broadcast(b"worker w1 added")
+    net.nodes[addresses[9]].swim.broadcast(b"second")
+    got: dict[str, list[bytes]] = {a: [] for a in addresses}
+    for _ in range(40):  # 2 simulated seconds
+        net.run_until(net.now + 0.05)
+        for a in addresses:
+            got[a].extend(b.data for b in net.nodes[a].swim.pop_broadcasts())
+    for data, origin in ((b"worker w1 added", addresses[7]), (b"second", addresses[9])):
+        receivers = [a for a in addresses if a != origin and data in got[a]]
+        assert len(receivers) >= 47  # best effort: gossip, not a reliable stream (>= 95 % of 49)
+        assert data not in got[origin]
+    assert all(len(v) == len(set(v)) for v in got.values())  # never delivered twice
+    try:
+        net.nodes[addresses[0]].swim.broadcast(b"x" * 513)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an oversized broadcast was accepted")

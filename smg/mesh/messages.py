@@ -40,7 +40,20 @@ class Dead:
     by: str  # by == name: the member left on purpose
 
 
-Update = Alive | Suspect | Dead
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A small application message spread by gossip: best effort, deduplicated by (origin, seq)."""
+
+    origin: str
+    seq: int
+    data: bytes
+
+    @property
+    def name(self) -> str:  # the queue and the packet budget look at `name`
+        return self.origin
+
+
+Update = Alive | Suspect | Dead | Broadcast
 
 
 @dataclass(frozen=True, slots=True)

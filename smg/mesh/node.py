@@ -54,6 +54,7 @@ class MeshNode:
         self.app_state: Callable[[], bytes] | None = None  # push-pull hooks, set before run()
         self.merge_app_state: Callable[[str, bytes], None] | None = None
         self.on_app_message: Callable[[str, str, bytes], None] | None = None  # (source, channel, payload)
+        self.on_broadcast: Callable[[str, bytes], None] | None = None  # (origin, data), best effort
         self.streams = PeerStreams(name, self.transport, self._address_of)
         self._key_requests: dict[str, tuple[dict[str, str | None], set[str], trio.Event]] = {}
 
@@ -101,6 +102,9 @@ class MeshNode:
             self.transport.send_soon(send.address, send.message, send.reliable)
         if self.swim is not None:
             now = trio.current_time()
+            for broadcast in self.swim.pop_broadcasts():
+                if self.on_broadcast is not None:
+                    self.on_broadcast(broadcast.origin, broadcast.data)
             for event in self.swim.pop_events():
                 log.info("mesh %s: %s is %s (incarnation %d)", self.name, event.name, event.state.value, event.incarnation)
                 self.events.append((now, event))
@@ -132,6 +136,13 @@ class MeshNode:
         if member is None or member.state in (State.DEAD, State.LEFT):
             return None
         return member.address
+
+    def broadcast(self, data: bytes) -> None:
+        """Spread a small message (<= 512 bytes) to every member on gossip, best effort."""
+        if self.swim is None:
+            raise RuntimeError("the mesh node is not running")
+        self.swim.broadcast(data)
+        self._kick.set()
 
     def send_to(self, peer: str, channel: str, payload: bytes) -> bool:
         """Queue application data for a member on its ordered stream (see `PeerStreams`)."""

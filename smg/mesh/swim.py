@@ -39,6 +39,7 @@ from typing import Any
 from smg.mesh.messages import (
     Ack,
     Alive,
+    Broadcast,
     Dead,
     Gossip,
     MemberState,
@@ -119,9 +120,22 @@ class _Probe:
     nacks: int = 0
 
 
+MAX_BROADCAST = 512
+SEEN_BROADCASTS = 10_000
+
+
 def _update_size(update: Update) -> int:
     """An estimate of the encoded size, for the packet budget."""
+    if isinstance(update, Broadcast):
+        return 24 + len(update.origin) + len(update.data)
     return 24 + len(update.name) + (len(update.address) if isinstance(update, Alive) else len(update.by))
+
+
+def _queue_key(update: Update) -> tuple[str, ...]:
+    """Newer news about a member replaces older news; every broadcast is its own entry."""
+    if isinstance(update, Broadcast):
+        return ("b", update.origin, str(update.seq))
+    return ("m", update.name)
 
 
 class Swim:
@@ -146,7 +160,10 @@ class Swim:
         self.left = False
         self._seq = 0
         self._events: list[MemberEvent] = []
-        self._queue: dict[str, list[Any]] = {}  # member name -> [update, transmits]
+        self._queue: dict[tuple[str, ...], list[Any]] = {}  # queue key -> [update, transmits]
+        self._broadcast_seq = 0
+        self._seen_broadcasts: dict[tuple[str, int], None] = {}  # bounded, oldest first
+        self._delivered: list[Broadcast] = []
         self._suspicions: dict[str, _Suspicion] = {}
         self._relays: dict[int, tuple[str, int, float]] = {}  # our seq -> (requester address, their seq, deadline)
         self._probe: _Probe | None = None
@@ -399,7 +416,9 @@ class Swim:
     # -- state changes ------------------------------------------------------------------
 
     def _apply(self, update: Update, now: float) -> None:
-        if isinstance(update, Alive):
+        if isinstance(update, Broadcast):
+            self._on_broadcast(update)
+        elif isinstance(update, Alive):
             self._on_alive(update, now)
         elif isinstance(update, Suspect):
             self._on_suspect(update, now)
@@ -485,7 +504,34 @@ class Swim:
     # -- dissemination ----------------------------------------------------------------
 
     def _enqueue(self, update: Update) -> None:
-        self._queue[update.name] = [update, 0]
+        self._queue[_queue_key(update)] = [update, 0]
+
+    def broadcast(self, data: bytes) -> None:
+        """Spread a small message (at most 512 bytes) to every member, best effort."""
+        if len(data) > MAX_BROADCAST:
+            raise ValueError(f"a broadcast carries at most {MAX_BROADCAST} bytes, got {len(data)}")
+        self._broadcast_seq += 1
+        update = Broadcast(self.name, self._broadcast_seq, data)
+        self._remember(update)
+        self._enqueue(update)
+
+    def pop_broadcasts(self) -> list[Broadcast]:
+        delivered, self._delivered = self._delivered, []
+        return delivered
+
+    def _remember(self, update: Broadcast) -> bool:
+        key = (update.origin, update.seq)
+        if key in self._seen_broadcasts:
+            return False
+        self._seen_broadcasts[key] = None
+        if len(self._seen_broadcasts) > SEEN_BROADCASTS:
+            del self._seen_broadcasts[next(iter(self._seen_broadcasts))]
+        return True
+
+    def _on_broadcast(self, update: Broadcast) -> None:
+        if update.origin != self.name and self._remember(update):
+            self._delivered.append(update)
+            self._enqueue(update)
 
     def _retransmit_limit(self) -> int:
         return self.config.retransmit_mult * math.ceil(math.log10(len(self.members) + 1))
@@ -497,9 +543,9 @@ class Swim:
         budget = self.config.packet_budget
         chosen: list[Update] = []
         ordered = sorted(
-            self._queue.items(), key=lambda kv: (kv[0] != destination or not isinstance(kv[1][0], Suspect), kv[1][1])
+            self._queue.items(), key=lambda kv: (kv[0] != ("m", destination) or not isinstance(kv[1][0], Suspect), kv[1][1])
         )
-        for name, entry in ordered:
+        for key, entry in ordered:
             size = _update_size(entry[0])
             if size > budget:
                 break
@@ -507,7 +553,7 @@ class Swim:
             chosen.append(entry[0])
             entry[1] += 1
             if entry[1] >= limit:
-                del self._queue[name]
+                del self._queue[key]
         return tuple(chosen)
 
     def _gossip_targets(self, count: int, now: float) -> list[Member]:

@@ -14,6 +14,7 @@ from smg.mesh.messages import (
     Ack,
     Alive,
     AppMessage,
+    Broadcast,
     Dead,
     Gossip,
     MemberState,
@@ -35,6 +36,8 @@ class WireError(ValueError):
 
 
 def _update_out(u: Update) -> list[Any]:
+    if isinstance(u, Broadcast):
+        return ["b", u.origin, u.seq, u.data]
     if isinstance(u, Alive):
         return ["a", u.name, u.incarnation, u.address, u.meta]
     if isinstance(u, Suspect):
@@ -99,6 +102,8 @@ def _update_in(raw: Any) -> Update:
         return Suspect(_s(raw[1]), _i(raw[2]), _s(raw[3]))
     if kind == "d" and len(raw) == 4:
         return Dead(_s(raw[1]), _i(raw[2]), _s(raw[3]))
+    if kind == "b" and len(raw) == 4 and isinstance(raw[3], bytes) and len(raw[3]) <= 512:
+        return Broadcast(_s(raw[1]), _i(raw[2]), raw[3])
     raise WireError("unknown update")
 
 
