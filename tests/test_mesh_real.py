@@ -127,6 +127,8 @@ async def test_event_stream_push_pull_hooks_and_metrics(nursery: trio.Nursery) -
     text = generate_latest(registry).decode()
     assert 'smg_mesh_members{state="alive"} 2.0' in text
     assert "smg_mesh_packets_dropped_total" in text and "smg_mesh_local_health" in text
+    await until(lambda: a.swim.rtt_count > 0, 5)  # type: ignore[union-attr]
+    assert "smg_mesh_probe_rtt_seconds_bucket" in generate_latest(registry).decode()
 
 
 async def test_ordered_peer_streams_survive_a_restart(nursery: trio.Nursery) -> None:

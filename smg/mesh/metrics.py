@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from smg.mesh.messages import State
+from smg.mesh.swim import RTT_BUCKETS
 
 if TYPE_CHECKING:
     from smg.mesh.node import MeshNode
@@ -22,7 +23,7 @@ class MeshCollector(Collector):
     def __init__(self, node: MeshNode) -> None:
         self.node = node
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         node, swim = self.node, self.node.swim
         members = GaugeMetricFamily("smg_mesh_members", "Known mesh members by state", labels=["state"])
         counts = {state: 0 for state in State}
@@ -52,6 +53,12 @@ class MeshCollector(Collector):
             ("failed_probes", "Probes that got no ack"),
         ):
             yield CounterMetricFamily(f"smg_mesh_{key}_total", help_text, value=stats.get(key, 0))
+        if swim is not None:
+            buckets = [(str(b), c) for b, c in zip(RTT_BUCKETS, swim.rtt_buckets, strict=True)]
+            buckets.append(("+Inf", swim.rtt_count))
+            yield HistogramMetricFamily(
+                "smg_mesh_probe_rtt_seconds", "Probe round trip (direct or indirect)", buckets=buckets, sum_value=swim.rtt_sum
+            )
         yield GaugeMetricFamily(
             "smg_mesh_local_health", "Lifeguard local health score (0 is healthy)", value=swim.health if swim else 0
         )

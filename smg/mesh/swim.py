@@ -112,6 +112,7 @@ class _Suspicion:
 class _Probe:
     seq: int
     target: str
+    started: float
     direct_deadline: float
     end: float
     indirect_sent: bool = False
@@ -121,6 +122,7 @@ class _Probe:
 
 
 MAX_BROADCAST = 512
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 SEEN_BROADCASTS = 10_000
 
 
@@ -176,6 +178,9 @@ class Swim:
         self._join_backoff = 0.5
         self._next_reap = now + 60.0
         self.stats = {"suspicions": 0, "refutations": 0, "push_pulls": 0, "probes": 0, "failed_probes": 0}
+        self.rtt_buckets = [0] * len(RTT_BUCKETS)
+        self.rtt_sum = 0.0
+        self.rtt_count = 0
         # push-pull hooks: the application's full state rides along, opaque to SWIM
         self.app_state: Callable[[], bytes] | None = None
         self.merge_app_state: Callable[[str, bytes], None] | None = None
@@ -303,7 +308,7 @@ class Swim:
         self._seq += 1
         self.stats["probes"] += 1
         self._probe = _Probe(
-            self._seq, target.name, now + cfg.probe_timeout * self._scale(), now + cfg.probe_interval * self._scale()
+            self._seq, target.name, now, now + cfg.probe_timeout * self._scale(), now + cfg.probe_interval * self._scale()
         )
         ping = Ping(self._seq, self.name, self.address, target.name, self._take_updates(target.name))
         return [Send(target.address, ping)]
@@ -349,6 +354,14 @@ class Swim:
         # probe of it): if it is alive it refutes before any timer runs out
         return [Send(target.address, Gossip(self.name, (suspicion,)))]
 
+    def _observe_rtt(self, rtt: float) -> None:
+        """Probe round trips (direct or through helpers) as cumulative histogram counts."""
+        for i, bound in enumerate(RTT_BUCKETS):
+            if rtt <= bound:
+                self.rtt_buckets[i] += 1
+        self.rtt_sum += rtt
+        self.rtt_count += 1
+
     def _adjust_health(self, delta: int) -> None:
         self.health = max(0, min(self.config.max_health, self.health + delta))
 
@@ -366,9 +379,10 @@ class Swim:
                 out.append(Send(message.source_address, Ack(message.seq, self.name, self._take_updates(message.source))))
         elif isinstance(message, Ack):
             probe = self._probe
-            if probe is not None and message.seq == probe.seq:
+            if probe is not None and message.seq == probe.seq and not probe.acked:
                 probe.acked = True
                 self._adjust_health(-1)
+                self._observe_rtt(now - probe.started)
             relay = self._relays.pop(message.seq, None)
             if relay is not None:
                 out.append(Send(relay[0], Ack(relay[1], self.name)))
