@@ -102,7 +102,8 @@ def test_no_false_positives_at_ten_percent_loss() -> None:
     net.run_until(start + 600)
     deaths = [e for a in addresses for t, e in net.nodes[a].events if t > start and e.state is State.DEAD]
     assert deaths == []
-    assert all(net.all_see(f"n{i}", State.ALIVE) for i in range(50))
+    # at 10 % loss some suspicion is always in flight: suspect is fine, dead is not
+    assert not any(net.view(a, f"n{i}") is State.DEAD for a in addresses for i in range(50) if a != addresses[i])
 
 
 def test_broadcasts_spread_best_effort_without_duplicates() -> None:

@@ -484,6 +484,10 @@ class Swim:
                 self._enqueue(update)
             return
         self.stats["suspicions"] += 1
+        if update.by != self.name:
+            # probe the suspect next: our own verdict confirms (or not) within one
+            # protocol period, which is what lets the suspicion timeout shrink
+            self._probe_order.append(update.name)
         self._set(member, State.SUSPECT, update.incarnation, now)
         self._suspicions[update.name] = _Suspicion(now, update.incarnation, {update.by}, now + self._suspicion_timeout(0))
         self._enqueue(update)
