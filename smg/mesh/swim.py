@@ -11,7 +11,9 @@ queued as `MemberEvent`s (`pop_events()`).
   end of the period: the member is suspected.
 - Suspicion (Lifeguard): the timeout starts at `suspicion_max_mult` x the
   base and shrinks toward the base, 4 x max(1, log10 N) x the probe
-  interval, as independent suspicions of the same incarnation arrive.
+  interval, as independent suspicions of the same incarnation arrive. A
+  node that hears of a suspicion probes the suspect next, so confirmations
+  (or the refutation, piggybacked to the suspect) come within one period.
 - Refutation: a node accepts no claim about itself except to refute it by
   bumping its incarnation; a restarted node learns its old incarnation from
   the first push-pull and outbids it.
