@@ -172,6 +172,8 @@ class Swim:
         self._relays: dict[int, tuple[str, int, float]] = {}  # our seq -> (requester address, their seq, deadline)
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
+        self._confirm_next: str | None = None  # a suspect to probe next (one at a time)
+        self._confirmed_last = False
         self._next_probe = now + rng.random() * config.probe_interval
         self._next_gossip = now + config.gossip_interval
         self._next_push_pull = now + config.push_pull_interval * (0.5 + rng.random())
@@ -316,6 +318,19 @@ class Swim:
         return [Send(target.address, ping)]
 
     def _next_target(self) -> Member | None:
+        """Round-robin over a shuffled list; at most every other probe confirms a suspicion.
+
+        Under heavy loss suspicions arrive every period: letting each one jump
+        the queue would starve the round robin, and a dead member waiting
+        behind them would never be probed.
+        """
+        confirm, self._confirm_next = self._confirm_next, None
+        if confirm is not None and not self._confirmed_last:
+            member = self.members.get(confirm)
+            if member is not None and member.state is State.SUSPECT:
+                self._confirmed_last = True
+                return member
+        self._confirmed_last = False
         for _ in range(2):
             while self._probe_order:
                 member = self.members.get(self._probe_order.pop())
@@ -486,10 +501,10 @@ class Swim:
                 self._enqueue(update)
             return
         self.stats["suspicions"] += 1
-        if update.by != self.name:
+        if update.by != self.name and self._confirm_next is None:
             # probe the suspect next: our own verdict confirms (or not) within one
             # protocol period, which is what lets the suspicion timeout shrink
-            self._probe_order.append(update.name)
+            self._confirm_next = update.name
         self._set(member, State.SUSPECT, update.incarnation, now)
         self._suspicions[update.name] = _Suspicion(now, update.incarnation, {update.by}, now + self._suspicion_timeout(0))
         self._enqueue(update)
