@@ -19,7 +19,3 @@ def new_replica_id(name: str, epoch: int | None = None) -> ReplicaId:
     if not name or "#" in name:
         raise ValueError(f"invalid node name for a replica id: {name!r}")
     return f"{name}#{secrets.randbits(64) if epoch is None else epoch}"
-
-
-def node_of(replica: ReplicaId) -> str:
-    return replica.rsplit("#", 1)[0]

@@ -154,9 +154,6 @@ class SimNetwork:
 
     # -- observations ------------------------------------------------------------------
 
-    def live_nodes(self) -> list[SimNode]:
-        return [n for n in self.nodes.values() if n.alive]
-
     def view(self, observer: str, name: str) -> State | None:
         return self.nodes[observer].swim.state_of(name)
 
