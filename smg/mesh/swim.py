@@ -476,7 +476,10 @@ class Swim:
                 update.name, update.address, update.incarnation, State.ALIVE, now, dict(update.meta)
             )
             self._events.append(MemberEvent(update.name, State.ALIVE, update.incarnation, update.address))
-            self._probe_order.insert(0, update.name)
+            # at a random place in the round: members learned in the same order by every
+            # node (from the same seed) would otherwise be probed in lockstep, and a dead
+            # one near the end of everyone's list would go unprobed for a whole round
+            self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), update.name)
             self._enqueue(update)
             return
         if update.incarnation <= member.incarnation:
