@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import trio
 
 from smg import __version__
+from smg.cluster.node import advertise_host
 from smg.config import DEFAULT_REQUEST_ID_HEADERS, LOG_LEVELS, UPSTREAM_CLIENTS, ConfigError, GatewayConfig
 from smg.observability.logs import setup_logging
 from smg.router.policies import POLICIES
@@ -344,6 +345,52 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         default=29000,
         help="port of the /metrics server; 0 picks a free port (default: %(default)s)",
     )
+    add_mesh_args(parser)
+
+
+def _seed_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_mesh_args(parser: argparse.ArgumentParser) -> None:
+    mesh = parser.add_argument_group("HA mesh (several gateways as one)")
+    mesh.add_argument(
+        "--ha-mesh", "--enable-mesh", dest="ha_mesh", action="store_true", help="join the other gateways in a SWIM mesh"
+    )
+    mesh.add_argument(
+        "--seeds",
+        dest="mesh_seeds",
+        type=_seed_list,
+        action="extend",
+        default=[],
+        metavar="HOST:PORT,...",
+        help="mesh addresses of other gateways; every one is tried, and retried until one answers",
+    )
+    mesh.add_argument(
+        "--mesh-peer-urls", dest="mesh_seeds", nargs="*", action="extend", metavar="HOST:PORT", help="same as --seeds"
+    )
+    mesh.add_argument("--mesh-host", default="0.0.0.0", help="address the mesh binds, UDP and TCP (default: %(default)s)")
+    mesh.add_argument("--mesh-port", type=int, default=39527, help="mesh port, UDP and TCP; 0 picks one (default: %(default)s)")
+    mesh.add_argument(
+        "--mesh-advertise-host",
+        help="address peers reach this node at; needed with --mesh-host 0.0.0.0 unless the route to a seed tells it",
+    )
+    mesh.add_argument(
+        "--mesh-server-name",
+        help="this node's member name (default: ADVERTISE_HOST:MESH_PORT, stable across restarts so the node rejoins as itself)",
+    )
+    mesh.add_argument(
+        "--mesh-cluster-label", default="", help="bound into every packet: clusters with different labels never merge"
+    )
+    mesh.add_argument(
+        "--mesh-key",
+        dest="mesh_keys",
+        action="append",
+        default=[],
+        metavar="BASE64",
+        help="AES-GCM key (16, 24 or 32 bytes, base64; repeatable, the first encrypts); none: unencrypted, with a warning",
+    )
+    mesh.add_argument("--mesh-keyring-file", help="file of base64 mesh keys, one per line, after any --mesh-key")
 
 
 def add_sim_args(parser: argparse.ArgumentParser, prefix: str) -> None:
@@ -370,6 +417,8 @@ def gateway_config_from(args: argparse.Namespace) -> GatewayConfig:
     values["request_id_headers"] = tuple(args.request_id_headers)
     values["tenant_api_keys"] = tuple(args.tenant_api_keys)
     values["cors_allowed_origins"] = tuple(args.cors_allowed_origins)
+    values["mesh_seeds"] = tuple(args.mesh_seeds)
+    values["mesh_keys"] = tuple(args.mesh_keys)
     return GatewayConfig(**values)
 
 
@@ -427,14 +476,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _checked(config: GatewayConfig) -> GatewayConfig:
+    """Checks that need the machine (routes, files) and fail before anything starts."""
+    if config.ha_mesh:
+        advertise_host(config)
+        config.mesh_key_list()
+    return config
+
+
 def _runner(command: str, args: argparse.Namespace) -> Any:
     if command == "launch":
-        return partial(run_gateway, gateway_config_from(args), handle_signals=True)
+        return partial(run_gateway, _checked(gateway_config_from(args)), handle_signals=True)
     sim = sim_config_from(args)
     if command == "serve":
         if args.sim_workers < 1:
             raise ConfigError("--sim-workers must be at least 1")
-        config = gateway_config_from(args)
+        config = _checked(gateway_config_from(args))
         sim_port = args.sim_port if args.sim_port is not None else config.port + 1
         if not 1 <= sim_port <= 65535 - args.sim_workers:
             raise ConfigError(f"--sim-port {sim_port} leaves no room for {args.sim_workers} workers")

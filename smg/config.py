@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from smg.mesh.keyring import parse_key
 from smg.router.breaker import BreakerConfig
 from smg.router.health import HealthConfig
 from smg.router.policies import POLICIES, PolicyConfig
@@ -89,6 +90,16 @@ class GatewayConfig:
     # auth and browsers
     tenant_api_keys: tuple[str, ...] = ()
     cors_allowed_origins: tuple[str, ...] = ()
+    # HA mesh
+    ha_mesh: bool = False
+    mesh_seeds: tuple[str, ...] = ()
+    mesh_host: str = "0.0.0.0"
+    mesh_port: int = 39527
+    mesh_advertise_host: str | None = None
+    mesh_server_name: str | None = None
+    mesh_cluster_label: str = ""
+    mesh_keys: tuple[str, ...] = ()
+    mesh_keyring_file: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -165,6 +176,34 @@ class GatewayConfig:
                 normalize_url(url)
             except ValueError as exc:
                 raise ConfigError(f"--worker-urls: {exc}") from None
+        self._validate_mesh()
+
+    def _validate_mesh(self) -> None:
+        _port("--mesh-port", self.mesh_port)
+        for seed in self.mesh_seeds:
+            host, sep, port = seed.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ConfigError(f"--seeds: '{seed}' is not HOST:PORT")
+        if self.mesh_server_name is not None and (not self.mesh_server_name or "#" in self.mesh_server_name):
+            raise ConfigError("--mesh-server-name must be non-empty and must not contain '#'")
+        if self.mesh_keyring_file and not os.path.isfile(self.mesh_keyring_file):
+            raise ConfigError(f"--mesh-keyring-file: no such file: {self.mesh_keyring_file}")
+        for key in self.mesh_keys:
+            try:
+                parse_key(key)
+            except ValueError as exc:
+                raise ConfigError(f"--mesh-key: {exc}") from None
+
+    def mesh_key_list(self) -> list[bytes]:
+        """The mesh keys, primary first: --mesh-key flags, then the keyring file (one base64 key per line)."""
+        texts = list(self.mesh_keys)
+        if self.mesh_keyring_file:
+            with open(self.mesh_keyring_file, encoding="utf-8") as f:
+                texts += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        try:
+            return [parse_key(text) for text in texts]
+        except ValueError as exc:
+            raise ConfigError(f"--mesh-keyring-file: {exc}") from None
 
     def health_config(self) -> HealthConfig:
         return HealthConfig(

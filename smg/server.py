@@ -17,6 +17,7 @@ from functools import partial
 
 import trio
 
+from smg.cluster.node import ClusterNode, advertise_host
 from smg.config import GatewayConfig
 from smg.observability.metrics import MetricsApp
 from smg.router.app import GatewayApp
@@ -70,6 +71,8 @@ async def run_gateway(
         if config.prometheus_port is not None:
             metrics_config = hypercorn_config(config.prometheus_host, config.prometheus_port, graceful_timeout=0.5)
             metrics_urls = await nursery.start(serve_app, MetricsApp(ctx.metrics), metrics_config)
+        if config.ha_mesh:
+            ctx.cluster = await nursery.start(ClusterNode(config, ctx).run, advertised_url(config, urls[0]))
         handle = GatewayHandle(ctx, urls, metrics_urls)
         log.info(
             "smg gateway listening on %s (policy %s, %d workers, metrics %s)",
@@ -83,9 +86,18 @@ async def run_gateway(
         task_status.started(handle)
         await handle._stop.wait()
         await drain(ctx, config.shutdown_grace_period_secs)
+        if ctx.cluster is not None:
+            await ctx.cluster.leave()
         nursery.cancel_scope.cancel()
     await ctx.upstream.aclose()
     log.info("smg gateway stopped")
+
+
+def advertised_url(config: GatewayConfig, bound_url: str) -> str:
+    """The data-plane URL peers and clients reach this node at (the bind address may be 0.0.0.0)."""
+    scheme, _, rest = bound_url.partition("://")
+    port = rest.rpartition(":")[2]
+    return f"{scheme}://{advertise_host(config)}:{port}"
 
 
 async def drain(ctx: GatewayContext, grace: float) -> None:

@@ -20,6 +20,7 @@ import httpx
 
 STARTUP_DEADLINE = 20.0
 _SIM_URL = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+_MESH_ADDRESS = re.compile(r"mesh node \S+ listening on ([\d.]+:\d+)")
 _GATEWAY_URL = re.compile(r"smg gateway listening on (https?://[\d.]+:\d+) .*metrics (https?://[\d.]+:\d+|off)")
 
 
@@ -29,6 +30,7 @@ class Proc:
     log_path: Path
     urls: list[str] = field(default_factory=list)
     metrics_url: str | None = None
+    mesh_address: str | None = None
 
     @property
     def url(self) -> str:
@@ -94,6 +96,16 @@ def start_gateway(worker_urls: list[str], *flags: str, ready: bool = True, schem
         except TimeoutError:
             proc.stop()
             raise
+    return proc
+
+
+def start_mesh_gateway(worker_urls: list[str], *flags: str, seeds: list[str] = (), mesh_port: int = 0) -> Proc:  # type: ignore[assignment]
+    """A gateway with --ha-mesh on 127.0.0.1; `mesh_address` is read from its log."""
+    mesh = ["--ha-mesh", "--mesh-host", "127.0.0.1", "--mesh-port", str(mesh_port)]
+    if seeds:
+        mesh += ["--seeds", ",".join(seeds)]
+    proc = start_gateway(worker_urls, *mesh, *flags, ready=False)
+    proc.mesh_address = _wait_for_log(proc, _MESH_ADDRESS)[0].group(1)
     return proc
 
 

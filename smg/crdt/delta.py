@@ -14,6 +14,7 @@ unacknowledged interval is simply sent again, grown.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smg.crdt.codec import CRDT, CodecError, decode, encode
@@ -51,6 +52,8 @@ class DeltaReplicator:
         self._log: deque[tuple[int, CRDT, str | None]] = deque()
         self._peers: dict[str, _Peer] = {}
         self.full_states_sent = 0
+        # called with every remote delta or full state before it is merged; may raise to refuse it
+        self.vet: Callable[[CRDT], None] | None = None
 
     def _peer(self, peer: str) -> _Peer:
         found = self._peers.get(peer)
@@ -74,16 +77,27 @@ class DeltaReplicator:
         """`peer` (now living as `peer_epoch`) merged our log up to `seq`, as sent by our `epoch`.
 
         An acknowledgement meant for a previous life of this node (before a
-        restart reset the sequence) is ignored; one from a new life of the
-        peer replaces what its previous life had acknowledged.
+        restart reset the sequence) is ignored. One from a new life of the
+        peer, for a message sent while we believed its previous life was
+        there, proves nothing about the rest of the state: it gets the full
+        state next.
         """
         if epoch != self.replica or seq > self.seq:
             return
         p = self._peer(peer)
-        if p.epoch != peer_epoch:
-            p.epoch, p.acked = peer_epoch, seq
+        if p.epoch is not None and p.epoch != peer_epoch:
+            p.epoch, p.acked = peer_epoch, -1
         elif seq > p.acked:
-            p.acked = seq
+            p.epoch, p.acked = peer_epoch, seq
+
+    def resync(self, peer: str) -> None:
+        """Send `peer` the full state next (anti-entropy found our states differ)."""
+        self._peer(peer).acked = -1
+
+    def acked(self, peer: str) -> int:
+        """The highest sequence number `peer` acknowledged (-1: none)."""
+        found = self._peers.get(peer)
+        return -1 if found is None else found.acked
 
     def forget(self, peer: str) -> None:
         """The peer left the cluster for good."""
@@ -121,17 +135,24 @@ class DeltaReplicator:
 
     # -- incoming -------------------------------------------------------------------
 
+    def note_epoch(self, peer: str, epoch: str) -> None:
+        """`peer` now lives as `epoch`; a new one means it restarted and lost what we sent."""
+        p = self._peer(peer)
+        if p.epoch != epoch:
+            if p.epoch is not None:
+                p.acked = -1
+            p.epoch = epoch
+
     def receive(self, peer: str, message: DeltaMessage) -> int | None:
         """Merge a message from `peer`; returns the sequence number to acknowledge, if any.
 
         Raises CodecError for a full state that does not decode (the chunks are dropped).
         """
+        self.note_epoch(peer, message.sender)
         p = self._peer(peer)
-        if p.epoch != message.sender:
-            if p.epoch is not None:
-                p.acked = -1  # the peer restarted and lost what we sent: full state next
-            p.epoch = message.sender
         if not message.is_full:
+            if self.vet is not None:
+                self.vet(message.delta)  # type: ignore[arg-type]
             self.state.merge(message.delta)  # type: ignore[arg-type]
             self._log_delta(message.delta, peer)  # type: ignore[arg-type]
             return message.seq
@@ -147,6 +168,8 @@ class DeltaReplicator:
         full = decode(data)
         if type(full) is not type(self.state):
             raise CodecError(f"expected a {type(self.state).__name__}, got a {type(full).__name__}")
+        if self.vet is not None:
+            self.vet(full)
         self.state.merge(full)  # type: ignore[arg-type]
         self._log_delta(full, peer)
         return message.seq

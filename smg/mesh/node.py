@@ -29,7 +29,7 @@ log = logging.getLogger("smg.mesh")
 class MeshNode:
     def __init__(
         self,
-        name: str,
+        name: str | None,
         host: str = "0.0.0.0",
         port: int = 39527,
         *,
@@ -40,8 +40,8 @@ class MeshNode:
         meta: dict[str, Any] | None = None,
     ) -> None:
         if keyring is None:
-            log.warning("mesh %s runs unencrypted: set a mesh key outside development", name)
-        self.name = name
+            log.warning("mesh runs unencrypted: set a mesh key outside development")
+        self.name = name or ""  # empty: named after its address once bound
         self.advertise_host = advertise_host or host
         self.seeds = list(seeds or [])
         self.config = config or SwimConfig()
@@ -62,9 +62,19 @@ class MeshNode:
     def address(self) -> str:
         return f"{self.advertise_host}:{self.transport.port}"
 
-    async def run(self, *, task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        *,
+        on_bound: Callable[[], None] | None = None,
+        task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Bind, call `on_bound` (the name is final then), join the seeds, run until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.transport.run)
+            if not self.name:
+                self.name = self.streams.source = self.address
+            if on_bound is not None:
+                on_bound()
             await nursery.start(self.streams.run)
             now = trio.current_time()
             self.swim = Swim(self.name, self.address, self.config, random.Random(), now, self.meta)

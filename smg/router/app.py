@@ -22,6 +22,7 @@ from smg.asgi import (
     send_text,
     serve_lifespan,
 )
+from smg.cluster import routes as mesh
 from smg.observability.request_id import request_id_for
 from smg.router import control
 from smg.router.context import GatewayContext
@@ -70,6 +71,10 @@ def _static_routes() -> dict[tuple[str, str], Route]:
         ("GET", "/get_loads"): Route(control.get_loads, "/get_loads", CONTROL),
         ("GET", "/v1/loads"): Route(control.get_loads, "/v1/loads", CONTROL),
         ("POST", "/flush_cache"): Route(control.flush_cache, "/flush_cache", CONTROL),
+        ("GET", "/mesh/status"): Route(mesh.mesh_status, "/mesh/status", CONTROL),
+        ("GET", "/mesh/health"): Route(mesh.mesh_health, "/mesh/health", CONTROL),
+        ("GET", "/mesh/workers"): Route(mesh.mesh_workers, "/mesh/workers", CONTROL),
+        ("POST", "/mesh/keys"): Route(mesh.mesh_keys, "/mesh/keys", CONTROL),
     }
     for path, inference in ROUTES.items():
         routes[("POST", path)] = Route(partial(handle_inference, route=inference), path, DATA)

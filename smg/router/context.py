@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import trio
 
@@ -16,6 +17,14 @@ from smg.router.registration import Registrar
 from smg.router.retry import RetryConfig
 from smg.router.upstream import Upstream, make_upstream
 from smg.router.workers import Worker, WorkerRegistry
+
+
+class WorkerSink(Protocol):
+    """Where operator changes to workers are published (the HA mesh's replicated registry)."""
+
+    def added(self, worker: Worker) -> None: ...
+    def updated(self, worker: Worker) -> None: ...
+    def removed(self, worker_id: str) -> None: ...
 
 
 @dataclass
@@ -33,6 +42,8 @@ class GatewayContext:
     access_log: AccessLog = field(default_factory=AccessLog)
     in_flight: int = 0
     draining: bool = False
+    worker_sink: WorkerSink | None = None
+    cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
     _known_worker_urls: set[str] = field(default_factory=set)
 
     @classmethod
@@ -72,6 +83,7 @@ class GatewayContext:
             tenant_keys=config.tenant_keys(),
         )
         ctx.registrar.on_change = ctx.workers_changed
+        ctx.registrar.on_removed = ctx.worker_failed
         if hasattr(ctx.policy, "on_match"):
             ctx.policy.on_match = metrics.cache_match_ratio.observe
         ctx.access_log.configure(config.log_json)
@@ -82,13 +94,33 @@ class GatewayContext:
         """A client's own Authorization goes to workers only when the gateway checks no keys."""
         return not self.config.api_key and not self.tenant_keys
 
-    def add_worker(self, url: str, **settings: object) -> Worker:
-        """Register a worker by URL; raises DuplicateWorker or ValueError."""
+    def add_worker(self, url: str, *, publish: bool = True, **settings: object) -> Worker:
+        """Register a worker by URL; raises DuplicateWorker or ValueError.
+
+        `publish`: an operator's change, to tell the cluster; False when it came from the cluster.
+        """
         config = self.config
         worker = Worker.from_url(url, health=config.health_config(), breaker=config.breaker_config(), **settings)  # type: ignore[arg-type]
         self.registry.add(worker)
         self.registrar.register(worker)
+        if publish and self.worker_sink is not None:
+            self.worker_sink.added(worker)
         return worker
+
+    def remove_worker(self, worker: Worker, *, publish: bool = True) -> None:
+        """Stop routing to `worker` and forget it once its requests finish."""
+        self.registrar.drain_and_remove(worker, self.config.shutdown_grace_period_secs)
+        if publish and self.worker_sink is not None:
+            self.worker_sink.removed(worker.id)
+
+    def worker_settings_changed(self, worker: Worker) -> None:
+        if self.worker_sink is not None:
+            self.worker_sink.updated(worker)
+
+    def worker_failed(self, worker: Worker) -> None:
+        """--remove-unhealthy-workers removed `worker`: a cluster-wide delete."""
+        if self.worker_sink is not None:
+            self.worker_sink.removed(worker.id)
 
     def workers_changed(self) -> None:
         forget = getattr(self.policy, "forget_workers", None)

@@ -100,6 +100,7 @@ async def patch_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> Non
     changes = _settings(await _body(ex))
     for key, value in changes.items():
         setattr(worker, key, value)
+    ctx.worker_settings_changed(worker)
     await send_json(ex.send, 200, worker.to_json())
 
 
@@ -117,13 +118,14 @@ async def put_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
     replacement = {"labels": {}, "priority": 50, "cost": 1.0, "api_key": None, **_settings(body)}
     for key, value in replacement.items():
         setattr(worker, key, value)
+    ctx.worker_settings_changed(worker)
     ctx.registrar.register(worker)
     await _accepted(ex, worker, "worker settings replaced; re-probing")
 
 
 async def delete_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
     worker = _worker(ctx, worker_id)
-    ctx.registrar.drain_and_remove(worker, ctx.config.shutdown_grace_period_secs)
+    ctx.remove_worker(worker)
     await _accepted(ex, worker, "worker draining; removed once its in-flight requests finish")
 
 

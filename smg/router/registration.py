@@ -54,6 +54,7 @@ class Registrar:
         self.load_interval = load_interval
         self.api_key = api_key
         self.on_change = on_change
+        self.on_removed: Callable[[Worker], None] = lambda worker: None
         self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT)
         self._nursery: trio.Nursery | None = None
         self._probes: dict[str, trio.CancelScope] = {}
@@ -191,6 +192,7 @@ class Registrar:
         if transition.new is HealthState.FAILED and self.remove_failed:
             self.registry.remove(worker.id)
             log.warning("worker %s removed after %d failed probes", worker.url, worker.health.failures)
+            self.on_removed(worker)
         self._changed()
 
     # -- load monitor -------------------------------------------------------

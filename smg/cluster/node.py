@@ -1,0 +1,220 @@
+"""A gateway's place in the HA cluster: the mesh node plus the replicated stores.
+
+The cluster node's nursery (inside the gateway's) owns the mesh node, the
+flush task (replication messages due to live members, sent on the mesh's
+ordered per-peer streams, woken at once by a local change), the membership
+watcher and the tombstone collector. Push-pull carries each store's digest:
+a member whose digest differs gets the full state on the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import msgpack
+import trio
+
+from smg import __version__
+from smg.cluster.replication import CHANNELS, Replication, ReplicationError
+from smg.cluster.workers import ReplicatedWorkers, wall_ms
+from smg.config import ConfigError, GatewayConfig
+from smg.crdt.hlc import HybridClock
+from smg.crdt.replica import new_replica_id
+from smg.mesh.keyring import Keyring
+from smg.mesh.messages import State
+from smg.mesh.node import MeshNode
+from smg.router.context import GatewayContext
+
+log = logging.getLogger("smg.cluster")
+
+FLUSH_SECS = 0.2  # idle wake-up; a local change flushes at once
+GC_SECS = 10.0
+BIND_RETRY_SECS = 5.0
+
+
+def advertise_host(config: GatewayConfig) -> str:
+    """The address peers reach us at: given, the bind address, or the route toward the first seed."""
+    if config.mesh_advertise_host:
+        return config.mesh_advertise_host
+    if config.mesh_host not in ("0.0.0.0", "::", ""):
+        return config.mesh_host
+    for seed in config.mesh_seeds:
+        host, _, port = seed.rpartition(":")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, int(port)))  # no packet is sent: this only picks the route
+                return str(probe.getsockname()[0])
+        except OSError:
+            continue
+    raise ConfigError("--mesh-advertise-host is needed with --mesh-host 0.0.0.0 when no seed shows the route")
+
+
+class ClusterNode:
+    def __init__(self, config: GatewayConfig, ctx: GatewayContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        host = advertise_host(config)
+        keys = config.mesh_key_list()
+        keyring = Keyring(keys, config.mesh_cluster_label) if keys else None
+        self.mesh = MeshNode(
+            config.mesh_server_name,
+            config.mesh_host,
+            config.mesh_port,
+            advertise_host=host,
+            seeds=list(config.mesh_seeds),
+            keyring=keyring,
+        )
+        self.replication: Replication | None = None
+        self.workers: ReplicatedWorkers | None = None
+        self.replication_errors = 0
+        self.error: str | None = None  # why the mesh is not running, if it is not
+        self._kick = trio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.mesh.name
+
+    async def run(self, http_url: str, *, task_status: trio.TaskStatus[ClusterNode] = trio.TASK_STATUS_IGNORED) -> None:
+        mesh = self.mesh
+        mesh.meta = {"http": http_url, "version": __version__}
+        mesh.app_state = self._app_state
+        mesh.merge_app_state = self._merge_app_state
+        mesh.on_app_message = self._on_app_message
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._flush)
+            nursery.start_soon(self._watch_members)
+            nursery.start_soon(self._collect_garbage)
+            task_status.started(self)
+            while True:
+                try:
+                    # the name (and so the replica id) may come from the bound port: the stores
+                    # are built once bound, before the join's push-pull asks for their digests
+                    await mesh.run(on_bound=self._setup_stores)
+                except OSError as exc:
+                    self.error = f"mesh port {self.config.mesh_host}:{self.config.mesh_port} unavailable: {exc}"
+                    log.error("%s; serving from local state, retrying in %gs", self.error, BIND_RETRY_SECS)
+                    await trio.sleep(BIND_RETRY_SECS)
+
+    def _setup_stores(self) -> None:
+        self.error = None
+        replica = new_replica_id(self.mesh.name)
+        self.mesh.meta["boot"] = replica
+        self.replication = Replication(self.mesh.name, HybridClock(replica))
+        self.replication.on_change = self.changed
+        self.workers = ReplicatedWorkers(self.ctx, self.replication)
+        self.ctx.worker_sink = self.workers
+        for worker in self.ctx.registry:  # --worker-urls: an explicit operator action, published
+            self.workers.added(worker)
+
+    # -- membership ---------------------------------------------------------------------
+
+    async def leave(self) -> None:
+        """Leave gracefully: peers mark us `left`, not `dead`."""
+        if self.mesh.swim is not None:
+            await self.mesh.leave()
+
+    def known_members(self) -> list[str]:
+        """Every member that still holds back tombstone GC: all but those that left."""
+        return [m["name"] for m in self.mesh.members() if m["status"] != State.LEFT.value]
+
+    def live_peers(self) -> list[str]:
+        return [
+            m["name"]
+            for m in self.mesh.members()
+            if m["name"] != self.name and m["status"] in (State.ALIVE.value, State.SUSPECT.value)
+        ]
+
+    async def _watch_members(self) -> None:
+        events = self.mesh.subscribe()
+        async for event in events:
+            if event.state is State.LEFT and self.replication is not None:
+                self.replication.forget(event.name)
+            self._kick.set()
+
+    # -- replication --------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Something local changed: flush now."""
+        self._kick.set()
+
+    async def _flush(self) -> None:
+        while True:
+            with trio.move_on_after(FLUSH_SECS):
+                await self._kick.wait()
+            self._kick = trio.Event()
+            replication = self.replication
+            if replication is None:
+                continue
+            for peer, channel, payload in replication.outgoing(self.live_peers(), trio.current_time(), wall_ms()):
+                self.mesh.send_to(peer, channel, payload)
+
+    def _on_app_message(self, source: str, channel: str, payload: bytes) -> None:
+        replication = self.replication
+        if channel not in CHANNELS or replication is None:
+            log.warning("cluster %s: message on unknown channel '%s' from %s dropped", self.name, channel, source)
+            return
+        try:
+            replies = replication.receive(source, channel, payload, self.known_members(), wall_ms())
+        except ReplicationError as exc:
+            self.replication_errors += 1
+            log.warning("cluster %s: replication message from %s dropped: %s", self.name, source, exc)
+            return
+        for peer, reply_channel, reply in replies:
+            self.mesh.send_to(peer, reply_channel, reply)
+
+    def _app_state(self) -> bytes:
+        digests = self.replication.digests() if self.replication is not None else {}
+        return msgpack.packb({"digests": digests}, use_bin_type=True)
+
+    def _merge_app_state(self, source: str, data: bytes) -> None:
+        if self.replication is None:
+            return
+        try:
+            body = msgpack.unpackb(data, raw=False)
+            differing = self.replication.compare(source, body.get("digests") if isinstance(body, dict) else None)
+        except (ValueError, ReplicationError) as exc:
+            self.replication_errors += 1
+            log.warning("cluster %s: push-pull state from %s ignored: %s", self.name, source, exc)
+            return
+        if differing:
+            log.debug("cluster %s: stores %s differ from %s's: full state next", self.name, differing, source)
+            self._kick.set()
+
+    async def _collect_garbage(self) -> None:
+        while True:
+            await trio.sleep(GC_SECS)
+            if self.replication is not None:
+                for store, count in self.replication.collect(self.known_members()).items():
+                    if count:
+                        log.info("cluster %s: collected %d tombstones of %s", self.name, count, store)
+
+    # -- views for /mesh/* ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        members = self.mesh.members()
+        nodes = [
+            {
+                "name": m["name"],
+                "address": m["address"],
+                "http_address": m["meta"].get("http"),
+                "status": m["status"],
+                "incarnation": m["incarnation"],
+            }
+            for m in sorted(members, key=lambda m: m["name"])
+        ]
+        stores = {}
+        if self.replication is not None:
+            for name, digest in self.replication.digests().items():
+                state = self.replication.state(name)
+                stores[name] = {"entries": len(state), "digest": digest}
+        status = {
+            "node_name": self.name,
+            "node_count": sum(1 for n in nodes if n["status"] in (State.ALIVE.value, State.SUSPECT.value)),
+            "nodes": nodes,
+            "stores": stores,
+        }
+        if self.error:
+            status["error"] = self.error
+        return status

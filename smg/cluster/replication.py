@@ -1,0 +1,302 @@
+"""Named CRDT stores kept in sync with the mesh's members (sans-IO).
+
+Each store has a `DeltaReplicator`. `outgoing(members, ...)` says what to
+send whom on the mesh's ordered per-peer streams: delta-intervals, full
+states in chunks, or, for a peer that is up to date, a small `sync` every
+`sync_interval` so acknowledgements (and the GC frontier riding on them)
+keep flowing while idle. An unacknowledged message is sent again after
+`resend_after`, grown by whatever changed meanwhile.
+
+Tombstone GC. When we send a peer our log up to `seq`, we stamp that moment
+with the HLC; once the peer acknowledges `seq`, it holds every write we had
+made before the stamp. Our frontier is the oldest such stamp over every
+known member (alive, suspect, or dead but not reaped: a partitioned member
+still counts). Acks carry the acknowledging member's frontier. The stable
+point is the minimum of ours and every member's reported one: a write stamped
+at or before it was, by its origin, delivered to every member. Tombstones at
+or before `stable - gc_grace` are collected (`LWWMap.collect`), and the floor
+travels with merges so a straggler never resurrects a deleted key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from smg.crdt.codec import CRDT, CodecError, decode, encode
+from smg.crdt.delta import DeltaMessage, DeltaReplicator
+from smg.crdt.hlc import ZERO, ClockDriftError, HybridClock, Timestamp
+from smg.crdt.lww import LWWMap
+
+DELTA = "crdt.delta"
+ACK = "crdt.ack"
+CHANNELS = (DELTA, ACK)
+
+
+class ReplicationError(ValueError):
+    """A replication message that is malformed, for an unknown store, or from a drifting clock."""
+
+
+Outgoing = tuple[str, str, bytes]  # (peer, channel, payload)
+
+
+@dataclass
+class _Store:
+    name: str
+    replicator: DeltaReplicator
+    on_merge: Callable[[], None] | None
+    sent: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (seq, when) last sent
+    send_stamps: dict[str, dict[int, Timestamp]] = field(default_factory=dict)  # peer -> seq -> HLC at send
+    ack_stamp: dict[str, Timestamp] = field(default_factory=dict)  # peer -> newest acknowledged send stamp
+    reported: dict[str, Timestamp] = field(default_factory=dict)  # peer -> its own frontier, from its acks
+    waiting_since: dict[str, float] = field(default_factory=dict)  # peer -> first unacknowledged send
+    delta_bytes: int = 0
+    full_bytes: int = 0
+    merged: int = 0
+
+
+class Replication:
+    def __init__(
+        self,
+        node: str,
+        clock: HybridClock,
+        *,
+        resend_after: float = 1.0,
+        sync_interval: float = 5.0,
+        gc_grace_ms: int = 60_000,
+        chunk_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.node = node
+        self.clock = clock
+        self.replica = clock.replica
+        self.resend_after = resend_after
+        self.sync_interval = sync_interval
+        self.gc_grace_ms = gc_grace_ms
+        self.chunk_bytes = chunk_bytes
+        self._stores: dict[str, _Store] = {}
+        self._physical_ms = 0  # of the message being received, for the clock-drift check
+        self.on_change: Callable[[], None] | None = None  # a local change: the shell flushes at once
+
+    # -- stores -----------------------------------------------------------------------
+
+    def add_store(self, name: str, state: CRDT, on_merge: Callable[[], None] | None = None) -> None:
+        """Replicate `state` under `name`; `on_merge` runs after remote data was merged into it."""
+        replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes)
+        replicator.vet = self._vet
+        self._stores[name] = _Store(name, replicator, on_merge)
+
+    def state(self, name: str) -> Any:
+        return self._stores[name].replicator.state
+
+    def stores(self) -> list[str]:
+        return list(self._stores)
+
+    def changed(self, name: str, delta: CRDT) -> None:
+        """A local mutation of store `name` (already applied) produced `delta`."""
+        self._stores[name].replicator.apply_local(delta)
+        if self.on_change is not None:
+            self.on_change()
+
+    def stamp(self, physical_ms: int) -> Timestamp:
+        """An HLC timestamp for a local write."""
+        return self.clock.now(physical_ms)
+
+    def digests(self) -> dict[str, str]:
+        return {name: s.replicator.state.state_digest() for name, s in self._stores.items()}
+
+    def stats(self, name: str) -> dict[str, int]:
+        s = self._stores[name]
+        return {"delta_bytes": s.delta_bytes, "full_bytes": s.full_bytes, "merged": s.merged, "seq": s.replicator.seq}
+
+    # -- sending ----------------------------------------------------------------------
+
+    def outgoing(self, peers: Iterable[str], now: float, physical_ms: int) -> list[Outgoing]:
+        """Messages due now for the live `peers`."""
+        out: list[Outgoing] = []
+        for peer in peers:
+            if peer == self.node:
+                continue
+            for store in self._stores.values():
+                out += self._due(store, peer, now, physical_ms)
+        return out
+
+    def _due(self, store: _Store, peer: str, now: float, physical_ms: int) -> list[Outgoing]:
+        replicator = store.replicator
+        last = store.sent.get(peer)
+        if last is not None and last[0] == replicator.seq and now - last[1] < self.resend_after:
+            return []  # in flight: wait for the ack
+        messages = replicator.outgoing(peer)
+        if not messages:
+            if last is not None and now - last[1] < self.sync_interval:
+                return []
+            messages = [DeltaMessage(self.replica, replicator.seq, chunk=b"", index=0, count=0)]  # sync
+        stamp = self.clock.now(physical_ms)
+        seq = messages[0].seq
+        store.sent[peer] = (seq, now)
+        store.waiting_since.setdefault(peer, now)
+        stamps = store.send_stamps.setdefault(peer, {})
+        stamps[seq] = stamp
+        if len(stamps) > 64:  # acks lost for long: keep the newest
+            for old in sorted(stamps)[:-64]:
+                del stamps[old]
+        return [(peer, DELTA, self._encode(store, m)) for m in messages]
+
+    def _encode(self, store: _Store, message: DeltaMessage) -> bytes:
+        body: dict[str, Any] = {"s": store.name, "r": message.sender, "q": message.seq}
+        if message.delta is not None:
+            body["d"] = encode(message.delta)
+            store.delta_bytes += len(body["d"])
+        else:
+            body.update(c=message.chunk, i=message.index, n=message.count)
+            store.full_bytes += len(message.chunk)
+        return msgpack.packb(body, use_bin_type=True)
+
+    # -- receiving --------------------------------------------------------------------
+
+    def receive(self, peer: str, channel: str, payload: bytes, members: Iterable[str], physical_ms: int) -> list[Outgoing]:
+        """Handle a message from `peer`; returns the ack to send. Raises ReplicationError."""
+        self._physical_ms = physical_ms
+        body = _unpack(payload)
+        store = self._stores.get(_field(body, "s", str))
+        if store is None:
+            raise ReplicationError(f"unknown store '{body['s']}'")
+        if channel == ACK:
+            self._on_ack(store, peer, body)
+            return []
+        if channel != DELTA:
+            raise ReplicationError(f"unknown channel '{channel}'")
+        message = _message(body)
+        replicator = store.replicator
+        if message.count == 0:  # a sync: acknowledge what we hold of the peer's log
+            seq: int | None = message.seq
+            replicator.note_epoch(peer, message.sender)
+        else:
+            try:
+                seq = replicator.receive(peer, message)
+            except (CodecError, ClockDriftError) as exc:
+                raise ReplicationError(f"store '{store.name}': {exc}") from None
+            if seq is not None:
+                store.merged += 1
+                if store.on_merge is not None:
+                    store.on_merge()
+        if seq is None:
+            return []
+        ack = {"s": store.name, "q": seq, "e": message.sender, "p": self.replica, "f": self.frontier(store.name, members).pack()}
+        return [(peer, ACK, msgpack.packb(ack, use_bin_type=True))]
+
+    def _on_ack(self, store: _Store, peer: str, body: dict[str, Any]) -> None:
+        seq = _field(body, "q", int)
+        epoch, peer_epoch = _field(body, "e", str), _field(body, "p", str)
+        try:
+            reported = Timestamp.unpack(body.get("f"))
+        except ValueError as exc:
+            raise ReplicationError(str(exc)) from None
+        replicator = store.replicator
+        before = replicator.acked(peer)
+        replicator.ack(peer, seq, epoch, peer_epoch)
+        store.reported[peer] = reported
+        stamps = store.send_stamps.get(peer, {})
+        if epoch == self.replica and replicator.acked(peer) >= seq > -1 and seq in stamps:
+            store.ack_stamp[peer] = max(store.ack_stamp.get(peer, ZERO), stamps[seq])
+        elif replicator.acked(peer) < before:
+            store.ack_stamp.pop(peer, None)  # a new life of the peer: it holds nothing of ours yet
+        for old in [q for q in stamps if q <= seq]:
+            del stamps[old]
+        last = store.sent.get(peer)
+        if last is not None and seq >= last[0]:
+            store.waiting_since.pop(peer, None)
+
+    def _vet(self, crdt: CRDT) -> None:
+        """Fold remote LWW stamps into our clock; a stamp too far ahead rejects the message."""
+        if isinstance(crdt, LWWMap) and crdt.entries:
+            self.clock.observe(max(entry.ts for entry in crdt.entries.values()), self._physical_ms)
+
+    def lagging(self, peers: Iterable[str], now: float, bound: float = 5.0) -> list[str]:
+        """`store/peer` pairs where the peer has not acknowledged what we sent for `bound` seconds."""
+        out = []
+        for name, store in self._stores.items():
+            for peer in peers:
+                since = store.waiting_since.get(peer)
+                if since is not None and now - since > bound:
+                    out.append(f"{name}/{peer}")
+        return out
+
+    # -- anti-entropy and GC -------------------------------------------------------------
+
+    def compare(self, peer: str, digests: Any) -> list[str]:
+        """Stores whose digest differs from `peer`'s (from push-pull): they get full state."""
+        if not isinstance(digests, dict):
+            raise ReplicationError("push-pull digests are not a map")
+        differing = []
+        for name, store in self._stores.items():
+            if digests.get(name) != store.replicator.state.state_digest():
+                store.replicator.resync(peer)
+                store.sent.pop(peer, None)
+                differing.append(name)
+        return differing
+
+    def frontier(self, name: str, members: Iterable[str]) -> Timestamp:
+        """The oldest send stamp acknowledged by every other known member (ZERO if one has not)."""
+        store = self._stores[name]
+        others = [m for m in members if m != self.node]
+        if not others:
+            return Timestamp(self.clock.wall, self.clock.logical, self.replica)
+        return min(store.ack_stamp.get(m, ZERO) for m in others)
+
+    def stable(self, name: str, members: Iterable[str]) -> Timestamp:
+        members = list(members)
+        store = self._stores[name]
+        reported = [store.reported.get(m, ZERO) for m in members if m != self.node]
+        return min([self.frontier(name, members), *reported])
+
+    def collect(self, members: Iterable[str]) -> dict[str, int]:
+        """Collect tombstones every known member holds, with a grace margin; returns counts per store."""
+        members = list(members)
+        collected = {}
+        for name, store in self._stores.items():
+            state = store.replicator.state
+            if not isinstance(state, LWWMap):
+                continue
+            stable = self.stable(name, members)
+            collected[name] = state.collect(Timestamp(max(0, stable.wall - self.gc_grace_ms), 0, ""))
+        return collected
+
+    def forget(self, peer: str) -> None:
+        """A member that left or was reaped: it no longer holds back the GC frontier."""
+        for store in self._stores.values():
+            store.replicator.forget(peer)
+            for table in (store.sent, store.send_stamps, store.ack_stamp, store.reported, store.waiting_since):
+                table.pop(peer, None)
+
+
+def _unpack(payload: bytes) -> dict[str, Any]:
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ReplicationError(f"undecodable replication message: {exc}") from None
+    if not isinstance(body, dict):
+        raise ReplicationError("a replication message is not a map")
+    return body
+
+
+def _field(body: dict[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ReplicationError(f"field '{key}' is missing or not a {kind.__name__}")
+    return value
+
+
+def _message(body: dict[str, Any]) -> DeltaMessage:
+    sender, seq = _field(body, "r", str), _field(body, "q", int)
+    if seq < 0:
+        raise ReplicationError("negative sequence number")
+    if "d" in body:
+        try:
+            delta = decode(_field(body, "d", bytes))
+        except CodecError as exc:
+            raise ReplicationError(str(exc)) from None
+        return DeltaMessage(sender, seq, delta=delta)
+    return DeltaMessage(sender, seq, chunk=_field(body, "c", bytes), index=_field(body, "i", int), count=_field(body, "n", int))

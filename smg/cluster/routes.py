@@ -1,0 +1,91 @@
+"""`/mesh/*`: the cluster as this node sees it, and cluster-wide key operations."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import trio
+
+from smg.asgi import read_body, send_json
+from smg.mesh.messages import State
+from smg.router.context import GatewayContext
+from smg.router.errors import ERROR_CODE_HEADER, GatewayError, error_body, load_json_object, missing_parameter
+from smg.router.exchange import Exchange
+
+KEY_OPS = ("install", "use", "remove")
+
+
+def _cluster(ctx: GatewayContext) -> Any:
+    if ctx.cluster is None:
+        raise GatewayError(404, "mesh_not_enabled", "this gateway runs without --ha-mesh")
+    return ctx.cluster
+
+
+async def mesh_status(ctx: GatewayContext, ex: Exchange) -> None:
+    await send_json(ex.send, 200, _cluster(ctx).status())
+
+
+async def mesh_health(ctx: GatewayContext, ex: Exchange) -> None:
+    """`healthy` when every known member is alive and every peer keeps up with replication."""
+    cluster = _cluster(ctx)
+    members = cluster.mesh.members()
+    live = [m for m in members if m["status"] in (State.ALIVE.value, State.SUSPECT.value)]
+    troubled = [m["name"] for m in members if m["status"] in (State.SUSPECT.value, State.DEAD.value)]
+    lagging = cluster.replication.lagging(cluster.live_peers(), trio.current_time()) if cluster.replication else []
+    alone = bool(cluster.config.mesh_seeds) and len(live) <= 1
+    body: dict[str, Any] = {
+        "status": "degraded" if troubled or lagging or alone or cluster.error else "healthy",
+        "node_name": cluster.name,
+        "cluster_size": len(live),
+        "stores_healthy": not lagging,
+    }
+    if troubled:
+        body["unreachable_members"] = troubled
+    if lagging:
+        body["lagging_replication"] = lagging
+    if alone:
+        body["reason"] = "no seed answered yet"
+    if cluster.error:
+        body["reason"] = cluster.error
+    await send_json(ex.send, 200, body)
+
+
+async def mesh_workers(ctx: GatewayContext, ex: Exchange) -> None:
+    cluster = _cluster(ctx)
+    records = cluster.workers.records() if cluster.workers is not None else []
+    await send_json(ex.send, 200, {"node_name": cluster.name, "workers": records, "total": len(records)})
+
+
+async def mesh_keys(ctx: GatewayContext, ex: Exchange) -> None:
+    """Apply a keyring operation on every live member; answer each member's result (as `serf keys`)."""
+    cluster = _cluster(ctx)
+    body = load_json_object(await read_body(ex.scope, ex.receive, 64 * 1024))
+    op, key_text = body.get("op"), body.get("key")
+    if op not in KEY_OPS:
+        raise GatewayError(400, "invalid_value", f"'op' must be one of {', '.join(KEY_OPS)}", param="op")
+    if not isinstance(key_text, str) or not key_text:
+        raise missing_parameter("key")
+    try:
+        key = base64.b64decode(key_text, validate=True)
+    except (binascii.Error, ValueError):
+        raise GatewayError(400, "invalid_value", "'key' must be base64", param="key") from None
+    if len(key) not in (16, 24, 32):
+        raise GatewayError(400, "invalid_value", f"a mesh key is 16, 24 or 32 bytes, got {len(key)}", param="key")
+    results = await cluster.mesh.key_op(op, key)
+    failed = {name: error for name, error in results.items() if error is not None}
+    body = {
+        "op": op,
+        "members": len(results),
+        "succeeded": len(results) - len(failed),
+        "results": {name: {"ok": error is None, "error": error} for name, error in sorted(results.items())},
+    }
+    if failed:
+        message = f"'{op}' failed on {len(failed)} of {len(results)} members: " + "; ".join(
+            f"{name}: {error}" for name, error in sorted(failed.items())
+        )
+        body.update(error_body(502, "key_operation_failed", message))
+        await send_json(ex.send, 502, body, [(ERROR_CODE_HEADER, b"key_operation_failed")])
+    else:
+        await send_json(ex.send, 200, body)

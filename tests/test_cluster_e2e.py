@@ -1,0 +1,145 @@
+"""Three real gateway processes in one HA mesh on 127.0.0.1: the replicated worker registry."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import Proc, start_gateway, start_mesh_gateway, start_sim, wait_until
+
+KEY = base64.b64encode(b"k" * 32).decode()
+NEW_KEY = base64.b64encode(b"n" * 32).decode()
+CONVERGE = 10.0  # seconds: a bound for propagation on a loaded 2-core CI machine
+
+
+def status(node: Proc) -> dict:
+    return httpx.get(node.url + "/mesh/status").json()
+
+
+def worker_ids(node: Proc) -> set[str]:
+    return {w["id"] for w in httpx.get(node.url + "/workers").json()["workers"]}
+
+
+def states(node: Proc) -> dict[str, str]:
+    return {n["name"]: n["status"] for n in status(node)["nodes"]}
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[Proc]:
+    sim = start_sim(2)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(workers: Proc) -> Iterator[list[Proc]]:
+    flags = ("--mesh-key", KEY, "--health-check-interval-secs", "1")
+    first = start_mesh_gateway([workers.urls[0]], *flags, seeds=["127.0.0.1:1"])  # a dead seed first: still starts
+    second = start_mesh_gateway([], *flags, "--enable-igw", seeds=["127.0.0.1:1", first.mesh_address])
+    third = start_mesh_gateway([workers.urls[0]], *flags, seeds=[second.mesh_address])
+    nodes = [first, second, third]
+    wait_until(lambda: all(status(n)["node_count"] == 3 for n in nodes), "three members everywhere", CONVERGE)
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def test_members_and_the_same_worker_urls_on_two_nodes_merge(cluster: list[Proc], workers: Proc) -> None:
+    for node in cluster:
+        body = status(node)
+        assert {n["status"] for n in body["nodes"]} == {"alive"}
+        assert {n["http_address"] for n in body["nodes"]} == {n.url for n in cluster}
+    wait_until(lambda: all(len(worker_ids(n)) == 1 for n in cluster), "one worker record everywhere", CONVERGE)
+    wait_until(lambda: len({status(n)["stores"]["workers"]["digest"] for n in cluster}) == 1, "equal digests", CONVERGE)
+    health = httpx.get(cluster[1].url + "/mesh/health").json()
+    assert health["status"] == "healthy" and health["cluster_size"] == 3 and health["stores_healthy"]
+
+
+def test_a_worker_added_on_one_node_is_routable_from_the_others(cluster: list[Proc], workers: Proc) -> None:
+    added = httpx.post(cluster[0].url + "/workers", json={"url": workers.urls[1], "labels": {"pool": "b"}})
+    assert added.status_code == 202
+    worker_id = added.json()["worker_id"]
+    wait_until(lambda: all(worker_id in worker_ids(n) for n in cluster), "the worker on every node", CONVERGE)
+    record = next(w for w in httpx.get(cluster[2].url + "/mesh/workers").json()["workers"] if w["worker_id"] == worker_id)
+    assert record["labels"] == {"pool": "b"} and record["written_by"].startswith(status(cluster[0])["node_name"] + "#")
+    wait_until(
+        lambda: httpx.get(f"{cluster[2].url}/workers/{worker_id}").json()["is_healthy"], "the worker ready on node 3", CONVERGE
+    )
+    client = openai.OpenAI(base_url=cluster[2].url + "/v1", api_key="unused", max_retries=0)
+    seen = set()
+    for i in range(12):
+        raw = client.chat.completions.with_raw_response.create(
+            model="sim-model", messages=[{"role": "user", "content": f"spread me {i} " * 20}]
+        )
+        seen.add(raw.headers["x-smg-routed-worker-id"])
+    assert workers.urls[1] in seen
+
+    removed = httpx.delete(f"{cluster[1].url}/workers/{worker_id}")
+    assert removed.status_code == 202
+    wait_until(lambda: all(worker_id not in worker_ids(n) for n in cluster), "the worker gone everywhere", CONVERGE)
+    wait_until(lambda: len({status(n)["stores"]["workers"]["digest"] for n in cluster}) == 1, "equal digests", CONVERGE)
+
+
+def test_cluster_wide_key_rotation_answers_each_member(cluster: list[Proc]) -> None:
+    bad = httpx.post(cluster[0].url + "/mesh/keys", json={"op": "rotate", "key": NEW_KEY})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "op"
+    short = httpx.post(cluster[0].url + "/mesh/keys", json={"op": "install", "key": base64.b64encode(b"x").decode()})
+    assert short.status_code == 400
+    for op in ("install", "use"):
+        response = httpx.post(cluster[0].url + "/mesh/keys", json={"op": op, "key": NEW_KEY}, timeout=10)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["members"] == 3 and body["succeeded"] == 3
+    refused = httpx.post(cluster[1].url + "/mesh/keys", json={"op": "remove", "key": NEW_KEY}, timeout=10)
+    assert refused.status_code == 502 and refused.json()["error"]["code"] == "key_operation_failed"
+    assert httpx.post(cluster[2].url + "/mesh/keys", json={"op": "remove", "key": KEY}, timeout=10).status_code == 200
+    # still one cluster, on the new key alone
+    added = httpx.post(cluster[2].url + "/workers", json={"url": "http://127.0.0.1:9"})
+    wait_until(lambda: all(added.json()["worker_id"] in worker_ids(n) for n in cluster), "replication on the new key", CONVERGE)
+    httpx.delete(f"{cluster[2].url}/workers/{added.json()['worker_id']}")
+
+
+def test_a_killed_node_is_marked_dead_and_rejoins_as_itself(cluster: list[Proc], workers: Proc) -> None:
+    third = cluster[2]
+    name, port = status(third)["node_name"], third.mesh_address.rpartition(":")[2]
+    third.popen.kill()
+    third.popen.wait()
+    wait_until(lambda: all(states(n)[name] == "dead" for n in cluster[:2]), "the killed node dead", CONVERGE)
+    # meanwhile a worker is added: the restarted node catches up
+    added = httpx.post(cluster[0].url + "/workers", json={"url": "http://127.0.0.1:7"}).json()["worker_id"]
+    reborn = start_mesh_gateway([], "--mesh-key", NEW_KEY, seeds=[cluster[0].mesh_address], mesh_port=int(port))
+    cluster[2] = reborn
+    wait_until(lambda: all(states(n)[name] == "alive" for n in cluster), "the node alive again", CONVERGE)
+    nodes = {n["name"]: n for n in status(cluster[0])["nodes"]}
+    assert nodes[name]["incarnation"] >= 1 and len(nodes) == 3
+    wait_until(lambda: added in worker_ids(reborn), "the restarted node caught up", CONVERGE)
+
+
+def test_without_ha_mesh_the_mesh_routes_say_so(workers: Proc) -> None:
+    gateway = start_gateway([workers.urls[0]])
+    try:
+        response = httpx.get(gateway.url + "/mesh/status")
+        assert response.status_code == 404 and response.json()["error"]["code"] == "mesh_not_enabled"
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seeds", "nohost"], "--seeds: 'nohost' is not HOST:PORT"),
+        (["--mesh-key", "not-base64!"], "--mesh-key: mesh keys are base64"),
+        (["--mesh-server-name", "a#b"], "--mesh-server-name"),
+    ],
+)
+def test_bad_mesh_flags_are_one_line_errors(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "smg", "--ha-mesh", "--mesh-host", "127.0.0.1", *flags], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
