@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, NoReturn
 
+import httpx
 import trio
 
 from smg import __version__
@@ -24,12 +25,13 @@ from smg.server import run_gateway, run_serve
 from smg.testing.engine import SimConfig
 from smg.testing.fleet import run_fleet
 
-COMMANDS = ("launch", "serve", "sim-worker")
+COMMANDS = ("launch", "serve", "sim-worker", "mesh")
 
 EPILOG = """commands:
   smg [launch] ...           run the gateway over --worker-urls (the default command)
   smg serve --sim-workers N  run N simulated workers and a gateway over them (embedded default)
   smg sim-worker ...         run simulated workers alone (see: smg sim-worker --help)
+  smg mesh status --url URL  print a gateway's view of the HA mesh members
 """
 
 SIM_HELP = {
@@ -444,6 +446,11 @@ def build_parser(command: str) -> Parser:
         )
         add_gateway_args(parser)
         add_sim_args(parser, "sim-")
+    elif command == "mesh":
+        parser = Parser(prog="smg mesh", description="inspect a running HA mesh through one gateway")
+        parser.add_argument("action", choices=["status"], help="status: members table and store digests")
+        parser.add_argument("--url", default="http://127.0.0.1:30000", help="a gateway's URL (default: %(default)s)")
+        parser.add_argument("--api-key", help="the gateway's --api-key, if it has one")
     else:
         parser = Parser(prog="smg sim-worker", description="simulated OpenAI-compatible workers with a prefix KV-cache model")
         parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -464,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args_list.pop(0)
     parser = build_parser(command)
     args = parser.parse_args(args_list)
+    if command == "mesh":
+        return print_mesh_status(args.url, args.api_key)
     try:
         runner = _runner(command, args)
     except (ConfigError, ValueError) as exc:
@@ -473,6 +482,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(runner)
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def print_mesh_status(url: str, api_key: str | None) -> int:
+    """`smg mesh status`: one line per member, then each store's size and digest."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url.rstrip("/") + "/mesh/status", headers=headers, timeout=10)
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"smg: error: cannot read {url}/mesh/status: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        print(f"smg: error: {url}/mesh/status answered {response.status_code}: {message or response.text}", file=sys.stderr)
+        return 1
+    rows = [("NAME", "ADDRESS", "HTTP", "STATUS", "INCARNATION")]
+    for node in body["nodes"]:
+        name = node["name"] + (" *" if node["name"] == body["node_name"] else "")
+        rows.append((name, node["address"], node.get("http_address") or "-", node["status"], str(node["incarnation"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"\n{body['node_count']} live of {len(body['nodes'])} known members (* = the node asked)")
+    for store, info in sorted(body.get("stores", {}).items()):
+        print(f"store {store}: {info['entries']} entries, digest {info['digest']}")
+    if body.get("error"):
+        print(f"mesh error: {body['error']}")
     return 0
 
 

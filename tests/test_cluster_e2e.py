@@ -59,6 +59,11 @@ def test_members_and_the_same_worker_urls_on_two_nodes_merge(cluster: list[Proc]
     wait_until(lambda: len({status(n)["stores"]["workers"]["digest"] for n in cluster}) == 1, "equal digests", CONVERGE)
     health = httpx.get(cluster[1].url + "/mesh/health").json()
     assert health["status"] == "healthy" and health["cluster_size"] == 3 and health["stores_healthy"]
+    table = subprocess.run(
+        [sys.executable, "-m", "smg", "mesh", "status", "--url", cluster[0].url], capture_output=True, text=True, timeout=30
+    )
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count(" alive ") == 3 and "3 live of 3 known members" in table.stdout
 
 
 def test_a_worker_added_on_one_node_is_routable_from_the_others(cluster: list[Proc], workers: Proc) -> None:

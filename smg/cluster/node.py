@@ -29,7 +29,7 @@ from smg.router.context import GatewayContext
 
 log = logging.getLogger("smg.cluster")
 
-FLUSH_SECS = 0.2  # idle wake-up; a local change flushes at once
+FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushes at once
 GC_SECS = 10.0
 BIND_RETRY_SECS = 5.0
 
