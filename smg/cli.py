@@ -393,6 +393,13 @@ def add_mesh_args(parser: argparse.ArgumentParser) -> None:
         help="AES-GCM key (16, 24 or 32 bytes, base64; repeatable, the first encrypts); none: unencrypted, with a warning",
     )
     mesh.add_argument("--mesh-keyring-file", help="file of base64 mesh keys, one per line, after any --mesh-key")
+    mesh.add_argument(
+        "--mesh-health-owners",
+        type=int,
+        default=2,
+        help="gateways that health-check each worker (rendezvous-hashed over alive members); the rest follow their "
+        "majority verdict (default: %(default)s)",
+    )
 
 
 def add_sim_args(parser: argparse.ArgumentParser, prefix: str) -> None:

@@ -100,6 +100,7 @@ class GatewayConfig:
     mesh_cluster_label: str = ""
     mesh_keys: tuple[str, ...] = ()
     mesh_keyring_file: str | None = None
+    mesh_health_owners: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -180,6 +181,8 @@ class GatewayConfig:
 
     def _validate_mesh(self) -> None:
         _port("--mesh-port", self.mesh_port)
+        if self.mesh_health_owners < 1:
+            raise ConfigError("--mesh-health-owners must be at least 1")
         for seed in self.mesh_seeds:
             host, sep, port = seed.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:

@@ -159,3 +159,23 @@ def test_bad_messages_raise_replication_errors_and_change_nothing() -> None:
         with pytest.raises(ReplicationError):
             b.receive("a", channel, payload, ["a", "b"], c.ms)
     assert b.digests() == before and b.clock.wall < c.ms + 60_000
+
+
+def test_rendezvous_owners_agree_spread_and_move_only_when_needed() -> None:
+    from collections import Counter
+
+    from smg.cluster.ownership import owners
+
+    members = [f"10.0.0.{i}:39527" for i in range(8)]
+    workers = [f"{i:016x}" for i in range(400)]
+    before = {w: owners(w, members, 2) for w in workers}
+    assert all(owners(w, list(reversed(members)), 2) == before[w] for w in workers)  # order-free
+    spread = Counter(o for pair in before.values() for o in pair)
+    assert min(spread.values()) > 0.5 * 800 / 8  # no member gets far less than its share
+    gone = members[3]
+    after = {w: owners(w, [m for m in members if m != gone], 2) for w in workers}
+    for w in workers:
+        if gone not in before[w]:
+            assert after[w] == before[w]  # only the dead member's workers move
+        else:
+            assert next(o for o in before[w] if o != gone) == after[w][0]

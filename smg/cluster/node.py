@@ -17,6 +17,8 @@ import msgpack
 import trio
 
 from smg import __version__
+from smg.cluster.health import ReplicatedHealth
+from smg.cluster.load import ReplicatedLoad
 from smg.cluster.replication import CHANNELS, Replication, ReplicationError
 from smg.cluster.workers import ReplicatedWorkers, wall_ms
 from smg.config import ConfigError, GatewayConfig
@@ -31,6 +33,7 @@ log = logging.getLogger("smg.cluster")
 
 FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushes at once
 GC_SECS = 10.0
+LOAD_SECS = 0.2  # in-flight counts are published this often (when they changed)
 BIND_RETRY_SECS = 5.0
 
 
@@ -68,6 +71,8 @@ class ClusterNode:
         )
         self.replication: Replication | None = None
         self.workers: ReplicatedWorkers | None = None
+        self.health: ReplicatedHealth | None = None
+        self.load: ReplicatedLoad | None = None
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
         self._kick = trio.Event()
@@ -86,6 +91,7 @@ class ClusterNode:
             nursery.start_soon(self._flush)
             nursery.start_soon(self._watch_members)
             nursery.start_soon(self._collect_garbage)
+            nursery.start_soon(self._publish_load)
             task_status.started(self)
             while True:
                 try:
@@ -104,7 +110,13 @@ class ClusterNode:
         self.replication = Replication(self.mesh.name, HybridClock(replica))
         self.replication.on_change = self.changed
         self.workers = ReplicatedWorkers(self.ctx, self.replication)
+        self.health = ReplicatedHealth(
+            self.ctx, self.replication, self.mesh.name, self.alive_members, self.config.mesh_health_owners
+        )
+        self.load = ReplicatedLoad(self.ctx, self.replication, self.mesh.name, self.alive_members)
         self.ctx.worker_sink = self.workers
+        self.ctx.health_sink = self.health.checked
+        self.ctx.registrar.should_check = self.health.should_check
         for worker in self.ctx.registry:  # --worker-urls: an explicit operator action, published
             self.workers.added(worker)
 
@@ -119,6 +131,10 @@ class ClusterNode:
         """Every member that still holds back tombstone GC: all but those that left."""
         return [m["name"] for m in self.mesh.members() if m["status"] != State.LEFT.value]
 
+    def alive_members(self) -> list[str]:
+        """Members (us included) that own health checks and whose load counts: alive or suspect."""
+        return [m["name"] for m in self.mesh.members() if m["status"] in (State.ALIVE.value, State.SUSPECT.value)]
+
     def live_peers(self) -> list[str]:
         return [
             m["name"]
@@ -131,6 +147,9 @@ class ClusterNode:
         async for event in events:
             if event.state is State.LEFT and self.replication is not None:
                 self.replication.forget(event.name)
+            if self.health is not None and self.load is not None:
+                self.health.apply()  # owners move with membership
+                self.load.apply()
             self._kick.set()
 
     # -- replication --------------------------------------------------------------------
@@ -182,9 +201,18 @@ class ClusterNode:
             log.debug("cluster %s: stores %s differ from %s's: full state next", self.name, differing, source)
             self._kick.set()
 
+    async def _publish_load(self) -> None:
+        while True:
+            await trio.sleep(LOAD_SECS)
+            if self.load is not None:
+                self.load.publish()
+
     async def _collect_garbage(self) -> None:
         while True:
             await trio.sleep(GC_SECS)
+            if self.health is not None and self.load is not None:
+                self.health.forget_removed()
+                self.load.forget_removed()
             if self.replication is not None:
                 for store, count in self.replication.collect(self.known_members()).items():
                     if count:

@@ -54,7 +54,7 @@ async def mesh_health(ctx: GatewayContext, ex: Exchange) -> None:
 
 async def mesh_workers(ctx: GatewayContext, ex: Exchange) -> None:
     cluster = _cluster(ctx)
-    records = cluster.workers.records() if cluster.workers is not None else []
+    records = cluster.workers.records(cluster.health.view) if cluster.workers is not None else []
     await send_json(ex.send, 200, {"node_name": cluster.name, "workers": records, "total": len(records)})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from smg.cluster.replication import Replication
@@ -84,7 +85,7 @@ class ReplicatedWorkers:
                 log.info("worker %s removed by a peer", worker.url)
                 ctx.remove_worker(worker, publish=False)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, health_view: Callable[[str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The replicated records with this node's view of each worker's health."""
         out = []
         for worker_id, record in sorted(self.map.items()):
@@ -102,6 +103,8 @@ class ReplicatedWorkers:
                     "status": worker.status if worker is not None else "unknown",
                     "is_healthy": worker.is_routable if worker is not None else False,
                     "models": list(worker.models) if worker is not None else [],
+                    "cluster_load": worker.in_flight + worker.peer_in_flight if worker is not None else 0,
+                    **(health_view(worker_id) if health_view is not None else {}),
                 }
             )
         return out

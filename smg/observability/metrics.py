@@ -80,6 +80,9 @@ class GatewayMetrics:
         )
         self.worker_active = _Cached(Gauge("smg_worker_requests_active", "Requests in flight per worker", ["worker"], registry=r))
         self.worker_health = _Cached(Gauge("smg_worker_health", "1 if the worker is available, else 0", ["worker"], registry=r))
+        self.health_checks = _Cached(
+            Counter("smg_worker_health_checks_total", "Health probes sent by this gateway", ["worker", "result"], registry=r)
+        )
         self.worker_pool_size = Gauge("smg_worker_pool_size", "Workers known to this gateway", registry=r)
         self.worker_selection = _Cached(
             Counter("smg_worker_selection_total", "Workers picked by the policy", ["policy", "worker"], registry=r)

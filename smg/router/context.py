@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +44,7 @@ class GatewayContext:
     in_flight: int = 0
     draining: bool = False
     worker_sink: WorkerSink | None = None
+    health_sink: Callable[[Worker], None] | None = None  # an owner's probe result, for the cluster
     cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
     _known_worker_urls: set[str] = field(default_factory=set)
 
@@ -84,6 +86,7 @@ class GatewayContext:
         )
         ctx.registrar.on_change = ctx.workers_changed
         ctx.registrar.on_removed = ctx.worker_failed
+        ctx.registrar.on_checked = ctx.worker_checked
         if hasattr(ctx.policy, "on_match"):
             ctx.policy.on_match = metrics.cache_match_ratio.observe
         ctx.access_log.configure(config.log_json)
@@ -116,6 +119,11 @@ class GatewayContext:
     def worker_settings_changed(self, worker: Worker) -> None:
         if self.worker_sink is not None:
             self.worker_sink.updated(worker)
+
+    def worker_checked(self, worker: Worker, ok: bool) -> None:
+        self.metrics.health_checks(worker.url, "ok" if ok else "failed").inc()
+        if self.health_sink is not None:
+            self.health_sink(worker)
 
     def worker_failed(self, worker: Worker) -> None:
         """--remove-unhealthy-workers removed `worker`: a cluster-wide delete."""

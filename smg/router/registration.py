@@ -55,6 +55,9 @@ class Registrar:
         self.api_key = api_key
         self.on_change = on_change
         self.on_removed: Callable[[Worker], None] = lambda worker: None
+        # with the HA mesh: only a worker's health owners probe it, and they publish each result
+        self.should_check: Callable[[Worker], bool] = lambda worker: True
+        self.on_checked: Callable[[Worker, bool], None] = lambda worker, ok: None
         self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT)
         self._nursery: trio.Nursery | None = None
         self._probes: dict[str, trio.CancelScope] = {}
@@ -93,7 +96,7 @@ class Registrar:
             previous.cancel()
         worker.health.reset()
         worker.discovered = False
-        self._changed()
+        self.changed()
         self._spawn(self._start_up, worker)
 
     async def _start_up(self, worker: Worker) -> None:
@@ -120,7 +123,7 @@ class Registrar:
                     break
                 await trio.sleep(delay)
                 delay = min(self.check_interval, delay * 2)
-            self._changed()
+            self.changed()
         if self._probes.get(worker.id) is scope:
             del self._probes[worker.id]
 
@@ -172,7 +175,11 @@ class Registrar:
     async def _health_loop(self) -> None:
         while True:
             await trio.sleep(self.health_interval)
-            workers = [w for w in self.registry if w.discovered and not w.draining and w.health.state is not HealthState.PENDING]
+            workers = [
+                w
+                for w in self.registry
+                if w.discovered and not w.draining and w.health.state is not HealthState.PENDING and self.should_check(w)
+            ]
             async with trio.open_nursery() as nursery:
                 for worker in workers:
                     nursery.start_soon(self._check, worker)
@@ -182,6 +189,7 @@ class Registrar:
         if worker.draining or self.registry.get(worker.id) is not worker:
             return  # removed or draining while the probe was out
         transition = worker.health.observe(ok)
+        self.on_checked(worker, ok)
         if transition is None:
             return
         if transition.new is HealthState.READY:
@@ -193,7 +201,7 @@ class Registrar:
             self.registry.remove(worker.id)
             log.warning("worker %s removed after %d failed probes", worker.url, worker.health.failures)
             self.on_removed(worker)
-        self._changed()
+        self.changed()
 
     # -- load monitor -------------------------------------------------------
 
@@ -213,7 +221,7 @@ class Registrar:
         if probe is not None:
             probe.cancel()
         worker.draining = True
-        self._changed()
+        self.changed()
         self._spawn(self._remove_when_idle, worker, grace)
 
     async def _remove_when_idle(self, worker: Worker, grace: float) -> None:
@@ -223,9 +231,10 @@ class Registrar:
         if self.registry.get(worker.id) is worker:
             self.registry.remove(worker.id)
             log.info("worker %s removed", worker.url)
-            self._changed()
+            self.changed()
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """The set of routable workers may have changed: reindex, tell the context."""
         self.registry.refresh()
         self.on_change()
 

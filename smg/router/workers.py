@@ -79,6 +79,8 @@ class Worker:
     discovered: bool = False  # /v1/models answered: the worker's models are known
     draining: bool = False
     reported_load: int = 0  # running + waiting from the worker's /v1/loads (load monitor), else 0
+    peer_in_flight: int = 0  # HA mesh: requests other gateways have in flight on it
+    cluster_down: bool = False  # HA mesh: the majority of its health owners report it unhealthy
 
     @classmethod
     def from_url(
@@ -99,12 +101,16 @@ class Worker:
 
     @property
     def status(self) -> str:
-        return DRAINING if self.draining else self.health.state.value
+        if self.draining:
+            return DRAINING
+        if self.cluster_down and self.health.state is HealthState.READY:
+            return HealthState.NOT_READY.value  # by its health owners' verdict
+        return self.health.state.value
 
     @property
     def is_routable(self) -> bool:
         """Healthy and not draining; the breaker is asked separately, at pick time."""
-        return self.health.state is HealthState.READY and not self.draining
+        return self.health.state is HealthState.READY and not self.draining and not self.cluster_down
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +128,7 @@ class Worker:
             "status": self.status,
             "circuit_breaker": self.breaker.state.value,
             "load": self.in_flight,
+            "cluster_load": self.in_flight + self.peer_in_flight,
             "last_error": self.last_error,
         }
 

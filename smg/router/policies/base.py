@@ -69,6 +69,7 @@ class Policy(Protocol):
 
 
 def load_of(worker: Worker) -> int:
-    """A worker's load as policies see it: the gateway's in-flight count, or the
-    worker's own report (running + waiting) when that is higher."""
-    return max(worker.in_flight, worker.reported_load)
+    """A worker's load as policies see it: the cluster's in-flight count (this
+    gateway's plus its peers'), or the worker's own report (running + waiting)
+    when that is higher."""
+    return max(worker.in_flight + worker.peer_in_flight, worker.reported_load)

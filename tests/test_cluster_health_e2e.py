@@ -1,0 +1,101 @@
+"""Health ownership and cluster-wide load on three real gateways in one mesh."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from smg.cluster.ownership import owners
+from tests.helpers import Proc, start_mesh_gateway, start_sim, wait_until
+
+CONVERGE = 10.0
+
+
+def checks(node: Proc, worker_url: str) -> int:
+    text = httpx.get(node.metrics_url + "/metrics").text
+    pattern = rf'smg_worker_health_checks_total\{{result="\w+",worker="{re.escape(worker_url)}"\}} (\d+)'
+    return sum(int(float(n)) for n in re.findall(pattern, text))
+
+
+def worker(node: Proc, worker_url: str) -> dict:
+    return next(w for w in httpx.get(node.url + "/workers").json()["workers"] if w["url"] == worker_url)
+
+
+def name_of(node: Proc) -> str:
+    return httpx.get(node.url + "/mesh/status").json()["node_name"]
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[tuple[Proc, list[Proc]]]:
+    sim = start_sim(1, "--tpot-ms", "20")
+    flags = ("--health-check-interval-secs", "0.3", "--health-failure-threshold", "2", "--mesh-health-owners", "2")
+    first = start_mesh_gateway([sim.urls[0]], *flags)
+    nodes = [first] + [start_mesh_gateway([], *flags, seeds=[first.mesh_address]) for _ in range(2)]
+    wait_until(lambda: all(worker(n, sim.urls[0])["is_healthy"] for n in nodes), "the worker ready everywhere", CONVERGE)
+    yield sim, nodes
+    for node in nodes:
+        node.stop()
+    sim.stop()
+
+
+def test_only_the_owners_probe_a_worker(setup: tuple[Proc, list[Proc]]) -> None:
+    sim, nodes = setup
+    url = sim.urls[0]
+    names = {name_of(n): n for n in nodes}
+    worker_id = worker(nodes[0], url)["id"]
+    owner_names = owners(worker_id, list(names), 2)
+    record = httpx.get(nodes[1].url + "/mesh/workers").json()["workers"][0]
+    assert record["health_owners"] == owner_names
+    before = {name: checks(node, url) for name, node in names.items()}
+    wait_until(lambda: all(checks(names[o], url) >= before[o] + 3 for o in owner_names), "owners probing", CONVERGE)
+    (other,) = set(names) - set(owner_names)
+    assert checks(names[other], url) == before[other]  # the third gateway never probes it
+
+
+def test_the_owners_verdict_holds_everywhere_and_a_dead_owner_is_replaced(setup: tuple[Proc, list[Proc]]) -> None:
+    sim, nodes = setup
+    url = sim.urls[0]
+    httpx.post(url + "/sim/config", json={"unhealthy": True})
+    wait_until(lambda: not any(worker(n, url)["is_healthy"] for n in nodes), "the worker down on every node", CONVERGE)
+    httpx.post(url + "/sim/config", json={"unhealthy": False})
+    wait_until(lambda: all(worker(n, url)["is_healthy"] for n in nodes), "the worker back on every node", CONVERGE)
+
+    names = {name_of(n): n for n in nodes}
+    worker_id = worker(nodes[0], url)["id"]
+    first_owner = owners(worker_id, list(names), 2)[0]
+    survivors = {name: node for name, node in names.items() if name != first_owner}
+    names[first_owner].popen.kill()
+    names[first_owner].popen.wait()
+    nodes.remove(names[first_owner])
+    before = {name: checks(node, url) for name, node in survivors.items()}
+    # once the dead owner is known dead, both survivors own the worker and probe it
+    wait_until(lambda: all(checks(n, url) >= before[name] + 3 for name, n in survivors.items()), "takeover", CONVERGE)
+
+
+def test_load_is_summed_over_the_cluster(setup: tuple[Proc, list[Proc]]) -> None:
+    sim, nodes = setup
+    url = sim.urls[0]
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "long"}], "max_tokens": 150, "stream": True}
+    done = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", nodes[0].url + "/v1/chat/completions", json=body, timeout=30) as response:
+            for _ in response.iter_bytes():
+                if done.is_set():
+                    break
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: worker(nodes[-1], url)["cluster_load"] == 3, "three streams seen from another node", CONVERGE)
+        assert worker(nodes[-1], url)["load"] == 0  # none of them is its own
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    wait_until(lambda: worker(nodes[-1], url)["cluster_load"] == 0, "load back to zero", CONVERGE)
