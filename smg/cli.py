@@ -334,6 +334,12 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="a data-plane key of one tenant (repeatable); tenant keys get 401 on control-plane routes",
     )
     admission.add_argument(
+        "--tenant-rate-limit-config",
+        metavar="FILE",
+        help='per-tenant limits, JSON or YAML: {"default": {"requests_per_minute": N, "tokens_per_minute": M}, '
+        '"tenants": {"NAME": {...}}}; cluster-wide with --ha-mesh',
+    )
+    admission.add_argument(
         "--cors-allowed-origins", nargs="+", default=[], metavar="ORIGIN", help="origins browsers may call from, or '*'"
     )
 

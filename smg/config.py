@@ -10,6 +10,7 @@ from smg.router.breaker import BreakerConfig
 from smg.router.health import HealthConfig
 from smg.router.policies import POLICIES, PolicyConfig
 from smg.router.retry import RetryConfig
+from smg.router.tenant_limits import TenantLimits
 from smg.router.tokenizer import load_tokenizer
 from smg.router.workers import normalize_url
 
@@ -90,6 +91,7 @@ class GatewayConfig:
     # auth and browsers
     tenant_api_keys: tuple[str, ...] = ()
     cors_allowed_origins: tuple[str, ...] = ()
+    tenant_rate_limit_config: str | None = None
     # HA mesh
     ha_mesh: bool = False
     mesh_seeds: tuple[str, ...] = ()
@@ -177,6 +179,7 @@ class GatewayConfig:
                 normalize_url(url)
             except ValueError as exc:
                 raise ConfigError(f"--worker-urls: {exc}") from None
+        self.tenant_limits()
         self._validate_mesh()
 
     def _validate_mesh(self) -> None:
@@ -196,6 +199,18 @@ class GatewayConfig:
                 parse_key(key)
             except ValueError as exc:
                 raise ConfigError(f"--mesh-key: {exc}") from None
+
+    def tenant_limits(self) -> TenantLimits | None:
+        if self.tenant_rate_limit_config is None:
+            return None
+        try:
+            return TenantLimits.load(self.tenant_rate_limit_config)
+        except OSError as exc:
+            raise ConfigError(
+                f"--tenant-rate-limit-config: cannot read {self.tenant_rate_limit_config}: {exc.strerror}"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"--tenant-rate-limit-config: {exc}") from None
 
     def mesh_key_list(self) -> list[bytes]:
         """The mesh keys, primary first: --mesh-key flags, then the keyring file (one base64 key per line)."""

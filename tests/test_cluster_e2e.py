@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,16 +15,19 @@ import pytest
 from tests.helpers import Proc, start_gateway, start_mesh_gateway, start_sim, wait_until
 
 KEY = base64.b64encode(b"k" * 32).decode()
+ADMIN = "admin-key"
+LIMIT = 30  # requests per minute for tenant "team", across the cluster
 NEW_KEY = base64.b64encode(b"n" * 32).decode()
 CONVERGE = 10.0  # seconds: a bound for propagation on a loaded 2-core CI machine
+api = httpx.Client(headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
 
 
 def status(node: Proc) -> dict:
-    return httpx.get(node.url + "/mesh/status").json()
+    return api.get(node.url + "/mesh/status").json()
 
 
 def worker_ids(node: Proc) -> set[str]:
-    return {w["id"] for w in httpx.get(node.url + "/workers").json()["workers"]}
+    return {w["id"] for w in api.get(node.url + "/workers").json()["workers"]}
 
 
 def states(node: Proc) -> dict[str, str]:
@@ -38,8 +42,13 @@ def workers() -> Iterator[Proc]:
 
 
 @pytest.fixture(scope="module")
-def cluster(workers: Proc) -> Iterator[list[Proc]]:
-    flags = ("--mesh-key", KEY, "--health-check-interval-secs", "1")
+def cluster(workers: Proc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Proc]]:
+    limits = tmp_path_factory.mktemp("limits") / "limits.json"
+    limits.write_text(json.dumps({"tenants": {"team": {"requests_per_minute": LIMIT}}}))
+    flags = (
+        "--mesh-key", KEY, "--health-check-interval-secs", "1",
+        "--api-key", ADMIN, "--tenant-api-key", "team:team-key", "--tenant-rate-limit-config", str(limits),
+    )  # fmt: skip
     first = start_mesh_gateway([workers.urls[0]], *flags, seeds=["127.0.0.1:1"])  # a dead seed first: still starts
     second = start_mesh_gateway([], *flags, "--enable-igw", seeds=["127.0.0.1:1", first.mesh_address])
     third = start_mesh_gateway([workers.urls[0]], *flags, seeds=[second.mesh_address])
@@ -57,26 +66,29 @@ def test_members_and_the_same_worker_urls_on_two_nodes_merge(cluster: list[Proc]
         assert {n["http_address"] for n in body["nodes"]} == {n.url for n in cluster}
     wait_until(lambda: all(len(worker_ids(n)) == 1 for n in cluster), "one worker record everywhere", CONVERGE)
     wait_until(lambda: len({status(n)["stores"]["workers"]["digest"] for n in cluster}) == 1, "equal digests", CONVERGE)
-    health = httpx.get(cluster[1].url + "/mesh/health").json()
+    health = api.get(cluster[1].url + "/mesh/health").json()
     assert health["status"] == "healthy" and health["cluster_size"] == 3 and health["stores_healthy"]
     table = subprocess.run(
-        [sys.executable, "-m", "smg", "mesh", "status", "--url", cluster[0].url], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "smg", "mesh", "status", "--url", cluster[0].url, "--api-key", ADMIN],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert table.returncode == 0, table.stderr
     assert table.stdout.count(" alive ") == 3 and "3 live of 3 known members" in table.stdout
 
 
 def test_a_worker_added_on_one_node_is_routable_from_the_others(cluster: list[Proc], workers: Proc) -> None:
-    added = httpx.post(cluster[0].url + "/workers", json={"url": workers.urls[1], "labels": {"pool": "b"}})
+    added = api.post(cluster[0].url + "/workers", json={"url": workers.urls[1], "labels": {"pool": "b"}})
     assert added.status_code == 202
     worker_id = added.json()["worker_id"]
     wait_until(lambda: all(worker_id in worker_ids(n) for n in cluster), "the worker on every node", CONVERGE)
-    record = next(w for w in httpx.get(cluster[2].url + "/mesh/workers").json()["workers"] if w["worker_id"] == worker_id)
+    record = next(w for w in api.get(cluster[2].url + "/mesh/workers").json()["workers"] if w["worker_id"] == worker_id)
     assert record["labels"] == {"pool": "b"} and record["written_by"].startswith(status(cluster[0])["node_name"] + "#")
     wait_until(
-        lambda: httpx.get(f"{cluster[2].url}/workers/{worker_id}").json()["is_healthy"], "the worker ready on node 3", CONVERGE
+        lambda: api.get(f"{cluster[2].url}/workers/{worker_id}").json()["is_healthy"], "the worker ready on node 3", CONVERGE
     )
-    client = openai.OpenAI(base_url=cluster[2].url + "/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=cluster[2].url + "/v1", api_key=ADMIN, max_retries=0)
     seen = set()
     for i in range(12):
         raw = client.chat.completions.with_raw_response.create(
@@ -85,29 +97,56 @@ def test_a_worker_added_on_one_node_is_routable_from_the_others(cluster: list[Pr
         seen.add(raw.headers["x-smg-routed-worker-id"])
     assert workers.urls[1] in seen
 
-    removed = httpx.delete(f"{cluster[1].url}/workers/{worker_id}")
+    removed = api.delete(f"{cluster[1].url}/workers/{worker_id}")
     assert removed.status_code == 202
     wait_until(lambda: all(worker_id not in worker_ids(n) for n in cluster), "the worker gone everywhere", CONVERGE)
     wait_until(lambda: len({status(n)["stores"]["workers"]["digest"] for n in cluster}) == 1, "equal digests", CONVERGE)
 
 
+def test_a_tenant_limit_holds_across_the_cluster_with_uneven_spread(cluster: list[Proc]) -> None:
+    pattern = [0, 0, 0, 1, 2, 2]  # node 1 takes half, node 2 a sixth, node 3 a third
+    chat = {"model": "sim-model", "messages": [{"role": "user", "content": "limit me"}], "max_tokens": 2}
+    team = {"authorization": "Bearer team-key"}
+    admitted = refused = 0
+    for i in range(LIMIT + 15):
+        response = httpx.post(cluster[pattern[i % len(pattern)]].url + "/v1/chat/completions", json=chat, headers=team)
+        if response.status_code == 429:
+            assert response.json()["error"]["code"] == "rate_limit_exceeded" and "retry-after" in response.headers
+            refused += 1
+        else:
+            assert response.status_code == 200, response.text
+            admitted += 1
+    # the contract: over-admission at most nodes x rate x replication delay; sequential requests: a few at most
+    assert LIMIT <= admitted <= LIMIT + 3, (admitted, refused)
+    report = api.get(cluster[1].url + "/mesh/rate-limits").json()
+    entry = report["tenants"]["team"]["requests_per_minute"]
+    assert entry["limit"] == LIMIT and report["share"] == 1.0
+    wait_until(
+        lambda: (
+            api.get(cluster[1].url + "/mesh/rate-limits").json()["tenants"]["team"]["requests_per_minute"]["used"] >= admitted
+        ),
+        "every node's count merged",
+        CONVERGE,
+    )
+
+
 def test_cluster_wide_key_rotation_answers_each_member(cluster: list[Proc]) -> None:
-    bad = httpx.post(cluster[0].url + "/mesh/keys", json={"op": "rotate", "key": NEW_KEY})
+    bad = api.post(cluster[0].url + "/mesh/keys", json={"op": "rotate", "key": NEW_KEY})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "op"
-    short = httpx.post(cluster[0].url + "/mesh/keys", json={"op": "install", "key": base64.b64encode(b"x").decode()})
+    short = api.post(cluster[0].url + "/mesh/keys", json={"op": "install", "key": base64.b64encode(b"x").decode()})
     assert short.status_code == 400
     for op in ("install", "use"):
-        response = httpx.post(cluster[0].url + "/mesh/keys", json={"op": op, "key": NEW_KEY}, timeout=10)
+        response = api.post(cluster[0].url + "/mesh/keys", json={"op": op, "key": NEW_KEY}, timeout=10)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["members"] == 3 and body["succeeded"] == 3
-    refused = httpx.post(cluster[1].url + "/mesh/keys", json={"op": "remove", "key": NEW_KEY}, timeout=10)
+    refused = api.post(cluster[1].url + "/mesh/keys", json={"op": "remove", "key": NEW_KEY}, timeout=10)
     assert refused.status_code == 502 and refused.json()["error"]["code"] == "key_operation_failed"
-    assert httpx.post(cluster[2].url + "/mesh/keys", json={"op": "remove", "key": KEY}, timeout=10).status_code == 200
+    assert api.post(cluster[2].url + "/mesh/keys", json={"op": "remove", "key": KEY}, timeout=10).status_code == 200
     # still one cluster, on the new key alone
-    added = httpx.post(cluster[2].url + "/workers", json={"url": "http://127.0.0.1:9"})
+    added = api.post(cluster[2].url + "/workers", json={"url": "http://127.0.0.1:9"})
     wait_until(lambda: all(added.json()["worker_id"] in worker_ids(n) for n in cluster), "replication on the new key", CONVERGE)
-    httpx.delete(f"{cluster[2].url}/workers/{added.json()['worker_id']}")
+    api.delete(f"{cluster[2].url}/workers/{added.json()['worker_id']}")
 
 
 def test_a_killed_node_is_marked_dead_and_rejoins_as_itself(cluster: list[Proc], workers: Proc) -> None:
@@ -117,7 +156,7 @@ def test_a_killed_node_is_marked_dead_and_rejoins_as_itself(cluster: list[Proc],
     third.popen.wait()
     wait_until(lambda: all(states(n)[name] == "dead" for n in cluster[:2]), "the killed node dead", CONVERGE)
     # meanwhile a worker is added: the restarted node catches up
-    added = httpx.post(cluster[0].url + "/workers", json={"url": "http://127.0.0.1:7"}).json()["worker_id"]
+    added = api.post(cluster[0].url + "/workers", json={"url": "http://127.0.0.1:7"}).json()["worker_id"]
     reborn = start_mesh_gateway([], "--mesh-key", NEW_KEY, seeds=[cluster[0].mesh_address], mesh_port=int(port))
     cluster[2] = reborn
     wait_until(lambda: all(states(n)[name] == "alive" for n in cluster), "the node alive again", CONVERGE)
@@ -129,7 +168,7 @@ def test_a_killed_node_is_marked_dead_and_rejoins_as_itself(cluster: list[Proc],
 def test_without_ha_mesh_the_mesh_routes_say_so(workers: Proc) -> None:
     gateway = start_gateway([workers.urls[0]])
     try:
-        response = httpx.get(gateway.url + "/mesh/status")
+        response = api.get(gateway.url + "/mesh/status")
         assert response.status_code == 404 and response.json()["error"]["code"] == "mesh_not_enabled"
     finally:
         gateway.stop()

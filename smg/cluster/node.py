@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -33,6 +35,7 @@ log = logging.getLogger("smg.cluster")
 
 FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushes at once
 GC_SECS = 10.0
+RATE_LIMITS = "rate_limits"
 LOAD_SECS = 0.2  # in-flight counts are published this often (when they changed)
 BIND_RETRY_SECS = 5.0
 
@@ -114,6 +117,12 @@ class ClusterNode:
             self.ctx, self.replication, self.mesh.name, self.alive_members, self.config.mesh_health_owners
         )
         self.load = ReplicatedLoad(self.ctx, self.replication, self.mesh.name, self.alive_members)
+        limiter = self.ctx.limiter
+        if limiter is not None:  # counts of every node, read as one sliding window
+            limiter.adopt_replica(replica)
+            self.replication.add_store(RATE_LIMITS, limiter.counter, vet=limiter.vet)  # type: ignore[arg-type]
+            limiter.on_delta = partial(self.replication.changed, RATE_LIMITS)
+            limiter.share = self.limit_share
         self.ctx.worker_sink = self.workers
         self.ctx.health_sink = self.health.checked
         self.ctx.registrar.should_check = self.health.should_check
@@ -134,6 +143,17 @@ class ClusterNode:
     def alive_members(self) -> list[str]:
         """Members (us included) that own health checks and whose load counts: alive or suspect."""
         return [m["name"] for m in self.mesh.members() if m["status"] in (State.ALIVE.value, State.SUSPECT.value)]
+
+    def limit_share(self) -> float:
+        """The part of a cluster-wide limit this side may use: alive / known members.
+
+        Known members include the dead but not yet reaped, so during a partition
+        each side keeps to its share and the total stays near the limit.
+        """
+        members = self.mesh.members()
+        known = sum(1 for m in members if m["status"] != State.LEFT.value)
+        alive = sum(1 for m in members if m["status"] in (State.ALIVE.value, State.SUSPECT.value))
+        return alive / known if known else 1.0
 
     def live_peers(self) -> list[str]:
         return [
@@ -213,6 +233,8 @@ class ClusterNode:
             if self.health is not None and self.load is not None:
                 self.health.forget_removed()
                 self.load.forget_removed()
+            if self.ctx.limiter is not None:
+                self.ctx.limiter.forget_idle(time.time())
             if self.replication is not None:
                 for store, count in self.replication.collect(self.known_members()).items():
                     if count:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgpack
 
 from smg.crdt.codec import CRDT, CodecError, decode, encode
 from smg.crdt.delta import DeltaMessage, DeltaReplicator
-from smg.crdt.hlc import ZERO, ClockDriftError, HybridClock, Timestamp
+from smg.crdt.hlc import ZERO, HybridClock, Timestamp
 from smg.crdt.lww import LWWMap
 
 DELTA = "crdt.delta"
@@ -48,6 +49,7 @@ class _Store:
     name: str
     replicator: DeltaReplicator
     on_merge: Callable[[], None] | None
+    vet: Callable[[CRDT, int], None] | None  # a store's own check of remote data (given our wall ms)
     sent: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (seq, when) last sent
     send_stamps: dict[str, dict[int, Timestamp]] = field(default_factory=dict)  # peer -> seq -> HLC at send
     ack_stamp: dict[str, Timestamp] = field(default_factory=dict)  # peer -> newest acknowledged send stamp
@@ -82,11 +84,20 @@ class Replication:
 
     # -- stores -----------------------------------------------------------------------
 
-    def add_store(self, name: str, state: CRDT, on_merge: Callable[[], None] | None = None) -> None:
-        """Replicate `state` under `name`; `on_merge` runs after remote data was merged into it."""
+    def add_store(
+        self,
+        name: str,
+        state: CRDT,
+        on_merge: Callable[[], None] | None = None,
+        vet: Callable[[CRDT, int], None] | None = None,
+    ) -> None:
+        """Replicate `state` under `name`; `on_merge` runs after remote data was merged into it.
+
+        `vet(remote, wall_ms)` may raise ValueError to refuse remote data before it is merged.
+        """
         replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes)
-        replicator.vet = self._vet
-        self._stores[name] = _Store(name, replicator, on_merge)
+        store = self._stores[name] = _Store(name, replicator, on_merge, vet)
+        replicator.vet = partial(self._vet, store)
 
     def state(self, name: str) -> Any:
         return self._stores[name].replicator.state
@@ -176,7 +187,7 @@ class Replication:
         else:
             try:
                 seq = replicator.receive(peer, message)
-            except (CodecError, ClockDriftError) as exc:
+            except ValueError as exc:  # CodecError, ClockDriftError, a store's refusal
                 raise ReplicationError(f"store '{store.name}': {exc}") from None
             if seq is not None:
                 store.merged += 1
@@ -209,10 +220,12 @@ class Replication:
         if last is not None and seq >= last[0]:
             store.waiting_since.pop(peer, None)
 
-    def _vet(self, crdt: CRDT) -> None:
+    def _vet(self, store: _Store, crdt: CRDT) -> None:
         """Fold remote LWW stamps into our clock; a stamp too far ahead rejects the message."""
         if isinstance(crdt, LWWMap) and crdt.entries:
             self.clock.observe(max(entry.ts for entry in crdt.entries.values()), self._physical_ms)
+        if store.vet is not None:
+            store.vet(crdt, self._physical_ms)
 
     def lagging(self, peers: Iterable[str], now: float, bound: float = 5.0) -> list[str]:
         """`store/peer` pairs where the peer has not acknowledged what we sent for `bound` seconds."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Any
 
 import trio
@@ -56,6 +57,16 @@ async def mesh_workers(ctx: GatewayContext, ex: Exchange) -> None:
     cluster = _cluster(ctx)
     records = cluster.workers.records(cluster.health.view) if cluster.workers is not None else []
     await send_json(ex.send, 200, {"node_name": cluster.name, "workers": records, "total": len(records)})
+
+
+async def mesh_rate_limits(ctx: GatewayContext, ex: Exchange) -> None:
+    """Per tenant and limit: the configured limit, this node's applied share of it, the cluster's use."""
+    cluster = _cluster(ctx)
+    limiter = ctx.limiter
+    body: dict[str, Any] = {"node_name": cluster.name, "share": cluster.limit_share(), "tenants": {}}
+    if limiter is not None:
+        body["tenants"] = limiter.report(time.time())
+    await send_json(ex.send, 200, body)
 
 
 async def mesh_keys(ctx: GatewayContext, ex: Exchange) -> None:

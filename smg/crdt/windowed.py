@@ -66,6 +66,10 @@ class WindowedCounter:
         for key in [k for k, w in self.keys.items() if not w or max(w) < epoch]:
             del self.keys[key]
 
+    def __len__(self) -> int:
+        """Keys counted (tenants x limits, for rate limits)."""
+        return len(self.keys)
+
     def copy(self) -> WindowedCounter:
         return WindowedCounter(self.keys)
 

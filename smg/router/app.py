@@ -74,6 +74,7 @@ def _static_routes() -> dict[tuple[str, str], Route]:
         ("GET", "/mesh/status"): Route(mesh.mesh_status, "/mesh/status", CONTROL),
         ("GET", "/mesh/health"): Route(mesh.mesh_health, "/mesh/health", CONTROL),
         ("GET", "/mesh/workers"): Route(mesh.mesh_workers, "/mesh/workers", CONTROL),
+        ("GET", "/mesh/rate-limits"): Route(mesh.mesh_rate_limits, "/mesh/rate-limits", CONTROL),
         ("POST", "/mesh/keys"): Route(mesh.mesh_keys, "/mesh/keys", CONTROL),
     }
     for path, inference in ROUTES.items():

@@ -16,6 +16,7 @@ from smg.router.breaker import STATE_GAUGE
 from smg.router.policies import Policy, make_policy
 from smg.router.registration import Registrar
 from smg.router.retry import RetryConfig
+from smg.router.tenant_limits import TenantRateLimiter
 from smg.router.upstream import Upstream, make_upstream
 from smg.router.workers import Worker, WorkerRegistry
 
@@ -46,6 +47,7 @@ class GatewayContext:
     worker_sink: WorkerSink | None = None
     health_sink: Callable[[Worker], None] | None = None  # an owner's probe result, for the cluster
     cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
+    limiter: TenantRateLimiter | None = None  # --tenant-rate-limit-config
     _known_worker_urls: set[str] = field(default_factory=set)
 
     @classmethod
@@ -84,6 +86,9 @@ class GatewayContext:
             ),
             tenant_keys=config.tenant_keys(),
         )
+        limits = config.tenant_limits()
+        if limits is not None:
+            ctx.limiter = TenantRateLimiter(limits)
         ctx.registrar.on_change = ctx.workers_changed
         ctx.registrar.on_removed = ctx.worker_failed
         ctx.registrar.on_checked = ctx.worker_checked

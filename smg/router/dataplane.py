@@ -13,6 +13,8 @@ from smg.router.context import GatewayContext
 from smg.router.errors import GatewayError, load_json_object, missing_parameter
 from smg.router.exchange import Exchange
 from smg.router.proxy import proxy
+from smg.router.routing_text import routing_text
+from smg.router.tenant_limits import DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,48 @@ async def handle_inference(ctx: GatewayContext, ex: Exchange, route: InferenceRo
     elif not isinstance(model, str) or not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
     ex.model = model
-    ctx.metrics.router_requests(route.name, model or "", "true" if request.get("stream") is True else "false").inc()
+    stream = request.get("stream") is True
+    ctx.metrics.router_requests(route.name, model or "", "true" if stream else "false").inc()
+    limiter = ctx.limiter
+    if limiter is None:
+        await _admitted(ctx, ex, route, request, body)
+        return
+    tenant = ex.tenant or DEFAULT_TENANT
+    counts_tokens = limiter.limits.for_tenant(tenant).tokens_per_minute is not None
+    refusal = limiter.admit(tenant, estimate_prompt_tokens(request) if counts_tokens else 0, time.time())
+    if refusal is not None:
+        ctx.metrics.rate_limit("tenant_limited").inc()
+        raise GatewayError(
+            429,
+            "rate_limit_exceeded",
+            f"tenant '{tenant}' is over its {refusal.kind.replace('_', ' ')} limit "
+            f"({refusal.used:.0f} used of {refusal.limit:g} in the last minute); retry in {refusal.retry_after}s",
+            type="rate_limit_error",
+            headers=[(b"retry-after", str(refusal.retry_after).encode())],
+        )
+    if counts_tokens:
+        ex.want_usage = True
+        if stream and not _asks_usage(request):
+            request.setdefault("stream_options", {})["include_usage"] = True  # so the stream reports its tokens
+            body = json.dumps(request, separators=(",", ":")).encode()
+    try:
+        await _admitted(ctx, ex, route, request, body)
+    finally:
+        if ex.completion_tokens:
+            limiter.charge_tokens(tenant, ex.completion_tokens, time.time())
+
+
+def estimate_prompt_tokens(request: dict[str, Any]) -> int:
+    """About four characters per token of the prompt text, charged before the worker counts."""
+    return len(routing_text(request)) // 4 + 1
+
+
+def _asks_usage(request: dict[str, Any]) -> bool:
+    options = request.get("stream_options")
+    return isinstance(options, dict) and "include_usage" in options
+
+
+async def _admitted(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:
     admission = ctx.admission
     if admission.unlimited:
         await proxy(ctx, ex, route, request, body)

@@ -21,6 +21,7 @@ class Exchange:
     __slots__ = (
         "_send",
         "client_gone",
+        "completion_tokens",
         "error_code",
         "error_message",
         "event_stream",
@@ -35,6 +36,7 @@ class Exchange:
         "started_at",
         "status",
         "tenant",
+        "want_usage",
         "worker",
     )
 
@@ -56,6 +58,8 @@ class Exchange:
         self.event_stream = False
         self.tenant: str | None = None
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.want_usage = False  # per-tenant token limits: read the answer's usage
+        self.completion_tokens = 0
 
     async def send(self, message: Message) -> None:
         kind = message["type"]

@@ -12,6 +12,7 @@ the last worker answer (or error) goes to the client.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -42,6 +43,7 @@ ROUTED_WORKER_HEADER = b"x-smg-routed-worker-id"
 # Client headers passed on to workers; everything else stays at the gateway.
 FORWARDED_HEADERS = frozenset({b"x-correlation-id", b"traceparent", b"tracestate", b"x-smg-routing-key"})
 JSON_TYPE = b"application/json"
+USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
 
 
 @dataclass(slots=True)
@@ -185,8 +187,30 @@ async def _send_answer(ex: Exchange, route: InferenceRoute, request: dict[str, A
             message = f"worker {answer.worker.url} sent an unexpected {route.name} answer: {exc}"
             await ex.fail(GatewayError(502, "upstream_invalid_response", message))
             return
+    if ex.want_usage and answer.status == 200:
+        ex.completion_tokens = completion_tokens(payload)
     routed = (ROUTED_WORKER_HEADER, answer.worker.url.encode())
     await send_bytes(ex.send, answer.status, payload, [routed], (b"content-type", answer.content_type))
+
+
+def completion_tokens(payload: bytes) -> int:
+    """`usage.completion_tokens` of an OpenAI answer (a JSON body, or one SSE data line); 0 if absent."""
+    try:
+        usage = json.loads(payload).get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else 0
+    except (ValueError, AttributeError):
+        return 0
+    return tokens if isinstance(tokens, int) and tokens > 0 else 0
+
+
+def stream_usage(tail: bytes) -> int:
+    """Completion tokens from the last SSE event that carries `usage` (streams end with it)."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            tokens = completion_tokens(line[6:])
+            if tokens:
+                return tokens
+    return 0
 
 
 async def attempt_once(
@@ -263,6 +287,7 @@ async def relay_events(
     stall = ctx.config.stream_stall_timeout_secs
     chunks = response.aiter_body()
     first = True
+    tail = b""  # the end of the stream, where the usage event is
     error: GatewayError | None = None
     with trio.CancelScope(deadline=trio.current_time() + stall) as stall_scope:
         try:
@@ -271,11 +296,15 @@ async def relay_events(
                     ctx.metrics.ttft(ex.model or "").observe(time.perf_counter() - ex.started_at)
                     first = False
                 stall_scope.deadline = trio.current_time() + stall
+                if ex.want_usage:
+                    tail = (tail + chunk)[-USAGE_TAIL:]
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             error = GatewayError(502, "upstream_stream_error", f"worker {worker.url} failed mid-stream: {exc}")
     if stall_scope.cancelled_caught:
         error = GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
+    if ex.want_usage:
+        ex.completion_tokens = stream_usage(tail)
     if error is not None:
         await ex.fail(error)
         return

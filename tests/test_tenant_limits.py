@@ -1,0 +1,142 @@
+"""Per-tenant rate limits: the sans-IO limiter, then one real gateway with the `openai` client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from smg.crdt.windowed import WindowedCounter
+from smg.router.tenant_limits import Limit, TenantLimits, TenantRateLimiter, retry_after
+from tests.helpers import Proc, start_gateway
+
+T0 = 1_800_000_000.0  # the start of a window (divisible by 60)
+
+
+def test_config_parsing_names_what_is_wrong(tmp_path: Path) -> None:
+    limits = TenantLimits.parse(
+        {"default": {"requests_per_minute": 10}, "tenants": {"acme": {"requests_per_minute": 2, "tokens_per_minute": 100}}}
+    )
+    assert limits.for_tenant("acme") == Limit(2, 100) and limits.for_tenant("other") == Limit(10, None)
+    assert limits.counts_tokens
+    for bad, message in [
+        ([], "expected an object"),
+        ({"defaults": {}}, "expected an object"),
+        ({"default": {"requests_per_minute": -1}}, "default.requests_per_minute must be a non-negative integer"),
+        ({"tenants": {"a": {"rpm": 1}}}, "tenants.a: expected an object"),
+        ({"tenants": []}, '"tenants" must map'),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TenantLimits.parse(bad)
+    yaml_file = tmp_path / "limits.yaml"
+    yaml_file.write_text("default:\n  requests_per_minute: 7\n")
+    assert TenantLimits.load(str(yaml_file)).default == Limit(7, None)
+    broken = tmp_path / "limits.json"
+    broken.write_text("{nope")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        TenantLimits.load(str(broken))
+
+
+def test_requests_are_refused_at_the_limit_and_the_window_slides() -> None:
+    limiter = TenantRateLimiter(TenantLimits(Limit(requests_per_minute=4)))
+    assert all(limiter.admit("t", 0, T0 + i) is None for i in range(4))
+    refusal = limiter.admit("t", 0, T0 + 10)
+    assert refusal is not None and refusal.kind == "requests_per_minute" and refusal.used == 4
+    assert refusal.retry_after == 65  # 50 s to the next window, where the 4 weigh 4 x (1 - g) <= 3 from g = 0.25
+    assert limiter.admit("other", 0, T0 + 10) is None  # every tenant has its own count
+    # next window, a quarter in: the previous 4 still weigh 3, so one more fits
+    assert limiter.admit("t", 0, T0 + 75) is None
+    assert limiter.admit("t", 0, T0 + 75) is not None
+    assert limiter.admit("t", 0, T0 + 120 + 59) is None  # two windows on, nothing weighs
+
+
+def test_tokens_shares_and_replicas() -> None:
+    limiter = TenantRateLimiter(TenantLimits(Limit(tokens_per_minute=100)))
+    assert limiter.admit("t", 40, T0) is None
+    limiter.charge_tokens("t", 50, T0 + 1)
+    refusal = limiter.admit("t", 20, T0 + 2)
+    assert refusal is not None and refusal.kind == "tokens_per_minute"
+    assert limiter.admit("t", 10, T0 + 2) is None
+    limiter.share = lambda: 0.5  # half the members unreachable: half the limit here
+    small = TenantRateLimiter(TenantLimits(Limit(requests_per_minute=10)))
+    small.share = lambda: 0.5
+    assert [small.admit("t", 0, T0) is None for _ in range(6)] == [True] * 5 + [False]
+    small.adopt_replica("node-a#1")
+    assert small.counter.share("t/requests_per_minute", int(T0 // 60), "node-a#1") == 5
+    deltas: list[WindowedCounter] = []
+    small.on_delta = deltas.append
+    small.share = lambda: 1.0
+    assert small.admit("t", 0, T0) is None and len(deltas) == 1
+    with pytest.raises(ValueError, match="clock far ahead"):
+        ahead = WindowedCounter()
+        ahead.increment("t/requests_per_minute", "evil#1", int(T0 // 60) + 5, 1)
+        small.vet(ahead, int(T0 * 1000))
+    assert retry_after(0, 10, 0.5, -1) == 90  # a request bigger than the whole limit
+
+
+@pytest.fixture(scope="module")
+def limited(sim: Proc, tmp_path_factory: pytest.TempPathFactory) -> Proc:
+    config = tmp_path_factory.mktemp("limits") / "limits.json"
+    config.write_text(
+        json.dumps(
+            {
+                "default": {"requests_per_minute": 1000},
+                "tenants": {"acme": {"requests_per_minute": 3}, "tok": {"tokens_per_minute": 120}},
+            }
+        )
+    )
+    gateway = start_gateway(
+        sim.urls,
+        "--tenant-api-key",
+        "acme:acme-key",
+        "--tenant-api-key",
+        "tok:tok-key",
+        "--tenant-rate-limit-config",
+        str(config),
+    )
+    yield gateway
+    gateway.stop()
+
+
+def test_a_tenant_over_its_limit_gets_429_with_retry_after(limited: Proc) -> None:
+    client = openai.OpenAI(base_url=limited.url + "/v1", api_key="acme-key", max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    response = caught.value.response
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(response.headers["retry-after"]) <= 120
+    assert "acme" in response.json()["error"]["message"]
+
+
+def test_completion_tokens_count_against_the_token_limit_streams_included(limited: Proc) -> None:
+    client = openai.OpenAI(base_url=limited.url + "/v1", api_key="tok-key", max_retries=0)
+    sent = 0
+    with pytest.raises(openai.RateLimitError):
+        for _ in range(20):
+            stream = client.chat.completions.create(
+                model="sim-model", messages=[{"role": "user", "content": "count me"}], max_tokens=30, stream=True
+            )
+            chunks = list(stream)
+            assert chunks and chunks[-1].usage is not None  # asked for on the tenant's behalf
+            sent += 1
+    # each request costs ~4 prompt tokens estimated plus 30 completion tokens: 120 allow 3, not 20
+    assert 2 <= sent <= 4
+    assert httpx.get(limited.metrics_url + "/metrics").text.count('smg_http_rate_limit_total{result="tenant_limited"}') == 1
+
+
+def test_bad_limit_configs_are_one_line_errors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"default": {"requests_per_minute": "ten"}}')
+    for path, message in [(bad, "must be a non-negative integer"), (tmp_path / "missing.json", "cannot read")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "smg", "--tenant-rate-limit-config", str(path)], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
