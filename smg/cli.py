@@ -406,6 +406,18 @@ def add_mesh_args(parser: argparse.ArgumentParser) -> None:
         help="gateways that health-check each worker (rendezvous-hashed over alive members); the rest follow their "
         "majority verdict (default: %(default)s)",
     )
+    mesh.add_argument(
+        "--mesh-prefix-budget",
+        type=int,
+        default=100_000,
+        help="cache_aware: shared prefix-summary entries kept per model (default: %(default)s)",
+    )
+    mesh.add_argument(
+        "--mesh-prefix-ttl-secs",
+        type=float,
+        default=180.0,
+        help="cache_aware: a shared prefix record not seen again for this long is dropped (default: %(default)s)",
+    )
 
 
 def add_sim_args(parser: argparse.ArgumentParser, prefix: str) -> None:

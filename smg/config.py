@@ -103,6 +103,8 @@ class GatewayConfig:
     mesh_keys: tuple[str, ...] = ()
     mesh_keyring_file: str | None = None
     mesh_health_owners: int = 2
+    mesh_prefix_budget: int = 100_000
+    mesh_prefix_ttl_secs: float = 180.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -186,6 +188,8 @@ class GatewayConfig:
         _port("--mesh-port", self.mesh_port)
         if self.mesh_health_owners < 1:
             raise ConfigError("--mesh-health-owners must be at least 1")
+        if self.mesh_prefix_budget < 1 or not self.mesh_prefix_ttl_secs > 0:
+            raise ConfigError("--mesh-prefix-budget and --mesh-prefix-ttl-secs must be positive")
         for seed in self.mesh_seeds:
             host, sep, port = seed.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:

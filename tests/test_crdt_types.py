@@ -184,6 +184,20 @@ def test_prefix_summary_converges_within_budget(ops: list, rng: random.Random) -
     assert all(len(r) <= 12 for r in replicas)
 
 
+@given(summary_ops, st.randoms(use_true_random=False))
+def test_prefix_summary_match_agrees_with_its_entries(ops: list, rng: random.Random) -> None:
+    states, deltas = run_summary(ops, budget=8)
+    replica = deliver_shuffled(PrefixSummary(budget=8, ttl_ms=2000), deltas, states, rng)
+    for prefix in range(4):
+        chain = chain_hashes(f"p{prefix}b{i}".encode() for i in range(6))
+        brute: dict[str, int] = {}
+        for i, h in enumerate(chain):
+            for worker, block in replica.models.get("m", {}):
+                if block == h:
+                    brute[worker] = i + 1
+        assert replica.match("m", chain) == brute
+
+
 def test_prefix_summary_match_ttl_and_eviction_order() -> None:
     s = PrefixSummary(budget=3, ttl_ms=1000)
     chain = chain_hashes([b"a", b"b", b"c"])

@@ -21,6 +21,7 @@ import trio
 from smg import __version__
 from smg.cluster.health import ReplicatedHealth
 from smg.cluster.load import ReplicatedLoad
+from smg.cluster.prefixes import SharedPrefixes
 from smg.cluster.replication import CHANNELS, Replication, ReplicationError
 from smg.cluster.workers import ReplicatedWorkers, wall_ms
 from smg.config import ConfigError, GatewayConfig
@@ -36,6 +37,7 @@ log = logging.getLogger("smg.cluster")
 FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushes at once
 GC_SECS = 10.0
 RATE_LIMITS = "rate_limits"
+SYNC_SECS = 5.0  # a joining node waits this long at most for its peers' state before it serves
 LOAD_SECS = 0.2  # in-flight counts are published this often (when they changed)
 BIND_RETRY_SECS = 5.0
 
@@ -76,6 +78,9 @@ class ClusterNode:
         self.workers: ReplicatedWorkers | None = None
         self.health: ReplicatedHealth | None = None
         self.load: ReplicatedLoad | None = None
+        self.prefixes: SharedPrefixes | None = None
+        self._synced = not config.mesh_seeds  # the first node has nothing to catch up with
+        self._started = 0.0
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
         self._kick = trio.Event()
@@ -90,6 +95,7 @@ class ClusterNode:
         mesh.app_state = self._app_state
         mesh.merge_app_state = self._merge_app_state
         mesh.on_app_message = self._on_app_message
+        self._started = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._flush)
             nursery.start_soon(self._watch_members)
@@ -123,6 +129,11 @@ class ClusterNode:
             self.replication.add_store(RATE_LIMITS, limiter.counter, vet=limiter.vet)  # type: ignore[arg-type]
             limiter.on_delta = partial(self.replication.changed, RATE_LIMITS)
             limiter.share = self.limit_share
+        if hasattr(self.ctx.policy, "shared"):  # cache_aware: match and record over every gateway's choices
+            self.prefixes = SharedPrefixes(
+                self.replication, self.config.mesh_prefix_budget, int(self.config.mesh_prefix_ttl_secs * 1000)
+            )
+            self.ctx.policy.shared = self.prefixes
         self.ctx.worker_sink = self.workers
         self.ctx.health_sink = self.health.checked
         self.ctx.registrar.should_check = self.health.should_check
@@ -130,6 +141,18 @@ class ClusterNode:
             self.workers.added(worker)
 
     # -- membership ---------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        """Ready to serve: caught up with a peer's state (or nobody answered within SYNC_SECS)."""
+        if not self._synced:
+            if self.replication is not None and self.replication.synced():
+                self._synced = True
+                log.info("cluster %s: caught up with the cluster's state", self.name)
+            elif trio.current_time() - self._started > SYNC_SECS:
+                self._synced = True
+                log.warning("cluster %s: no peer state within %gs; serving from local state", self.name, SYNC_SECS)
+        return self._synced
 
     async def leave(self) -> None:
         """Leave gracefully: peers mark us `left`, not `dead`."""

@@ -55,6 +55,7 @@ class _Store:
     ack_stamp: dict[str, Timestamp] = field(default_factory=dict)  # peer -> newest acknowledged send stamp
     reported: dict[str, Timestamp] = field(default_factory=dict)  # peer -> its own frontier, from its acks
     waiting_since: dict[str, float] = field(default_factory=dict)  # peer -> first unacknowledged send
+    synced: bool = False  # a peer's full state arrived at least once
     delta_bytes: int = 0
     full_bytes: int = 0
     merged: int = 0
@@ -117,6 +118,10 @@ class Replication:
 
     def digests(self) -> dict[str, str]:
         return {name: s.replicator.state.state_digest() for name, s in self._stores.items()}
+
+    def synced(self) -> bool:
+        """Every store received a full state from some peer (a joining node has caught up)."""
+        return all(s.synced for s in self._stores.values())
 
     def stats(self, name: str) -> dict[str, int]:
         s = self._stores[name]
@@ -191,6 +196,7 @@ class Replication:
                 raise ReplicationError(f"store '{store.name}': {exc}") from None
             if seq is not None:
                 store.merged += 1
+                store.synced = store.synced or message.is_full
                 if store.on_merge is not None:
                     store.on_merge()
         if seq is None:

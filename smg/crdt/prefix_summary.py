@@ -22,14 +22,25 @@ Entries = dict[tuple[str, bytes], Timestamp]  # (worker id, block hash) -> last 
 
 
 class _Order:
-    """Per model: a lazy min-heap in eviction order, and the newest timestamp seen."""
+    """Per model: a lazy min-heap in eviction order, the newest timestamp seen, and
+    block hash -> workers holding it (so a match costs the chain's length, not the model's size)."""
 
-    __slots__ = ("heap", "newest")
+    __slots__ = ("heap", "holders", "newest")
 
     def __init__(self, entries: Entries) -> None:
         self.heap = [(ts, h, w) for (w, h), ts in entries.items()]
         heapq.heapify(self.heap)
         self.newest = max(entries.values(), default=ZERO)
+        self.holders: dict[bytes, set[str]] = {}
+        for w, h in entries:
+            self.holders.setdefault(h, set()).add(w)
+
+    def drop(self, worker: str, block: bytes) -> None:
+        found = self.holders.get(block)
+        if found is not None:
+            found.discard(worker)
+            if not found:
+                del self.holders[block]
 
 
 class PrefixSummary:
@@ -62,6 +73,8 @@ class PrefixSummary:
             for key, ts in theirs.items():
                 current = mine.get(key)
                 if current is None or ts > current:
+                    if current is None:
+                        order.holders.setdefault(key[1], set()).add(key[0])
                     mine[key] = ts
                     heapq.heappush(heap, (ts, key[1], key[0]))
                     if ts > order.newest:
@@ -83,24 +96,33 @@ class PrefixSummary:
                 break
             heapq.heappop(heap)
             del entries[(worker, block)]
+            order.drop(worker, block)
         if len(heap) > 2 * len(entries) + 1024:
             self._order[model] = _Order(entries)  # shed the stale heap items
 
     def match(self, model: str, chain: list[bytes]) -> dict[str, int]:
         """For each worker, the deepest block of `chain` it was given (in blocks)."""
-        entries = self.models.get(model, {})
+        order = self._order.get(model)
         best: dict[str, int] = {}
-        workers = {w for w, _ in entries}
+        if order is None:
+            return best
+        holders = order.holders
         for i, h in enumerate(chain):
-            for worker in workers:
-                if (worker, h) in entries:
+            found = holders.get(h)
+            if found:
+                for worker in found:
                     best[worker] = i + 1
         return best
 
+    def last_seen(self, model: str, worker: str, block: bytes) -> Timestamp | None:
+        return self.models.get(model, {}).get((worker, block))
+
     def forget_worker(self, worker: str) -> None:
-        for entries in self.models.values():
+        for model, entries in self.models.items():
+            order = self._order[model]
             for key in [k for k in entries if k[0] == worker]:
                 del entries[key]  # its heap items go stale and are skipped
+                order.drop(key[0], key[1])
 
     def __len__(self) -> int:
         return sum(len(e) for e in self.models.values())

@@ -52,6 +52,8 @@ async def readiness(ctx: GatewayContext, ex: Exchange) -> None:
     healthy, total = ctx.registry.healthy_count(), len(ctx.registry)
     if ctx.draining:
         await send_json(ex.send, 503, {"status": "not ready", "reason": "draining"})
+    elif ctx.cluster is not None and not ctx.cluster.synced:
+        await send_json(ex.send, 503, {"status": "not ready", "reason": "catching up with the cluster's state"})
     elif healthy or (ctx.config.enable_igw and not total):
         await send_json(ex.send, 200, {"status": "ready", "healthy_workers": healthy, "total_workers": total})
     else:

@@ -13,6 +13,8 @@ as in the reference:
 
 Among equally loaded workers the one holding the least cached text wins, so
 distinct prompts spread over the pool instead of piling on the first worker.
+With the HA mesh, matches also consult the prefix summaries every gateway
+shares (`smg.cluster.prefixes`), and every choice is recorded there.
 Trees are bounded by `--max-tree-size` (a budget per model, shared by its
 workers): `maintain` evicts least-recently-used entries, and so does an
 insert that takes a tree past 1.25x the budget.
@@ -21,6 +23,7 @@ insert that takes a tree past 1.25x the budget.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from smg.router.chain_index import ChainIndex
 from smg.router.policies.base import PolicyConfig, RequestInfo, load_of
@@ -29,6 +32,13 @@ from smg.router.routing_text import TEXT_BLOCK_CHARS, TOKEN_BLOCK, text_chain, t
 from smg.router.workers import Worker
 
 HIGH_WATER = 1.25
+
+
+class SharedChains(Protocol):
+    """Chain-hash records shared with other gateways (the HA mesh's prefix summaries)."""
+
+    def match(self, model: str, chain: list[bytes]) -> dict[str, int]: ...
+    def record(self, model: str, worker: str, chain: list[bytes]) -> None: ...
 
 
 class CacheAwarePolicy:
@@ -42,6 +52,7 @@ class CacheAwarePolicy:
         self.trees: dict[str, RadixTree] = {}  # type: ignore[type-arg]
         self.chains: dict[str, ChainIndex] = {}
         self.on_match: Callable[[float], None] | None = None  # e.g. a histogram's observe
+        self.shared: SharedChains | None = None  # with --ha-mesh: what every gateway routed where
 
     def _stores(self, model: str) -> tuple[RadixTree, ChainIndex]:  # type: ignore[type-arg]
         tree = self.trees.get(model)
@@ -66,6 +77,10 @@ class CacheAwarePolicy:
         else:
             by_tree = tree.match(seq)
             by_chain = index.match(chain)
+            if self.shared is not None:
+                for worker_id, blocks in self.shared.match(request.model, chain).items():
+                    if blocks > by_chain.get(worker_id, 0):
+                        by_chain[worker_id] = blocks
             best: Worker | None = None
             best_len = best_load = 0
             for worker, load in zip(workers, loads, strict=True):
@@ -78,6 +93,8 @@ class CacheAwarePolicy:
             chosen = best if best is not None and ratio >= cfg.cache_threshold else self._least_loaded(workers, loads, tree)
         tree.insert(seq, chosen.id, request.now)
         index.insert(chain, chosen.id, request.now)
+        if self.shared is not None:
+            self.shared.record(request.model, chosen.id, chain)
         if tree.size > HIGH_WATER * cfg.max_tree_size:
             tree.evict(cfg.max_tree_size)
         return chosen
