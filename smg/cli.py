@@ -418,6 +418,11 @@ def add_mesh_args(parser: argparse.ArgumentParser) -> None:
         default=180.0,
         help="cache_aware: a shared prefix record not seen again for this long is dropped (default: %(default)s)",
     )
+    mesh.add_argument(
+        "--mesh-fault-injection",
+        action="store_true",
+        help="testing only: enable POST /mesh/faults (drop mesh traffic to chosen members, random loss)",
+    )
 
 
 def add_sim_args(parser: argparse.ArgumentParser, prefix: str) -> None:

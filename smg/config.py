@@ -105,6 +105,7 @@ class GatewayConfig:
     mesh_health_owners: int = 2
     mesh_prefix_budget: int = 100_000
     mesh_prefix_ttl_secs: float = 180.0
+    mesh_fault_injection: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

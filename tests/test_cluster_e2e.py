@@ -46,7 +46,7 @@ def cluster(workers: Proc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     limits = tmp_path_factory.mktemp("limits") / "limits.json"
     limits.write_text(json.dumps({"tenants": {"team": {"requests_per_minute": LIMIT}}}))
     flags = (
-        "--mesh-key", KEY, "--health-check-interval-secs", "1",
+        "--mesh-key", KEY, "--health-check-interval-secs", "1", "--mesh-fault-injection",
         "--api-key", ADMIN, "--tenant-api-key", "team:team-key", "--tenant-rate-limit-config", str(limits),
     )  # fmt: skip
     first = start_mesh_gateway([workers.urls[0]], *flags, seeds=["127.0.0.1:1"])  # a dead seed first: still starts
@@ -147,6 +147,39 @@ def test_cluster_wide_key_rotation_answers_each_member(cluster: list[Proc]) -> N
     added = api.post(cluster[2].url + "/workers", json={"url": "http://127.0.0.1:9"})
     wait_until(lambda: all(added.json()["worker_id"] in worker_ids(n) for n in cluster), "replication on the new key", CONVERGE)
     api.delete(f"{cluster[2].url}/workers/{added.json()['worker_id']}")
+
+
+def test_a_partitioned_minority_keeps_its_share_and_the_cluster_heals(cluster: list[Proc]) -> None:
+    names = [status(n)["node_name"] for n in cluster]
+    minority, majority = cluster[2], cluster[:2]
+    assert api.post(
+        minority.url + "/mesh/faults", json={"drop_to": [cluster[0].mesh_address, cluster[1].mesh_address]}
+    ).is_success
+    for node in majority:
+        assert api.post(node.url + "/mesh/faults", json={"drop_to": [minority.mesh_address]}).is_success
+    wait_until(lambda: all(states(n)[names[2]] == "dead" for n in majority), "the minority dead on the majority side", 20)
+    wait_until(lambda: states(minority)[names[0]] == "dead" == states(minority)[names[1]], "the majority dead for it", 20)
+    # each side keeps to its share of a cluster-wide limit: 2/3 and 1/3
+    assert api.get(cluster[0].url + "/mesh/rate-limits").json()["share"] == pytest.approx(2 / 3)
+    assert api.get(minority.url + "/mesh/rate-limits").json()["share"] == pytest.approx(1 / 3)
+    added = api.post(cluster[0].url + "/workers", json={"url": "http://127.0.0.1:11"}).json()["worker_id"]
+    for node in cluster:
+        assert api.post(node.url + "/mesh/faults", json={}).is_success
+    wait_until(lambda: all(set(states(n).values()) == {"alive"} for n in cluster), "healed: all alive", 25)
+    wait_until(lambda: added in worker_ids(minority), "the change made during the partition reached the minority", CONVERGE)
+    wait_until(lambda: len({json.dumps(status(n)["stores"]) for n in cluster}) == 1, "identical stores", CONVERGE)
+    api.delete(f"{cluster[0].url}/workers/{added}")
+    metrics = httpx.get(cluster[0].metrics_url + "/metrics").text
+    assert 'smg_mesh_members{state="alive"} 3.0' in metrics and "smg_mesh_replication_lag_seconds_count" in metrics
+
+
+def test_fault_injection_needs_its_flag(workers: Proc) -> None:
+    gateway = start_mesh_gateway([workers.urls[0]])
+    try:
+        response = httpx.post(gateway.url + "/mesh/faults", json={"loss": 0.5})
+        assert response.status_code == 403 and response.json()["error"]["code"] == "fault_injection_disabled"
+    finally:
+        gateway.stop()
 
 
 def test_a_killed_node_is_marked_dead_and_rejoins_as_itself(cluster: list[Proc], workers: Proc) -> None:

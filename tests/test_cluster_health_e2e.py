@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -99,3 +100,18 @@ def test_load_is_summed_over_the_cluster(setup: tuple[Proc, list[Proc]]) -> None
         for t in threads:
             t.join(30)
     wait_until(lambda: worker(nodes[-1], url)["cluster_load"] == 0, "load back to zero", CONVERGE)
+
+
+def test_sigterm_drains_and_leaves_gracefully(setup: tuple[Proc, list[Proc]]) -> None:
+    _sim, nodes = setup
+    leaving, staying = nodes[-1], nodes[0]
+    name = name_of(leaving)
+    leaving.signal(signal.SIGTERM)
+    assert leaving.popen.wait(timeout=30) == 0
+    members = {n["name"]: n["status"] for n in httpx.get(staying.url + "/mesh/status").json()["nodes"]}
+    wait_until(
+        lambda: {n["name"]: n["status"] for n in httpx.get(staying.url + "/mesh/status").json()["nodes"]}[name] == "left",
+        "the node left, not dead",
+        CONVERGE,
+    )
+    assert members[name] in ("alive", "left")

@@ -21,6 +21,7 @@ import trio
 from smg import __version__
 from smg.cluster.health import ReplicatedHealth
 from smg.cluster.load import ReplicatedLoad
+from smg.cluster.metrics import ClusterCollector
 from smg.cluster.prefixes import SharedPrefixes
 from smg.cluster.replication import CHANNELS, Replication, ReplicationError
 from smg.cluster.workers import ReplicatedWorkers, wall_ms
@@ -29,6 +30,7 @@ from smg.crdt.hlc import HybridClock
 from smg.crdt.replica import new_replica_id
 from smg.mesh.keyring import Keyring
 from smg.mesh.messages import State
+from smg.mesh.metrics import MeshCollector
 from smg.mesh.node import MeshNode
 from smg.router.context import GatewayContext
 
@@ -84,6 +86,8 @@ class ClusterNode:
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
         self._kick = trio.Event()
+        ctx.metrics.registry.register(MeshCollector(self.mesh))
+        ctx.metrics.registry.register(ClusterCollector(self))
 
     @property
     def name(self) -> str:

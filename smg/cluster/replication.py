@@ -31,6 +31,9 @@ from smg.crdt.codec import CRDT, CodecError, decode, encode
 from smg.crdt.delta import DeltaMessage, DeltaReplicator
 from smg.crdt.hlc import ZERO, HybridClock, Timestamp
 from smg.crdt.lww import LWWMap
+from smg.crdt.prefix_summary import PrefixSummary
+
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 DELTA = "crdt.delta"
 ACK = "crdt.ack"
@@ -82,6 +85,10 @@ class Replication:
         self._stores: dict[str, _Store] = {}
         self._physical_ms = 0  # of the message being received, for the clock-drift check
         self.on_change: Callable[[], None] | None = None  # a local change: the shell flushes at once
+        # replication lag: from a write's HLC stamp to its merge here (deltas only), cumulative counts
+        self.lag_buckets = [0] * len(LAG_BUCKETS)
+        self.lag_count = 0
+        self.lag_sum = 0.0
 
     # -- stores -----------------------------------------------------------------------
 
@@ -122,10 +129,6 @@ class Replication:
     def synced(self) -> bool:
         """Every store received a full state from some peer (a joining node has caught up)."""
         return all(s.synced for s in self._stores.values())
-
-    def stats(self, name: str) -> dict[str, int]:
-        s = self._stores[name]
-        return {"delta_bytes": s.delta_bytes, "full_bytes": s.full_bytes, "merged": s.merged, "seq": s.replicator.seq}
 
     # -- sending ----------------------------------------------------------------------
 
@@ -229,7 +232,13 @@ class Replication:
     def _vet(self, store: _Store, crdt: CRDT) -> None:
         """Fold remote LWW stamps into our clock; a stamp too far ahead rejects the message."""
         if isinstance(crdt, LWWMap) and crdt.entries:
-            self.clock.observe(max(entry.ts for entry in crdt.entries.values()), self._physical_ms)
+            newest = max(entry.ts for entry in crdt.entries.values())
+            self.clock.observe(newest, self._physical_ms)
+            self._observe_lag(newest.wall)
+        elif isinstance(crdt, PrefixSummary):
+            stamps = [ts.wall for entries in crdt.models.values() for ts in entries.values()]
+            if stamps:
+                self._observe_lag(max(stamps))
         if store.vet is not None:
             store.vet(crdt, self._physical_ms)
 
@@ -242,6 +251,29 @@ class Replication:
                 if since is not None and now - since > bound:
                     out.append(f"{name}/{peer}")
         return out
+
+    def _observe_lag(self, written_ms: int) -> None:
+        if written_ms <= 0:
+            return
+        lag = max(0.0, (self._physical_ms - written_ms) / 1000)
+        if lag > LAG_BUCKETS[-1] * 6:
+            return  # old state arriving in a delta-interval (a straggler), not a fresh write
+        for i, bound in enumerate(LAG_BUCKETS):
+            if lag <= bound:
+                self.lag_buckets[i] += 1
+        self.lag_count += 1
+        self.lag_sum += lag
+
+    def store_stats(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {
+                "entries": len(s.replicator.state),
+                "delta_bytes": s.delta_bytes,
+                "full_bytes": s.full_bytes,
+                "merged": s.merged,
+            }
+            for name, s in self._stores.items()
+        }
 
     # -- anti-entropy and GC -------------------------------------------------------------
 

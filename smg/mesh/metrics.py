@@ -48,6 +48,7 @@ class MeshCollector(Collector):
         for key, help_text in (
             ("suspicions", "Suspicions raised or accepted"),
             ("refutations", "Suspicions of this node it refuted"),
+            ("false_deaths", "Times this node heard itself declared dead while alive (false positives)"),
             ("push_pulls", "Push-pull state exchanges merged"),
             ("probes", "Probes started"),
             ("failed_probes", "Probes that got no ack"),

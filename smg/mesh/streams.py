@@ -89,6 +89,10 @@ class PeerStreams:
                 try:
                     while self.resolve(peer) == address:
                         while outbox.queue:
+                            if self.transport.faults.outgoing_dropped(address):
+                                outbox.queue.popleft()  # an injected partition or loss (tests, chaos)
+                                self.transport.dropped["fault_filter"] += 1
+                                continue
                             await stream.send_all(self.transport.frame(outbox.queue[0]))
                             outbox.queue.popleft()
                         outbox.wakeup = trio.Event()

@@ -181,7 +181,14 @@ class Swim:
         self._next_join = INF
         self._join_backoff = 0.5
         self._next_reap = now + 60.0
-        self.stats = {"suspicions": 0, "refutations": 0, "push_pulls": 0, "probes": 0, "failed_probes": 0}
+        self.stats = {
+            "suspicions": 0,
+            "refutations": 0,
+            "false_deaths": 0,
+            "push_pulls": 0,
+            "probes": 0,
+            "failed_probes": 0,
+        }
         self.rtt_buckets = [0] * len(RTT_BUCKETS)
         self.rtt_sum = 0.0
         self.rtt_count = 0
@@ -515,6 +522,7 @@ class Swim:
     def _on_dead(self, update: Dead, now: float) -> None:
         if update.name == self.name:
             if update.by != self.name and update.incarnation >= self.incarnation:
+                self.stats["false_deaths"] += 1  # declared dead while alive: a false positive
                 self._refute(update.incarnation)
             return
         member = self.members.get(update.name)

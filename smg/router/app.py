@@ -78,6 +78,7 @@ def _static_routes() -> dict[tuple[str, str], Route]:
         ("GET", "/mesh/workers"): Route(mesh.mesh_workers, "/mesh/workers", CONTROL),
         ("GET", "/mesh/rate-limits"): Route(mesh.mesh_rate_limits, "/mesh/rate-limits", CONTROL),
         ("POST", "/mesh/keys"): Route(mesh.mesh_keys, "/mesh/keys", CONTROL),
+        ("POST", "/mesh/faults"): Route(mesh.mesh_faults, "/mesh/faults", CONTROL),
     }
     for path, inference in ROUTES.items():
         routes[("POST", path)] = Route(partial(handle_inference, route=inference), path, DATA)
