@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def make_workload(args: argparse.Namespace) -> tuple[list[str], list[tuple[float
 
 async def run_user(
     client: httpx.AsyncClient,
-    url: str,
+    url: str | Callable[[], str],
     user_id: int,
     system: str,
     messages: list[str],
@@ -81,12 +82,13 @@ async def run_user(
     for text in messages:
         history.append({"role": "user", "content": text})
         body = {"model": "sim-model", "messages": history, "max_tokens": max_tokens, "stream": True}
+        target = url() if callable(url) else url  # a cluster bench spreads turns over gateways
         started = time.perf_counter()
         first = None
         reply = []
         try:
             async with client.stream(
-                "POST", url + "/v1/chat/completions", json=body, headers={"x-smg-routing-key": f"user-{user_id}"}
+                "POST", target + "/v1/chat/completions", json=body, headers={"x-smg-routing-key": f"user-{user_id}"}
             ) as response:
                 if response.status_code != 200:
                     stats.errors += 1
@@ -110,7 +112,9 @@ async def run_user(
         await trio.sleep(think.expovariate(1 / mean_think))
 
 
-async def drive(url: str, systems: list[str], users: list[tuple[float, int, list[str]]], args: argparse.Namespace) -> Stats:
+async def drive(
+    url: str | Callable[[], str], systems: list[str], users: list[tuple[float, int, list[str]]], args: argparse.Namespace
+) -> Stats:
     stats = Stats()
     think = random.Random(args.seed + 1)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=args.users)

@@ -167,10 +167,29 @@ def test_a_partitioned_minority_keeps_its_share_and_the_cluster_heals(cluster: l
         assert api.post(node.url + "/mesh/faults", json={}).is_success
     wait_until(lambda: all(set(states(n).values()) == {"alive"} for n in cluster), "healed: all alive", 25)
     wait_until(lambda: added in worker_ids(minority), "the change made during the partition reached the minority", CONVERGE)
-    wait_until(lambda: len({json.dumps(status(n)["stores"]) for n in cluster}) == 1, "identical stores", CONVERGE)
+    try:
+        wait_until(lambda: len({json.dumps(status(n)["stores"]) for n in cluster}) == 1, "identical stores", CONVERGE)
+    except TimeoutError:
+        raise AssertionError([status(n)["stores"] for n in cluster]) from None
     api.delete(f"{cluster[0].url}/workers/{added}")
     metrics = httpx.get(cluster[0].metrics_url + "/metrics").text
     assert 'smg_mesh_members{state="alive"} 3.0' in metrics and "smg_mesh_replication_lag_seconds_count" in metrics
+
+
+def test_a_mesh_port_in_use_is_reported_and_the_gateway_serves_anyway(workers: Proc) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        gateway = start_gateway([workers.urls[0]], "--ha-mesh", "--mesh-host", "127.0.0.1", "--mesh-port", str(port))
+        try:
+            assert httpx.post(gateway.url + "/v1/completions", json={"model": "sim-model", "prompt": "hi"}).status_code == 200
+            health = httpx.get(gateway.url + "/mesh/health").json()
+            assert health["status"] == "degraded" and f"mesh port 127.0.0.1:{port} unavailable" in health["reason"]
+            assert "serving from local state" in gateway.log()
+        finally:
+            gateway.stop()
 
 
 def test_fault_injection_needs_its_flag(workers: Proc) -> None:

@@ -70,6 +70,22 @@ def test_changes_reach_every_member_and_deletes_win() -> None:
     assert "w1" not in c.nodes["a"].state("workers") and len(c.digests()) == 1
 
 
+def test_a_change_is_sent_once_per_peer_and_never_echoed_round_the_cluster() -> None:
+    c = Cluster(["a", "b", "c"], sync_interval=1000.0)
+    c.round()
+    c.set("a", "w1", 1)
+    sent = []
+    for _ in range(10):
+        c.now += 1.5
+        for name, node in c.nodes.items():
+            for peer, channel, payload in node.outgoing(list(c.nodes), c.now, c.ms):
+                sent.append((name, peer, msgpack.unpackb(payload).get("d") is not None))
+                for reply in c.nodes[peer].receive(name, channel, payload, list(c.nodes), c.ms):
+                    node.receive(peer, reply[1], reply[2], list(c.nodes), c.ms)
+    assert [(s, p) for s, p, delta in sent if delta] == [("a", "b"), ("a", "c")]
+    assert len(c.digests()) == 1
+
+
 def test_unacknowledged_messages_are_sent_again_and_idle_peers_sync() -> None:
     c = Cluster(["a", "b"], resend_after=1.0, sync_interval=5.0)
     c.round()

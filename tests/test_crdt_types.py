@@ -59,11 +59,12 @@ def test_windowed_counter_converges_and_sums_increments(ops: list, rng: random.R
     states, deltas = run_windowed(ops)
     replicas = [deliver_shuffled(WindowedCounter(), deltas, states, rng) for _ in range(3)]
     assert len({r.state_digest() for r in replicas}) == 1
+    newest = max((e for _, _, e, n in ops if n), default=-1)
     for key in ("t0", "t1"):
-        epochs = sorted({e for _, k, e, _ in ops if f"t{k}" == key})
-        for epoch in epochs[-2:]:  # the two newest windows are kept
+        for epoch in (newest - 1, newest):  # the newest window anywhere and the one before are kept
             expected = sum(n for _, k, e, n in ops if f"t{k}" == key and e == epoch)
             assert replicas[0].total(key, epoch) == expected
+        assert all(e >= newest - 1 for e in replicas[0].keys.get(key, {}))
 
 
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 5)), max_size=40), st.randoms(use_true_random=False))
@@ -87,8 +88,12 @@ def test_windowed_sliding_estimate_and_pruning() -> None:
     assert w.read("t", 11, elapsed_fraction=0.25) == 10 + 40 * 0.75
     w.increment("t", "b#1", 12, 1)  # a third window: the oldest goes
     assert w.total("t", 10) == 0 and w.total("t", 11) == 10
-    w.drop_before(13)
-    assert w.keys == {}
+    w.increment("other", "a#1", 14, 1)  # a newer window anywhere: "t", idle since 12, is dropped
+    assert set(w.keys) == {"other"}
+    peer = WindowedCounter({"t": {12: {"b#1": 5}}})
+    peer.merge(w)
+    assert peer.state_digest() == w.state_digest()  # the drop follows from the merged state alone
+    assert w.increment("late", "a#1", 12, 3).keys == {}  # a window everybody has moved past
 
 
 # -- OR map / set -------------------------------------------------------------------

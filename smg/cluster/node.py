@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from functools import partial
 from typing import Any
 
@@ -82,7 +81,7 @@ class ClusterNode:
         self.load: ReplicatedLoad | None = None
         self.prefixes: SharedPrefixes | None = None
         self._synced = not config.mesh_seeds  # the first node has nothing to catch up with
-        self._started = 0.0
+        self._started = trio.current_time()  # built inside the gateway's trio run
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
         self._kick = trio.Event()
@@ -99,7 +98,6 @@ class ClusterNode:
         mesh.app_state = self._app_state
         mesh.merge_app_state = self._merge_app_state
         mesh.on_app_message = self._on_app_message
-        self._started = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._flush)
             nursery.start_soon(self._watch_members)
@@ -111,10 +109,10 @@ class ClusterNode:
                     # the name (and so the replica id) may come from the bound port: the stores
                     # are built once bound, before the join's push-pull asks for their digests
                     await mesh.run(on_bound=self._setup_stores)
-                except OSError as exc:
-                    self.error = f"mesh port {self.config.mesh_host}:{self.config.mesh_port} unavailable: {exc}"
+                except* OSError as group:  # the bind failed (nursery errors come grouped)
+                    self.error = f"mesh port {self.config.mesh_host}:{self.config.mesh_port} unavailable: {group.exceptions[0]}"
                     log.error("%s; serving from local state, retrying in %gs", self.error, BIND_RETRY_SECS)
-                    await trio.sleep(BIND_RETRY_SECS)
+                await trio.sleep(BIND_RETRY_SECS)
 
     def _setup_stores(self) -> None:
         self.error = None
@@ -260,8 +258,6 @@ class ClusterNode:
             if self.health is not None and self.load is not None:
                 self.health.forget_removed()
                 self.load.forget_removed()
-            if self.ctx.limiter is not None:
-                self.ctx.limiter.forget_idle(time.time())
             if self.replication is not None:
                 for store, count in self.replication.collect(self.known_members()).items():
                     if count:

@@ -4,7 +4,10 @@ Each store has a `DeltaReplicator`. `outgoing(members, ...)` says what to
 send whom on the mesh's ordered per-peer streams: delta-intervals, full
 states in chunks, or, for a peer that is up to date, a small `sync` every
 `sync_interval` so acknowledgements (and the GC frontier riding on them)
-keep flowing while idle. An unacknowledged message is sent again after
+keep flowing while idle. Every node sends its own changes to every live
+member directly, so nothing is relayed; a member that could not hear the
+writer (a partial partition) catches up through anti-entropy: push-pull
+compares digests and a differing store is sent in full. An unacknowledged message is sent again after
 `resend_after`, grown by whatever changed meanwhile.
 
 Tombstone GC. When we send a peer our log up to `seq`, we stamp that moment
@@ -103,7 +106,7 @@ class Replication:
 
         `vet(remote, wall_ms)` may raise ValueError to refuse remote data before it is merged.
         """
-        replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes)
+        replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes, relay=False)
         store = self._stores[name] = _Store(name, replicator, on_merge, vet)
         replicator.vet = partial(self._vet, store)
 

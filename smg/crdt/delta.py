@@ -43,8 +43,14 @@ class _Peer:
 
 
 class DeltaReplicator:
-    def __init__(self, state: CRDT, replica: str, *, max_log: int = 1024, chunk_bytes: int = 64 * 1024) -> None:
+    def __init__(
+        self, state: CRDT, replica: str, *, max_log: int = 1024, chunk_bytes: int = 64 * 1024, relay: bool = True
+    ) -> None:
         self.state = state
+        # relay: pass what peers sent on to other peers (gossip over a partial mesh). Off when every
+        # node sends to every peer directly: a received delta that changed nothing would otherwise
+        # travel round a triangle forever, since merging cannot tell "new" from "already had"
+        self.relay = relay
         self.replica = replica
         self.max_log = max_log
         self.chunk_bytes = chunk_bytes
@@ -154,7 +160,8 @@ class DeltaReplicator:
             if self.vet is not None:
                 self.vet(message.delta)  # type: ignore[arg-type]
             self.state.merge(message.delta)  # type: ignore[arg-type]
-            self._log_delta(message.delta, peer)  # type: ignore[arg-type]
+            if self.relay:
+                self._log_delta(message.delta, peer)  # type: ignore[arg-type]
             return message.seq
         if not 0 <= message.index < message.count:
             raise CodecError(f"chunk {message.index} of {message.count} is out of range")
@@ -171,5 +178,6 @@ class DeltaReplicator:
         if self.vet is not None:
             self.vet(full)
         self.state.merge(full)  # type: ignore[arg-type]
-        self._log_delta(full, peer)
+        if self.relay:
+            self._log_delta(full, peer)
         return message.seq

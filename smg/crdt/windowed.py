@@ -1,9 +1,12 @@
 """Windowed counters for cluster-wide rate limits.
 
 Per key, per window epoch (the caller's `floor(now / window)`), one slot per
-replica; within an epoch slots merge by max, and only the two newest epochs
-of a key are kept (the current one and the previous one, for the sliding
-estimate): a newer epoch wins over older ones.
+replica; within an epoch slots merge by max. Only the newest epoch seen
+anywhere in the counter and the one before it are kept (the current window
+and the previous one, for the sliding estimate); older windows, and keys
+left with none (idle tenants), are dropped. That is a pure function of the
+merged state, so every replica drops the same windows and digests agree,
+and merging stays a join (the threshold only grows).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ KEEP = 2
 
 
 class WindowedCounter:
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "newest")
 
     def __init__(self, keys: dict[str, Windows] | None = None) -> None:
-        self.keys: dict[str, Windows] = {k: {e: dict(s) for e, s in w.items()} for k, w in (keys or {}).items()}
+        self.keys: dict[str, Windows] = {k: {e: dict(s) for e, s in w.items()} for k, w in (keys or {}).items() if w}
+        self.newest = max((max(w) for w in self.keys.values()), default=-1)
+        self._drop_old()
 
     def increment(self, key: str, replica: ReplicaId, epoch: int, amount: int = 1) -> WindowedCounter:
         """Count `amount` for `key` in window `epoch`; returns the delta."""
@@ -27,11 +32,14 @@ class WindowedCounter:
             raise ValueError("a windowed counter only grows within a window")
         if amount == 0:
             return WindowedCounter()  # zero slots are never stored: the state stays canonical
-        windows = self.keys.setdefault(key, {})
-        slots = windows.setdefault(epoch, {})
+        if epoch < self.newest - 1:
+            return WindowedCounter()  # a window this counter has moved past
+        slots = self.keys.setdefault(key, {}).setdefault(epoch, {})
         slots[replica] = slots.get(replica, 0) + amount
-        self._prune(windows)
-        return WindowedCounter({key: {epoch: {replica: slots.get(replica, 0)}}} if epoch in windows else {})
+        if epoch > self.newest:
+            self.newest = epoch
+            self._drop_old()
+        return WindowedCounter({key: {epoch: {replica: slots[replica]}}})
 
     def merge(self, other: WindowedCounter) -> None:
         for key, theirs in other.keys.items():
@@ -42,14 +50,19 @@ class WindowedCounter:
                         windows = self.keys[key] = {}
                     if count > windows.get(epoch, {}).get(replica, 0):
                         windows.setdefault(epoch, {})[replica] = count
-            if windows is not None:
-                self._prune(windows)
+            if windows and max(windows) > self.newest:
+                self.newest = max(windows)
+        self._drop_old()
 
-    @staticmethod
-    def _prune(windows: Windows) -> None:
-        if len(windows) > KEEP:
-            for epoch in sorted(windows)[:-KEEP]:
+    def _drop_old(self) -> None:
+        """Keep the newest epoch and the one before it; forget keys left empty."""
+        oldest = self.newest - (KEEP - 1)
+        for key in list(self.keys):
+            windows = self.keys[key]
+            for epoch in [e for e in windows if e < oldest]:
                 del windows[epoch]
+            if not windows:
+                del self.keys[key]
 
     def total(self, key: str, epoch: int) -> int:
         return sum(self.keys.get(key, {}).get(epoch, {}).values())
@@ -60,11 +73,6 @@ class WindowedCounter:
 
     def share(self, key: str, epoch: int, replica: ReplicaId) -> int:
         return self.keys.get(key, {}).get(epoch, {}).get(replica, 0)
-
-    def drop_before(self, epoch: int) -> None:
-        """Forget keys whose newest window is older than `epoch` (idle tenants)."""
-        for key in [k for k, w in self.keys.items() if not w or max(w) < epoch]:
-            del self.keys[key]
 
     def __len__(self) -> int:
         """Keys counted (tenants x limits, for rate limits)."""

@@ -69,7 +69,11 @@ class MeshTransport:
         for _ in range(20):
             udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             udp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, RCVBUF)
-            await udp.bind((self.host, self.port))
+            try:
+                await udp.bind((self.host, self.port))
+            except OSError:
+                udp.close()
+                raise
             port = udp.getsockname()[1]
             try:
                 listeners = await trio.open_tcp_listeners(port, host=self.host)

@@ -157,10 +157,6 @@ class TenantRateLimiter:
             if windows and max(windows) > current + 1:
                 raise ValueError(f"counts of '{key}' for window {max(windows)}, ours is {current}: clock far ahead")
 
-    def forget_idle(self, now: float) -> None:
-        """Drop tenants with no count in the sliding minute."""
-        self.counter.drop_before(self._window(now)[0] - 1)
-
     def report(self, now: float) -> dict[str, dict[str, Any]]:
         """Per tenant and limit: the limit, the cluster's use of the sliding minute, this node's share."""
         epoch, fraction = self._window(now)

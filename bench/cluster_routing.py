@@ -1,0 +1,155 @@
+"""Cache-aware routing quality when clients spread over several gateways.
+
+    python bench/cluster_routing.py                       # 1, 3 and 8 gateways; smg and the reference
+    python bench/cluster_routing.py --sizes 1 3 --no-reference
+
+The multi-turn workload of `bench/routing.py` (default: 64 conversations x 6
+turns, 8 shared system prompts) runs against 1, 3 and 8 gateway processes in
+front of the same simulated prefix-cache workers; every request goes to the
+next gateway in turn, as from a round-robin L4 balancer, so consecutive turns
+of one conversation land on different gateways. For N > 1, smg runs both as
+independent gateways (no mesh) and as one `--ha-mesh` cluster sharing prefix
+summaries; the reference runs as 3 nodes with `--enable-mesh`. Reported: the
+workers' prefix-cache hit rate, uncached prompt tokens, TTFT p50/p99, load
+spread (requests per worker: max / mean), and the hit rate relative to one
+smg gateway. On 2 cores, 8 gateways compete for CPU: the hit rate is the
+figure, TTFT is secondary; the arrival rate is kept low.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import HOST, free_port, start, wait_http
+from routing import drive, make_workload, pct, worker_stats
+
+
+def start_gateways(
+    label: str, count: int, mesh: bool, urls: list[str], logdir: Path, reference: str | None
+) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
+    """`count` gateways, independent or in one mesh; the reference's when `reference` is its path."""
+    procs, gateways, seed = [], [], None
+    for i in range(count):
+        port, mesh_port = free_port(), free_port()
+        base = [reference, "launch"] if reference else [sys.executable, "-m", "smg", "--log-level", "warn"]
+        command = [*base, "--policy", "cache_aware", "--host", HOST, "--port", str(port),
+                   "--prometheus-host", HOST, "--prometheus-port", str(free_port())]  # fmt: skip
+        if i == 0 or not mesh:
+            command += ["--worker-urls", *urls]  # mesh members learn the workers from the first
+        if mesh:
+            command += ["--enable-mesh" if reference else "--ha-mesh", "--mesh-host", HOST, "--mesh-port", str(mesh_port)]
+            if seed is not None:
+                command += ["--mesh-peer-urls", seed]
+            seed = seed or f"{HOST}:{mesh_port}"
+        procs.append(start(command, logdir / f"{label}-{i}.log"))
+        gateways.append(f"http://{HOST}:{port}")
+    for url in gateways:
+        wait_http(url + "/readiness", 60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # every gateway lists every worker (a mesh spreads them)
+        if all(len(httpx.get(g + "/workers").json().get("workers", [])) == len(urls) for g in gateways):
+            break
+        time.sleep(0.2)
+    return gateways, procs
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 3, 8])
+    parser.add_argument("--reference", help="path of the reference `smg` (default: .venv-reference/bin/smg when present)")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--users", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--system-prompts", type=int, default=8)
+    parser.add_argument("--arrival-rate", type=float, default=4.0, help="new conversations per second")
+    parser.add_argument("--think-secs", type=float, default=0.5)
+    parser.add_argument("--cache-blocks", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    default_ref = Path(".venv-reference/bin/smg")
+    reference = None if args.no_reference else (args.reference or (str(default_ref) if default_ref.exists() else None))
+
+    logdir = Path(tempfile.mkdtemp(prefix="smg-cluster-routing-"))
+    port = free_port()
+    sim = start(
+        [sys.executable, "-m", "smg", "sim-worker", "--port", str(port), "--count", str(args.workers), "--ttft-ms", "2",
+         "--prefill-tokens-per-sec", "20000", "--tpot-ms", "2", "--max-running", "32", "--cache-blocks", str(args.cache_blocks),
+         "--log-level", "warn"],
+        logdir / "workers.log",
+    )  # fmt: skip
+    urls = [f"http://{HOST}:{port + i}" for i in range(args.workers)]
+    systems, users = make_workload(args)
+    runs: list[tuple[str, int, bool, str | None]] = []  # label, gateways, mesh, reference binary
+    for n in args.sizes:
+        if n == 1:
+            runs.append(("smg x1", 1, False, None))
+        else:
+            runs += [(f"smg x{n} independent", n, False, None), (f"smg x{n} ha-mesh", n, True, None)]
+    if reference:
+        runs += [("reference x1", 1, False, reference), ("reference x3 independent", 3, False, reference)]
+        runs.append(("reference x3 mesh", 3, True, reference))
+    rows = []
+    try:
+        for url in urls:
+            wait_http(url + "/health")
+        print(f"{len(users)} conversations x {args.turns} turns, {args.workers} workers, requests round-robin over gateways")
+        print(
+            f"{'target':<26}{'hit rate':>9}{'vs x1':>7}{'uncached tok':>14}{'TTFT p50':>10}{'p99':>8}{'spread':>8}{'errors':>8}"
+        )
+        for label, n, mesh, binary in runs:
+            gateways, procs = start_gateways(label.replace(" ", "-"), n, mesh, urls, logdir, binary)
+            try:
+                for url in urls:
+                    httpx.post(url + "/flush_cache")
+                before = worker_stats(urls)
+                stats = trio.run(drive, itertools.cycle(gateways).__next__, systems, users, args)
+                after = worker_stats(urls)
+            finally:
+                stop(procs)
+            prompt = sum(a["prompt_tokens"] - b["prompt_tokens"] for a, b in zip(after, before, strict=True))
+            cached = sum(a["cached_tokens"] - b["cached_tokens"] for a, b in zip(after, before, strict=True))
+            per_worker = [a["requests"] - b["requests"] for a, b in zip(after, before, strict=True)]
+            spread = max(per_worker) / (sum(per_worker) / len(per_worker)) if sum(per_worker) else float("nan")
+            hit = cached / prompt if prompt else 0.0
+            base = next(
+                (r["hit_rate"] for r in rows if r["target"] == ("reference x1" if "reference" in label else "smg x1")), None
+            )
+            row = {"target": label, "hit_rate": round(hit, 3), "uncached_tokens": prompt - cached,
+                   "ttft_p50_ms": round(pct(stats.ttft, 50), 1), "ttft_p99_ms": round(pct(stats.ttft, 99), 1),
+                   "spread": round(spread, 2), "errors": stats.errors}  # fmt: skip
+            rows.append(row)
+            relative = f"{hit / base:>6.2f}x" if base else f"{'':>7}"
+            print(
+                f"{label:<26}{hit:>9.3f}{relative}{row['uncached_tokens']:>14}{row['ttft_p50_ms']:>10.1f}"
+                f"{row['ttft_p99_ms']:>8.1f}{row['spread']:>8.2f}{row['errors']:>8}"
+            )
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+        print(f"logs: {logdir}")
+
+
+if __name__ == "__main__":
+    main()
