@@ -201,6 +201,10 @@ def test_prefix_summary_match_agrees_with_its_entries(ops: list, rng: random.Ran
                 if block == h:
                     brute[worker] = i + 1
         assert replica.match("m", chain) == brute
+    footprint: dict[str, int] = {}
+    for worker, _ in replica.models.get("m", {}):
+        footprint[worker] = footprint.get(worker, 0) + 1
+    assert replica.footprint("m") == footprint
 
 
 def test_prefix_summary_match_ttl_and_eviction_order() -> None:

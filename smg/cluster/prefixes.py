@@ -38,6 +38,9 @@ class SharedPrefixes:
     def match(self, model: str, chain: list[bytes]) -> dict[str, int]:
         return self.summary.match(model, chain)
 
+    def footprint(self, model: str) -> dict[str, int]:
+        return self.summary.footprint(model)
+
     def _vet(self, remote: CRDT, now_ms: int) -> None:
         if isinstance(remote, PrefixSummary) and len(set(remote.models) | set(self.summary.models)) > MAX_MODELS:
             raise ValueError(f"prefix summaries for more than {MAX_MODELS} models")

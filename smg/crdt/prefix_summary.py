@@ -25,15 +25,20 @@ class _Order:
     """Per model: a lazy min-heap in eviction order, the newest timestamp seen, and
     block hash -> workers holding it (so a match costs the chain's length, not the model's size)."""
 
-    __slots__ = ("heap", "holders", "newest")
+    __slots__ = ("heap", "holders", "newest", "per_worker")
 
     def __init__(self, entries: Entries) -> None:
         self.heap = [(ts, h, w) for (w, h), ts in entries.items()]
         heapq.heapify(self.heap)
         self.newest = max(entries.values(), default=ZERO)
         self.holders: dict[bytes, set[str]] = {}
+        self.per_worker: dict[str, int] = {}
         for w, h in entries:
-            self.holders.setdefault(h, set()).add(w)
+            self.add(w, h)
+
+    def add(self, worker: str, block: bytes) -> None:
+        self.holders.setdefault(block, set()).add(worker)
+        self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
 
     def drop(self, worker: str, block: bytes) -> None:
         found = self.holders.get(block)
@@ -41,6 +46,11 @@ class _Order:
             found.discard(worker)
             if not found:
                 del self.holders[block]
+        left = self.per_worker.get(worker, 0) - 1
+        if left > 0:
+            self.per_worker[worker] = left
+        else:
+            self.per_worker.pop(worker, None)
 
 
 class PrefixSummary:
@@ -74,7 +84,7 @@ class PrefixSummary:
                 current = mine.get(key)
                 if current is None or ts > current:
                     if current is None:
-                        order.holders.setdefault(key[1], set()).add(key[0])
+                        order.add(key[0], key[1])
                     mine[key] = ts
                     heapq.heappush(heap, (ts, key[1], key[0]))
                     if ts > order.newest:
@@ -113,6 +123,11 @@ class PrefixSummary:
                 for worker in found:
                     best[worker] = i + 1
         return best
+
+    def footprint(self, model: str) -> dict[str, int]:
+        """Entries held per worker for `model` (how much of the cluster's routing went where)."""
+        order = self._order.get(model)
+        return dict(order.per_worker) if order is not None else {}
 
     def last_seen(self, model: str, worker: str, block: bytes) -> Timestamp | None:
         return self.models.get(model, {}).get((worker, block))

@@ -39,6 +39,7 @@ class SharedChains(Protocol):
 
     def match(self, model: str, chain: list[bytes]) -> dict[str, int]: ...
     def record(self, model: str, worker: str, chain: list[bytes]) -> None: ...
+    def footprint(self, model: str) -> dict[str, int]: ...
 
 
 class CacheAwarePolicy:
@@ -73,7 +74,7 @@ class CacheAwarePolicy:
         loads = [load_of(w) for w in workers]
         low, high = min(loads), max(loads)
         if high - low > cfg.balance_abs_threshold and high > cfg.balance_rel_threshold * low:
-            chosen = self._least_loaded(workers, loads, tree)
+            chosen = self._least_loaded(workers, loads, self._footprint(request.model, tree))
         else:
             by_tree = tree.match(seq)
             by_chain = index.match(chain)
@@ -90,7 +91,9 @@ class CacheAwarePolicy:
             ratio = best_len / len(seq) if seq else 0.0
             if self.on_match is not None:
                 self.on_match(ratio)
-            chosen = best if best is not None and ratio >= cfg.cache_threshold else self._least_loaded(workers, loads, tree)
+            if best is None or ratio < cfg.cache_threshold:
+                best = self._least_loaded(workers, loads, self._footprint(request.model, tree))
+            chosen = best
         tree.insert(seq, chosen.id, request.now)
         index.insert(chain, chosen.id, request.now)
         if self.shared is not None:
@@ -99,9 +102,12 @@ class CacheAwarePolicy:
             tree.evict(cfg.max_tree_size)
         return chosen
 
+    def _footprint(self, model: str, tree: RadixTree) -> dict[str, int]:  # type: ignore[type-arg]
+        """How much cached text each worker holds: what every gateway sent it, with the HA mesh."""
+        return self.shared.footprint(model) if self.shared is not None else tree.tenant_size
+
     @staticmethod
-    def _least_loaded(workers: Sequence[Worker], loads: list[int], tree: RadixTree) -> Worker:  # type: ignore[type-arg]
-        footprint = tree.tenant_size
+    def _least_loaded(workers: Sequence[Worker], loads: list[int], footprint: dict[str, int]) -> Worker:
         best = min(range(len(workers)), key=lambda i: (loads[i], footprint.get(workers[i].id, 0), workers[i].id))
         return workers[best]
 
