@@ -17,8 +17,10 @@ known member (alive, suspect, or dead but not reaped: a partitioned member
 still counts). Acks carry the acknowledging member's frontier. The stable
 point is the minimum of ours and every member's reported one: a write stamped
 at or before it was, by its origin, delivered to every member. Tombstones at
-or before `stable - gc_grace` are collected (`LWWMap.collect`), and the floor
-travels with merges so a straggler never resurrects a deleted key.
+or before `stable - gc_grace` are collected (`LWWMap.collect`); the raised
+floor is sent to every member as a delta (the highest floor wins), so all
+collect the same tombstones and their digests agree, and a straggler never
+resurrects a deleted key.
 """
 
 from __future__ import annotations
@@ -315,7 +317,10 @@ class Replication:
             if not isinstance(state, LWWMap):
                 continue
             stable = self.stable(name, members)
+            floor = state.floor
             collected[name] = state.collect(Timestamp(max(0, stable.wall - self.gc_grace_ms), 0, ""))
+            if state.floor > floor:  # the raised floor travels as a delta: every member collects the same
+                self.changed(name, LWWMap(floor=state.floor))
         return collected
 
     def forget(self, peer: str) -> None:
