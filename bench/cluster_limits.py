@@ -31,7 +31,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, free_port, start, wait_http
+from overhead import HOST, free_port, start, stop, wait_http
 
 WINDOW = 60.0
 TENANT_KEY = "bench-key"
@@ -141,8 +141,7 @@ def main() -> None:
         for label, weights in steady:
             urls, _, procs = start_cluster(3, True, worker, limits, logdir, label.split(",")[0])
             rows.append(report(label, run_window(urls, weights, args.rate, args.seed), args.limit, 3))
-            for proc in procs:
-                proc.terminate()
+            stop(procs)
         urls, addresses, procs = start_cluster(3, True, worker, limits, logdir, "partition")
         for i, url in enumerate(urls):
             others = [a for j, a in enumerate(addresses) if (j == 2) != (i == 2)]
@@ -159,8 +158,7 @@ def main() -> None:
             report("partition 2|1, even spread (shares 2/3, 1/3)", run_window(urls, [1, 1, 1], args.rate, args.seed),
                    args.limit, 3)
         )  # fmt: skip
-        for proc in procs:
-            proc.terminate()
+        stop(procs)
         if args.independent:
             urls, _, procs = start_cluster(3, False, worker, limits, logdir, "independent")
             rows.append(
@@ -170,8 +168,7 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     finally:
-        for proc in [*procs, sim]:
-            proc.terminate()
+        stop([*procs, sim])
         print(f"logs: {logdir}")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, free_port, start, wait_http
+from overhead import HOST, free_port, start, stop, wait_http
 
 TICKS = 100  # clock ticks per second in /proc/<pid>/stat
 
@@ -95,8 +95,7 @@ def measure(label: str, reference: str | None, workers: list[str], args: argpars
         cpu = [(cpu_seconds(p.pid) - c) / args.idle * 100 for p, c in zip(procs, cpu_before, strict=True)]
         sent = [(mesh_bytes(m) - b) / args.idle if b is not None else None for m, b in zip(metrics, bytes_before, strict=True)]
     finally:
-        for proc in procs:
-            proc.terminate()
+        stop(procs)
     known = [s for s in sent if s is not None]
     mesh_rate = f"{statistics.median(known):.0f}" if len(known) == len(sent) else "n/a"
     print(
@@ -150,7 +149,7 @@ def main() -> None:
         if reference:
             measure("reference", reference, workers, args, logdir)
     finally:
-        fleet.terminate()
+        stop([fleet])
         print(f"logs: {logdir}")
 
 

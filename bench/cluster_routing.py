@@ -30,7 +30,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, free_port, start, wait_http
+from overhead import HOST, free_port, start, stop, wait_http
 from routing import drive, make_workload, pct, worker_stats
 
 
@@ -61,16 +61,6 @@ def start_gateways(
             break
         time.sleep(0.2)
     return gateways, procs
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def main() -> None:
@@ -146,8 +136,7 @@ def main() -> None:
                 f"{row['ttft_p99_ms']:>8.1f}{row['spread']:>8.2f}{row['errors']:>8}"
             )
     finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+        stop([sim])
         print(f"logs: {logdir}")
 
 

@@ -57,6 +57,21 @@ def wait_http(url: str, deadline: float = 30.0) -> None:
     raise TimeoutError(f"{url} not ready after {deadline}s")
 
 
+def stop(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still running after `grace` seconds (the reference's
+    router does not always exit on SIGTERM, and a leftover process skews every later figure)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 @dataclass
 class Target:
     name: str
@@ -170,13 +185,7 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
         print(f"logs: {logdir}")
 
 

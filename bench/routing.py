@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, free_port, start, wait_http
+from overhead import HOST, free_port, start, stop, wait_http
 
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
@@ -191,11 +190,7 @@ def main() -> None:
                 stats = trio.run(drive, f"http://{HOST}:{gw_port}", systems, users, args)
                 after = worker_stats(urls)
             finally:
-                gateway.terminate()
-                try:
-                    gateway.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    gateway.kill()
+                stop([gateway])
             prompt = sum(a["prompt_tokens"] - b["prompt_tokens"] for a, b in zip(after, before, strict=True))
             cached = sum(a["cached_tokens"] - b["cached_tokens"] for a, b in zip(after, before, strict=True))
             per_worker = [a["requests"] - b["requests"] for a, b in zip(after, before, strict=True)]
@@ -218,8 +213,7 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+        stop([sim])
         print(f"logs: {logdir}")
 
 

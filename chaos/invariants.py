@@ -1,0 +1,117 @@
+"""What must hold after a scenario, measured: failure classes, convergence, agreement, flaps."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.cluster import Cluster
+from chaos.traffic import Outcome
+
+DEAD_LINE = re.compile(r"^(\S+) .* smg\.mesh: mesh (\S+): (\S+) is dead")
+KILL_MARGIN = 0.5  # seconds: a request that failed this close to its gateway's kill was in flight on it
+
+
+@dataclass
+class Report:
+    scenario: str
+    sent: int = 0
+    ok: int = 0
+    rerouted: int = 0
+    killed_in_flight: int = 0  # class (a)
+    streams_cut: int = 0  # class (b)
+    other_failures: int = 0  # class (c): must be 0
+    failure_samples: list[str] = field(default_factory=list)
+    converge_secs: float | None = None
+    digests_agree_secs: float | None = None
+    registry_identical: bool = False
+    max_deaths_per_pair: int = 0
+    allowed_deaths: int = 0
+    rss_growth_mb: float = 0.0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if not self.violations else "FAIL"
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["verdict"] = self.verdict
+        return out
+
+
+def classify(report: Report, outcomes: list[Outcome], cluster: Cluster) -> None:
+    kills = [(t, int(what.rsplit(" ", 1)[1])) for t, what in cluster.events if what.startswith("kill -9 gateway")]
+    for o in outcomes:
+        report.sent += 1
+        report.rerouted += 1 if o.rerouted else 0
+        if o.ok:
+            report.ok += 1
+        elif any(g == o.gateway and o.started - KILL_MARGIN <= t <= o.ended + KILL_MARGIN for t, g in kills):
+            report.killed_in_flight += 1
+        elif o.stream and o.first_byte:
+            report.streams_cut += 1
+        else:
+            report.other_failures += 1
+            if len(report.failure_samples) < 5:
+                report.failure_samples.append(f"gateway {o.gateway}: {o.error}")
+    if report.other_failures:
+        report.violations.append(f"{report.other_failures} failures outside the expected classes")
+
+
+def wait_converged(report: Report, cluster: Cluster, deadline: float) -> None:
+    """After the faults: every gateway sees every gateway alive; then stores and registries agree."""
+    started = time.monotonic()
+    names: set[str] = set()
+    while time.monotonic() - started < deadline:
+        statuses = [cluster.status(i) for i in range(cluster.gateways)]
+        if all(s is not None for s in statuses):
+            names = {s["node_name"] for s in statuses}  # type: ignore[index]
+            views = [{n["name"]: n["status"] for n in s["nodes"]} for s in statuses]  # type: ignore[index]
+            if all(all(view.get(name) == "alive" for name in names) for view in views) and len(names) == cluster.gateways:
+                report.converge_secs = round(time.monotonic() - started, 2)
+                break
+        time.sleep(0.1)
+    else:
+        report.violations.append(f"membership not converged within {deadline:g}s")
+        return
+    while time.monotonic() - started < deadline:
+        statuses = [cluster.status(i) for i in range(cluster.gateways)]
+        stores = {json.dumps(s["stores"], sort_keys=True) for s in statuses if s is not None}
+        if len(stores) == 1 and all(s is not None for s in statuses):
+            report.digests_agree_secs = round(time.monotonic() - started, 2)
+            break
+        time.sleep(0.2)
+    else:
+        report.violations.append(f"store digests differ after {deadline:g}s")
+    registries = [cluster.worker_ids(i) for i in range(cluster.gateways)]
+    report.registry_identical = all(r is not None for r in registries) and len({frozenset(r) for r in registries}) == 1  # type: ignore[arg-type]
+    if not report.registry_identical:
+        report.violations.append("worker registries differ")
+
+
+def count_flaps(report: Report, cluster: Cluster, since_wall: str) -> None:
+    """Dead transitions per (observer, member) in the gateways' logs since the scenario began."""
+    deaths: Counter[tuple[str, str]] = Counter()
+    for node in cluster.gateway_nodes:
+        for line in node.log.read_text(errors="replace").splitlines():
+            found = DEAD_LINE.match(line)
+            if found and found.group(1) >= since_wall:
+                deaths[(found.group(2), found.group(3))] += 1
+    report.max_deaths_per_pair = max(deaths.values(), default=0)
+    if report.max_deaths_per_pair > report.allowed_deaths:
+        report.violations.append(
+            f"a member was declared dead {report.max_deaths_per_pair} times by one observer (allowed {report.allowed_deaths})"
+        )
+
+
+def memory(report: Report, before: list[int], cluster: Cluster) -> None:
+    after = [node.rss_kb() for node in cluster.gateway_nodes]
+    growth = [(a - b) / 1024 for a, b in zip(after, before, strict=True) if a and b]
+    report.rss_growth_mb = round(max(growth, default=0.0), 1)
+    if report.rss_growth_mb > 100:
+        report.violations.append(f"a gateway's memory grew by {report.rss_growth_mb} MB")

@@ -1,0 +1,30 @@
+"""The chaos suite's CI subset: a real 3-gateway cluster through a gateway kill and a partition."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_the_ci_scenarios_keep_every_invariant(tmp_path: Path) -> None:
+    report = tmp_path / "chaos.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "run", "--ci", "--duration", "15", "--json", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    scenarios = json.loads(report.read_text())["scenarios"]
+    assert {s["scenario"] for s in scenarios} == {"gateway-kill-restart", "minority-partition"}
+    for s in scenarios:
+        assert s["verdict"] == "PASS" and s["other_failures"] == 0 and s["ok"] > 0, s
+        assert s["converge_secs"] is not None and s["digests_agree_secs"] is not None
