@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from chaos.cluster import Cluster
 from chaos.invariants import Report, classify, count_flaps, memory, wait_converged
@@ -30,7 +31,7 @@ COLUMNS = (
 
 def run_scenario(name: str, args: argparse.Namespace) -> Report:
     scenario = SCENARIOS[name]
-    cluster = Cluster(gateways=args.nodes, workers=args.workers, seed=args.seed)
+    cluster = Cluster(gateways=args.nodes, workers=args.workers, seed=args.seed, compose=args.compose)
     report = Report(name, allowed_deaths=scenario.allowed_deaths)
     try:
         cluster.start()
@@ -86,6 +87,9 @@ def main() -> int:
     run.add_argument("--duration", type=float, default=30.0, help="seconds of traffic per scenario (default: %(default)s)")
     run.add_argument("--rate", type=float, default=10.0, help="requests per second offered (default: %(default)s)")
     run.add_argument("--seed", type=int, default=1)
+    run.add_argument(
+        "--compose", type=Path, help="start the topology of this docker-compose file (its gateway and worker services)"
+    )
     run.add_argument("--converge-deadline", type=float, default=30.0, help="seconds allowed to converge after the heal")
     run.add_argument("--json", default="chaos-report.json", help="where to write the results (default: %(default)s)")
     sub.add_parser("list", help="list the scenarios")
@@ -114,7 +118,15 @@ def main() -> int:
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     with open(args.json, "w", encoding="utf-8") as f:
-        json.dump({"args": vars(args), "load_average": load, "scenarios": [r.as_dict() for r in reports]}, f, indent=2)
+        json.dump(
+            {
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "load_average": load,
+                "scenarios": [r.as_dict() for r in reports],
+            },
+            f,
+            indent=2,
+        )
     return 1 if any(r.violations for r in reports) else 0
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from chaos.compose import load as load_compose
+
 ADMIN_KEY = "chaos-admin"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 GATEWAY_PORT, MESH_PORT, METRICS_PORT, WORKER_PORT = 30000, 39527, 29000, 8000
@@ -42,6 +44,7 @@ class Node:
     name: str
     command: list[str]
     log: Path
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     stopped: bool = False  # SIGSTOP'd
 
@@ -51,9 +54,8 @@ class Node:
 
     def start(self) -> None:
         out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env)
         out.close()
 
     def signal(self, signum: int) -> None:
@@ -85,6 +87,7 @@ class Cluster:
     seed: int = 1
     logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="smg-chaos-")))
     key: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
+    compose: Path | None = None  # start the docker-compose topology instead of a generated one
     gateway_nodes: list[Node] = field(default_factory=list)
     worker_nodes: list[Node] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, what happened)
@@ -103,14 +106,22 @@ class Cluster:
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        for j in range(self.workers):
-            node = Node(f"worker-{j}", self._worker_command(j), self.logdir / f"worker-{j}.log")
+        if self.compose is not None:
+            gateways, workers = load_compose(self.compose)
+            self.gateways, self.workers = len(gateways), len(workers)
+            worker_commands = [w.command for w in workers]
+            gateway_commands = [[*g.command, *self._test_flags(i)] for i, g in enumerate(gateways)]
+        else:
+            worker_commands = [self._worker_command(j) for j in range(self.workers)]
+            gateway_commands = [self._gateway_command(i) for i in range(self.gateways)]
+        for j, command in enumerate(worker_commands):
+            node = Node(f"worker-{j}", command, self.logdir / f"worker-{j}.log")
             node.start()
             self.worker_nodes.append(node)
         for j in range(self.workers):
             self._wait(self.worker_url(j) + "/health", f"worker {j}")
-        for i in range(self.gateways):
-            node = Node(f"gateway-{i}", self._gateway_command(i), self.logdir / f"gateway-{i}.log")
+        for i, command in enumerate(gateway_commands):
+            node = Node(f"gateway-{i}", command, self.logdir / f"gateway-{i}.log", {"SMG_MESH_KEY": self.key})
             node.start()
             self.gateway_nodes.append(node)
         for i in range(self.gateways):
@@ -124,15 +135,23 @@ class Cluster:
     def _gateway_command(self, i: int) -> list[str]:
         command = [
             sys.executable, "-m", "smg", "--host", gateway_host(i), "--port", str(GATEWAY_PORT),
-            "--prometheus-host", gateway_host(i), "--prometheus-port", str(METRICS_PORT),
-            "--api-key", ADMIN_KEY, "--ha-mesh", "--mesh-host", gateway_host(i), "--mesh-port", str(MESH_PORT),
-            "--mesh-key", self.key, "--mesh-fault-injection", "--health-check-interval-secs", "1",
-            "--health-failure-threshold", "2", "--worker-first-byte-timeout-secs", "5", "--stream-stall-timeout-secs", "5",
-            "--shutdown-grace-period-secs", "5", "--log-level", "info",
-            "--worker-urls", *[self.worker_url(j) for j in range(self.workers)],
+            "--prometheus-port", str(METRICS_PORT), "--ha-mesh", "--mesh-host", gateway_host(i),
+            "--mesh-port", str(MESH_PORT), "--worker-urls", *[self.worker_url(j) for j in range(self.workers)],
         ]  # fmt: skip
         seeds = [self.mesh_address(k) for k in range(self.gateways) if k != i]
-        return [*command, "--seeds", ",".join(seeds)]
+        return [*command, "--seeds", ",".join(seeds), *self._test_flags(i)]
+
+    @staticmethod
+    def _test_flags(i: int) -> list[str]:
+        """Added to every gateway's command (generated or from the compose file): the admin key,
+        the fault filter, its own metrics address, and short timeouts so faults show within a run.
+        The mesh key comes from $SMG_MESH_KEY, as in the compose file's env file."""
+        return [
+            "--prometheus-host", gateway_host(i), "--api-key", ADMIN_KEY, "--mesh-fault-injection",
+            "--health-check-interval-secs", "1", "--health-failure-threshold", "2",
+            "--worker-first-byte-timeout-secs", "5", "--stream-stall-timeout-secs", "5",
+            "--shutdown-grace-period-secs", "5", "--log-level", "info",
+        ]  # fmt: skip
 
     def _worker_command(self, j: int) -> list[str]:
         return [sys.executable, "-m", "smg", "sim-worker", "--host", worker_host(j), "--port", str(WORKER_PORT),
@@ -220,8 +239,8 @@ class Cluster:
             results[op] = response.json().get("succeeded")
             response.raise_for_status()
         self.key = new
-        for i, node in enumerate(self.gateway_nodes):  # a restart must use the new key
-            node.command = self._gateway_command(i)
+        for node in self.gateway_nodes:  # a restart must use the new key
+            node.env["SMG_MESH_KEY"] = new
         return results
 
     # -- observations ---------------------------------------------------------------------

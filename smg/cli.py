@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -396,7 +397,8 @@ def add_mesh_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="BASE64",
-        help="AES-GCM key (16, 24 or 32 bytes, base64; repeatable, the first encrypts); none: unencrypted, with a warning",
+        help="AES-GCM key (16, 24 or 32 bytes, base64; repeatable, the first encrypts); default: $SMG_MESH_KEY "
+        "(comma-separated); none: unencrypted, with a warning",
     )
     mesh.add_argument("--mesh-keyring-file", help="file of base64 mesh keys, one per line, after any --mesh-key")
     mesh.add_argument(
@@ -450,7 +452,9 @@ def gateway_config_from(args: argparse.Namespace) -> GatewayConfig:
     values["tenant_api_keys"] = tuple(args.tenant_api_keys)
     values["cors_allowed_origins"] = tuple(args.cors_allowed_origins)
     values["mesh_seeds"] = tuple(args.mesh_seeds)
-    values["mesh_keys"] = tuple(args.mesh_keys)
+    values["mesh_keys"] = tuple(args.mesh_keys) or tuple(
+        k.strip() for k in os.environ.get("SMG_MESH_KEY", "").split(",") if k.strip()
+    )  # from the environment, so a key need not sit in a command line or a compose file
     return GatewayConfig(**values)
 
 

@@ -1,4 +1,5 @@
-"""The chaos suite's CI subset: a real 3-gateway cluster through a gateway kill and a partition."""
+"""The chaos suite's CI subset: the docker-compose topology, run without Docker, through a
+gateway kill and a partition."""
 
 from __future__ import annotations
 
@@ -16,7 +17,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_ci_scenarios_keep_every_invariant(tmp_path: Path) -> None:
     report = tmp_path / "chaos.json"
     result = subprocess.run(
-        [sys.executable, "-m", "chaos", "run", "--ci", "--duration", "15", "--json", str(report)],
+        [
+            sys.executable,
+            "-m",
+            "chaos",
+            "run",
+            "--ci",
+            "--compose",
+            "docker-compose.yml",
+            "--duration",
+            "15",
+            "--json",
+            str(report),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

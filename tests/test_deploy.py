@@ -1,0 +1,48 @@
+"""The deployment files: the compose file is valid and the chaos suite can start its topology."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from chaos.compose import load
+from smg.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compose_topology_translates_to_loopback_commands_the_cli_accepts() -> None:
+    gateways, workers = load(ROOT / "docker-compose.yml")
+    assert [g.name for g in gateways] == ["gateway-1", "gateway-2", "gateway-3"]
+    assert [w.name for w in workers] == ["worker-1", "worker-2"]
+    for service in [*gateways, *workers]:
+        args = service.command[3:]  # after python -m smg
+        assert not any(re.search(r"(gateway|worker)-\d", a) or a == "0.0.0.0" for a in args), args
+        command, rest = ("sim-worker", args[1:]) if args[0] == "sim-worker" else ("launch", args)
+        parsed = build_parser(command).parse_args(rest)
+        assert parsed.host == service.address
+    mesh = build_parser("launch").parse_args(gateways[0].command[3:])
+    assert mesh.ha_mesh and mesh.mesh_advertise_host == "127.0.0.20"
+    assert mesh.mesh_seeds == ["127.0.0.21:39527", "127.0.0.22:39527"]
+    assert mesh.worker_urls == ["http://127.0.0.50:8000", "http://127.0.0.51:8000"]
+
+
+def test_the_image_runs_smg_as_a_non_root_user_with_a_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    instructions = [line.split()[0] for line in text.splitlines() if line and not line.startswith((" ", "#"))]
+    assert instructions[0] == "FROM" and "HEALTHCHECK" in instructions
+    user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert user and user[-1] not in ("root", "0")
+    assert re.search(r'^ENTRYPOINT \["smg"\]', text, re.MULTILINE)
