@@ -50,6 +50,10 @@ def run_scenario(name: str, args: argparse.Namespace) -> Report:
         finally:
             traffic.stop()
         classify(report, traffic.outcomes, cluster)
+        report.timings = dict(cluster.timings)
+        rejoin = report.timings.get("SIGCONT -> alive on every peer", 0.0)
+        if rejoin is None or rejoin > 1.0:
+            report.violations.append(f"a resumed gateway was alive everywhere only after {rejoin} s (limit 1 s)")
         wait_converged(report, cluster, args.converge_deadline)
         count_flaps(report, cluster, since)
         memory(report, rss, cluster)
@@ -110,6 +114,8 @@ def main() -> int:
         report = run_scenario(name, args)
         reports.append(report)
         print(row(report), flush=True)
+        if report.timings:
+            print("    " + ", ".join(f"{k}: {'n/a' if v is None else f'{v:.2f}s'}" for k, v in report.timings.items()))
         for line in report.violations:
             print(f"    violation: {line}")
         if report.violations:

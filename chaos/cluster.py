@@ -91,6 +91,7 @@ class Cluster:
     gateway_nodes: list[Node] = field(default_factory=list)
     worker_nodes: list[Node] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, what happened)
+    timings: dict[str, float | None] = field(default_factory=dict)  # "kill -> dead everywhere": seconds
 
     # -- addresses -------------------------------------------------------------------
 
@@ -176,11 +177,15 @@ class Cluster:
     def kill_gateway(self, i: int) -> None:
         self.note(f"kill -9 gateway {i}")
         self.gateway_nodes[i].kill()
+        self.timings["kill -> dead on every peer"] = self.time_until_seen(i, "dead", 15)
 
     def restart_gateway(self, i: int) -> None:
         self.note(f"restart gateway {i}")
+        started = time.monotonic()
         self.gateway_nodes[i].start()
         self._wait(self.url(i) + "/readiness", f"gateway {i}")
+        alive = self.time_until_seen(i, "alive", 15)
+        self.timings["restart -> alive on every peer"] = None if alive is None else round(time.monotonic() - started, 2)
 
     def pause_gateway(self, i: int) -> None:
         self.note(f"SIGSTOP gateway {i}")
@@ -191,6 +196,22 @@ class Cluster:
         self.note(f"SIGCONT gateway {i}")
         self.gateway_nodes[i].signal(signal.SIGCONT)
         self.gateway_nodes[i].stopped = False
+        self.timings["SIGCONT -> alive on every peer"] = self.time_until_seen(i, "alive", 15)
+
+    def member_name(self, i: int) -> str:
+        return self.mesh_address(i)  # the default --mesh-server-name: ADVERTISE_HOST:MESH_PORT
+
+    def time_until_seen(self, i: int, state: str, deadline: float, observers: list[int] | None = None) -> float | None:
+        """Seconds until every other live gateway (or `observers`) reports gateway `i` as `state`."""
+        started = time.monotonic()
+        watchers = [k for k in (observers or range(self.gateways)) if k != i and self.gateway_nodes[k].alive]
+        while time.monotonic() - started < deadline:
+            views = [self.status(k) for k in watchers]
+            if all(v is not None and any(n["name"] == self.member_name(i) and n["status"] == state for n in v["nodes"])
+                   for v in views):  # fmt: skip
+                return round(time.monotonic() - started, 2)
+            time.sleep(0.05)
+        return None
 
     def kill_worker(self, j: int) -> None:
         self.note(f"kill -9 worker {j}")
@@ -218,6 +239,7 @@ class Cluster:
         if not one_way:
             for i in rest:
                 self.mesh_faults(i, side)
+        self.timings["cut -> dead on the other side"] = self.time_until_seen(side[0], "dead", 20, rest)
 
     def lose(self, loss: float) -> None:
         self.note(f"mesh packet loss {loss:.0%}")
@@ -227,7 +249,7 @@ class Cluster:
     def heal(self) -> None:
         self.note("heal")
         for i in range(self.gateways):
-            if self.gateway_nodes[i].alive:
+            if self.gateway_nodes[i].alive and not self.gateway_nodes[i].stopped:
                 httpx.post(self.url(i) + "/mesh/faults", json={}, headers=ADMIN, timeout=5)
 
     def rotate_key(self) -> dict[str, Any]:

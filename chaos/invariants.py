@@ -32,6 +32,7 @@ class Report:
     max_deaths_per_pair: int = 0
     allowed_deaths: int = 0
     rss_growth_mb: float = 0.0
+    timings: dict[str, float | None] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
     @property
