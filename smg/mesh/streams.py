@@ -102,7 +102,7 @@ class PeerStreams:
                     log.debug("mesh stream to %s broke: %s", peer, exc)
 
 
-async def _closed_while_idle(stream: trio.SocketStream, wakeup: trio.Event, recheck: float = 1.0) -> bool:
+async def _closed_while_idle(stream: trio.SocketStream, wakeup: trio.Event, recheck: float = 10.0) -> bool:
     """Wait for work (or `recheck` seconds); True if the peer closed the connection meanwhile.
 
     The receiving side never writes on a stream, so anything readable is its

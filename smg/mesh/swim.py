@@ -216,12 +216,13 @@ class Swim:
     def next_deadline(self) -> float:
         deadlines = [
             self._next_probe,
-            self._next_gossip,
             self._next_push_pull,
             self._next_reconnect,
             self._next_join,
             self._next_reap,
         ]
+        if self._queue:  # nothing to gossip: no gossip ticks (an idle node sleeps)
+            deadlines.append(self._next_gossip)
         if self._probe is not None:
             deadlines.append(self._probe.end)
             if not self._probe.indirect_sent and not self._probe.acked:
@@ -274,7 +275,7 @@ class Swim:
                 member = self.members.get(name)
                 if member is not None and member.state is State.SUSPECT:
                     self._apply(Dead(name, member.incarnation, by=self.name), now)
-        if now >= self._next_gossip:
+        if now >= self._next_gossip and self._queue:
             self._next_gossip = now + cfg.gossip_interval
             if self._queue:
                 for member in self._gossip_targets(cfg.gossip_fanout, now):

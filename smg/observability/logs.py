@@ -73,6 +73,7 @@ class AccessLog:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._pending: list[str] = []
+        self._wakeup = trio.Event()  # set by the first line written after a flush
         self._logger = logging.getLogger(self.LOGGER)
         self._format = format_text
 
@@ -86,6 +87,8 @@ class AccessLog:
         self._pending.append(self._format(time.time(), logging.getLevelName(level), self.LOGGER, msg, fields))
         if len(self._pending) >= 1024:
             self.flush()
+        elif not self._wakeup.is_set():
+            self._wakeup.set()
 
     def flush(self) -> None:
         if self._pending:
@@ -95,11 +98,16 @@ class AccessLog:
             self._pending.clear()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Flush periodically until cancelled, then once more."""
+        """Flush `FLUSH_SECS` after the first pending line, until cancelled, then once more.
+
+        Asleep while nothing is written: an idle gateway does not wake up ten times a second.
+        """
         task_status.started()
         try:
             while True:
-                await trio.sleep(FLUSH_SECS)
+                await self._wakeup.wait()
+                await trio.sleep(FLUSH_SECS)  # batch what arrives meanwhile
+                self._wakeup = trio.Event()
                 self.flush()
         finally:
             self.flush()
