@@ -115,3 +115,28 @@ def test_sigterm_drains_and_leaves_gracefully(setup: tuple[Proc, list[Proc]]) ->
         CONVERGE,
     )
     assert members[name] in ("alive", "left")
+
+
+def test_an_owners_removal_of_a_failed_worker_is_a_cluster_wide_delete() -> None:
+    sim = start_sim(2)
+    flags = (
+        "--health-check-interval-secs", "0.2", "--health-failure-threshold", "2", "--health-failed-threshold", "4",
+        "--remove-unhealthy-workers",
+    )  # fmt: skip
+    first = start_mesh_gateway(sim.urls, *flags)
+    nodes = [first] + [start_mesh_gateway([], *flags, seeds=[first.mesh_address]) for _ in range(2)]
+    try:
+        wait_until(lambda: all(worker(n, sim.urls[1])["is_healthy"] for n in nodes), "both workers ready", CONVERGE)
+        httpx.post(sim.urls[1] + "/sim/config", json={"unhealthy": True})
+
+        def gone_everywhere() -> bool:
+            return all(sim.urls[1] not in {w["url"] for w in httpx.get(n.url + "/workers").json()["workers"]} for n in nodes)
+
+        wait_until(gone_everywhere, "the failed worker deleted on every node", CONVERGE)
+        assert all(worker(n, sim.urls[0])["is_healthy"] for n in nodes)  # the healthy one stays
+        record_ids = {w["worker_id"] for w in httpx.get(nodes[2].url + "/mesh/workers").json()["workers"]}
+        assert len(record_ids) == 1  # a tombstone, not a record, for the removed worker
+    finally:
+        for node in nodes:
+            node.stop()
+        sim.stop()
