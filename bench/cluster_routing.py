@@ -31,7 +31,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import HOST, free_port, start, stop, wait_http
-from routing import drive, make_workload, pct, worker_stats
+from routing import cache_figures, drive, make_workload, pct, start_workers, worker_stats
 
 
 def start_gateways(
@@ -82,14 +82,7 @@ def main() -> None:
     reference = None if args.no_reference else (args.reference or (str(default_ref) if default_ref.exists() else None))
 
     logdir = Path(tempfile.mkdtemp(prefix="smg-cluster-routing-"))
-    port = free_port()
-    sim = start(
-        [sys.executable, "-m", "smg", "sim-worker", "--port", str(port), "--count", str(args.workers), "--ttft-ms", "2",
-         "--prefill-tokens-per-sec", "20000", "--tpot-ms", "2", "--max-running", "32", "--cache-blocks", str(args.cache_blocks),
-         "--log-level", "warn"],
-        logdir / "workers.log",
-    )  # fmt: skip
-    urls = [f"http://{HOST}:{port + i}" for i in range(args.workers)]
+    sim, urls = start_workers(args, logdir)
     systems, users = make_workload(args)
     runs: list[tuple[str, int, bool, str | None]] = []  # label, gateways, mesh, reference binary
     for n in args.sizes:
@@ -118,10 +111,7 @@ def main() -> None:
                 after = worker_stats(urls)
             finally:
                 stop(procs)
-            prompt = sum(a["prompt_tokens"] - b["prompt_tokens"] for a, b in zip(after, before, strict=True))
-            cached = sum(a["cached_tokens"] - b["cached_tokens"] for a, b in zip(after, before, strict=True))
-            per_worker = [a["requests"] - b["requests"] for a, b in zip(after, before, strict=True)]
-            spread = max(per_worker) / (sum(per_worker) / len(per_worker)) if sum(per_worker) else float("nan")
+            prompt, cached, _, spread = cache_figures(before, after)
             hit = cached / prompt if prompt else 0.0
             base = next(
                 (r["hit_rate"] for r in rows if r["target"] == ("reference x1" if "reference" in label else "smg x1")), None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,6 +132,29 @@ def worker_stats(urls: list[str]) -> list[dict]:
     return [httpx.get(u + "/sim/stats").json() for u in urls]
 
 
+def start_workers(args: argparse.Namespace, logdir: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """`--workers` simulated workers in one process; a realistic-ish engine: 20k prefill tokens/s,
+    2 ms per output token, 32 running at most, `--cache-blocks` of prefix cache each."""
+    port = free_port()
+    sim = start(
+        [sys.executable, "-m", "smg", "sim-worker", "--port", str(port), "--count", str(args.workers), "--ttft-ms", "2",
+         "--prefill-tokens-per-sec", "20000", "--tpot-ms", "2", "--max-running", "32", "--cache-blocks", str(args.cache_blocks),
+         "--log-level", "warn"],
+        logdir / "workers.log",
+    )  # fmt: skip
+    return sim, [f"http://{HOST}:{port + i}" for i in range(args.workers)]
+
+
+def cache_figures(before: list[dict], after: list[dict]) -> tuple[int, int, list[int], float]:
+    """From two `/sim/stats` snapshots: prompt tokens, cached tokens, requests per worker, spread (max / mean)."""
+    pairs = list(zip(after, before, strict=True))
+    prompt = sum(a["prompt_tokens"] - b["prompt_tokens"] for a, b in pairs)
+    cached = sum(a["cached_tokens"] - b["cached_tokens"] for a, b in pairs)
+    per_worker = [a["requests"] - b["requests"] for a, b in pairs]
+    spread = max(per_worker) / (sum(per_worker) / len(per_worker)) if sum(per_worker) else float("nan")
+    return prompt, cached, per_worker, spread
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policies", nargs="+", default=SMG_POLICIES)
@@ -154,15 +178,7 @@ def main() -> None:
     )
 
     logdir = Path(tempfile.mkdtemp(prefix="smg-routing-"))
-    port = free_port()
-    # realistic-ish engine: 20k prefill tokens/s, 2 ms per output token, 32 running at most
-    sim = start(
-        [sys.executable, "-m", "smg", "sim-worker", "--port", str(port), "--count", str(args.workers), "--ttft-ms", "2",
-         "--prefill-tokens-per-sec", "20000", "--tpot-ms", "2", "--max-running", "32", "--cache-blocks", str(args.cache_blocks),
-         "--log-level", "warn"],
-        logdir / "workers.log",
-    )  # fmt: skip
-    urls = [f"http://{HOST}:{port + i}" for i in range(args.workers)]
+    sim, urls = start_workers(args, logdir)
     systems, users = make_workload(args)
     targets = [(f"smg {p}", [sys.executable, "-m", "smg", "--policy", p, "--log-level", "warn"]) for p in args.policies]
     if reference:
@@ -191,10 +207,7 @@ def main() -> None:
                 after = worker_stats(urls)
             finally:
                 stop([gateway])
-            prompt = sum(a["prompt_tokens"] - b["prompt_tokens"] for a, b in zip(after, before, strict=True))
-            cached = sum(a["cached_tokens"] - b["cached_tokens"] for a, b in zip(after, before, strict=True))
-            per_worker = [a["requests"] - b["requests"] for a, b in zip(after, before, strict=True)]
-            spread = max(per_worker) / (sum(per_worker) / len(per_worker)) if sum(per_worker) else float("nan")
+            prompt, cached, per_worker, spread = cache_figures(before, after)
             row = {
                 "target": name, "hit_rate": round(cached / prompt, 3) if prompt else 0.0, "uncached_tokens": prompt - cached,
                 "ttft_p50_ms": round(pct(stats.ttft, 50), 1), "ttft_p99_ms": round(pct(stats.ttft, 99), 1),

@@ -24,66 +24,31 @@ class Scenario:
     ci: bool = False  # in the short CI subset
 
 
-def at(start: float, fraction: float, duration: float) -> None:
-    """Sleep until `fraction` of the duration has passed since `start`."""
-    time.sleep(max(0.0, start + fraction * duration - time.monotonic()))
+def window(
+    fault: Callable[[Cluster], object],
+    undo: Callable[[Cluster], object] | None = None,
+    begin: float = 0.25,
+    end: float = 0.6,
+) -> Callable[[Cluster, float], None]:
+    """Inject `fault` at `begin` of the duration and `undo` it at `end` (fractions)."""
 
-
-def gateway_kill_restart(c: Cluster, d: float) -> None:
-    t = time.monotonic()
-    at(t, 0.25, d)
-    c.kill_gateway(c.gateways - 1)
-    at(t, 0.6, d)
-    c.restart_gateway(c.gateways - 1)
-
-
-def worker_kill(c: Cluster, d: float) -> None:
-    t = time.monotonic()
-    at(t, 0.25, d)
-    c.kill_worker(c.workers - 1)
-    at(t, 0.6, d)
-    c.restart_worker(c.workers - 1)
-
-
-def worker_hang(c: Cluster, d: float) -> None:
-    t = time.monotonic()
-    at(t, 0.25, d)
-    c.worker_config(0, {"hang_rate": 0.5, "die_mid_stream_rate": 0.2})
-    at(t, 0.6, d)
-    c.worker_config(0, {"hang_rate": 0.0, "die_mid_stream_rate": 0.0})
-
-
-def minority_partition(c: Cluster, d: float) -> None:
-    t = time.monotonic()
-    at(t, 0.25, d)
-    c.partition([c.gateways - 1])
-    at(t, 0.7, d)
-    c.heal()
-
-
-def one_way_partition(c: Cluster, d: float) -> None:
-    t = time.monotonic()
-    at(t, 0.25, d)
-    c.partition([c.gateways - 1], one_way=True)
-    at(t, 0.7, d)
-    c.heal()
-
-
-def mesh_loss(loss: float) -> Callable[[Cluster, float], None]:
-    def run(c: Cluster, d: float) -> None:
-        t = time.monotonic()
-        at(t, 0.25, d)
-        c.lose(loss)
-        at(t, 0.75, d)
-        c.heal()
+    def run(c: Cluster, duration: float) -> None:
+        started = time.monotonic()
+        time.sleep(begin * duration)
+        fault(c)
+        if undo is not None:
+            time.sleep(max(0.0, started + end * duration - time.monotonic()))
+            undo(c)
 
     return run
 
 
-def sigstop(seconds: float) -> Callable[[Cluster, float], None]:
-    def run(c: Cluster, d: float) -> None:
-        t = time.monotonic()
-        at(t, 0.25, d)
+def last(c: Cluster) -> int:
+    return c.gateways - 1
+
+
+def sigstop(seconds: float) -> Callable[[Cluster], None]:
+    def run(c: Cluster) -> None:
         c.pause_gateway(1)
         time.sleep(seconds)
         c.resume_gateway(1)
@@ -91,23 +56,47 @@ def sigstop(seconds: float) -> Callable[[Cluster, float], None]:
     return run
 
 
-def key_rotation(c: Cluster, d: float) -> None:
-    t = time.monotonic()
-    at(t, 0.4, d)
-    c.rotate_key()
-
-
 SCENARIOS = {
     s.name: s
     for s in (
-        Scenario("gateway-kill-restart", "kill -9 a gateway, restart it", gateway_kill_restart, allowed_deaths=1, ci=True),
-        Scenario("worker-kill", "kill -9 a worker, restart it", worker_kill),
-        Scenario("worker-hang", "a worker hangs half its requests and cuts 20 % of streams", worker_hang),
-        Scenario("minority-partition", "cut one gateway off (mesh), heal", minority_partition, allowed_deaths=1, ci=True),
-        Scenario("one-way-partition", "one gateway's mesh traffic lost one way, heal", one_way_partition, allowed_deaths=1),
-        Scenario("loss-10", "10 % of mesh packets lost", mesh_loss(0.10)),
-        Scenario("loss-30", "30 % of mesh packets lost", mesh_loss(0.30), allowed_deaths=1),
-        Scenario("sigstop-10s", "SIGSTOP a gateway for 10 s (slow node), SIGCONT", sigstop(10.0), allowed_deaths=1),
-        Scenario("key-rotation", "mesh key install/use/remove under traffic", key_rotation),
+        Scenario(
+            "gateway-kill-restart",
+            "kill -9 a gateway, restart it",
+            window(lambda c: c.kill_gateway(last(c)), lambda c: c.restart_gateway(last(c))),
+            allowed_deaths=1,
+            ci=True,
+        ),
+        Scenario(
+            "worker-kill",
+            "kill -9 a worker, restart it",
+            window(lambda c: c.kill_worker(c.workers - 1), lambda c: c.restart_worker(c.workers - 1)),
+        ),
+        Scenario(
+            "worker-hang",
+            "a worker hangs half its requests and cuts 20 % of streams",
+            window(
+                lambda c: c.worker_config(0, {"hang_rate": 0.5, "die_mid_stream_rate": 0.2}),
+                lambda c: c.worker_config(0, {"hang_rate": 0.0, "die_mid_stream_rate": 0.0}),
+            ),
+        ),
+        Scenario(
+            "minority-partition",
+            "cut one gateway off (mesh), heal",
+            window(lambda c: c.partition([last(c)]), Cluster.heal, end=0.7),
+            allowed_deaths=1,
+            ci=True,
+        ),
+        Scenario(
+            "one-way-partition",
+            "one gateway's mesh traffic lost one way, heal",
+            window(lambda c: c.partition([last(c)], one_way=True), Cluster.heal, end=0.7),
+            allowed_deaths=1,
+        ),
+        Scenario("loss-10", "10 % of mesh packets lost", window(lambda c: c.lose(0.10), Cluster.heal, end=0.75)),
+        Scenario(
+            "loss-30", "30 % of mesh packets lost", window(lambda c: c.lose(0.30), Cluster.heal, end=0.75), allowed_deaths=1
+        ),
+        Scenario("sigstop-10s", "SIGSTOP a gateway for 10 s (slow node), SIGCONT", window(sigstop(10.0)), allowed_deaths=1),
+        Scenario("key-rotation", "mesh key install/use/remove under traffic", window(Cluster.rotate_key, begin=0.4)),
     )
 }

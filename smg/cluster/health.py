@@ -79,12 +79,6 @@ class ReplicatedHealth:
         if changed:
             self.ctx.registrar.changed()
 
-    def forget_removed(self) -> None:
-        """Delete our reports about workers no longer registered."""
-        for record_key in list(per_node.own_keys(self.map, self.node)):
-            if self.ctx.registry.get(per_node.split(record_key)[0]) is None:
-                self.replication.changed(STORE, self.map.delete(record_key, self.replication.stamp(wall_ms())))
-
     def view(self, worker_id: str) -> dict[str, object]:
         """For /mesh/workers: owners and their reports."""
         reports = per_node.by_worker(self.map).get(worker_id, {})

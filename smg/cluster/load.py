@@ -47,8 +47,3 @@ class ReplicatedLoad:
         for worker in self.ctx.registry:
             counts = loads.get(worker.id, {})
             worker.peer_in_flight = sum(n for node, n in counts.items() if node in live and isinstance(n, int))
-
-    def forget_removed(self) -> None:
-        for record_key in list(per_node.own_keys(self.map, self.node)):
-            if self.ctx.registry.get(per_node.split(record_key)[0]) is None:
-                self.replication.changed(STORE, self.map.delete(record_key, self.replication.stamp(wall_ms())))

@@ -18,7 +18,10 @@ import msgpack
 import trio
 
 from smg import __version__
+from smg.cluster import per_node
+from smg.cluster.health import STORE as HEALTH
 from smg.cluster.health import ReplicatedHealth
+from smg.cluster.load import STORE as LOAD
 from smg.cluster.load import ReplicatedLoad
 from smg.cluster.metrics import ClusterCollector
 from smg.cluster.prefixes import SharedPrefixes
@@ -252,12 +255,21 @@ class ClusterNode:
             if self.load is not None:
                 self.load.publish()
 
+    def _forget_removed_workers(self) -> None:
+        """Delete this node's health reports and load counts of workers no longer registered."""
+        replication = self.replication
+        if replication is None:
+            return
+        registered = self.ctx.registry.get
+        for store in (HEALTH, LOAD):
+            records = replication.state(store)
+            for key in per_node.orphans(records, self.name, lambda worker_id: registered(worker_id) is not None):
+                replication.changed(store, records.delete(key, replication.stamp(wall_ms())))
+
     async def _collect_garbage(self) -> None:
         while True:
             await trio.sleep(GC_SECS)
-            if self.health is not None and self.load is not None:
-                self.health.forget_removed()
-                self.load.forget_removed()
+            self._forget_removed_workers()
             if self.replication is not None:
                 for store, count in self.replication.collect(self.known_members()).items():
                     if count:

@@ -7,7 +7,7 @@ members they consider live.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 from smg.crdt.lww import LWWMap
@@ -33,6 +33,6 @@ def by_worker(records: LWWMap) -> dict[str, dict[str, Any]]:
     return out
 
 
-def own_keys(records: LWWMap, node: str) -> Iterator[str]:
-    """Keys this node wrote (live ones)."""
-    return (k for k, _ in records.items() if split(k)[1] == node)
+def orphans(records: LWWMap, node: str, registered: Callable[[str], bool]) -> list[str]:
+    """This node's live keys about workers no longer registered: to delete."""
+    return [k for k, _ in records.items() if split(k)[1] == node and not registered(split(k)[0])]

@@ -28,12 +28,12 @@ class SharedPrefixes:
         replication.add_store(STORE, self.summary, vet=self._vet)
 
     def record(self, model: str, worker: str, chain: list[bytes]) -> None:
-        stamp = self.replication.stamp(wall_ms())
-        stale = stamp.wall - self.refresh_ms
+        now_ms = wall_ms()
+        stale = now_ms - self.refresh_ms
         last_seen = self.summary.last_seen
         fresh = [h for h in chain if (seen := last_seen(model, worker, h)) is None or seen.wall < stale]
-        if fresh:
-            self.replication.changed(STORE, self.summary.record(model, worker, fresh, stamp))
+        if fresh:  # most requests of a hot conversation send nothing
+            self.replication.changed(STORE, self.summary.record(model, worker, fresh, self.replication.stamp(now_ms)))
 
     def match(self, model: str, chain: list[bytes]) -> dict[str, int]:
         return self.summary.match(model, chain)

@@ -12,8 +12,7 @@ from smg.asgi import read_body, send_json
 from smg.router.context import GatewayContext
 from smg.router.errors import GatewayError, load_json_object, missing_parameter
 from smg.router.exchange import Exchange
-from smg.router.proxy import proxy
-from smg.router.routing_text import routing_text
+from smg.router.proxy import proxy, text_of
 from smg.router.tenant_limits import DEFAULT_TENANT
 
 
@@ -69,7 +68,8 @@ async def handle_inference(ctx: GatewayContext, ex: Exchange, route: InferenceRo
         return
     tenant = ex.tenant or DEFAULT_TENANT
     counts_tokens = limiter.limits.for_tenant(tenant).tokens_per_minute is not None
-    refusal = limiter.admit(tenant, estimate_prompt_tokens(request) if counts_tokens else 0, time.time())
+    prompt_tokens = len(text_of(ex, request)) // 4 + 1 if counts_tokens else 0  # ~4 characters a token, until usage
+    refusal = limiter.admit(tenant, prompt_tokens, time.time())
     if refusal is not None:
         ctx.metrics.rate_limit("tenant_limited").inc()
         raise GatewayError(
@@ -90,11 +90,6 @@ async def handle_inference(ctx: GatewayContext, ex: Exchange, route: InferenceRo
     finally:
         if ex.completion_tokens:
             limiter.charge_tokens(tenant, ex.completion_tokens, time.time())
-
-
-def estimate_prompt_tokens(request: dict[str, Any]) -> int:
-    """About four characters per token of the prompt text, charged before the worker counts."""
-    return len(routing_text(request)) // 4 + 1
 
 
 def _asks_usage(request: dict[str, Any]) -> bool:

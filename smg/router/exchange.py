@@ -31,6 +31,7 @@ class Exchange:
         "receive",
         "request_id",
         "route",
+        "routing_text",
         "scope",
         "started",
         "started_at",
@@ -58,6 +59,7 @@ class Exchange:
         self.event_stream = False
         self.tenant: str | None = None
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.routing_text: str | None = None  # computed once, by whoever needs it first
         self.want_usage = False  # per-tenant token limits: read the answer's usage
         self.completion_tokens = 0
 

@@ -64,6 +64,13 @@ class Failed:
     answer: Answer | None = None  # the worker's own answer, when it sent one
 
 
+def text_of(ex: Exchange, request: dict[str, Any]) -> str:
+    """The request's routing text, computed once per request (policies and token limits share it)."""
+    if ex.routing_text is None:
+        ex.routing_text = routing_text(request)
+    return ex.routing_text
+
+
 def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> RequestInfo:
     """What the policy may know of this request, gathered once for all attempts."""
     routing_key = target = client_key = None
@@ -86,7 +93,7 @@ def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> 
     return RequestInfo(
         model=model,
         path=ex.scope["path"],
-        text=routing_text(request) if ctx.policy.needs_text else "",
+        text=text_of(ex, request) if ctx.policy.needs_text else "",
         routing_key=routing_key,
         target_index=target,
         client_key=client_key,
