@@ -18,20 +18,21 @@ import sys
 import time
 from pathlib import Path
 
-from chaos.cluster import Cluster
-from chaos.invariants import Report, classify, count_flaps, memory, wait_converged
+from chaos import netns
+from chaos.cluster import LIMIT_PER_MINUTE, Cluster
+from chaos.invariants import Report, classify, count_flaps, memory, rate_limit, wait_converged
 from chaos.scenarios import SCENARIOS
 from chaos.traffic import Traffic
 
 COLUMNS = (
     f"{'scenario':<22}{'sent':>6}{'ok':>6}{'(a)':>5}{'(b)':>5}{'(c)':>5}{'rerouted':>9}"
-    f"{'converge':>10}{'digests':>9}{'deaths':>8}{'RSS+MB':>8}  verdict"
+    f"{'converge':>10}{'digests':>9}{'deaths':>8}{'limit':>10}{'RSS+MB':>8}  verdict"
 )
 
 
 def run_scenario(name: str, args: argparse.Namespace) -> Report:
     scenario = SCENARIOS[name]
-    cluster = Cluster(gateways=args.nodes, workers=args.workers, seed=args.seed, compose=args.compose)
+    cluster = Cluster(gateways=args.nodes, workers=args.workers, seed=args.seed, net=args.net, compose=args.compose)
     report = Report(name, allowed_deaths=scenario.allowed_deaths)
     try:
         cluster.start()
@@ -50,6 +51,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> Report:
         finally:
             traffic.stop()
         classify(report, traffic.outcomes, cluster)
+        rate_limit(report, traffic.limited, LIMIT_PER_MINUTE, scenario.limit_slack)
         report.timings = dict(cluster.timings)
         rejoin = report.timings.get("SIGCONT -> alive on every peer", 0.0)
         if rejoin is None or rejoin > 1.0:
@@ -72,6 +74,7 @@ def row(r: Report) -> str:
     return (
         f"{r.scenario:<22}{r.sent:>6}{r.ok:>6}{r.killed_in_flight:>5}{r.streams_cut:>5}{r.other_failures:>5}{r.rerouted:>9}"
         f"{secs(r.converge_secs):>10}{secs(r.digests_agree_secs):>9}{r.max_deaths_per_pair:>5}/{r.allowed_deaths:<2}"
+        f"{max(r.admitted_per_window, default=0):>6}/{r.limit:<3}"
         f"{r.rss_growth_mb:>8.1f}  {r.verdict}"
     )
 
@@ -94,6 +97,13 @@ def main() -> int:
     run.add_argument(
         "--compose", type=Path, help="start the topology of this docker-compose file (its gateway and worker services)"
     )
+    run.add_argument(
+        "--net",
+        choices=("auto", "netns", "loopback"),
+        default="auto",
+        help="netns: a namespace per node, faults on real packets (root, ip, nft); loopback: 127.0.0.x, "
+        "faults in the mesh transport; auto: netns when possible (default)",
+    )
     run.add_argument("--converge-deadline", type=float, default=30.0, help="seconds allowed to converge after the heal")
     run.add_argument("--json", default="chaos-report.json", help="where to write the results (default: %(default)s)")
     sub.add_parser("list", help="list the scenarios")
@@ -102,11 +112,19 @@ def main() -> int:
         for s in SCENARIOS.values():
             print(f"{s.name:<22}{s.about}{'  [ci]' if s.ci else ''}")
         return 0
+    why_not = netns.unavailable() if args.net != "loopback" else "asked for loopback"
+    if args.net == "netns" and why_not:
+        parser.error(f"--net netns: {why_not}")
+    args.net = "loopback" if why_not else "netns"
     names = args.scenario or ([n for n, s in SCENARIOS.items() if s.ci] if args.ci else list(SCENARIOS))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))  # `finally` blocks stop every process
     load = os.getloadavg()
     print(f"{len(names)} scenarios, {args.nodes} gateways, {args.workers} workers, {args.duration:g}s at {args.rate:g} req/s, "
           f"seed {args.seed}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
+    if why_not:
+        print(f"network: loopback 127.0.0.x ({why_not}); partitions and loss go through the mesh fault filter")
+    else:
+        print("network: a namespace per node on a bridge; partitions and loss are nftables rules on real packets")
     print("failures: (a) in flight on a killed gateway, (b) streams cut after their first byte, (c) anything else (must be 0)")
     print(COLUMNS)
     reports = []

@@ -2,8 +2,8 @@
 
 Services whose command starts with `sim-worker` are workers; services with
 `--ha-mesh` are gateways; others (Prometheus) are left out. Each kept
-service gets a loopback address (gateways 127.0.0.20+, workers 127.0.0.50+,
-in file order); its command runs as `python -m smg ...` with every service
+service gets an address (gateways <base>.20+, workers <base>.50+, in file
+order; base 127.0.0 on loopback, the harness's subnet in namespaces); its command runs as `python -m smg ...` with every service
 name in it replaced by that service's address and `0.0.0.0` by its own.
 """
 
@@ -24,8 +24,8 @@ class Service:
     command: list[str]
 
 
-def load(path: Path) -> tuple[list[Service], list[Service]]:
-    """(gateways, workers) from a compose file, commands translated to loopback addresses."""
+def load(path: Path, base: str = "127.0.0") -> tuple[list[Service], list[Service]]:
+    """(gateways, workers) from a compose file, commands translated to addresses `<base>.N`."""
     spec = yaml.safe_load(path.read_text())
     services = spec.get("services", {}) if isinstance(spec, dict) else {}
     gateways, workers, addresses = [], [], {}
@@ -34,10 +34,10 @@ def load(path: Path) -> tuple[list[Service], list[Service]]:
         if not isinstance(command, list):
             continue
         if command[:1] == ["sim-worker"]:
-            addresses[name] = f"127.0.0.{50 + len(workers)}"
+            addresses[name] = f"{base}.{50 + len(workers)}"
             workers.append((name, command))
         elif "--ha-mesh" in command:
-            addresses[name] = f"127.0.0.{20 + len(gateways)}"
+            addresses[name] = f"{base}.{20 + len(gateways)}"
             gateways.append((name, command))
     if not gateways or not workers:
         raise ValueError(f"{path}: no gateway (--ha-mesh) or no sim-worker service")

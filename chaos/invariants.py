@@ -32,6 +32,11 @@ class Report:
     max_deaths_per_pair: int = 0
     allowed_deaths: int = 0
     rss_growth_mb: float = 0.0
+    limit: int = 0  # the limited tenant's requests per minute
+    limit_slack: float = 0.0  # the contract: admitted per window <= limit x (1 + slack)
+    limited_sent: int = 0
+    limited_refused: int = 0  # 429s: the limit was reached
+    admitted_per_window: list[int] = field(default_factory=list)  # per aligned minute the run touched
     timings: dict[str, float | None] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
@@ -62,6 +67,22 @@ def classify(report: Report, outcomes: list[Outcome], cluster: Cluster) -> None:
                 report.failure_samples.append(f"gateway {o.gateway}: {o.error}")
     if report.other_failures:
         report.violations.append(f"{report.other_failures} failures outside the expected classes")
+
+
+def rate_limit(report: Report, limited: list[tuple[float, int]], limit: int, slack: float) -> None:
+    """The limited tenant's admissions per aligned minute window, against the contract. The limiter's
+    sliding estimate is at least the current window's count, so no window may hold more than the limit
+    (plus the scenario's slack); the 429s prove the limit was reached."""
+    report.limit, report.limit_slack, report.limited_sent = limit, slack, len(limited)
+    report.limited_refused = sum(1 for _, status in limited if status == 429)
+    windows: Counter[int] = Counter(int(sent // 60) for sent, status in limited if status == 200)
+    report.admitted_per_window = [windows[w] for w in sorted(windows)]
+    worst = max(report.admitted_per_window, default=0)
+    if worst > limit * (1 + slack):
+        report.violations.append(f"the limited tenant got {worst} requests in one minute (limit {limit}, slack {slack:.0%})")
+    failed = sum(1 for _, status in limited if status not in (200, 429))
+    if failed:
+        report.violations.append(f"{failed} of the limited tenant's requests got neither an answer nor a 429")
 
 
 def wait_converged(report: Report, cluster: Cluster, deadline: float) -> None:

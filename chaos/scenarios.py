@@ -22,6 +22,7 @@ class Scenario:
     run: Callable[[Cluster, float], None]  # (cluster, duration)
     allowed_deaths: int = 0
     ci: bool = False  # in the short CI subset
+    limit_slack: float = 0.1  # the rate-limit contract: admitted per minute <= limit x (1 + slack)
 
 
 def window(
@@ -45,6 +46,13 @@ def window(
 
 def last(c: Cluster) -> int:
     return c.gateways - 1
+
+
+def partition_with_changes(c: Cluster) -> None:
+    """Cut the last gateway off, then change the worker registry on the majority side: the
+    isolated gateway must catch up after the heal (the registries are compared then)."""
+    c.partition([last(c)])
+    c.delay_worker(0, 20.0, seen_by=list(range(last(c))))
 
 
 def sigstop(seconds: float) -> Callable[[Cluster], None]:
@@ -81,22 +89,29 @@ SCENARIOS = {
         ),
         Scenario(
             "minority-partition",
-            "cut one gateway off (mesh), heal",
-            window(lambda c: c.partition([last(c)]), Cluster.heal, end=0.7),
+            "cut one gateway off; change the worker registry on the majority side; heal",
+            window(partition_with_changes, Cluster.heal, end=0.7),
             allowed_deaths=1,
             ci=True,
         ),
         Scenario(
             "one-way-partition",
-            "one gateway's mesh traffic lost one way, heal",
+            "what one gateway sends to the others is lost, heal",
             window(lambda c: c.partition([last(c)], one_way=True), Cluster.heal, end=0.7),
             allowed_deaths=1,
         ),
-        Scenario("loss-10", "10 % of mesh packets lost", window(lambda c: c.lose(0.10), Cluster.heal, end=0.75)),
+        Scenario("loss-10", "10 % of packets between gateways lost", window(lambda c: c.lose(0.10), Cluster.heal, end=0.75)),
         Scenario(
-            "loss-30", "30 % of mesh packets lost", window(lambda c: c.lose(0.30), Cluster.heal, end=0.75), allowed_deaths=1
+            "loss-30",
+            "30 % of packets between gateways lost",
+            window(lambda c: c.lose(0.30), Cluster.heal, end=0.75),
         ),
         Scenario("sigstop-10s", "SIGSTOP a gateway for 10 s (slow node), SIGCONT", window(sigstop(10.0)), allowed_deaths=1),
+        Scenario(
+            "worker-latency",
+            "a worker behind a 150 ms delay proxy (swapped in and out through the control plane)",
+            window(lambda c: c.delay_worker(0, 150.0), lambda c: c.undelay_worker(0)),
+        ),
         Scenario("key-rotation", "mesh key install/use/remove under traffic", window(Cluster.rotate_key, begin=0.4)),
     )
 }

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 import openai
 
-from chaos.cluster import ADMIN_KEY, Cluster
+from chaos.cluster import ADMIN_KEY, LIMITED_KEY, Cluster
 
 
 @dataclass
@@ -45,6 +45,8 @@ class Traffic:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _workers: list[threading.Thread] = field(default_factory=list)
     ready: list[bool] = field(default_factory=list)
+    limited_rate: float = 3.0  # requests per second from the rate-limited tenant
+    limited: list[tuple[float, int]] = field(default_factory=list)  # (wall time sent, status; 0 = no answer)
 
     def start(self) -> None:
         self.ready = [True] * self.cluster.gateways
@@ -54,6 +56,9 @@ class Traffic:
         self._next_gateway = itertools.cycle(range(self.cluster.gateways))
         self._ticket = itertools.count()
         self._begin = time.monotonic()
+        limited = threading.Thread(target=self._limited, daemon=True)
+        limited.start()
+        self._workers.append(limited)
         for n in range(self.threads):
             thread = threading.Thread(target=self._run, args=(random.Random(self.seed * 1000 + n),), daemon=True)
             thread.start()
@@ -89,6 +94,29 @@ class Traffic:
             outcome = self._one(clients, first, rng.random() < 0.5, rng.randrange(10**6))
             with self._lock:
                 self.outcomes.append(outcome)
+
+    def _limited(self) -> None:
+        """The limited tenant's requests, each to the next ready gateway: admitted (200) or 429."""
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": "limited"}], "max_tokens": 2}
+        headers = {"authorization": f"Bearer {LIMITED_KEY}"}
+        begin = time.monotonic()
+        with httpx.Client(timeout=30) as client:  # as the openai client's: a SIGSTOPped gateway answers late
+            for first in itertools.count():
+                if self._stop.wait(max(0.0, begin + first / self.limited_rate - time.monotonic())):
+                    return
+                for hop in range(self.cluster.gateways):
+                    i = (first + hop) % self.cluster.gateways
+                    if not self.ready[i] and hop < self.cluster.gateways - 1:
+                        continue
+                    sent = time.time()
+                    try:
+                        status = client.post(self.cluster.url(i) + "/v1/chat/completions", json=body, headers=headers).status_code
+                    except httpx.ConnectError:
+                        continue
+                    except httpx.HTTPError:
+                        status = 0
+                    self.limited.append((sent, status))
+                    break
 
     def _one(self, clients: list[openai.OpenAI], first: int, stream: bool, tag: int) -> Outcome:
         messages = [{"role": "user", "content": f"chaos request {tag}: " + "tell me a story " * 8}]

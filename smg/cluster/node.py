@@ -176,11 +176,15 @@ class ClusterNode:
         """The part of a cluster-wide limit this side may use: alive / known members.
 
         Known members include the dead but not yet reaped, so during a partition
-        each side keeps to its share and the total stays near the limit.
+        each side keeps to its share and the total stays near the limit. A
+        suspect counts as away: an isolated node cannot have its suspicions
+        confirmed, so it declares the others dead only after Lifeguard's longest
+        timeout, and until then it would apply the whole limit. Erring this way
+        under-admits briefly on a false suspicion, never over-admits.
         """
         members = self.mesh.members()
         known = sum(1 for m in members if m["status"] != State.LEFT.value)
-        alive = sum(1 for m in members if m["status"] in (State.ALIVE.value, State.SUSPECT.value))
+        alive = sum(1 for m in members if m["status"] == State.ALIVE.value)
         return alive / known if known else 1.0
 
     def live_peers(self) -> list[str]:

@@ -24,14 +24,16 @@ from smg.mesh.transport import TCP_TIMEOUT, MeshTransport, split_address
 log = logging.getLogger("smg.mesh")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+UNRESOLVED_POLL = 0.2
 
 
 class _Outbox:
-    __slots__ = ("queue", "wakeup")
+    __slots__ = ("connection", "queue", "wakeup")
 
     def __init__(self) -> None:
         self.queue: deque[AppMessage] = deque()
         self.wakeup = trio.Event()
+        self.connection: trio.CancelScope | None = None  # the open connection's, to drop it
 
 
 class PeerStreams:
@@ -65,6 +67,14 @@ class PeerStreams:
         outbox.wakeup.set()
         return True
 
+    def reset(self, peer: str) -> None:
+        """Drop the connection to `peer` (declared dead or gone). Through a partition its
+        unacknowledged bytes sit in TCP's retransmission backoff, which can hold a healed link
+        silent for many seconds; the next message after the peer's return opens a fresh one."""
+        outbox = self._outboxes.get(peer)
+        if outbox is not None and outbox.connection is not None:
+            outbox.connection.cancel()
+
     async def _sender(self, peer: str, outbox: _Outbox) -> None:
         backoff = BACKOFF_MIN
         while True:
@@ -72,9 +82,8 @@ class PeerStreams:
                 outbox.wakeup = trio.Event()
                 await outbox.wakeup.wait()
             address = self.resolve(peer)
-            if address is None:
-                await trio.sleep(backoff)
-                backoff = min(BACKOFF_MAX, backoff * 2)
+            if address is None:  # unknown or dead: looking again costs nothing, so look often
+                await trio.sleep(UNRESOLVED_POLL)
                 continue
             try:
                 with trio.fail_after(TCP_TIMEOUT):
@@ -85,21 +94,27 @@ class PeerStreams:
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
             backoff = BACKOFF_MIN
-            async with stream:
-                try:
-                    while self.resolve(peer) == address:
-                        while outbox.queue:
-                            if self.transport.faults.outgoing_dropped(address):
-                                outbox.queue.popleft()  # an injected partition or loss (tests, chaos)
-                                self.transport.dropped["fault_filter"] += 1
-                                continue
-                            await stream.send_all(self.transport.frame(outbox.queue[0]))
-                            outbox.queue.popleft()
-                        outbox.wakeup = trio.Event()
-                        if await _closed_while_idle(stream, outbox.wakeup):
-                            break  # the peer went away: reconnect when there is work
-                except (trio.BrokenResourceError, OSError) as exc:
-                    log.debug("mesh stream to %s broke: %s", peer, exc)
+            with trio.CancelScope() as outbox.connection:
+                await self._write(peer, address, stream, outbox)
+            outbox.connection = None
+
+    async def _write(self, peer: str, address: str, stream: trio.SocketStream, outbox: _Outbox) -> None:
+        """Write queued messages in order until the peer moves, closes or the connection breaks."""
+        async with stream:
+            try:
+                while self.resolve(peer) == address:
+                    while outbox.queue:
+                        if self.transport.faults.outgoing_dropped(address):
+                            outbox.queue.popleft()  # an injected partition or loss (tests, chaos)
+                            self.transport.dropped["fault_filter"] += 1
+                            continue
+                        await stream.send_all(self.transport.frame(outbox.queue[0]))
+                        outbox.queue.popleft()
+                    outbox.wakeup = trio.Event()
+                    if await _closed_while_idle(stream, outbox.wakeup):
+                        return  # the peer went away: reconnect when there is work
+            except (trio.BrokenResourceError, OSError) as exc:
+                log.debug("mesh stream to %s broke: %s", peer, exc)
 
 
 async def _closed_while_idle(stream: trio.SocketStream, wakeup: trio.Event, recheck: float = 10.0) -> bool:

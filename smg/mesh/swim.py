@@ -500,6 +500,8 @@ class Swim:
         if update.name == self.name:
             if update.incarnation >= self.incarnation:
                 self._refute(update.incarnation)
+            else:
+                self._reannounce()
             return
         member = self.members.get(update.name)
         if member is None or update.incarnation < member.incarnation or member.state in (State.DEAD, State.LEFT):
@@ -525,6 +527,8 @@ class Swim:
             if update.by != self.name and update.incarnation >= self.incarnation:
                 self.stats["false_deaths"] += 1  # declared dead while alive: a false positive
                 self._refute(update.incarnation)
+            elif update.by != self.name:
+                self._reannounce()
             return
         member = self.members.get(update.name)
         if member is None or update.incarnation < member.incarnation or member.state in (State.DEAD, State.LEFT):
@@ -537,6 +541,12 @@ class Swim:
         me.incarnation = max(me.incarnation, incarnation) + 1
         self.stats["refutations"] += 1
         self._adjust_health(+1)
+        self._enqueue(Alive(self.name, me.incarnation, self.address, me.meta))
+
+    def _reannounce(self) -> None:
+        """A claim about an older incarnation of ours still circulates: its sender missed the
+        refutation (every copy of it can be lost), so spread our current one again."""
+        me = self.members[self.name]
         self._enqueue(Alive(self.name, me.incarnation, self.address, me.meta))
 
     def _suspicion_timeout(self, confirmations: int) -> float:
@@ -584,15 +594,23 @@ class Swim:
         return self.config.retransmit_mult * math.ceil(math.log10(len(self.members) + 1))
 
     def _take_updates(self, destination: str) -> tuple[Update, ...]:
-        if not self._queue:
-            return ()
-        limit = self._retransmit_limit()
-        budget = self.config.packet_budget
         chosen: list[Update] = []
+        budget = self.config.packet_budget
+        suspicion = self._suspicions.get(destination)
+        if suspicion is not None:
+            # every packet to a suspect tells it so, for as long as the suspicion lasts, not
+            # only the retransmit limit's few copies: losing them all must not kill it
+            chosen.append(Suspect(destination, suspicion.incarnation, next(iter(suspicion.confirmations))))
+            budget -= _update_size(chosen[0])
+        if not self._queue:
+            return tuple(chosen)
+        limit = self._retransmit_limit()
         ordered = sorted(
             self._queue.items(), key=lambda kv: (kv[0] != ("m", destination) or not isinstance(kv[1][0], Suspect), kv[1][1])
         )
         for key, entry in ordered:
+            if chosen and entry[0] == chosen[0]:
+                continue
             size = _update_size(entry[0])
             if size > budget:
                 break
