@@ -19,7 +19,14 @@ import trio
 
 from smg import __version__
 from smg.cluster.node import advertise_host
-from smg.config import DEFAULT_REQUEST_ID_HEADERS, LOG_LEVELS, UPSTREAM_CLIENTS, ConfigError, GatewayConfig
+from smg.config import (
+    DEFAULT_REQUEST_ID_HEADERS,
+    HISTORY_BACKENDS,
+    LOG_LEVELS,
+    UPSTREAM_CLIENTS,
+    ConfigError,
+    GatewayConfig,
+)
 from smg.observability.logs import setup_logging
 from smg.router.policies import POLICIES
 from smg.server import run_gateway, run_serve
@@ -355,6 +362,7 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="port of the /metrics server; 0 picks a free port (default: %(default)s)",
     )
     add_mesh_args(parser)
+    add_history_args(parser)
 
 
 def _seed_list(text: str) -> list[str]:
@@ -424,6 +432,70 @@ def add_mesh_args(parser: argparse.ArgumentParser) -> None:
         "--mesh-fault-injection",
         action="store_true",
         help="testing only: enable POST /mesh/faults (drop mesh traffic to chosen members, random loss)",
+    )
+
+
+def add_history_args(parser: argparse.ArgumentParser) -> None:
+    history = parser.add_argument_group("history storage (Conversations and Responses APIs)")
+    history.add_argument(
+        "--history-backend",
+        choices=HISTORY_BACKENDS,
+        default="sqlite",
+        help="where conversations and stored responses live: sqlite (an embedded file; the default), memory "
+        "(bounded, lost on restart), postgres (shared by a cluster), redis, none (APIs off) (default: %(default)s)",
+    )
+    history.add_argument(
+        "--history-db-path",
+        default="",
+        metavar="FILE",
+        help="sqlite: the database file (default: $SMG_HISTORY_DB_PATH, else ~/.local/share/smg/history.db)",
+    )
+    history.add_argument(
+        "--history-memory-max-responses",
+        type=int,
+        default=10_000,
+        help="memory: stored responses kept, the oldest go first (default: %(default)s)",
+    )
+    history.add_argument(
+        "--history-memory-max-items",
+        type=int,
+        default=100_000,
+        help="memory: conversation items kept; the least recently used conversations go first, whole (default: %(default)s)",
+    )
+    history.add_argument(
+        "--history-memory-retention-secs",
+        type=float,
+        default=86_400.0,
+        help="memory: a conversation is dropped this long after its last use, a response this long after it was "
+        "stored; 0 keeps them until a bound drops them (default: %(default)s)",
+    )
+    history.add_argument(
+        "--postgres-db-url",
+        default=os.environ.get("POSTGRES_DB_URL"),
+        metavar="URL",
+        help="postgres: e.g. postgres://user:password@host:5432/db (default: $POSTGRES_DB_URL)",
+    )
+    history.add_argument("--postgres-pool-max", type=int, default=16, help="postgres: most connections (default: %(default)s)")
+    history.add_argument(
+        "--postgres-op-timeout-secs",
+        type=float,
+        default=5.0,
+        help="postgres: bound on each storage call (pool wait, connect, statement); past it: 503 "
+        "storage_unavailable (default: %(default)s)",
+    )
+    history.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), metavar="URL", help="redis: (default: $REDIS_URL)")
+    history.add_argument("--redis-pool-max", type=int, default=16, help="redis: most connections (default: %(default)s)")
+    history.add_argument(
+        "--redis-retention-days",
+        type=int,
+        default=30,
+        help="redis: records expire this many days after their last write; -1 keeps them (default: %(default)s)",
+    )
+    history.add_argument(
+        "--redis-op-timeout-secs",
+        type=float,
+        default=5.0,
+        help="redis: bound on each storage call; past it: 503 storage_unavailable (default: %(default)s)",
     )
 
 

@@ -16,6 +16,7 @@ from smg.router.workers import normalize_url
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 UPSTREAM_CLIENTS = ("pool", "httpx")
+HISTORY_BACKENDS = ("sqlite", "memory", "postgres", "redis", "none")
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id")
 
 
@@ -106,6 +107,19 @@ class GatewayConfig:
     mesh_prefix_budget: int = 100_000
     mesh_prefix_ttl_secs: float = 180.0
     mesh_fault_injection: bool = False
+    # history storage (conversations, responses)
+    history_backend: str = "sqlite"
+    history_db_path: str = ""  # "" = default_history_db_path()
+    history_memory_max_responses: int = 10_000
+    history_memory_max_items: int = 100_000
+    history_memory_retention_secs: float = 86_400.0
+    postgres_db_url: str | None = None
+    postgres_pool_max: int = 16
+    postgres_op_timeout_secs: float = 5.0
+    redis_url: str | None = None
+    redis_pool_max: int = 16
+    redis_retention_days: int = 30
+    redis_op_timeout_secs: float = 5.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -184,6 +198,33 @@ class GatewayConfig:
                 raise ConfigError(f"--worker-urls: {exc}") from None
         self.tenant_limits()
         self._validate_mesh()
+        self._validate_history()
+
+    def _validate_history(self) -> None:
+        if self.history_backend not in HISTORY_BACKENDS:
+            raise ConfigError(f"--history-backend must be one of {', '.join(HISTORY_BACKENDS)}, got '{self.history_backend}'")
+        if self.history_backend == "postgres" and not self.postgres_db_url:
+            raise ConfigError("--history-backend postgres needs --postgres-db-url (or $POSTGRES_DB_URL)")
+        if self.history_backend == "redis" and not self.redis_url:
+            raise ConfigError("--history-backend redis needs --redis-url (or $REDIS_URL)")
+        for flag, value in (
+            ("--history-memory-max-responses", self.history_memory_max_responses),
+            ("--history-memory-max-items", self.history_memory_max_items),
+            ("--postgres-pool-max", self.postgres_pool_max),
+            ("--redis-pool-max", self.redis_pool_max),
+        ):
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        for flag, seconds in (
+            ("--postgres-op-timeout-secs", self.postgres_op_timeout_secs),
+            ("--redis-op-timeout-secs", self.redis_op_timeout_secs),
+        ):
+            if not seconds > 0:
+                raise ConfigError(f"{flag} must be positive, got {seconds}")
+        if self.history_memory_retention_secs < 0:
+            raise ConfigError("--history-memory-retention-secs must not be negative (0 keeps records until a bound drops them)")
+        if self.redis_retention_days != -1 and self.redis_retention_days < 1:
+            raise ConfigError("--redis-retention-days must be at least 1, or -1 to keep records")
 
     def _validate_mesh(self) -> None:
         _port("--mesh-port", self.mesh_port)
@@ -204,6 +245,15 @@ class GatewayConfig:
                 parse_key(key)
             except ValueError as exc:
                 raise ConfigError(f"--mesh-key: {exc}") from None
+
+    def history_path(self) -> str:
+        """The SQLite file: --history-db-path, else $SMG_HISTORY_DB_PATH, else the user's data directory."""
+        if self.history_db_path:
+            return self.history_db_path
+        if os.environ.get("SMG_HISTORY_DB_PATH"):
+            return os.environ["SMG_HISTORY_DB_PATH"]
+        data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        return os.path.join(data, "smg", "history.db")
 
     def tenant_limits(self) -> TenantLimits | None:
         if self.tenant_rate_limit_config is None:

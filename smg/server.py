@@ -24,6 +24,8 @@ from smg.router.app import GatewayApp
 from smg.router.context import GatewayContext
 from smg.router.workers import DuplicateWorker
 from smg.serving import hypercorn_config, serve_app
+from smg.storage import open_backend
+from smg.storage.service import History
 from smg.testing.engine import SimConfig
 
 log = logging.getLogger("smg.server")
@@ -52,8 +54,13 @@ async def run_gateway(
     task_status: trio.TaskStatus[GatewayHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     ctx = GatewayContext.create(config)
+    backend = open_backend(config)
+    if backend is not None:
+        ctx.history = History(backend, _op_timeout(config), ctx.metrics)
     app = GatewayApp(ctx)
     async with trio.open_nursery() as nursery:
+        if ctx.history is not None:
+            await nursery.start(ctx.history.maintain)
         await nursery.start(ctx.registrar.run)
         await nursery.start(ctx.access_log.run)
         nursery.start_soon(ctx.maintain_policy)
@@ -90,7 +97,14 @@ async def run_gateway(
             await ctx.cluster.leave()
         nursery.cancel_scope.cancel()
     await ctx.upstream.aclose()
+    if ctx.history is not None:
+        await ctx.history.close()
     log.info("smg gateway stopped")
+
+
+def _op_timeout(config: GatewayConfig) -> float:
+    """The bound on one history call: the backend's own flag (SQLite shares PostgreSQL's)."""
+    return config.redis_op_timeout_secs if config.history_backend == "redis" else config.postgres_op_timeout_secs
 
 
 def advertised_url(config: GatewayConfig, bound_url: str) -> str:

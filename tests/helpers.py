@@ -48,6 +48,8 @@ class Proc:
         self.popen.wait(timeout=10)
         if not os.environ.get("SMG_KEEP_TEST_LOGS"):
             self.log_path.unlink(missing_ok=True)
+        for suffix in (".db", ".db-wal", ".db-shm"):
+            self.log_path.with_suffix(suffix).unlink(missing_ok=True)
 
 
 SPAWNED: list[Proc] = []  # every process a test started; the session kills leftovers
@@ -55,7 +57,8 @@ SPAWNED: list[Proc] = []  # every process a test started; the session kills left
 
 def _spawn(args: list[str]) -> Proc:
     fd, path = tempfile.mkstemp(prefix="smg-test-", suffix=".log")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # each gateway its own SQLite history unless a test names one (--history-db-path)
+    env = {"SMG_HISTORY_DB_PATH": path[: -len(".log")] + ".db", **os.environ, "PYTHONUNBUFFERED": "1"}
     popen = subprocess.Popen([sys.executable, "-m", "smg", *args], stdout=fd, stderr=fd, env=env)
     os.close(fd)
     proc = Proc(popen, Path(path))

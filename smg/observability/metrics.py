@@ -109,6 +109,23 @@ class GatewayMetrics:
             Gauge("smg_router_cache_tree_size", "cache_aware: characters or tokens in a model's tree", ["model"], registry=r)
         )
         self.rate_limit = _Cached(Counter("smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
+        self.storage_operations = _Cached(
+            Counter(
+                "smg_storage_operations_total",
+                "History storage operations, by result (ok, error, timeout)",
+                ["backend", "operation", "result"],
+                registry=r,
+            )
+        )
+        self.storage_duration = _Cached(
+            Histogram(
+                "smg_storage_operation_duration_seconds",
+                "History storage operation time, waiting for a connection included",
+                ["backend", "operation"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

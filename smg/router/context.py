@@ -19,6 +19,7 @@ from smg.router.retry import RetryConfig
 from smg.router.tenant_limits import TenantRateLimiter
 from smg.router.upstream import Upstream, make_upstream
 from smg.router.workers import Worker, WorkerRegistry
+from smg.storage.service import History
 
 
 class WorkerSink(Protocol):
@@ -48,6 +49,7 @@ class GatewayContext:
     health_sink: Callable[[Worker], None] | None = None  # an owner's probe result, for the cluster
     cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
     limiter: TenantRateLimiter | None = None  # --tenant-rate-limit-config
+    history: History | None = None  # --history-backend (None: none)
     _known_worker_urls: set[str] = field(default_factory=set)
 
     @classmethod

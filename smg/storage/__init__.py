@@ -1,0 +1,38 @@
+"""History storage: conversations, their items and stored responses, behind one interface."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from smg.config import GatewayConfig
+from smg.storage.base import HistoryBackend
+
+
+def open_backend(config: GatewayConfig) -> HistoryBackend | None:
+    """The backend `--history-backend` names, configured from the flags (None: history off).
+    Nothing connects here: the first call (the migration at start) does."""
+    kind = config.history_backend
+    if kind == "none":
+        return None
+    if kind == "memory":
+        from smg.storage.memory import MemoryHistory
+
+        return MemoryHistory(
+            time.time,
+            config.history_memory_max_responses,
+            config.history_memory_max_items,
+            config.history_memory_retention_secs or None,
+        )
+    if kind == "sqlite":
+        from smg.storage.sql import SqlHistory
+
+        path = config.history_path()
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        return SqlHistory.sqlite(path)
+    if kind == "postgres":
+        from smg.storage.sql import SqlHistory
+
+        return SqlHistory.postgres(config.postgres_db_url or "", config.postgres_pool_max, config.postgres_op_timeout_secs)
+    raise ValueError(f"unknown history backend '{kind}'")
