@@ -470,6 +470,13 @@ def add_history_args(parser: argparse.ArgumentParser) -> None:
         "stored; 0 keeps them until a bound drops them (default: %(default)s)",
     )
     history.add_argument(
+        "--max-background-responses",
+        type=int,
+        default=1024,
+        help="Responses API requests with background: true in flight at once; one more answers 429; 0 runs "
+        "them in the foreground (default: %(default)s)",
+    )
+    history.add_argument(
         "--postgres-db-url",
         default=os.environ.get("POSTGRES_DB_URL"),
         metavar="URL",

@@ -120,6 +120,7 @@ class GatewayConfig:
     redis_pool_max: int = 16
     redis_retention_days: int = 30
     redis_op_timeout_secs: float = 5.0
+    max_background_responses: int = 1024
 
     def __post_init__(self) -> None:
         self.validate()
@@ -223,6 +224,8 @@ class GatewayConfig:
                 raise ConfigError(f"{flag} must be positive, got {seconds}")
         if self.history_memory_retention_secs < 0:
             raise ConfigError("--history-memory-retention-secs must not be negative (0 keeps records until a bound drops them)")
+        if self.max_background_responses < 0:
+            raise ConfigError("--max-background-responses must not be negative (0 runs background requests in the foreground)")
         if self.redis_retention_days != -1 and self.redis_retention_days < 1:
             raise ConfigError("--redis-retention-days must be at least 1, or -1 to keep records")
 

@@ -21,6 +21,7 @@ from smg.cluster.node import ClusterNode, advertise_host
 from smg.config import GatewayConfig
 from smg.observability.metrics import MetricsApp
 from smg.router.app import GatewayApp
+from smg.router.background import Background
 from smg.router.context import GatewayContext
 from smg.router.workers import DuplicateWorker
 from smg.serving import hypercorn_config, serve_app
@@ -61,6 +62,9 @@ async def run_gateway(
     async with trio.open_nursery() as nursery:
         if ctx.history is not None:
             await nursery.start(ctx.history.maintain)
+            if config.max_background_responses > 0:
+                ctx.background = Background(config.max_background_responses)
+                await nursery.start(ctx.background.run)
         await nursery.start(ctx.registrar.run)
         await nursery.start(ctx.access_log.run)
         nursery.start_soon(ctx.maintain_policy)

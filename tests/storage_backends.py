@@ -15,14 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from smg.storage.base import HistoryBackend
 from smg.storage.memory import MemoryHistory
+from smg.storage.redis_store import RedisHistory
 from smg.storage.sql import SqlHistory
 
 POSTGRES_ADMIN_URL = os.environ.get("SMG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SMG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-BACKENDS = ("memory", "sqlite", "postgres")
+BACKENDS = ("memory", "sqlite", "postgres", "redis")
 
 
 @contextmanager
@@ -60,5 +62,19 @@ def backend(kind: str, tmp_path: Path) -> Iterator[HistoryBackend]:
                 yield store
             finally:
                 store.close()
+    elif kind == "redis":
+        store = RedisHistory(REDIS_URL, pool_size=4, op_timeout_secs=5, prefix=f"smg-test-{secrets.token_hex(6)}:")
+        try:
+            store.redis.ping()
+        except redis.RedisError as exc:
+            store.close()
+            pytest.skip(f"Redis NOT TESTED: cannot reach {REDIS_URL}: {exc}")
+        try:
+            yield store
+        finally:
+            keys = list(store.redis.scan_iter(match=store.prefix + "*"))
+            if keys:
+                store.redis.delete(*keys)
+            store.close()
     else:
         raise ValueError(kind)

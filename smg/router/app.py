@@ -24,7 +24,7 @@ from smg.asgi import (
 )
 from smg.cluster import routes as mesh
 from smg.observability.request_id import request_id_for
-from smg.router import control, conversations
+from smg.router import control, conversations, responses
 from smg.router.context import GatewayContext
 from smg.router.dataplane import ROUTES, handle_inference, handle_models
 from smg.router.errors import GatewayError
@@ -114,7 +114,7 @@ class GatewayApp:
                 worker_id = path[len("/workers/") :]
                 return Route(partial(handler, worker_id=worker_id), "/workers/{id}", CONTROL)  # type: ignore[call-arg]
             raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on /workers/{{id}}")
-        found = conversations.route(method, path)
+        found = conversations.route(method, path) or responses.route(method, path)
         if found is not None:
             handler, template, params = found
             if handler is None:

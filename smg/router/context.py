@@ -12,6 +12,7 @@ from smg.config import GatewayConfig
 from smg.observability.logs import AccessLog
 from smg.observability.metrics import GatewayMetrics
 from smg.router.admission import Admission
+from smg.router.background import Background
 from smg.router.breaker import STATE_GAUGE
 from smg.router.policies import Policy, make_policy
 from smg.router.registration import Registrar
@@ -50,6 +51,7 @@ class GatewayContext:
     cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
     limiter: TenantRateLimiter | None = None  # --tenant-rate-limit-config
     history: History | None = None  # --history-backend (None: none)
+    background: Background | None = None  # background responses (None: --max-background-responses 0)
     _known_worker_urls: set[str] = field(default_factory=set)
 
     @classmethod

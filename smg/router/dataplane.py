@@ -60,6 +60,13 @@ async def handle_inference(ctx: GatewayContext, ex: Exchange, route: InferenceRo
     elif not isinstance(model, str) or not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
     ex.model = model
+    await dispatch(ctx, ex, route, request, body)
+
+
+async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:
+    """Count, hold to the tenant's limits, admit and proxy one parsed request (`ex.model` set).
+    The gateway's own APIs (Responses, Messages) send the requests they build through here too."""
+    model = ex.model
     stream = request.get("stream") is True
     ctx.metrics.router_requests(route.name, model or "", "true" if stream else "false").inc()
     limiter = ctx.limiter

@@ -35,4 +35,9 @@ def open_backend(config: GatewayConfig) -> HistoryBackend | None:
         from smg.storage.sql import SqlHistory
 
         return SqlHistory.postgres(config.postgres_db_url or "", config.postgres_pool_max, config.postgres_op_timeout_secs)
+    if kind == "redis":
+        from smg.storage.redis_store import RedisHistory
+
+        retention = None if config.redis_retention_days == -1 else config.redis_retention_days
+        return RedisHistory(config.redis_url or "", config.redis_pool_max, config.redis_op_timeout_secs, retention)
     raise ValueError(f"unknown history backend '{kind}'")

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from smg.testing.kvcache import tokenize
 log = logging.getLogger("smg.sim")
 
 MAX_BODY = 64 * 1024 * 1024
+RECENT_REQUESTS = 64
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -74,6 +76,7 @@ class SimWorker:
         self.engine = SimEngine(config)
         self._slots = trio.Semaphore(config.max_running)
         self.created = int(time.time())
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)  # what gateways sent, newest last
         self._routes: dict[tuple[str, str], Handler] = {
             ("GET", "/health"): self._health,
             ("GET", "/health_generate"): self._health,
@@ -87,6 +90,7 @@ class SimWorker:
             ("GET", "/sim/stats"): self._stats,
             ("GET", "/sim/config"): self._get_config,
             ("POST", "/sim/config"): self._set_config,
+            ("GET", "/sim/requests"): self._requests,
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/generate"): self._generate,
@@ -114,7 +118,10 @@ class SimWorker:
             pass
 
     async def _json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
-        return load_json_object(await read_body(scope, receive, MAX_BODY))
+        body = load_json_object(await read_body(scope, receive, MAX_BODY))
+        if not scope["path"].startswith("/sim/"):
+            self.recent.append({"path": scope["path"], "body": body})
+        return body
 
     # -- probes and info -------------------------------------------------
 
@@ -172,6 +179,10 @@ class SimWorker:
 
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, self.engine.stats())
+
+    async def _requests(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The last requests received, oldest first: lets tests check what a gateway sent."""
+        await send_json(send, 200, {"requests": list(self.recent)})
 
     async def _get_config(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, self.config.as_dict())
@@ -395,6 +406,7 @@ class _Shape:
     def __init__(self, prefix: str) -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)  # what gateways sent, newest last
 
     def full(self, model: str, words: list[str], usage: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
