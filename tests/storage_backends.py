@@ -42,7 +42,7 @@ def postgres_database() -> Iterator[str]:
         try:
             yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
         finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager

@@ -154,3 +154,26 @@ def test_conversations_survive_a_restart_with_sqlite(worker: Proc, tmp_path: Pat
         assert [i.content[0].text for i in items] == ["remember me"]  # type: ignore[union-attr]
     finally:
         second.stop()
+
+
+def test_a_database_lost_while_serving_answers_503_and_routing_goes_on(worker: Proc) -> None:
+    import psycopg
+
+    from tests.storage_backends import POSTGRES_ADMIN_URL, postgres_database
+
+    with postgres_database() as url:
+        gateway = start_gateway(
+            worker.urls, "--history-backend", "postgres", "--postgres-db-url", url, "--postgres-op-timeout-secs", "2"
+        )
+        try:
+            api = client(gateway, "unused")
+            conv = api.conversations.create()
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+            response = httpx.get(gateway.url + f"/v1/conversations/{conv.id}")
+            assert response.status_code == 503 and response.json()["error"]["code"] == "storage_unavailable"
+            chat = api.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            assert chat.choices[0].message.content
+            assert httpx.get(gateway.url + "/readiness").status_code == 200
+        finally:
+            gateway.stop()
