@@ -108,12 +108,12 @@ def test_responses_round_trip_replace_and_delete(store: HistoryBackend) -> None:
         [{"type": "message", "role": "user", "content": "hi"}],
         previous_response_id="resp_earlier",
     )
-    store.put_response(response)
+    store.put_responses([response])
     got = store.get_response("t1", response.id)
     assert got == response
     assert store.get_response("t2", response.id) is None
     response.data["status"] = "completed"
-    store.put_response(response)
+    store.put_responses([response])
     assert store.get_response("t1", response.id).data["status"] == "completed"  # type: ignore[union-attr]
     assert not store.delete_response("t2", response.id)
     assert store.delete_response("t1", response.id)
@@ -144,7 +144,7 @@ def test_memory_bounds_drop_the_oldest_whole() -> None:
     now = [1000.0]
     store = MemoryHistory(lambda: now[0], max_responses=2, max_items=4, retention_secs=60)
     for i in range(3):
-        store.put_response(StoredResponse(f"resp_{i}", "t", int(now[0]), {}))
+        store.put_responses([StoredResponse(f"resp_{i}", "t", int(now[0]), {})])
     assert store.get_response("t", "resp_0") is None and store.get_response("t", "resp_2") is not None
     old = conversation(store, items=3)
     new = conversation(store, items=1)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from smg.asgi import read_body, send_json
@@ -22,6 +23,7 @@ from smg.storage.base import ORDERS, StorageError, UnknownCursor
 from smg.storage.records import Conversation, Item, new_id
 from smg.storage.service import History
 
+T = TypeVar("T")
 MAX_ITEMS_PER_REQUEST = 20  # as OpenAI: items in one create or add
 MAX_ITEM_BYTES = 1024 * 1024
 MAX_METADATA_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512
@@ -35,10 +37,10 @@ def history_of(ctx: GatewayContext) -> History:
     return ctx.history
 
 
-async def stored(history: History, operation: Any, *args: Any) -> Any:
-    """Run a storage operation; a failure is 503 storage_unavailable (stateless routes go on)."""
+async def stored(operation: Awaitable[T]) -> T:
+    """Await a storage operation; a failure is 503 storage_unavailable (stateless routes go on)."""
     try:
-        return await history.run(operation, *args)
+        return await operation
     except StorageError as exc:
         raise GatewayError(503, "storage_unavailable", f"history storage is unavailable: {exc}") from None
 
@@ -157,13 +159,13 @@ async def create_conversation(ctx: GatewayContext, ex: Exchange) -> None:
     now, tenant = int(time.time()), tenant_of(ex)
     conversation = Conversation(new_id("conversation"), tenant, now, parse_metadata(body.get("metadata")))
     items = new_items(body.get("items"), conversation.id, tenant, now)
-    await stored(history, history.backend.create_conversation, conversation, items)
+    await stored(history.run(history.backend.create_conversation, conversation, items))
     await send_json(ex.send, 200, conversation.to_json())
 
 
 async def get_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    found = await stored(history, history.backend.get_conversation, tenant_of(ex), conversation_id)
+    found = await stored(history.run(history.backend.get_conversation, tenant_of(ex), conversation_id))
     if found is None:
         raise _not_found(conversation_id)
     await send_json(ex.send, 200, found.to_json())
@@ -175,7 +177,7 @@ async def update_conversation(ctx: GatewayContext, ex: Exchange, conversation_id
     if "metadata" not in body:
         raise GatewayError(400, "missing_required_parameter", "'metadata' is required", param="metadata")
     metadata = parse_metadata(body["metadata"])
-    found = await stored(history, history.backend.update_conversation, tenant_of(ex), conversation_id, metadata)
+    found = await stored(history.run(history.backend.update_conversation, tenant_of(ex), conversation_id, metadata))
     if found is None:
         raise _not_found(conversation_id)
     await send_json(ex.send, 200, found.to_json())
@@ -183,7 +185,7 @@ async def update_conversation(ctx: GatewayContext, ex: Exchange, conversation_id
 
 async def delete_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    if not await stored(history, history.backend.delete_conversation, tenant_of(ex), conversation_id):
+    if not await stored(history.run(history.backend.delete_conversation, tenant_of(ex), conversation_id)):
         raise _not_found(conversation_id)
     await send_json(ex.send, 200, {"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
@@ -194,7 +196,7 @@ async def add_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> 
     if "items" not in body:
         raise GatewayError(400, "missing_required_parameter", "'items' is required", param="items")
     items = new_items(body["items"], conversation_id, tenant_of(ex), int(time.time()))
-    if not await stored(history, history.backend.add_items, tenant_of(ex), conversation_id, items):
+    if not await stored(history.run(history.backend.add_items, tenant_of(ex), conversation_id, items)):
         raise _not_found(conversation_id)
     await send_json(ex.send, 200, item_list([i.data for i in items], has_more=False))
 
@@ -203,7 +205,7 @@ async def list_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) ->
     history = history_of(ctx)
     limit, order, after = pagination(ex)
     try:
-        page = await stored(history, history.backend.list_items, tenant_of(ex), conversation_id, limit, order, after)
+        page = await stored(history.run(history.backend.list_items, tenant_of(ex), conversation_id, limit, order, after))
     except UnknownCursor:
         raise GatewayError(400, "invalid_value", f"'after': no item '{after}' in this conversation", param="after") from None
     if page is None:
@@ -213,7 +215,7 @@ async def list_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) ->
 
 async def get_item(ctx: GatewayContext, ex: Exchange, conversation_id: str, item_id: str) -> None:
     history = history_of(ctx)
-    item = await stored(history, history.backend.get_item, tenant_of(ex), conversation_id, item_id)
+    item = await stored(history.run(history.backend.get_item, tenant_of(ex), conversation_id, item_id))
     if item is None:
         raise GatewayError(404, "not_found", f"no item '{item_id}' in conversation '{conversation_id}'", param="item_id")
     await send_json(ex.send, 200, item.data)
@@ -223,9 +225,9 @@ async def delete_item(ctx: GatewayContext, ex: Exchange, conversation_id: str, i
     """Answers with the conversation, as OpenAI does."""
     history = history_of(ctx)
     tenant = tenant_of(ex)
-    if not await stored(history, history.backend.delete_item, tenant, conversation_id, item_id):
+    if not await stored(history.run(history.backend.delete_item, tenant, conversation_id, item_id)):
         raise GatewayError(404, "not_found", f"no item '{item_id}' in conversation '{conversation_id}'", param="item_id")
-    found = await stored(history, history.backend.get_conversation, tenant, conversation_id)
+    found = await stored(history.run(history.backend.get_conversation, tenant, conversation_id))
     if found is None:
         raise _not_found(conversation_id)
     await send_json(ex.send, 200, found.to_json())

@@ -155,7 +155,7 @@ async def _chain(ctx: GatewayContext, tenant: str, response_id: str) -> list[dic
     for _ in range(MAX_CHAIN):
         if next_id is None:
             return items
-        found = await stored(history, history.backend.get_response, tenant, next_id)
+        found = await stored(history.run(history.backend.get_response, tenant, next_id))
         if found is None:
             raise GatewayError(404, "not_found", f"no response with id '{next_id}'", param="previous_response_id")
         items = found.input_items + list(found.data.get("output") or []) + items
@@ -168,7 +168,7 @@ async def _conversation_items(ctx: GatewayContext, tenant: str, conversation_id:
     items: list[dict[str, Any]] = []
     after = None
     while True:
-        page = await stored(history, history.backend.list_items, tenant, conversation_id, 100, "asc", after)
+        page = await stored(history.run(history.backend.list_items, tenant, conversation_id, 100, "asc", after))
         if page is None:
             raise GatewayError(404, "not_found", f"no conversation with id '{conversation_id}'", param="conversation")
         items += [i.data for i in page.items]
@@ -186,13 +186,13 @@ async def _save(ctx: GatewayContext, plan: Plan, response: dict[str, Any]) -> No
     record = StoredResponse(
         shell.id, plan.tenant, shell.created_at, response, plan.input_items, shell.previous_response_id, shell.conversation_id
     )
-    await stored(history, history.backend.put_response, record)
+    await stored(history.save_response(record))
     if shell.conversation_id is not None and response["status"] == "completed":
         items = [
             Item(data["id"], shell.conversation_id, plan.tenant, shell.created_at, data)
             for data in plan.input_items + response["output"]
         ]
-        if not await stored(history, history.backend.add_items, plan.tenant, shell.conversation_id, items):
+        if not await stored(history.run(history.backend.add_items, plan.tenant, shell.conversation_id, items)):
             log.warning("response %s: its conversation %s was deleted meanwhile", shell.id, shell.conversation_id)
 
 
@@ -313,7 +313,7 @@ async def _run_background(ctx: GatewayContext, ex: Exchange, plan: Plan, scope: 
 
 async def _found(ctx: GatewayContext, ex: Exchange, response_id: str) -> StoredResponse:
     history = history_of(ctx)
-    found = await stored(history, history.backend.get_response, tenant_of(ex), response_id)
+    found = await stored(history.run(history.backend.get_response, tenant_of(ex), response_id))
     if found is None:
         raise GatewayError(404, "not_found", f"no response with id '{response_id}'", param="response_id")
     return found
@@ -325,7 +325,7 @@ async def get_response(ctx: GatewayContext, ex: Exchange, response_id: str) -> N
 
 async def delete_response(ctx: GatewayContext, ex: Exchange, response_id: str) -> None:
     history = history_of(ctx)
-    if not await stored(history, history.backend.delete_response, tenant_of(ex), response_id):
+    if not await stored(history.run(history.backend.delete_response, tenant_of(ex), response_id)):
         raise GatewayError(404, "not_found", f"no response with id '{response_id}'", param="response_id")
     await send_json(ex.send, 200, {"id": response_id, "object": "response.deleted", "deleted": True})
 

@@ -55,8 +55,9 @@ class HistoryBackend(Protocol):
 
     def delete_item(self, tenant: str, conversation_id: str, item_id: str) -> bool: ...
 
-    def put_response(self, response: StoredResponse) -> None:
-        """Insert or replace (a background response is stored again when it completes)."""
+    def put_responses(self, responses: list[StoredResponse]) -> None:
+        """Insert or replace, all in one transaction (a background response is stored again when
+        it completes; the service commits the responses that arrive together as one group)."""
         ...
 
     def get_response(self, tenant: str, response_id: str) -> StoredResponse | None: ...

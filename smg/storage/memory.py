@@ -122,10 +122,11 @@ class MemoryHistory:
 
     # -- responses -----------------------------------------------------------------------
 
-    def put_response(self, response: StoredResponse) -> None:
+    def put_responses(self, responses: list[StoredResponse]) -> None:
         self._expire()
-        self._responses.pop(response.id, None)
-        self._responses[response.id] = (self.clock(), copy.deepcopy(response))
+        for response in responses:
+            self._responses.pop(response.id, None)
+            self._responses[response.id] = (self.clock(), copy.deepcopy(response))
         while len(self._responses) > self.max_responses:
             self._responses.popitem(last=False)
 

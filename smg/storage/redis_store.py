@@ -80,9 +80,7 @@ class RedisHistory:
         fields = client.hgetall(self._key("conv", conversation_id))
         if not fields or fields.get(b"tenant", b"").decode() != tenant:
             return None
-        return Conversation(
-            conversation_id, tenant, int(fields[b"created_at"]), json.loads(fields.get(b"metadata", b"{}"))
-        )
+        return Conversation(conversation_id, tenant, int(fields[b"created_at"]), json.loads(fields.get(b"metadata", b"{}")))
 
     def get_conversation(self, tenant: str, conversation_id: str) -> Conversation | None:
         with _errors():
@@ -166,9 +164,11 @@ class RedisHistory:
 
     # -- responses -----------------------------------------------------------------------
 
-    def put_response(self, response: StoredResponse) -> None:
-        with _errors():
-            self.redis.set(self._key("resp", response.id), json.dumps(asdict(response)), ex=self.ttl)
+    def put_responses(self, responses: list[StoredResponse]) -> None:
+        with _errors(), self.redis.pipeline(transaction=True) as pipe:
+            for response in responses:
+                pipe.set(self._key("resp", response.id), json.dumps(asdict(response)), ex=self.ttl)
+            pipe.execute()
 
     def get_response(self, tenant: str, response_id: str) -> StoredResponse | None:
         with _errors():

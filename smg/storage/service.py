@@ -19,6 +19,7 @@ import trio
 
 from smg.observability.metrics import GatewayMetrics
 from smg.storage.base import HistoryBackend, StorageError
+from smg.storage.records import StoredResponse
 
 log = logging.getLogger("smg.storage")
 T = TypeVar("T")
@@ -32,6 +33,8 @@ class History:
         self._limiter = trio.CapacityLimiter(max(1, backend.pool_size))
         self.ready = False  # the schema is migrated
         self.unready_reason = "starting"
+        self._saves: list[tuple[StoredResponse, _Waiter]] = []  # waiting for the next group commit
+        self._saving = False
 
     async def maintain(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Migrate the schema, retrying while the store is down: the gateway serves stateless
@@ -78,8 +81,45 @@ class History:
                 self.metrics.storage_operations(self.backend.name, name, result).inc()
                 self.metrics.storage_duration(self.backend.name, name).observe(time.perf_counter() - started)
 
+    async def save_response(self, record: StoredResponse) -> None:
+        """Store one response, committed with the others that arrive meanwhile (group commit:
+        one transaction and one thread hand-off for many concurrent responses; each caller
+        returns only once its own is committed, or raises the group's StorageError)."""
+        waiter = _Waiter()
+        self._saves.append((record, waiter))
+        if not self._saving:
+            self._saving = True
+            try:
+                while self._saves:
+                    group, self._saves = self._saves, []
+                    try:
+                        await self.run(self.backend.put_responses, [r for r, _ in group])
+                    except StorageError as exc:
+                        for _, each in group:
+                            each.error = exc
+                    except BaseException as exc:  # cancelled: the others must not wait forever
+                        for _, each in group:
+                            each.error = StorageError(f"not stored: {type(exc).__name__}")
+                            each.done.set()
+                        raise
+                    for _, each in group:
+                        each.done.set()
+            finally:
+                self._saving = False
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+
     async def close(self) -> None:
         if self.backend.blocking:
             await trio.to_thread.run_sync(self.backend.close)
         else:
             self.backend.close()
+
+
+class _Waiter:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: StorageError | None = None
