@@ -57,3 +57,24 @@ def test_sqlite_keeps_every_answered_response_through_kill_9(worker: Proc, tmp_p
 def test_postgres_keeps_every_answered_response_through_kill_9(worker: Proc) -> None:
     with postgres_database() as url:
         write_and_reread(worker, ["--history-backend", "postgres", "--postgres-db-url", url])
+
+
+def test_gateways_sharing_postgres_serve_each_others_records(worker: Proc) -> None:
+    with postgres_database() as url:
+        flags = ["--history-backend", "postgres", "--postgres-db-url", url]
+        first, second = start_gateway(worker.urls, *flags), start_gateway(worker.urls, *flags)
+        try:
+            created = httpx.post(
+                first.url + "/v1/responses", json={"model": "sim-model", "input": "shared", "max_output_tokens": 2}
+            )
+            created.raise_for_status()
+            answer_id = created.json()["id"]
+            follow = httpx.post(
+                second.url + "/v1/responses",
+                json={"model": "sim-model", "input": "and then?", "previous_response_id": answer_id, "max_output_tokens": 2},
+            )
+            assert follow.status_code == 200, follow.text
+            assert httpx.get(first.url + f"/v1/responses/{follow.json()['id']}").status_code == 200
+        finally:
+            first.stop()
+            second.stop()

@@ -24,7 +24,7 @@ from smg.asgi import (
 )
 from smg.cluster import routes as mesh
 from smg.observability.request_id import request_id_for
-from smg.router import control, conversations, responses
+from smg.router import control, conversations, messages, responses
 from smg.router.context import GatewayContext
 from smg.router.dataplane import ROUTES, handle_inference, handle_models
 from smg.router.errors import GatewayError
@@ -79,6 +79,7 @@ def _static_routes() -> dict[tuple[str, str], Route]:
         ("GET", "/mesh/rate-limits"): Route(mesh.mesh_rate_limits, "/mesh/rate-limits", CONTROL),
         ("POST", "/mesh/keys"): Route(mesh.mesh_keys, "/mesh/keys", CONTROL),
         ("POST", "/mesh/faults"): Route(mesh.mesh_faults, "/mesh/faults", CONTROL),
+        ("POST", "/v1/messages"): Route(messages.create_message, "/v1/messages", DATA),
     }
     for path, inference in ROUTES.items():
         routes[("POST", path)] = Route(partial(handle_inference, route=inference), path, DATA)
@@ -128,7 +129,10 @@ class GatewayApp:
         """The tenant a request acts for; raises 401 when its key does not open `auth` routes."""
         if self._api_key is None and not self._tenant_keys:
             return None
-        presented = header(scope, b"authorization") or b""
+        presented = header(scope, b"authorization")
+        if presented is None:  # Anthropic's clients send `x-api-key: KEY`
+            api_key = header(scope, b"x-api-key")
+            presented = b"Bearer " + api_key if api_key else b""
         if self._api_key is not None and hmac.compare_digest(presented, self._api_key):
             return ADMIN_TENANT
         tenant = self._tenant_keys.get(presented)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from smg.asgi import Send, dump_json, send_bytes
@@ -64,11 +65,17 @@ class GatewayError(Exception):
         """The error as a final SSE event, for a stream that already started."""
         return b"data: " + dump_json(self.body()) + b"\n\n"
 
-    async def send(self, send: Send, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def send(
+        self,
+        send: Send,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        shape: Callable[[GatewayError], dict[str, Any]] | None = None,
+    ) -> None:
+        """Answer with this error; `shape` gives another API's error body (Anthropic's)."""
         headers = [(ERROR_CODE_HEADER, self.code.encode()), *self.headers]
         if extra_headers:
             headers.extend(extra_headers)
-        await send_bytes(send, self.status, dump_json(self.body()), headers)
+        await send_bytes(send, self.status, dump_json(shape(self) if shape else self.body()), headers)
 
 
 def invalid_json(detail: str) -> GatewayError:

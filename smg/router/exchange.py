@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from smg.asgi import Message, Receive, Scope, Send
 from smg.router.errors import GatewayError
@@ -24,6 +26,7 @@ class Exchange:
         "completion_tokens",
         "error_code",
         "error_message",
+        "error_shape",
         "event_stream",
         "extra_headers",
         "finished",
@@ -56,6 +59,7 @@ class Exchange:
         self.model: str | None = None
         self.error_code: str | None = None
         self.error_message: str | None = None
+        self.error_shape: Callable[[GatewayError], dict[str, Any]] | None = None  # another API's error body
         self.event_stream = False
         self.tenant: str | None = None
         self.extra_headers: list[tuple[bytes, bytes]] = []
@@ -78,7 +82,7 @@ class Exchange:
         self.error_code = error.code
         self.error_message = error.message
         if not self.started:
-            await error.send(self.send)
+            await error.send(self.send, shape=self.error_shape)
         elif not self.finished:
             body = error.sse_event() if self.event_stream else b""
             await self.send({"type": "http.response.body", "body": body, "more_body": False})

@@ -24,8 +24,18 @@ from smg.router.context import GatewayContext
 from smg.router.dataplane import ROUTES, dispatch
 from smg.router.errors import GatewayError
 from smg.router.exchange import Exchange
+from smg.router.responses_format import SseReader
 
 CHAT = ROUTES["/v1/chat/completions"]
+
+
+def answer_error(status: int, body: Any) -> GatewayError:
+    """The error a failed chat answer (or a stream's error event) carries: the gateway's own,
+    or the worker's."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return GatewayError(status, str(error.get("code") or "upstream_error"), str(error.get("message") or ""))
+    return GatewayError(status, "upstream_error", f"the worker answered {status}")
 
 
 @dataclass
@@ -33,6 +43,23 @@ class InnerAnswer:
     status: int
     event_stream: bool
     _messages: trio.MemoryReceiveChannel[Message]
+    failure: GatewayError | None = None  # a stream's error event: the worker broke off
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """A chat stream's chunks, parsed, as they arrive; an error event ends up in `failure`."""
+        reader = SseReader()
+        async for chunk in self.chunks():
+            for data in reader.feed(chunk):
+                try:
+                    event = json.loads(data) if data != b"[DONE]" else None
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                if isinstance(event.get("error"), dict):
+                    self.failure = answer_error(502, event)
+                else:
+                    yield event
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for message in self._messages:

@@ -11,7 +11,6 @@ answering (`queued`); `POST /v1/responses/{id}/cancel` stops it.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +30,9 @@ from smg.router.conversations import (
 )
 from smg.router.errors import GatewayError, load_json_object, missing_parameter
 from smg.router.exchange import Exchange
-from smg.router.internal import chat_completion, never_disconnects
+from smg.router.internal import answer_error, chat_completion, never_disconnects
 from smg.router.responses_format import (
     ResponseShell,
-    SseReader,
     StreamState,
     chat_messages,
     chat_tool_choice,
@@ -196,14 +194,6 @@ async def _save(ctx: GatewayContext, plan: Plan, response: dict[str, Any]) -> No
             log.warning("response %s: its conversation %s was deleted meanwhile", shell.id, shell.conversation_id)
 
 
-def _error(status: int, body: Any) -> GatewayError:
-    """The error a failed chat answer carries (the gateway's own, or the worker's)."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        return GatewayError(status, str(error.get("code") or "upstream_error"), str(error.get("message") or ""))
-    return GatewayError(status, "upstream_error", f"the worker answered {status}")
-
-
 def _failed(shell: ResponseShell, error: GatewayError, output: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return shell.object_with("failed", output or [], error={"code": error.code, "message": error.message})
 
@@ -215,7 +205,7 @@ async def _complete(ctx: GatewayContext, ex: Exchange, plan: Plan, receive: Rece
         body = await answer.json()
         status = answer.status
     if status != 200:
-        raise _error(status, body)
+        raise answer_error(status, body)
     choices = body.get("choices") if isinstance(body, dict) else None
     if not choices or not isinstance(choices[0], dict):
         raise GatewayError(502, "upstream_invalid_response", "the worker's chat answer has no choices")
@@ -229,7 +219,7 @@ async def _stream(ctx: GatewayContext, ex: Exchange, plan: Plan) -> None:
     state = StreamState(plan.shell)
     async with chat_completion(ctx, ex, plan.chat) as answer:
         if answer.status != 200:
-            raise _error(answer.status, await answer.json())
+            raise answer_error(answer.status, await answer.json())
         ex.event_stream = True
         await ex.send(
             {
@@ -239,23 +229,12 @@ async def _stream(ctx: GatewayContext, ex: Exchange, plan: Plan) -> None:
             }
         )
         await _write(ex, state.start())
-        reader, failure = SseReader(), None
-        async for chunk in answer.chunks():
-            for data in reader.feed(chunk):
-                if data == b"[DONE]":
-                    continue
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and isinstance(event.get("error"), dict):
-                    failure = _error(502, event)  # the worker broke off mid-stream
-                    ex.error_code, ex.error_message = failure.code, failure.message
-                    continue
-                if isinstance(event, dict):
-                    await _write(ex, state.chunk(event))
+        async for event in answer.events():
+            await _write(ex, state.chunk(event))
     await _write(ex, state.finish())
+    failure = answer.failure
     if failure is not None:
+        ex.error_code, ex.error_message = failure.code, failure.message
         response, last = state.failed({"code": failure.code, "message": failure.message})
     else:
         response, last = state.completed()

@@ -12,7 +12,14 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-ID_PREFIX = {"conversation": "conv_", "response": "resp_", "message": "msg_", "function_call": "fc_", "call": "call_"}
+ID_PREFIX = {
+    "conversation": "conv_",
+    "response": "resp_",
+    "message": "msg_",
+    "function_call": "fc_",
+    "call": "call_",
+    "toolu": "toolu_",
+}
 
 
 def new_id(kind: str) -> str:

@@ -92,6 +92,7 @@ class SimWorker:
             ("POST", "/sim/config"): self._set_config,
             ("GET", "/sim/requests"): self._requests,
             ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/messages"): self._messages,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/generate"): self._generate,
             ("POST", "/v1/embeddings"): self._embeddings,
@@ -225,6 +226,19 @@ class SimWorker:
         count = self._max_tokens(body, "max_completion_tokens", "max_tokens")
         await self._generate_tokens(scope, receive, send, body, prompt, count, _ChatShape("chatcmpl"))
 
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Anthropic's Messages API, natively (as vLLM and SGLang serve it)."""
+        body = await self._json_body(scope, receive)
+        self._check_model(body)
+        if "messages" not in body:
+            raise missing_parameter("messages")
+        system = body.get("system")
+        if isinstance(system, list):
+            system = " ".join(b.get("text", "") for b in system if isinstance(b, dict))
+        prompt = chat_prompt(([{"role": "system", "content": system}] if system else []) + list(body["messages"]))
+        count = self._max_tokens(body, "max_tokens")
+        await self._generate_tokens(scope, receive, send, body, prompt, count, _MessagesShape("msg"))
+
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self._json_body(scope, receive)
         self._check_model(body)
@@ -342,7 +356,7 @@ class SimWorker:
                     await trio.sleep(tpot)
             await send({"type": "http.response.body", "body": event, "more_body": True})
         self.engine.cache.retain(retained)
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        await send({"type": "http.response.body", "body": shape.end, "more_body": False})
 
     # -- embeddings and rerank ---------------------------------------------
 
@@ -403,10 +417,11 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
 class _Shape:
     """How one API family frames a generation, whole or as SSE events."""
 
+    end = b"data: [DONE]\n\n"  # the stream's last bytes
+
     def __init__(self, prefix: str) -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)  # what gateways sent, newest last
 
     def full(self, model: str, words: list[str], usage: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -529,4 +544,42 @@ class _GenerateShape(_Shape):
         for i in range(len(words)):
             done = i == len(words) - 1
             events.append(_sse({"text": " ".join(words[: i + 1]), "meta_info": self._meta(usage, i + 1, done)}))
+        return events
+
+
+class _MessagesShape(_ChatShape):
+    """Anthropic's message object and its SSE events."""
+
+    end = _sse({"type": "message_stop"}).replace(b"data: ", b"event: message_stop\ndata: ", 1)
+
+    def full(self, model: str, words: list[str], usage: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": " ".join(words)}],
+            "stop_reason": "max_tokens",
+            "stop_sequence": None,
+            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]},
+        }
+
+    def stream(self, model: str, words: list[str], usage: dict[str, Any], include_usage: bool) -> list[bytes]:
+        def event(kind: str, **fields: Any) -> bytes:
+            return f"event: {kind}\n".encode() + _sse({"type": kind, **fields})
+
+        message = {**self.full(model, [], usage), "content": [], "stop_reason": None}
+        message["usage"] = {"input_tokens": usage["prompt_tokens"], "output_tokens": 0}
+        events = [event("message_start", message=message)]
+        events.append(event("content_block_start", index=0, content_block={"type": "text", "text": ""}))
+        for i in range(len(words)):
+            events.append(event("content_block_delta", index=0, delta={"type": "text_delta", "text": _piece(words, i)}))
+        events.append(event("content_block_stop", index=0))
+        events.append(
+            event(
+                "message_delta",
+                delta={"stop_reason": "max_tokens", "stop_sequence": None},
+                usage={"output_tokens": usage["completion_tokens"]},
+            )
+        )
         return events
