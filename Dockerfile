@@ -5,7 +5,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY smg ./smg
-RUN pip install . && useradd --system --uid 10001 --no-create-home smg
+RUN pip install . && useradd --system --uid 10001 --no-create-home smg \
+    && mkdir /data && chown smg /data
+# the embedded history database (--history-backend sqlite); mount a volume to keep it
+ENV SMG_HISTORY_DB_PATH=/data/history.db
+VOLUME /data
 
 USER smg
 # data plane, metrics, mesh (UDP and TCP)

@@ -204,6 +204,15 @@ class GatewayConfig:
     def _validate_history(self) -> None:
         if self.history_backend not in HISTORY_BACKENDS:
             raise ConfigError(f"--history-backend must be one of {', '.join(HISTORY_BACKENDS)}, got '{self.history_backend}'")
+        if self.history_backend == "sqlite":
+            folder = os.path.dirname(os.path.abspath(self.history_path()))
+            while not os.path.exists(folder):
+                folder = os.path.dirname(folder)
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise ConfigError(
+                    f"history database {self.history_path()}: {folder} is not a writable folder "
+                    "(set --history-db-path or $SMG_HISTORY_DB_PATH, or --history-backend memory)"
+                )
         if self.history_backend == "postgres" and not self.postgres_db_url:
             raise ConfigError("--history-backend postgres needs --postgres-db-url (or $POSTGRES_DB_URL)")
         if self.history_backend == "redis" and not self.redis_url:

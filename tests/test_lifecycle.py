@@ -130,6 +130,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--worker-urls", "grpc://w:1"], "gRPC workers are not supported"),
         (["--max-concurrent-requests", "0"], "--max-concurrent-requests"),
         (["--tokenizer-path", "/nonexistent"], "--tokenizer-path"),
+        (["--history-backend", "postgres"], "--postgres-db-url"),
+        (["--history-backend", "redis"], "--redis-url"),
+        (["--history-backend", "files"], "--history-backend"),
+        (["--history-db-path", "/etc/hostname/history.db"], "not a writable folder"),
+        (["--max-background-responses", "-1"], "--max-background-responses"),
+        (["--postgres-op-timeout-secs", "0"], "--postgres-op-timeout-secs"),
     ],
 )
 def test_bad_flags_exit_with_one_line(args: list[str], words: str) -> None:
