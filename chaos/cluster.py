@@ -310,13 +310,21 @@ class Cluster:
         for i in range(self.gateways):
             self.drop(i, [], loss)
 
+    def lag(self, delay_ms: float) -> None:
+        """Every gateway delays what it sends to the others by `delay_ms`. No kernel tool here
+        delays packets (no `tc netem`), so on namespaces too this is the mesh fault filter."""
+        self.note(f"{delay_ms:g} ms one-way delay between gateways")
+        for i in range(self.gateways):
+            body = {"delay_ms": delay_ms}
+            httpx.post(self.url(i) + "/mesh/faults", json=body, headers=ADMIN, timeout=5).raise_for_status()
+
     def heal(self) -> None:
         self.note("heal")
         self._filters.clear()
         for i in range(self.gateways):
             if self.network is not None:
                 self.network.clear(f"g{i}")
-            elif self.gateway_nodes[i].alive and not self.gateway_nodes[i].stopped:
+            if self.gateway_nodes[i].alive and not self.gateway_nodes[i].stopped:
                 httpx.post(self.url(i) + "/mesh/faults", json={}, headers=ADMIN, timeout=5)
 
     def delay_worker(self, j: int, delay_ms: float, seen_by: list[int] | None = None) -> None:

@@ -108,6 +108,11 @@ SCENARIOS = {
         ),
         Scenario("sigstop-10s", "SIGSTOP a gateway for 10 s (slow node), SIGCONT", window(sigstop(10.0)), allowed_deaths=1),
         Scenario(
+            "mesh-latency",
+            "100 ms one-way delay on everything gateways send each other",
+            window(lambda c: c.lag(100.0), Cluster.heal, end=0.75),
+        ),
+        Scenario(
             "worker-latency",
             "a worker behind a 150 ms delay proxy (swapped in and out through the control plane)",
             window(lambda c: c.delay_worker(0, 150.0), lambda c: c.undelay_worker(0)),

@@ -112,6 +112,15 @@ def start_mesh_gateway(worker_urls: list[str], *flags: str, seeds: list[str] = (
     return proc
 
 
+def start_of_a_fresh_minute(needed: float = 20.0) -> None:
+    """Rate-limit windows are wall-clock minutes and the estimate weighs the previous one: a
+    test that counts admissions must not straddle a boundary. Sleeps (at most `needed`
+    seconds) into the next minute when fewer than `needed` seconds are left in this one."""
+    left = 60.0 - time.time() % 60.0
+    if left < needed:
+        time.sleep(left + 0.1)
+
+
 def wait_until(predicate, what: str, deadline: float = STARTUP_DEADLINE) -> None:  # type: ignore[no-untyped-def]
     """Poll `predicate` until true; fail with `what` after `deadline` seconds."""
     end = time.monotonic() + deadline

@@ -72,8 +72,8 @@ async def mesh_rate_limits(ctx: GatewayContext, ex: Exchange) -> None:
 async def mesh_faults(ctx: GatewayContext, ex: Exchange) -> None:
     """Testing only (`--mesh-fault-injection`): drop mesh traffic to/from members, or at random.
 
-    `{"drop_to": ["host:port", ...], "drop_from": ["host", ...], "loss": 0.1}` replaces the
-    filter; `{}` clears it. Used by the chaos suite and benchmarks to partition gateways
+    `{"drop_to": ["host:port", ...], "drop_from": ["host", ...], "loss": 0.1, "delay_ms": 50}`
+    replaces the filter; `{}` clears it. Used by the chaos suite and benchmarks to partition gateways
     where network namespaces are not available.
     """
     cluster = _cluster(ctx)
@@ -81,13 +81,21 @@ async def mesh_faults(ctx: GatewayContext, ex: Exchange) -> None:
         raise GatewayError(403, "fault_injection_disabled", "start the gateway with --mesh-fault-injection to use this")
     body = load_json_object(await read_body(ex.scope, ex.receive, 64 * 1024))
     drop_to, drop_from, loss = body.get("drop_to", []), body.get("drop_from", []), body.get("loss", 0.0)
+    delay_ms = body.get("delay_ms", 0)
+    if not isinstance(delay_ms, (int, float)) or isinstance(delay_ms, bool) or not 0 <= delay_ms <= 10_000:
+        raise GatewayError(400, "invalid_value", "'delay_ms' must be a number from 0 to 10000", param="delay_ms")
     if not all(isinstance(v, list) and all(isinstance(a, str) for a in v) for v in (drop_to, drop_from)):
         raise GatewayError(400, "invalid_value", "'drop_to' and 'drop_from' must be lists of addresses")
     if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not 0 <= loss <= 1:
         raise GatewayError(400, "invalid_value", "'loss' must be a number between 0 and 1", param="loss")
     faults = cluster.mesh.transport.faults
     faults.drop_to, faults.drop_from, faults.loss = set(drop_to), set(drop_from), float(loss)
-    await send_json(ex.send, 200, {"drop_to": sorted(faults.drop_to), "drop_from": sorted(faults.drop_from), "loss": faults.loss})
+    faults.delay = delay_ms / 1000
+    await send_json(
+        ex.send,
+        200,
+        {"drop_to": sorted(faults.drop_to), "drop_from": sorted(faults.drop_from), "loss": faults.loss, "delay_ms": delay_ms},
+    )
 
 
 async def mesh_keys(ctx: GatewayContext, ex: Exchange) -> None:

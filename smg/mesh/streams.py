@@ -108,6 +108,8 @@ class PeerStreams:
                             outbox.queue.popleft()  # an injected partition or loss (tests, chaos)
                             self.transport.dropped["fault_filter"] += 1
                             continue
+                        if self.transport.faults.delay:
+                            await trio.sleep(self.transport.faults.delay)
                         await stream.send_all(self.transport.frame(outbox.queue[0]))
                         outbox.queue.popleft()
                     outbox.wakeup = trio.Event()

@@ -30,11 +30,13 @@ TCP_TIMEOUT = 5.0
 
 @dataclass
 class FaultFilter:
-    """Faults injected at run time by tests and the chaos suite: drops by peer, random loss."""
+    """Faults injected at run time by tests and the chaos suite: drops by peer, random loss, and
+    a delay on everything sent (this kernel has no `tc netem`, so latency is added here)."""
 
     drop_to: set[str] = field(default_factory=set)
     drop_from: set[str] = field(default_factory=set)
     loss: float = 0.0
+    delay: float = 0.0  # seconds added before each packet or frame leaves
     rng: random.Random = field(default_factory=random.Random)
 
     def outgoing_dropped(self, address: str) -> bool:
@@ -144,6 +146,8 @@ class MeshTransport:
     async def send(self, address: str, message: Message, reliable: bool) -> None:
         if self.faults.outgoing_dropped(address):
             return
+        if self.faults.delay:
+            await trio.sleep(self.faults.delay)
         frame = seal(self.keyring, encode_message(message))
         self.sent_bytes += len(frame)
         self.sent_packets += 1
