@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -191,6 +192,31 @@ def test_a_mesh_port_in_use_is_reported_and_the_gateway_serves_anyway(workers: P
             assert "serving from local state" in gateway.log()
         finally:
             gateway.stop()
+
+
+def probe_rtt(node: Proc) -> tuple[float, float]:
+    metrics = httpx.get(node.metrics_url + "/metrics").text  # type: ignore[operator]
+    total = re.search(r"^smg_mesh_probe_rtt_seconds_sum (\S+)", metrics, re.MULTILINE)
+    count = re.search(r"^smg_mesh_probe_rtt_seconds_count (\S+)", metrics, re.MULTILINE)
+    assert total and count, "no probe RTT histogram"
+    return float(total.group(1)), float(count.group(1))
+
+
+def test_an_added_delay_slows_every_probe_and_kills_nobody(cluster: list[Proc]) -> None:
+    assert api.post(cluster[0].url + "/mesh/faults", json={"delay_ms": "slow"}).status_code == 400
+    try:
+        for node in cluster:
+            assert api.post(node.url + "/mesh/faults", json={"delay_ms": 100}).json()["delay_ms"] == 100
+        started = probe_rtt(cluster[0])[1]
+        wait_until(lambda: probe_rtt(cluster[0])[1] > started + 1, "probes sent under the delay", CONVERGE)
+        before = probe_rtt(cluster[0])
+        wait_until(lambda: probe_rtt(cluster[0])[1] >= before[1] + 6, "six more probes", CONVERGE)
+        after = probe_rtt(cluster[0])
+        assert (after[0] - before[0]) / (after[1] - before[1]) >= 0.19  # each probe's round trip: two 100 ms legs
+        assert all(set(states(n).values()) == {"alive"} for n in cluster)
+    finally:
+        for node in cluster:
+            api.post(node.url + "/mesh/faults", json={})
 
 
 def test_fault_injection_needs_its_flag(workers: Proc) -> None:

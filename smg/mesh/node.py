@@ -118,8 +118,8 @@ class MeshNode:
             for event in self.swim.pop_events():
                 log.info("mesh %s: %s is %s (incarnation %d)", self.name, event.name, event.state.value, event.incarnation)
                 self.events.append((now, event))
-                if event.state in (State.DEAD, State.LEFT):
-                    self.streams.reset(event.name)
+                if event.state in (State.DEAD, State.LEFT, State.ALIVE):
+                    self.streams.reset(event.name)  # gone, or back: either way no stale connection
                 for channel in list(self._subscribers):
                     try:
                         channel.send_nowait(event)

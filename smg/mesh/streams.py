@@ -68,9 +68,9 @@ class PeerStreams:
         return True
 
     def reset(self, peer: str) -> None:
-        """Drop the connection to `peer` (declared dead or gone). Through a partition its
-        unacknowledged bytes sit in TCP's retransmission backoff, which can hold a healed link
-        silent for many seconds; the next message after the peer's return opens a fresh one."""
+        """Drop the connection to `peer` (declared dead, gone, or back from suspect or dead).
+        Through a partition its unacknowledged bytes sit in TCP's retransmission backoff, which
+        can hold a healed link silent for many seconds; the next message opens a fresh one."""
         outbox = self._outboxes.get(peer)
         if outbox is not None and outbox.connection is not None:
             outbox.connection.cancel()
