@@ -600,7 +600,7 @@ class Swim:
         if suspicion is not None:
             # every packet to a suspect tells it so, for as long as the suspicion lasts, not
             # only the retransmit limit's few copies: losing them all must not kill it
-            chosen.append(Suspect(destination, suspicion.incarnation, next(iter(suspicion.confirmations))))
+            chosen.append(Suspect(destination, suspicion.incarnation, min(suspicion.confirmations)))
             budget -= _update_size(chosen[0])
         if not self._queue:
             return tuple(chosen)
