@@ -23,6 +23,14 @@ def _no_leftover_processes() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
+def worker() -> Iterator[Proc]:
+    """One simulated worker with its default timing; `/sim/requests` shows what gateways sent."""
+    proc = start_sim(1)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 def sim() -> Iterator[Proc]:
     """Two simulated workers with no artificial delay."""
     proc = start_sim(2, "--ttft-ms", "0", "--tpot-ms", "0")

@@ -9,16 +9,9 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Proc, start_gateway, start_sim
+from tests.helpers import Proc, start_gateway
 
 ADMIN = "admin-key"
-
-
-@pytest.fixture(scope="module")
-def worker() -> Iterator[Proc]:
-    proc = start_sim(1)
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import Proc, start_gateway, start_sim
+from tests.helpers import Proc, start_gateway
 from tests.storage_backends import postgres_database
 
 COUNT = 1000
-
-
-@pytest.fixture(scope="module")
-def worker() -> Iterator[Proc]:
-    proc = start_sim(1)
-    yield proc
-    proc.stop()
 
 
 def write_and_reread(worker: Proc, flags: list[str]) -> None:

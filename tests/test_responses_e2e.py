@@ -10,14 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Proc, start_gateway, start_sim, wait_until
-
-
-@pytest.fixture(scope="module")
-def worker() -> Iterator[Proc]:
-    proc = start_sim(1)
-    yield proc
-    proc.stop()
+from tests.helpers import Proc, start_gateway, wait_until
 
 
 @pytest.fixture(scope="module")

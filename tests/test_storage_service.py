@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -39,16 +41,22 @@ def record(n: int) -> StoredResponse:
     return StoredResponse(f"resp_{n}", "t", 0, {"n": n})
 
 
-async def started(backend: SlowBackend, timeout: float = 5.0) -> History:
+@asynccontextmanager
+async def started(backend: SlowBackend, timeout: float = 5.0) -> AsyncIterator[History]:
+    """The service with its maintenance task (migration, then group commits) running."""
     history = History(backend, timeout)
-    await history.maintain()  # migrates, then returns: the store is ready
-    return history
+    async with trio.open_nursery() as nursery:
+        await nursery.start(history.maintain)
+        with trio.fail_after(5):
+            while not history.ready:
+                await trio.sleep(0.001)
+        yield history
+        nursery.cancel_scope.cancel()
 
 
 async def test_concurrent_saves_commit_in_groups_and_each_waits_for_its_own() -> None:
     backend = SlowBackend()
-    history = await started(backend)
-    async with trio.open_nursery() as nursery:
+    async with started(backend) as history, trio.open_nursery() as nursery:
         for n in range(40):
             nursery.start_soon(history.save_response, record(n))
     assert sum(backend.groups) == 40 and len(backend.groups) < 10  # the first alone, then the rest together
@@ -56,25 +64,42 @@ async def test_concurrent_saves_commit_in_groups_and_each_waits_for_its_own() ->
 
 
 async def test_a_failed_group_fails_every_caller_in_it() -> None:
-    history = await started(SlowBackend(fail=True))
     failures = []
+    async with started(SlowBackend(fail=True)) as history:
 
-    async def save(n: int) -> None:
-        try:
-            await history.save_response(record(n))
-        except StorageError as exc:
-            failures.append(str(exc))
+        async def save(n: int) -> None:
+            try:
+                await history.save_response(record(n))
+            except StorageError as exc:
+                failures.append(str(exc))
 
-    async with trio.open_nursery() as nursery:
-        for n in range(5):
-            nursery.start_soon(save, n)
+        async with trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(save, n)
     assert failures == ["disk full"] * 5
 
 
+async def test_a_caller_that_leaves_does_not_strand_the_others() -> None:
+    backend = SlowBackend(delay=0.05)
+
+    async def leaves_early() -> None:
+        with trio.move_on_after(0.01):  # its client goes away while its group is being written
+            await history.save_response(record(0))
+
+    async with started(backend) as history:
+        with trio.fail_after(5):  # a stranded save would wait forever
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(leaves_early)
+                await trio.sleep(0.001)
+                for n in range(1, 6):  # these queue behind the group being written
+                    nursery.start_soon(history.save_response, record(n))
+    assert all(backend.get_response("t", f"resp_{n}") is not None for n in range(6))
+
+
 async def test_a_call_past_the_timeout_is_abandoned_with_storage_error() -> None:
-    history = await started(SlowBackend(delay=0.5), timeout=0.05)
-    with pytest.raises(StorageError, match=r"did not answer within 0\.05s"):
-        await history.save_response(record(1))
+    async with started(SlowBackend(delay=0.5), timeout=0.05) as history:
+        with pytest.raises(StorageError, match=r"did not answer within 0\.05s"):
+            await history.save_response(record(1))
 
 
 async def test_calls_before_the_store_is_ready_fail_fast() -> None:

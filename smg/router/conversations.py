@@ -142,8 +142,9 @@ def pagination(ex: Exchange) -> tuple[int, str, str | None]:
     return limit, order, after
 
 
-async def _body(ex: Exchange) -> dict[str, Any]:
-    return load_json_object(await read_body(ex.scope, ex.receive, BODY_LIMIT))
+async def _body(ctx: GatewayContext, ex: Exchange) -> dict[str, Any]:
+    limit = min(BODY_LIMIT, ctx.config.max_payload_size)  # 20 full items at most, and never past the flag
+    return load_json_object(await read_body(ex.scope, ex.receive, limit))
 
 
 def _not_found(conversation_id: str) -> GatewayError:
@@ -155,7 +156,7 @@ def _not_found(conversation_id: str) -> GatewayError:
 
 async def create_conversation(ctx: GatewayContext, ex: Exchange) -> None:
     history = history_of(ctx)
-    body = await _body(ex)
+    body = await _body(ctx, ex)
     now, tenant = int(time.time()), tenant_of(ex)
     conversation = Conversation(new_id("conversation"), tenant, now, parse_metadata(body.get("metadata")))
     items = new_items(body.get("items"), conversation.id, tenant, now)
@@ -173,7 +174,7 @@ async def get_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: s
 
 async def update_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    body = await _body(ex)
+    body = await _body(ctx, ex)
     if "metadata" not in body:
         raise GatewayError(400, "missing_required_parameter", "'metadata' is required", param="metadata")
     metadata = parse_metadata(body["metadata"])
@@ -192,7 +193,7 @@ async def delete_conversation(ctx: GatewayContext, ex: Exchange, conversation_id
 
 async def add_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    body = await _body(ex)
+    body = await _body(ctx, ex)
     if "items" not in body:
         raise GatewayError(400, "missing_required_parameter", "'items' is required", param="items")
     items = new_items(body["items"], conversation_id, tenant_of(ex), int(time.time()))

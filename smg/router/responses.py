@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -253,7 +254,7 @@ async def _write(ex: Exchange, events: list[bytes]) -> None:
 
 async def _start_background(ctx: GatewayContext, ex: Exchange, plan: Plan) -> None:
     background = ctx.background
-    assert background is not None and background.nursery is not None
+    assert background is not None
     if len(background.running) >= background.limit:
         raise GatewayError(
             429,
@@ -263,15 +264,11 @@ async def _start_background(ctx: GatewayContext, ex: Exchange, plan: Plan) -> No
         )
     queued = plan.shell.object_with("queued", [])
     await _save(ctx, plan, queued)
-    scope = trio.CancelScope()
-    background.running[plan.shell.id] = scope
-    background.nursery.start_soon(_run_background, ctx, ex, plan, scope)
+    background.start(plan.shell.id, partial(_run_background, ctx, ex, plan))
     await send_json(ex.send, 200, queued)
 
 
 async def _run_background(ctx: GatewayContext, ex: Exchange, plan: Plan, scope: trio.CancelScope) -> None:
-    background = ctx.background
-    assert background is not None
     try:
         with scope:
             await _save(ctx, plan, plan.shell.object_with("in_progress", []))
@@ -283,8 +280,6 @@ async def _run_background(ctx: GatewayContext, ex: Exchange, plan: Plan, scope: 
         await _save(ctx, plan, _failed(plan.shell, error))
     except Exception:
         log.exception("background response %s failed", plan.shell.id)
-    finally:
-        background.running.pop(plan.shell.id, None)
 
 
 # -- GET, DELETE, cancel, input_items -----------------------------------------------------------
@@ -313,14 +308,10 @@ async def cancel_response(ctx: GatewayContext, ex: Exchange, response_id: str) -
     found = await _found(ctx, ex, response_id)
     if not found.data.get("background"):
         raise GatewayError(400, "invalid_request", "only background responses can be cancelled", param="response_id")
-    scope = ctx.background.running.get(response_id) if ctx.background is not None else None
-    if scope is None:
+    if ctx.background is None or not await ctx.background.cancel(response_id):
         await send_json(ex.send, 200, found.data)  # already finished (or running on another node)
         return
-    scope.cancel()
-    while response_id in ctx.background.running:  # type: ignore[union-attr]
-        await trio.sleep(0.01)  # the task records `cancelled`
-    await send_json(ex.send, 200, (await _found(ctx, ex, response_id)).data)
+    await send_json(ex.send, 200, (await _found(ctx, ex, response_id)).data)  # as the task recorded it: cancelled
 
 
 async def input_items(ctx: GatewayContext, ex: Exchange, response_id: str) -> None:

@@ -34,11 +34,12 @@ class History:
         self.ready = False  # the schema is migrated
         self.unready_reason = "starting"
         self._saves: list[tuple[StoredResponse, _Waiter]] = []  # waiting for the next group commit
-        self._saving = False
+        self._saves_waiting = trio.Event()
 
     async def maintain(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Migrate the schema, retrying while the store is down: the gateway serves stateless
-        traffic meanwhile and history calls answer 503 until the store is ready."""
+        """Migrate the schema, retrying while the store is down (the gateway serves stateless
+        traffic meanwhile and history calls answer 503 until the store is ready); then commit
+        saved responses, in groups, for as long as the node runs."""
         task_status.started()
         delay = 1.0
         while not self.ready:
@@ -52,6 +53,7 @@ class History:
                 continue
             self.ready = True
             log.info("history: %s store ready (schema version %d)", self.backend.name, version)
+        await self._commit_saves()
 
     async def run(self, operation: Callable[..., T], *args: object, check_ready: bool = True) -> T:
         """`operation(*args)` (a method of `backend`); StorageError when it fails or times out."""
@@ -83,32 +85,31 @@ class History:
 
     async def save_response(self, record: StoredResponse) -> None:
         """Store one response, committed with the others that arrive meanwhile (group commit:
-        one transaction and one thread hand-off for many concurrent responses; each caller
-        returns only once its own is committed, or raises the group's StorageError)."""
+        one transaction and one thread hand-off for many concurrent responses). Returns once
+        this one is committed; raises the group's StorageError. A caller that leaves early
+        leaves its record to be committed anyway."""
+        if not self.ready:
+            raise StorageError(f"the {self.backend.name} store is not ready: {self.unready_reason}")
         waiter = _Waiter()
         self._saves.append((record, waiter))
-        if not self._saving:
-            self._saving = True
-            try:
-                while self._saves:
-                    group, self._saves = self._saves, []
-                    try:
-                        await self.run(self.backend.put_responses, [r for r, _ in group])
-                    except StorageError as exc:
-                        for _, each in group:
-                            each.error = exc
-                    except BaseException as exc:  # cancelled: the others must not wait forever
-                        for _, each in group:
-                            each.error = StorageError(f"not stored: {type(exc).__name__}")
-                            each.done.set()
-                        raise
-                    for _, each in group:
-                        each.done.set()
-            finally:
-                self._saving = False
+        self._saves_waiting.set()
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
+
+    async def _commit_saves(self) -> None:
+        """The one task that writes saved responses: everything waiting, as one group."""
+        while True:
+            await self._saves_waiting.wait()
+            self._saves_waiting = trio.Event()
+            group, self._saves = self._saves, []
+            try:
+                await self.run(self.backend.put_responses, [record for record, _ in group])
+            except StorageError as exc:
+                for _, waiter in group:
+                    waiter.error = exc
+            for _, waiter in group:
+                waiter.done.set()
 
     async def close(self) -> None:
         if self.backend.blocking:
