@@ -94,6 +94,27 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long in-flight requests may finish (default: %(default)s)",
     )
     net.add_argument(
+        "--header-read-timeout-secs",
+        type=float,
+        default=30.0,
+        help="close a connection whose request head is not complete this long after it was accepted (or after "
+        "the first byte of a later request's head); 0 disables (default: %(default)s)",
+    )
+    net.add_argument(
+        "--idle-connection-timeout-secs",
+        type=float,
+        default=90.0,
+        help="close a keep-alive connection with no request in flight for this long (an open stream counts as in "
+        "flight); keep it above the idle timeout of a balancer in front; 0 disables (default: %(default)s)",
+    )
+    net.add_argument(
+        "--max-client-connections",
+        type=int,
+        default=10_000,
+        help="open client connections this process accepts at once; more wait in the listen backlog, with a "
+        "warning in the log (default: %(default)s)",
+    )
+    net.add_argument(
         "--request-id-headers",
         nargs="+",
         default=list(DEFAULT_REQUEST_ID_HEADERS),
@@ -307,6 +328,21 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         default=300.0,
         help="a stream silent this long is ended with an error event (default: %(default)s)",
     )
+    retry.add_argument(
+        "--max-upstream-response-size",
+        type=int,
+        default=256 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest non-streamed answer read from a worker; larger is 502 upstream_protocol_error (default: %(default)s)",
+    )
+    retry.add_argument(
+        "--max-sse-event-size",
+        type=int,
+        default=16 * 1024 * 1024,
+        metavar="BYTES",
+        help="largest single server-sent event relayed from a worker; larger ends the stream with an error event "
+        "(default: %(default)s)",
+    )
 
     admission = parser.add_argument_group("admission and auth")
     admission.add_argument(
@@ -354,7 +390,11 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
     obs = parser.add_argument_group("logs and metrics")
     obs.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     obs.add_argument("--log-json", action="store_true", help="one JSON object per log line, with the request id")
-    obs.add_argument("--prometheus-host", default="0.0.0.0", help="address of the /metrics server (default: %(default)s)")
+    obs.add_argument(
+        "--prometheus-host",
+        default=None,
+        help="address of the /metrics server (default: --host, so a gateway on loopback keeps its metrics there)",
+    )
     obs.add_argument(
         "--prometheus-port",
         type=int,

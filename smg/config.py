@@ -38,7 +38,7 @@ class GatewayConfig:
     connect_timeout_secs: float = 10.0
     log_level: str = "info"
     log_json: bool = False
-    prometheus_host: str = "0.0.0.0"
+    prometheus_host: str | None = None  # None: --host
     prometheus_port: int | None = 29000
     shutdown_grace_period_secs: float = 180.0
     request_id_headers: tuple[str, ...] = DEFAULT_REQUEST_ID_HEADERS
@@ -84,6 +84,12 @@ class GatewayConfig:
     disable_retries: bool = False
     worker_first_byte_timeout_secs: float = 120.0
     stream_stall_timeout_secs: float = 300.0
+    max_upstream_response_size: int = 256 * 1024 * 1024
+    max_sse_event_size: int = 16 * 1024 * 1024
+    # client connections
+    header_read_timeout_secs: float = 30.0
+    idle_connection_timeout_secs: float = 90.0
+    max_client_connections: int = 10_000
     # admission
     max_concurrent_requests: int = -1
     queue_size: int = 100
@@ -147,6 +153,19 @@ class GatewayConfig:
                 raise ConfigError(f"{flag} must be positive, got {value}")
         if self.shutdown_grace_period_secs < 0:
             raise ConfigError("--shutdown-grace-period-secs must not be negative")
+        for flag, size in (
+            ("--max-upstream-response-size", self.max_upstream_response_size),
+            ("--max-sse-event-size", self.max_sse_event_size),
+            ("--max-client-connections", self.max_client_connections),
+        ):
+            if size < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {size}")
+        for flag, seconds in (
+            ("--header-read-timeout-secs", self.header_read_timeout_secs),
+            ("--idle-connection-timeout-secs", self.idle_connection_timeout_secs),
+        ):
+            if seconds < 0:
+                raise ConfigError(f"{flag} must not be negative (0 disables it), got {seconds}")
         if self.upstream_max_idle_per_worker < 0:
             raise ConfigError("--upstream-max-idle-per-worker must not be negative")
         if bool(self.tls_cert_path) != bool(self.tls_key_path):
@@ -257,6 +276,15 @@ class GatewayConfig:
                 parse_key(key)
             except ValueError as exc:
                 raise ConfigError(f"--mesh-key: {exc}") from None
+
+    @property
+    def metrics_host(self) -> str:
+        """--prometheus-host, else --host.
+
+        The reference binds the unspecified address of --host's family; we follow --host instead, so a
+        gateway kept on loopback does not publish its metrics (worker URLs, tenant names) to the network.
+        """
+        return self.prometheus_host or self.host
 
     def history_path(self) -> str:
         """The SQLite file: --history-db-path, else $SMG_HISTORY_DB_PATH, else the user's data directory."""

@@ -80,7 +80,7 @@ async def run_gateway(
         urls = await nursery.start(serve_app, app, main)
         metrics_urls: list[str] = []
         if config.prometheus_port is not None:
-            metrics_config = hypercorn_config(config.prometheus_host, config.prometheus_port, graceful_timeout=0.5)
+            metrics_config = hypercorn_config(config.metrics_host, config.prometheus_port, graceful_timeout=0.5)
             metrics_urls = await nursery.start(serve_app, MetricsApp(ctx.metrics), metrics_config)
         if config.ha_mesh:
             ctx.cluster = await nursery.start(ClusterNode(config, ctx).run, advertised_url(config, urls[0]))
