@@ -140,3 +140,81 @@ def test_bad_limit_configs_are_one_line_errors(tmp_path: Path) -> None:
             [sys.executable, "-m", "smg", "--tenant-rate-limit-config", str(path)], capture_output=True, text=True, timeout=30
         )
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def _cluster_run(lag: float, escrow: bool, nodes: int = 3, limit: int = 30, rate: float = 6.0, seconds: float = 60.0) -> int:
+    """Three limiters whose counts reach each other `lag` seconds late (acks another `lag` later);
+    requests at `rate` per second to the nodes in turn through one aligned minute. Returns admissions."""
+    limiters = [TenantRateLimiter(TenantLimits(Limit(requests_per_minute=limit)), f"n{i}") for i in range(nodes)]
+    in_flight: list[tuple[float, int, int, WindowedCounter]] = []  # (arrival, sender, seq, delta)
+    acks: list[tuple[float, int, int, int]] = []  # (arrival, sender, peer, seq)
+    seqs = [0] * nodes
+    acked = [[0] * nodes for _ in range(nodes)]
+    clock = [T0]
+
+    for i, limiter in enumerate(limiters):
+
+        def on_delta(delta: WindowedCounter, i: int = i) -> None:
+            seqs[i] += 1
+            in_flight.append((clock[0] + lag, i, seqs[i], delta.copy()))
+
+        limiter.on_delta = on_delta
+        if escrow:
+            limiter.sequence = lambda i=i: seqs[i]
+            limiter.confirmed = lambda i=i: min(acked[i][j] for j in range(nodes) if j != i)
+            limiter.admitters = lambda i=i: (nodes, i)
+    admitted = 0
+    for n in range(int(seconds * rate)):
+        clock[0] = T0 + n / rate
+        for message in [m for m in in_flight if m[0] <= clock[0]]:
+            in_flight.remove(message)
+            _, sender, seq, delta = message
+            for j, limiter in enumerate(limiters):
+                if j != sender:
+                    limiter.counter.merge(delta)
+                    acks.append((clock[0] + lag, sender, j, seq))
+        for ack in [a for a in acks if a[0] <= clock[0]]:
+            acks.remove(ack)
+            acked[ack[1]][ack[2]] = max(acked[ack[1]][ack[2]], ack[3])
+        if limiters[n % nodes].admit("t", 0, clock[0]) is None:
+            admitted += 1
+    return admitted
+
+
+def test_slow_replication_cannot_push_the_cluster_over_the_limit() -> None:
+    """Counts that reach peers seconds late (TCP backing off under loss): each node keeps its
+    unacknowledged admissions within an equal split of the room it sees, so the cluster stays exact."""
+    assert _cluster_run(lag=2.0, escrow=False) > 30  # the defect: each node admits what the others just did
+    for lag in (0.01, 0.5, 2.0, 5.0):
+        assert _cluster_run(lag=lag, escrow=True) <= 30, lag
+    assert _cluster_run(lag=0.01, escrow=True) == 30  # prompt acknowledgements: the whole limit is usable
+
+
+def test_pending_counts_settle_when_peers_acknowledge() -> None:
+    limiter = TenantRateLimiter(TenantLimits(Limit(requests_per_minute=100)), "a")
+    seq = [0]
+    confirmed = [0]
+
+    def on_delta(delta: WindowedCounter) -> None:
+        seq[0] += 1
+
+    limiter.on_delta = on_delta
+    limiter.sequence = lambda: seq[0]
+    limiter.confirmed = lambda: confirmed[0]
+    limiter.admitters = lambda: (2, 1)  # two alive members, this one second by name
+    for i in range(5):
+        assert limiter.admit("t", 0, T0 + i) is None
+    assert limiter.pending("t") == 5
+    confirmed[0] = 3
+    assert limiter.pending("t") == 2
+    limiter.counter.increment("t/requests_per_minute", "b", int(T0 // 60), 92)
+    # seen 97 of 100, 2 of them ours and pending: room 100 - 95 = 5, our part 5 // 2 = 2: full
+    refusal = limiter.admit("t", 0, T0 + 6)
+    assert refusal is not None and refusal.retry_after == 1
+    confirmed[0] = 5
+    assert limiter.admit("t", 0, T0 + 7) is None  # acknowledged: room 3, our part 1 (the other node's 2)
+    confirmed[0] = 6
+    assert limiter.admit("t", 0, T0 + 8) is None  # room 2: one each
+    confirmed[0] = 7
+    refusal = limiter.admit("t", 0, T0 + 9)  # room 1: the other node's, first by name
+    assert refusal is not None and limiter.pending("t") == 0

@@ -124,6 +124,15 @@ class Replication:
         if self.on_change is not None:
             self.on_change()
 
+    def sequence(self, name: str) -> int:
+        """The log position of store `name`'s newest local change."""
+        return self._stores[name].replicator.seq
+
+    def confirmed(self, name: str, peers: Iterable[str]) -> int:
+        """The log position of store `name` that every one of `peers` has merged (ours if none)."""
+        replicator = self._stores[name].replicator
+        return min((replicator.acked(peer) for peer in peers if peer != self.node), default=replicator.seq)
+
     def stamp(self, physical_ms: int) -> Timestamp:
         """An HLC timestamp for a local write."""
         return self.clock.now(physical_ms)

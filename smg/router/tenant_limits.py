@@ -9,12 +9,30 @@ request, and its estimated prompt tokens, fit under the limit times this
 node's `share` (1 normally; alive / known members while some are
 unreachable, so each side of a partition keeps to its fair part). Completion
 tokens are charged after the response, from its `usage`.
+
+With the mesh, a node's counts reach its peers after a replication delay
+(milliseconds normally; seconds under packet loss, when TCP backs off). In
+that delay every node admits against a view that lacks the others' newest
+counts, so near the limit the cluster would over-admit by about the others'
+admissions during one delay. To prevent that, the room a node sees is split
+between the alive members, in whole units: `floor(room) // n`, plus one for
+the first `floor(room) % n` members by name. A node admits only while its own
+counts that not every alive peer has acknowledged yet ("pending"), plus the
+request, fit in its part, where `room` is the limit less what it sees
+without its pending counts. Every acknowledged count is in every view, so
+the parts together never exceed the true room: the cluster stays within the
+limit however slow replication is, as long as the members agree on who is
+alive (otherwise the partition share applies). The cost: near the limit a
+request larger than this node's part is refused though the cluster as a
+whole has room for it (tokens; requests are split exactly).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +120,13 @@ class TenantRateLimiter:
         self.counter = WindowedCounter()
         self.on_delta: Callable[[WindowedCounter], None] | None = None  # the cluster replicates each delta
         self.share: Callable[[], float] = lambda: 1.0
+        # With the mesh (see the module's docstring): the replication log position of our newest
+        # count, the position every alive peer has merged, and how many nodes admit at once.
+        self.sequence: Callable[[], int] = lambda: 0
+        self.confirmed: Callable[[], int] = lambda: sys.maxsize
+        self.admitters: Callable[[], tuple[int, int]] = lambda: (1, 0)  # (alive members, our rank by name)
+        self._pending: deque[tuple[int, str, int, int]] = deque()  # (seq, key, epoch, amount), oldest first
+        self._pending_by_key: dict[str, dict[int, int]] = {}  # key -> epoch -> amount not yet confirmed
 
     def adopt_replica(self, replica: ReplicaId) -> None:
         """Count as `replica` from now on; what was counted before moves into its slots."""
@@ -110,6 +135,8 @@ class TenantRateLimiter:
                 if self.replica in slots:
                     slots[replica] = slots.get(replica, 0) + slots.pop(self.replica)
         self.replica = replica
+        self._pending.clear()  # positions in a replication log that no longer exists
+        self._pending_by_key.clear()
 
     def _window(self, now: float) -> tuple[int, float]:
         return int(now // WINDOW_SECS), (now % WINDOW_SECS) / WINDOW_SECS
@@ -124,6 +151,9 @@ class TenantRateLimiter:
         share = self.share()
         epoch, fraction = self._window(now)
         wanted = {"requests_per_minute": 1, "tokens_per_minute": prompt_tokens}
+        if self._pending:
+            self._settle()
+        members = 0
         for kind, amount in wanted.items():
             cap = getattr(limit, kind)
             if cap is None:
@@ -134,6 +164,19 @@ class TenantRateLimiter:
             if used + amount > allowed:
                 current, previous = self.counter.total(key, epoch), self.counter.total(key, epoch - 1)
                 return Refusal(kind, allowed, used, retry_after(current, previous, fraction, allowed - amount))
+            if self.on_delta is None:
+                continue  # alone: the count is exact
+            if not members:
+                members, rank = self.admitters()
+            if members > 1:
+                pending = self._pending_by_key.get(key)
+                mine = pending.get(epoch, 0) + pending.get(epoch - 1, 0) * (1.0 - fraction) if pending else 0.0
+                whole = math.floor(allowed - (used - mine) + 1e-9)
+                part = whole // members + (1 if rank < whole % members else 0)
+                if mine + amount > part:
+                    current, previous = self.counter.total(key, epoch), self.counter.total(key, epoch - 1)
+                    wait = 1 if mine else retry_after(current, previous, fraction, allowed - amount)
+                    return Refusal(kind, allowed, used, wait)  # with pending counts: room again once peers ack them
         for kind, amount in wanted.items():
             if getattr(limit, kind) is not None:
                 self._count(f"{tenant}/{kind}", epoch, amount)
@@ -148,6 +191,30 @@ class TenantRateLimiter:
         delta = self.counter.increment(key, self.replica, epoch, amount)
         if self.on_delta is not None:
             self.on_delta(delta)
+            self._pending.append((self.sequence(), key, epoch, amount))
+            by_epoch = self._pending_by_key.setdefault(key, {})
+            by_epoch[epoch] = by_epoch.get(epoch, 0) + amount
+
+    def _settle(self) -> None:
+        """Forget pending counts every alive peer has acknowledged, and those of past windows."""
+        confirmed = self.confirmed()
+        newest = self._pending[-1][2]
+        while self._pending and (self._pending[0][0] <= confirmed or self._pending[0][2] < newest - 1):
+            _, key, epoch, amount = self._pending.popleft()
+            by_epoch = self._pending_by_key[key]
+            left = by_epoch[epoch] - amount
+            if left:
+                by_epoch[epoch] = left
+            else:
+                del by_epoch[epoch]
+                if not by_epoch:
+                    del self._pending_by_key[key]
+
+    def pending(self, tenant: str, kind: str = "requests_per_minute") -> int:
+        """This node's counts of `tenant` that not every alive peer has acknowledged yet."""
+        if self._pending:
+            self._settle()
+        return sum(self._pending_by_key.get(f"{tenant}/{kind}", {}).values())
 
     def vet(self, remote: WindowedCounter, now_ms: int) -> None:
         """Refuse counts for windows ahead of ours: a node with a clock far ahead would
