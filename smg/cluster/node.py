@@ -70,6 +70,9 @@ class ClusterNode:
         host = advertise_host(config)
         keys = config.mesh_key_list()
         keyring = Keyring(keys, config.mesh_cluster_label) if keys else None
+        if config.mesh_cluster_label and keyring is None:
+            # the label is AES-GCM's associated data: unencrypted frames carry none, so it separates nothing
+            log.warning("--mesh-cluster-label has no effect without --mesh-key: clusters with different labels would merge")
         self.mesh = MeshNode(
             config.mesh_server_name,
             config.mesh_host,
@@ -134,6 +137,9 @@ class ClusterNode:
             self.replication.add_store(RATE_LIMITS, limiter.counter, vet=limiter.vet)  # type: ignore[arg-type]
             limiter.on_delta = partial(self.replication.changed, RATE_LIMITS)
             limiter.share = self.limit_share
+            limiter.sequence = partial(self.replication.sequence, RATE_LIMITS)
+            limiter.confirmed = self._limits_confirmed
+            limiter.admitters = self._admitters
         if hasattr(self.ctx.policy, "shared"):  # cache_aware: match and record over every gateway's choices
             self.prefixes = SharedPrefixes(
                 self.replication, self.config.mesh_prefix_budget, int(self.config.mesh_prefix_ttl_secs * 1000)
@@ -186,6 +192,20 @@ class ClusterNode:
         known = sum(1 for m in members if m["status"] != State.LEFT.value)
         alive = sum(1 for m in members if m["status"] == State.ALIVE.value)
         return alive / known if known else 1.0
+
+    def _limits_confirmed(self) -> int:
+        """How far every alive peer has merged this node's rate-limit counts (suspects count as away)."""
+        assert self.replication is not None
+        alive = [m["name"] for m in self.mesh.members() if m["status"] == State.ALIVE.value]
+        return self.replication.confirmed(RATE_LIMITS, alive)
+
+    def _admitters(self) -> tuple[int, int]:
+        """Nodes admitting against the limit at once (the alive members, this one included), and
+        this node's rank among them by name: the limiter splits the last units of room by it."""
+        alive = sorted(m["name"] for m in self.mesh.members() if m["status"] == State.ALIVE.value)
+        if self.name not in alive:
+            return 1, 0
+        return len(alive), alive.index(self.name)
 
     def live_peers(self) -> list[str]:
         return [
