@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import socket
 
+import pytest
 import trio
 
 from smg.mesh.keyring import Keyring, parse_key
 from smg.mesh.messages import State
 from smg.mesh.node import MeshNode
-from smg.mesh.swim import SwimConfig
+from smg.mesh.swim import MemberEvent, SwimConfig
 
 FAST = SwimConfig(probe_interval=0.1, probe_timeout=0.04, gossip_interval=0.05, push_pull_interval=2.0, reconnect_interval=1.0)
 KEY = os.urandom(32)
@@ -41,6 +43,16 @@ async def until(predicate, seconds: float) -> None:  # type: ignore[no-untyped-d
     with trio.fail_after(seconds):
         while not predicate():
             await trio.sleep(0.02)
+
+
+def drain(stream: trio.MemoryReceiveChannel[MemberEvent]) -> list[MemberEvent]:
+    """The events received so far, without waiting."""
+    events = []
+    while True:
+        try:
+            events.append(stream.receive_nowait())
+        except trio.WouldBlock:
+            return events
 
 
 def sees(nodes: list[MeshNode], name: str, state: State) -> bool:
@@ -78,6 +90,7 @@ async def test_key_rotation_keeps_the_cluster_up(nursery: trio.Nursery) -> None:
     for name in "bc":
         nodes.append((await start(nursery, name, [nodes[0].address]))[0])
     await until(lambda: all(sees(nodes, n, State.ALIVE) for n in "abc"), 5)
+    streams = [node.subscribe() for node in nodes]
     new = os.urandom(32)
     for node in nodes:  # install everywhere, then use, then remove the old key
         node.transport.keyring.install(new)  # type: ignore[union-attr]
@@ -88,7 +101,8 @@ async def test_key_rotation_keeps_the_cluster_up(nursery: trio.Nursery) -> None:
         node.transport.keyring.remove(KEY)  # type: ignore[union-attr]
     await trio.sleep(1.5)
     assert all(sees(nodes, n, State.ALIVE) for n in "abc")
-    assert all(e.state is State.ALIVE for node in nodes for _, e in node.events)  # no suspicion, no death
+    events = [event for stream in streams for event in drain(stream)]
+    assert all(e.state is State.ALIVE for e in events), events  # no suspicion, no death
 
 
 def test_parse_key() -> None:
@@ -180,3 +194,62 @@ async def test_cluster_wide_key_rotation_reports_each_member(nursery: trio.Nurse
     assert all(node.transport.keyring.keys == [new] for node in nodes)  # type: ignore[union-attr]
     await trio.sleep(1.0)
     assert all(sees(nodes, n, State.ALIVE) for n in "abc")
+
+
+@pytest.mark.parametrize(
+    ("seed_key", "joiner_key", "joiner_label", "hint"),
+    [
+        (KEY, os.urandom(32), "test", "wrong --mesh-key or --mesh-cluster-label?"),
+        (KEY, KEY, "prod", "wrong --mesh-key or --mesh-cluster-label?"),
+        (KEY, None, "test", "the peer runs without --mesh-key"),
+        (None, KEY, "test", "the peer runs with --mesh-key while this node has none"),
+    ],
+    ids=["key", "label", "joiner-unencrypted", "seed-unencrypted"],
+)
+async def test_a_mismatch_is_logged_on_both_sides_and_reported(
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+    seed_key: bytes | None,
+    joiner_key: bytes | None,
+    joiner_label: str,
+    hint: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="smg.mesh")
+    seed = MeshNode("seed", "127.0.0.1", 0, keyring=Keyring([seed_key], "test") if seed_key else None, config=FAST)
+    await nursery.start(seed.run)
+    joiner_keyring = Keyring([joiner_key], joiner_label) if joiner_key else None
+    joiner = MeshNode("joiner", "127.0.0.1", 0, seeds=[seed.address], keyring=joiner_keyring, config=FAST, seed_warn_after=1.0)
+    await nursery.start(joiner.run)
+
+    def lines(prefix: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+
+    seed_side, joiner_side = "mesh seed: ", f"mesh joiner: seed {seed.address} accepts connections but has not answered"
+    await until(lambda: lines(seed_side) and lines(joiner_side), 5)
+    assert "127.0.0.1:" in lines(seed_side)[0] and "could not be opened: " + hint in lines(seed_side)[0]
+    assert "--mesh-key or --mesh-cluster-label" in lines(joiner_side)[0]
+    await until(lambda: seed.rejections.report(trio.current_time())[0]["frames"] >= 3, 5)  # join retries keep coming
+    assert len(lines(seed_side)) == 1 and len(lines(joiner_side)) == 1  # at most once a minute per peer
+    (peer,) = seed.diagnostics()["unauthenticated_peers"]
+    assert peer["address"].startswith("127.0.0.1:") and peer["transport"] == "tcp" and hint in peer["hint"]
+    assert peer["last_seen_secs_ago"] < 5
+    report = joiner.diagnostics()
+    assert report["seeds"] == [
+        {
+            "address": seed.address,
+            "reachable": True,
+            "connections": report["seeds"][0]["connections"],
+            "failures": 0,
+            "last_error": None,
+        }
+    ]
+    assert "--mesh-cluster-label" in report["reason"] and seed.state_of("joiner") is None
+
+
+async def test_an_unreachable_seed_is_named_with_its_error(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="smg.mesh")
+    dead_seed = unused_address()
+    node = MeshNode("lonely", "127.0.0.1", 0, seeds=[dead_seed], keyring=Keyring([KEY], "test"), config=FAST, seed_warn_after=0.5)
+    await nursery.start(node.run)
+    await until(lambda: any(f"seed {dead_seed} is unreachable" in r.getMessage() for r in caplog.records), 5)
+    assert node.diagnostics()["seeds"][0]["reachable"] is False

@@ -6,12 +6,12 @@ import json
 
 from smg.router.responses_format import (
     ResponseShell,
-    SseReader,
     StreamState,
     chat_messages,
     chat_tools,
     output_items,
 )
+from smg.router.sse import SseReader
 
 
 def test_history_with_tool_calls_becomes_chat_messages() -> None:
@@ -93,3 +93,26 @@ def test_stream_state_numbers_events_and_gathers_tool_calls() -> None:
     call = response["output"][1]
     assert (call["call_id"], call["name"], call["arguments"]) == ("call_1", "weather", '{"c":1}')
     assert response["usage"]["total_tokens"] == 5 and response["status"] == "completed"
+
+
+def test_a_stream_cut_by_its_length_limit_ends_incomplete() -> None:
+    state = StreamState(ResponseShell("resp_2", "m", {"max_output_tokens": 2}))
+    state.start()
+    state.chunk({"choices": [{"delta": {"content": "Hi"}, "finish_reason": None}]})
+    state.chunk({"choices": [{"delta": {}, "finish_reason": "length"}]})
+    response, events = state.end(None)
+    last = json.loads(events[-1].split(b"data: ", 1)[1])
+    assert last["type"] == "response.incomplete" and response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert response["output"][0]["status"] == "incomplete" and response["output"][0]["content"][0]["text"] == "Hi"
+
+
+def test_a_stream_that_broke_off_ends_failed_with_its_error() -> None:
+    state = StreamState(ResponseShell("resp_3", "m", {}))
+    state.start()
+    state.chunk({"choices": [{"delta": {"content": "Hel"}}]})
+    response, events = state.end({"code": "upstream_stream_error", "message": "worker died"})
+    last = json.loads(events[-1].split(b"data: ", 1)[1])
+    assert last["type"] == "response.failed" and last["response"]["status"] == "failed"
+    assert last["response"]["error"] == {"code": "upstream_stream_error", "message": "worker died"}
+    assert response["output"][0]["status"] == "incomplete" and response["incomplete_details"] is None

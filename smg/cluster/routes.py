@@ -29,8 +29,14 @@ async def mesh_status(ctx: GatewayContext, ex: Exchange) -> None:
 
 
 async def mesh_health(ctx: GatewayContext, ex: Exchange) -> None:
-    """`healthy` when every known member is alive and every peer keeps up with replication."""
+    """`healthy` when every known member is alive and every peer keeps up with replication.
+
+    A node left alone by a key or label mismatch says so: `unauthenticated_peers`
+    lists who sent frames this node could not open (without making it degraded: a
+    stray sender does not hurt this cluster), and a node whose seeds never answered
+    is degraded with each seed's fate in `seeds` and the likely cause in `reason`."""
     cluster = _cluster(ctx)
+    diagnostics = cluster.mesh.diagnostics()
     members = cluster.mesh.members()
     live = [m for m in members if m["status"] in (State.ALIVE.value, State.SUSPECT.value)]
     troubled = [m["name"] for m in members if m["status"] in (State.SUSPECT.value, State.DEAD.value)]
@@ -46,8 +52,12 @@ async def mesh_health(ctx: GatewayContext, ex: Exchange) -> None:
         body["unreachable_members"] = troubled
     if lagging:
         body["lagging_replication"] = lagging
+    if diagnostics["unauthenticated_peers"]:
+        body["unauthenticated_peers"] = diagnostics["unauthenticated_peers"]
     if alone:
-        body["reason"] = "no seed answered yet"
+        body["reason"] = diagnostics.get("reason", "no seed answered yet")
+        if "seeds" in diagnostics:
+            body["seeds"] = diagnostics["seeds"]
     if cluster.error:
         body["reason"] = cluster.error
     await send_json(ex.send, 200, body)

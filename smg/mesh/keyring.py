@@ -20,8 +20,22 @@ SEALED = 2
 NONCE = 12
 
 
+# why a frame could not be opened, for the operator (see smg.mesh.diagnostics)
+KEY_OR_LABEL = "key_or_label"  # sealed, but no installed key opens it under our label
+PEER_UNENCRYPTED = "peer_unencrypted"  # a plain frame reached a node with a key
+PEER_ENCRYPTED = "peer_encrypted"  # a sealed frame reached a node without one
+NOT_MESH = "not_mesh"  # no known version byte: another program, or an incompatible smg
+
+
 class SealError(ValueError):
-    """A frame that is not authentic, not for this cluster, or not of a known version."""
+    """A frame that is not authentic, not for this cluster, or not of a known version.
+
+    `cause` says which, as far as the receiver can tell: a wrong key and a wrong
+    cluster label fail the same AES-GCM tag check, so they are one cause."""
+
+    def __init__(self, message: str, cause: str = KEY_OR_LABEL) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def parse_key(text: str) -> bytes:
@@ -64,8 +78,10 @@ class Keyring:
         return bytes([SEALED]) + nonce + self._aeads[0].encrypt(nonce, plaintext, self.label)
 
     def open(self, frame: bytes) -> bytes:
+        if frame[:1] == bytes([PLAIN]):
+            raise SealError("an unencrypted frame reached an encrypted node", PEER_UNENCRYPTED)
         if len(frame) < 1 + NONCE + 16 or frame[0] != SEALED:
-            raise SealError("not a sealed frame")
+            raise SealError("not a sealed frame", NOT_MESH)
         nonce, ciphertext = frame[1 : 1 + NONCE], frame[1 + NONCE :]
         for aead in self._aeads:
             try:
@@ -82,6 +98,8 @@ def seal(keyring: Keyring | None, plaintext: bytes) -> bytes:
 def open_frame(keyring: Keyring | None, frame: bytes) -> bytes:
     if keyring is not None:
         return keyring.open(frame)
+    if frame[:1] == bytes([SEALED]):
+        raise SealError("an encrypted frame reached an unencrypted node", PEER_ENCRYPTED)
     if not frame or frame[0] != PLAIN:
-        raise SealError("an encrypted or unknown frame reached an unencrypted node")
+        raise SealError("an unknown frame reached an unencrypted node", NOT_MESH)
     return frame[1:]

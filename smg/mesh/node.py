@@ -4,6 +4,11 @@ The node's nursery owns the transport and the timer task. Every packet goes
 to `Swim.receive`, the timer task calls `Swim.tick` at `next_deadline()`
 (woken early when a packet moved a deadline), and every `Send` the core
 returns leaves through the transport. Shutdown is cancellation.
+
+A node that cannot join says why: frames it could not open (a wrong key or
+cluster label on either side) and seeds that take our push-pulls but never
+answer are logged at most once a minute per address and reported by
+`diagnostics()` (see `smg.mesh.diagnostics`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import msgpack
 import trio
 
+from smg.mesh.diagnostics import JOIN_WARN_AFTER, Rejections, SeedWatch
 from smg.mesh.keyring import Keyring
 from smg.mesh.messages import AppMessage, Message, State
 from smg.mesh.streams import PeerStreams
@@ -24,6 +30,8 @@ from smg.mesh.swim import MemberEvent, Send, Swim, SwimConfig
 from smg.mesh.transport import MeshTransport
 
 log = logging.getLogger("smg.mesh")
+
+SEED_CHECK_SECS = 1.0
 
 
 class MeshNode:
@@ -38,6 +46,7 @@ class MeshNode:
         keyring: Keyring | None = None,
         config: SwimConfig | None = None,
         meta: dict[str, Any] | None = None,
+        seed_warn_after: float = JOIN_WARN_AFTER,
     ) -> None:
         if keyring is None:
             log.warning("mesh runs unencrypted: set a mesh key outside development")
@@ -48,7 +57,11 @@ class MeshNode:
         self.meta = dict(meta or {})
         self.transport = MeshTransport(host, port, keyring, self._on_message)
         self.swim: Swim | None = None
-        self.events: list[tuple[float, MemberEvent]] = []
+        self.rejections = Rejections()
+        self.seed_watch: SeedWatch | None = None  # while seeds were given
+        self.seed_warn_after = seed_warn_after
+        self.transport.on_rejected = self._on_rejected
+        self.transport.on_tcp_result = self._on_tcp_result
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self._kick = trio.Event()
         self.app_state: Callable[[], bytes] | None = None  # push-pull hooks, set before run()
@@ -79,7 +92,11 @@ class MeshNode:
             now = trio.current_time()
             self.swim = Swim(self.name, self.address, self.config, random.Random(), now, self.meta)
             self.swim.app_state, self.swim.merge_app_state = self.app_state, self.merge_app_state
-            self._dispatch(self.swim.join(self.seeds, now))
+            sends = self.swim.join(self.seeds, now)
+            if self.swim.seeds:
+                self.seed_watch = SeedWatch(self.swim.seeds, self.address, now, self.seed_warn_after)
+                nursery.start_soon(self._watch_seeds, self.swim, self.seed_watch)
+            self._dispatch(sends)
             nursery.start_soon(self._timer)
             log.info("mesh node %s listening on %s (seeds: %s)", self.name, self.address, ", ".join(self.seeds) or "none")
             task_status.started(self)
@@ -96,6 +113,36 @@ class MeshNode:
         self._dispatch(self.swim.receive(message, trio.current_time()))
         self._kick.set()
 
+    def _on_rejected(self, host: str, port: int, via: str, cause: str) -> None:
+        line = self.rejections.record(host, port, via, cause, trio.current_time())
+        if line is not None:
+            log.warning("mesh %s: %s", self.name, line)
+
+    def _on_tcp_result(self, address: str, error: str | None) -> None:
+        if self.seed_watch is not None:
+            self.seed_watch.delivered(address, error)
+
+    @staticmethod
+    def _alone(swim: Swim) -> bool:
+        """No seed answered and nobody found us: a cluster of one, though seeds were given."""
+        return not swim.joined and swim.live_count() <= 1
+
+    async def _watch_seeds(self, swim: Swim, watch: SeedWatch) -> None:
+        """While not joined, say why the seeds do not answer (rate-limited per seed)."""
+        while not swim.joined:
+            await trio.sleep(SEED_CHECK_SECS)
+            for line in watch.check(trio.current_time(), self._alone(swim)):
+                log.warning("mesh %s: %s", self.name, line)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """For `/mesh/health`: recent frames this node could not open, and (while alone) its seeds."""
+        now = trio.current_time()
+        report: dict[str, Any] = {"unauthenticated_peers": self.rejections.report(now)}
+        if self.swim is not None and self.seed_watch is not None and self._alone(self.swim):
+            report["seeds"] = self.seed_watch.report()
+            report["reason"] = self.seed_watch.reason(now)
+        return report
+
     async def _timer(self) -> None:
         swim = self.swim
         assert swim is not None
@@ -111,13 +158,11 @@ class MeshNode:
         for send in sends:
             self.transport.send_soon(send.address, send.message, send.reliable)
         if self.swim is not None:
-            now = trio.current_time()
             for broadcast in self.swim.pop_broadcasts():
                 if self.on_broadcast is not None:
                     self.on_broadcast(broadcast.origin, broadcast.data)
             for event in self.swim.pop_events():
                 log.info("mesh %s: %s is %s (incarnation %d)", self.name, event.name, event.state.value, event.incarnation)
-                self.events.append((now, event))
                 if event.state in (State.DEAD, State.LEFT, State.ALIVE):
                     self.streams.reset(event.name)  # gone, or back: either way no stale connection
                 for channel in list(self._subscribers):

@@ -3,7 +3,9 @@
 UDP carries probes and gossip; TCP carries push-pull (one connection per
 message, a 4-byte length prefix, then a sealed frame). Everything received is
 opened and decoded here; anything that fails is dropped and counted by
-reason, never raised into the node.
+reason, never raised into the node. Frames that fail authentication and the
+outcome of TCP sends are also handed to the node's hooks (`on_rejected`,
+`on_tcp_result`), which turn a key or label mismatch into a warning.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from smg.mesh.keyring import Keyring, SealError, open_frame, seal
+from smg.mesh.keyring import NOT_MESH, Keyring, SealError, open_frame, seal
 from smg.mesh.messages import Message
 from smg.mesh.wire import MAX_MESSAGE, WireError, decode_message, encode_message
 
@@ -63,6 +65,8 @@ class MeshTransport:
         self.received_bytes = 0
         self.sent_packets = 0
         self.received_packets = 0
+        self.on_rejected: Callable[[str, int, str, str], None] | None = None  # (host, port, "udp"/"tcp", cause)
+        self.on_tcp_result: Callable[[str, str | None], None] | None = None  # (address, error or None)
         self._udp: trio.socket.SocketType | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -100,7 +104,7 @@ class MeshTransport:
 
     # -- receiving ----------------------------------------------------------------------
 
-    def _accept(self, frame: bytes, host: str) -> None:
+    def _accept(self, frame: bytes, host: str, port: int, via: str) -> None:
         self.received_bytes += len(frame)
         self.received_packets += 1
         if self.faults.incoming_dropped(host):
@@ -108,8 +112,10 @@ class MeshTransport:
             return
         try:
             message = decode_message(open_frame(self.keyring, frame))
-        except SealError:
+        except SealError as exc:
             self.dropped["unauthenticated"] += 1
+            if self.on_rejected is not None:
+                self.on_rejected(host, port, via, exc.cause)
             return
         except WireError:
             self.dropped["malformed"] += 1
@@ -118,28 +124,30 @@ class MeshTransport:
 
     async def _udp_loop(self, udp: trio.socket.SocketType) -> None:
         while True:
-            frame, (host, _port) = await udp.recvfrom(UDP_MAX)
-            self._accept(frame, host)
+            frame, (host, port, *_) = await udp.recvfrom(UDP_MAX)
+            self._accept(frame, host, port, "udp")
 
     async def _tcp_handler(self, stream: trio.SocketStream) -> None:
         """Frames until the peer closes: one for a push-pull, many on a per-peer stream."""
         async with stream:
-            host = stream.socket.getpeername()[0]
+            host, port, *_ = stream.socket.getpeername()
             while True:
                 try:
                     header = await _receive_exactly(stream, 4, allow_eof=True)
                     if header is None:
                         return
                     (length,) = struct.unpack(">I", header)
-                    if length > MAX_MESSAGE:
+                    if length > MAX_MESSAGE:  # no smg frame is this long: someone else's protocol
                         self.dropped["oversize"] += 1
+                        if self.on_rejected is not None:
+                            self.on_rejected(host, port, "tcp", NOT_MESH)
                         return
                     with trio.fail_after(TCP_TIMEOUT):
                         frame = await _receive_exactly(stream, length)
                 except (trio.TooSlowError, trio.BrokenResourceError, EOFError):
                     self.dropped["truncated"] += 1
                     return
-                self._accept(frame, host)  # type: ignore[arg-type]
+                self._accept(frame, host, port, "tcp")  # type: ignore[arg-type]
 
     # -- sending --------------------------------------------------------------------------
 
@@ -165,6 +173,11 @@ class MeshTransport:
                     await stream.send_all(struct.pack(">I", len(frame)) + frame)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             log.debug("mesh: TCP to %s failed: %s", address, exc)
+            if self.on_tcp_result is not None:
+                self.on_tcp_result(address, str(exc) or type(exc).__name__)
+            return
+        if self.on_tcp_result is not None:
+            self.on_tcp_result(address, None)
 
     def frame(self, message: Message) -> bytes:
         """A length-prefixed sealed frame, for a persistent stream."""

@@ -28,10 +28,26 @@ class Background:
             task_status.started()
             await trio.sleep_forever()
 
+    def claim(self, key: str) -> bool:
+        """Take one of the `limit` slots for `key`, or False when all are taken. Nothing awaits
+        between the count and the taking, so concurrent requests cannot both get the last one;
+        the slot is `key`'s until its work ends (or `release`, if it never starts)."""
+        if len(self.running) >= self.limit or key in self.running:
+            return False
+        self.running[key] = _Running()
+        return True
+
+    def release(self, key: str) -> None:
+        """Give back a slot whose work will not start."""
+        running = self.running.pop(key, None)
+        if running is not None:
+            running.done.set()
+
     def start(self, key: str, work: Callable[[trio.CancelScope], Awaitable[None]]) -> None:
-        """Run `work(scope)` in the node's nursery; `cancel(key)` cancels `scope`."""
+        """Run `work(scope)` in the node's nursery, in the slot `claim(key)` took; `cancel(key)`
+        cancels `scope` (even before the work begins)."""
         assert self.nursery is not None, "background work before the node started"
-        running = self.running[key] = _Running()
+        running = self.running[key]
 
         async def run() -> None:
             try:

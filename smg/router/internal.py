@@ -11,22 +11,22 @@ turns it into its own shape.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from smg.asgi import Message, Receive
+from smg.asgi import ClientDisconnected, Message, Receive
 from smg.router.context import GatewayContext
 from smg.router.dataplane import ROUTES, dispatch
 from smg.router.errors import GatewayError
 from smg.router.exchange import Exchange
-from smg.router.responses_format import SseReader
+from smg.router.sse import SseReader
 
 CHAT = ROUTES["/v1/chat/completions"]
+BUFFER = 8  # messages (each a run of whole events) between the worker's stream and the reader
 
 
 def answer_error(status: int, body: Any) -> GatewayError:
@@ -43,38 +43,79 @@ class InnerAnswer:
     status: int
     event_stream: bool
     _messages: trio.MemoryReceiveChannel[Message]
-    failure: GatewayError | None = None  # a stream's error event: the worker broke off
+    failure: GatewayError | None = None  # the stream broke off: an error event, a bad event, or no finish
+    finish_reason: str | None = None  # the first choice's, once the stream (or answer) gave it
+    drained: bool = False  # the last body message was read: the inner request is over
+    client_left: bool = False  # the inner request ended without its last body message: its client left
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """A chat stream's chunks, parsed, as they arrive; an error event ends up in `failure`."""
+        """A chat stream's chunks, parsed, as they arrive. A stream counts as answered only
+        when it finished (a `finish_reason`, or `[DONE]`): one that ends with an error event,
+        sends an event that is not JSON, or just stops, leaves its reason in `failure`."""
         reader = SseReader()
-        async for chunk in self.chunks():
-            for data in reader.feed(chunk):
-                try:
-                    event = json.loads(data) if data != b"[DONE]" else None
-                except ValueError:
-                    continue
-                if not isinstance(event, dict):
-                    continue
-                if isinstance(event.get("error"), dict):
-                    self.failure = answer_error(502, event)
-                else:
+        finished = False
+        chunks = self.chunks()
+        try:
+            async for chunk in chunks:
+                if self.failure is not None:
+                    continue  # after the error event, the stream's last: read to its end
+                for data in reader.feed(chunk):
+                    if data == b"[DONE]":
+                        finished = True
+                        continue
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        message = "the worker's chat stream sent an event that is not JSON"
+                        self.failure = GatewayError(502, "upstream_invalid_response", message)
+                        return  # the rest is not worth waiting for: the request is abandoned
+                    if not isinstance(event, dict):
+                        continue
+                    if isinstance(event.get("error"), dict):
+                        self.failure = answer_error(502, event)
+                        break
+                    reason = _finish_reason(event)
+                    if reason is not None:
+                        finished = True
+                        self.finish_reason = self.finish_reason or reason
                     yield event
+        finally:
+            await chunks.aclose()
+        if not finished and self.failure is None:
+            if self.client_left:  # not the worker's fault: stored as failed, saying who left
+                self.failure = GatewayError(499, "client_disconnected", "the client closed the connection before the end")
+            else:
+                message = "the worker's chat stream ended before it finished"
+                self.failure = GatewayError(502, "upstream_stream_incomplete", message)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         async for message in self._messages:
             if message["type"] == "http.response.body":
                 if message.get("body"):
                     yield message["body"]
                 if not message.get("more_body", False):
+                    self.drained = True
                     return
+        self.drained = True  # the inner request ended without a last body message (its client left)
+        self.client_left = True
 
     async def json(self) -> Any:
         body = b"".join([chunk async for chunk in self.chunks()])
         try:
-            return json.loads(body)
+            answer = json.loads(body)
         except ValueError:
             raise GatewayError(502, "upstream_invalid_response", "the worker's chat answer is not JSON") from None
+        self.finish_reason = _finish_reason(answer)
+        return answer
+
+
+def _finish_reason(chat: Any) -> str | None:
+    """The first choice's `finish_reason` of a chat answer or chunk, if it has one."""
+    choices = chat.get("choices") if isinstance(chat, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) and reason else None
+    return None
 
 
 async def never_disconnects() -> Message:
@@ -85,12 +126,17 @@ async def never_disconnects() -> Message:
 
 @asynccontextmanager
 async def chat_completion(
-    ctx: GatewayContext, outer: Exchange, request: dict[str, Any], receive: Receive | None = None
+    ctx: GatewayContext, outer: Exchange, request: dict[str, Any], receive: Receive | None = None, buffer: int = BUFFER
 ) -> AsyncIterator[InnerAnswer]:
     """Send `request` as a chat completion for `outer`'s client (its tenant, headers and request
     id); `receive` tells of the client leaving (default: `outer`'s). Errors arrive as an
-    answer with their status, as a client would see them."""
-    send_channel, messages = trio.open_memory_channel[Message](math.inf)
+    answer with their status, as a client would see them.
+
+    At most `buffer` messages wait between the worker's stream and the reader, so a slow
+    client slows the worker's stream down instead of piling it up in memory. A reader that
+    leaves before the end (an error, its client gone) cancels the inner request, as a
+    client hanging up would."""
+    send_channel, messages = trio.open_memory_channel[Message](buffer)
     scope = {**outer.scope, "path": "/v1/chat/completions"}
     inner = Exchange(scope, receive or outer.receive, send_channel.send, outer.request_id, CHAT.name)
     inner.tenant, inner.model = outer.tenant, request.get("model")
@@ -104,8 +150,29 @@ async def chat_completion(
                 await inner.fail(error)
             outer.worker = inner.worker
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
-        start = await messages.receive()
-        content_type = dict(start.get("headers", [])).get(b"content-type", b"")
-        yield InnerAnswer(start["status"], content_type.startswith(b"text/event-stream"), messages)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            try:
+                start = await messages.receive()
+            except trio.EndOfChannel:  # nothing answered: the client left first
+                raise ClientDisconnected() from None
+            content_type = dict(start.get("headers", [])).get(b"content-type", b"")
+            answer = InnerAnswer(start["status"], content_type.startswith(b"text/event-stream"), messages)
+            try:
+                yield answer
+            finally:
+                if not answer.drained:
+                    inner.client_gone = True  # not the worker's fault: its breaker is left alone
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise sole(group) from None
+
+
+def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a nursery wrapped (the reader's `GatewayError`, say), so that callers
+    see what they would without the nursery; a group of several stays a group."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -3,7 +3,10 @@
 A new worker is discovered by `GET /health` and `GET /v1/models` (which
 names what it serves), retrying with backoff up to
 `--worker-startup-timeout-secs`; its health machine then needs
-`--health-success-threshold` good probes to become ready. A periodic loop
+`--health-success-threshold` good probes to become ready. A worker that is
+not ready yet is logged at its first failure and then once a minute, with the
+error: the start-up timeout is 30 minutes by default, and an unreachable URL
+must not stay pending that long without a word. A periodic loop
 probes every discovered worker each `--health-check-interval-secs` and feeds
 the results to its `HealthMachine`. Every task runs in the registrar's
 nursery.
@@ -25,6 +28,7 @@ log = logging.getLogger("smg.workers")
 
 DISCOVERY_TIMEOUT = httpx.Timeout(5.0)
 FIRST_RETRY_SECS = 0.1
+STARTUP_LOG_SECS = 60.0  # a worker still starting up is logged this often
 
 
 class Registrar:
@@ -42,6 +46,7 @@ class Registrar:
         load_interval: float | None = None,
         api_key: str | None = None,
         on_change: Callable[[], None] = lambda: None,
+        startup_log_secs: float = STARTUP_LOG_SECS,
     ) -> None:
         self.registry = registry
         self.startup_timeout = startup_timeout
@@ -54,6 +59,7 @@ class Registrar:
         self.load_interval = load_interval
         self.api_key = api_key
         self.on_change = on_change
+        self.startup_log_secs = startup_log_secs
         self.on_removed: Callable[[Worker], None] = lambda worker: None
         # with the HA mesh: only a worker's health owners probe it, and they publish each result
         self.should_check: Callable[[Worker], bool] = lambda worker: True
@@ -105,6 +111,7 @@ class Registrar:
             deadline = trio.current_time() + self.startup_timeout
             delay = FIRST_RETRY_SECS
             attempt = 0
+            next_log = -float("inf")
             while True:
                 attempt += 1
                 ok = await self._start_up_step(worker)
@@ -117,10 +124,20 @@ class Registrar:
                     worker.last_error = None
                     log.info("worker %s ready: models %s (%s)", worker.url, ", ".join(worker.models), worker.runtime_type)
                     break
-                if trio.current_time() + delay > deadline:
+                now = trio.current_time()
+                if now + delay > deadline:
                     worker.health.reset(HealthState.FAILED)
                     log.error("worker %s failed to become ready after %d attempts: %s", worker.url, attempt, worker.last_error)
                     break
+                if not ok and now >= next_log:
+                    next_log = now + self.startup_log_secs
+                    log.warning(
+                        "worker %s not ready after %d attempts: %s (retrying until --worker-startup-timeout-secs, %.0fs left)",
+                        worker.url,
+                        attempt,
+                        worker.last_error,
+                        deadline - now,
+                    )
                 await trio.sleep(delay)
                 delay = min(self.check_interval, delay * 2)
             self.changed()

@@ -93,19 +93,18 @@ def chat_tool_choice(choice: Any) -> Any:
 # -- output: chat answers -> response objects ------------------------------------------------
 
 
-def output_items(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chat answer's message as Responses output items: its text, then its tool calls."""
+def output_items(message: dict[str, Any], status: str = "completed") -> list[dict[str, Any]]:
+    """A chat answer's message as Responses output items, each `status`: its text, then its tool calls."""
     items: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, str) and text:
-        items.append(message_item(text))
+        items.append(message_item(text, status=status))
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
-        items.append(
-            function_call_item(call.get("id") or new_id("call"), function.get("name", ""), function.get("arguments", ""))
-        )
+        item = function_call_item(call.get("id") or new_id("call"), function.get("name", ""), function.get("arguments", ""))
+        items.append({**item, "status": status})
     if not items:
-        items.append(message_item(""))
+        items.append(message_item("", status=status))
     return items
 
 
@@ -148,6 +147,22 @@ def usage_of(chat_usage: Any) -> dict[str, Any] | None:
     }
 
 
+# a chat finish_reason that means the answer was cut short -> the response's incomplete_details.reason
+INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def status_of(finish_reason: str | None) -> tuple[str, dict[str, Any] | None]:
+    """A finished chat answer's response status and incomplete_details: `incomplete` when a
+    length or content-filter limit cut it (as OpenAI answers), else `completed`."""
+    reason = INCOMPLETE_REASONS.get(finish_reason or "")
+    return ("incomplete", {"reason": reason}) if reason else ("completed", None)
+
+
+def error_object(code: str, message: str) -> dict[str, Any]:
+    """A failed response's `error`, as the Responses API shapes it."""
+    return {"code": code, "message": message}
+
+
 @dataclass
 class ResponseShell:
     """What a response object repeats from its request; `object_with` fills in the rest."""
@@ -165,6 +180,7 @@ class ResponseShell:
         output: list[dict[str, Any]],
         usage: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
+        incomplete_details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         r = self.request
         return {
@@ -174,7 +190,7 @@ class ResponseShell:
             "status": status,
             "background": bool(r.get("background")),
             "error": error,
-            "incomplete_details": None,
+            "incomplete_details": incomplete_details,
             "instructions": r.get("instructions"),
             "max_output_tokens": r.get("max_output_tokens"),
             "metadata": r.get("metadata") or {},
@@ -198,18 +214,6 @@ class ResponseShell:
 # -- streams: chat chunks -> Responses events ---------------------------------------------------
 
 
-class SseReader:
-    """Splits an SSE byte stream, in whatever chunks it arrives, into its `data:` payloads."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        return [line[5:].strip() for line in lines if line.startswith(b"data:")]
-
-
 @dataclass
 class StreamState:
     """Turns chat stream chunks into the Responses API's events, in order, numbered.
@@ -225,6 +229,7 @@ class StreamState:
     output: list[dict[str, Any]] = field(default_factory=list)
     calls: dict[int, dict[str, str]] = field(default_factory=dict)  # index -> id, name, arguments
     usage: dict[str, Any] | None = None
+    finish_reason: str | None = None  # the chat stream's first
     _message_index: int = 0
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -241,6 +246,8 @@ class StreamState:
         if isinstance(data.get("usage"), dict):
             self.usage = usage_of(data["usage"])
         for choice in data.get("choices") or []:
+            if self.finish_reason is None and choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if isinstance(text, str) and text:
@@ -282,14 +289,14 @@ class StreamState:
             ),
         ]
 
-    def finish(self) -> list[bytes]:
-        """The closing events; `self.output` then holds the final items."""
+    def finish(self, item_status: str = "completed") -> list[bytes]:
+        """The closing events; `self.output` then holds the final items, each `item_status`."""
         out: list[bytes] = []
         if self.message_id is None and not self.calls:
             out += self._open_message()
         if self.message_id is not None:
             index = self._message_index
-            done = message_item(self.text, self.message_id)
+            done = message_item(self.text, self.message_id, item_status)
             self.output[index] = done
             out.append(
                 self.event(
@@ -312,7 +319,7 @@ class StreamState:
             )
             out.append(self.event("response.output_item.done", output_index=index, item=done))
         for _, call in sorted(self.calls.items()):
-            item = function_call_item(call["id"] or new_id("call"), call["name"], call["arguments"])
+            item = {**function_call_item(call["id"] or new_id("call"), call["name"], call["arguments"]), "status": item_status}
             index = len(self.output)
             self.output.append(item)
             added = {**item, "status": "in_progress", "arguments": ""}
@@ -332,6 +339,12 @@ class StreamState:
         response = self.shell.object_with("completed", self.output, self.usage)
         return response, self.event("response.completed", response=response)
 
-    def failed(self, error: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        response = self.shell.object_with("failed", self.output, self.usage, error=error)
-        return response, self.event("response.failed", response=response)
+    def end(self, error: dict[str, Any] | None) -> tuple[dict[str, Any], list[bytes]]:
+        """The closing events, last `response.completed`, `response.incomplete` (a length or
+        content-filter cut) or `response.failed` (`error`: the stream broke off), and the final
+        response object. The items of a response that is not complete are `incomplete`."""
+        status, details = ("failed", None) if error is not None else status_of(self.finish_reason)
+        events = self.finish("completed" if status == "completed" else "incomplete")
+        response = self.shell.object_with(status, self.output, self.usage, error=error, incomplete_details=details)
+        events.append(self.event(f"response.{status}", response=response))
+        return response, events

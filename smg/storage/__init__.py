@@ -30,7 +30,14 @@ def open_backend(config: GatewayConfig) -> HistoryBackend | None:
         path = config.history_path()
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        return SqlHistory.sqlite(path)
+        lock = None
+        if config.history_path_is_default():  # held until close (or exit): see smg.storage.lock
+            from smg.storage.lock import acquire
+
+            lock = acquire(path)
+        backend = SqlHistory.sqlite(path)
+        backend.lock_fd = lock
+        return backend
     if kind == "postgres":
         from smg.storage.sql import SqlHistory
 

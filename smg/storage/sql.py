@@ -79,6 +79,7 @@ class SqlHistory:
         self.engine = engine
         self.name = "sqlite" if engine.dialect.name == "sqlite" else "postgres"
         self.pool_size = pool_size
+        self.lock_fd: int | None = None  # the default SQLite file's lock (smg.storage.lock), released on close
         self._writer: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.name == "sqlite" else contextlib.nullcontext()
         )
@@ -126,6 +127,11 @@ class SqlHistory:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.lock_fd is not None:
+            from smg.storage.lock import release
+
+            release(self.lock_fd)
+            self.lock_fd = None
 
     def _begin(self) -> contextlib.AbstractContextManager[Connection]:
         return _transaction(self.engine)

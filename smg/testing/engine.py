@@ -104,7 +104,7 @@ class Outcome:
 
     fail: bool = False
     hang: bool = False
-    die_after_tokens: int | None = None
+    die_after_tokens: int | None = None  # the stream breaks off half-way through the event after this many tokens
 
 
 class SimEngine:

@@ -224,7 +224,10 @@ class SimWorker:
             raise missing_parameter("messages")
         prompt = chat_prompt(body["messages"])
         count = self._max_tokens(body, "max_completion_tokens", "max_tokens")
-        await self._generate_tokens(scope, receive, send, body, prompt, count, _ChatShape("chatcmpl"))
+        # the answer is cut by the client's limit ("length"), or ends as the model chose ("stop")
+        limited = body.get("max_completion_tokens") is not None or body.get("max_tokens") is not None
+        shape = _ChatShape("chatcmpl", "length" if limited else "stop")
+        await self._generate_tokens(scope, receive, send, body, prompt, count, shape)
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Anthropic's Messages API, natively (as vLLM and SGLang serve it)."""
@@ -349,6 +352,8 @@ class SimWorker:
         events = shape.stream(model, words, usage, include_usage)
         for index, event in enumerate(events):
             if die_after is not None and index > die_after:
+                # a dying engine stops wherever its output is: here half-way through an event
+                await send({"type": "http.response.body", "body": event[: len(event) // 2], "more_body": True})
                 raise InjectedDeath("simulated worker died mid-stream")
             if index and index <= len(words):
                 tpot = self.engine.tpot_secs()
@@ -419,9 +424,10 @@ class _Shape:
 
     end = b"data: [DONE]\n\n"  # the stream's last bytes
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, finish: str = "length") -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
+        self.finish = finish  # the chat finish_reason
 
     def full(self, model: str, words: list[str], usage: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -456,7 +462,7 @@ class _ChatShape(_Shape):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": " ".join(words)},
-                    "finish_reason": "length",
+                    "finish_reason": self.finish,
                 }
             ],
             "usage": usage,
@@ -467,7 +473,7 @@ class _ChatShape(_Shape):
         events = [(head + '{"role":"assistant","content":""},"finish_reason":null}]}\n\n').encode()]
         for i in range(len(words)):
             events.append((head + '{"content":' + json.dumps(_piece(words, i)) + '},"finish_reason":null}]}\n\n').encode())
-        events.append((head + '{},"finish_reason":"length"}]}\n\n').encode())
+        events.append((head + '{},"finish_reason":' + json.dumps(self.finish) + "}]}\n\n").encode())
         if include_usage:
             events.append(
                 _sse(

@@ -43,8 +43,10 @@ class PolicyConfig:
     bucket_adjust_interval_secs: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.virtual_nodes < 1 or self.prefix_token_count < 1:
-            raise ValueError("--prefix-token-count must be at least 1")
+        if self.virtual_nodes < 1:  # no flag sets it (the reference fixes 160): name the field
+            raise ValueError(f"virtual_nodes must be at least 1, got {self.virtual_nodes}")
+        if self.prefix_token_count < 1:
+            raise ValueError(f"--prefix-token-count must be at least 1, got {self.prefix_token_count}")
         if not self.prefix_hash_load_factor >= 1.0:
             raise ValueError("--prefix-hash-load-factor must be at least 1.0")
         if self.max_idle_secs <= 0:
