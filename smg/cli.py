@@ -30,8 +30,9 @@ from smg.config import (
 from smg.observability.logs import setup_logging
 from smg.router.policies import POLICIES
 from smg.server import run_gateway, run_serve
+from smg.serving import ServeError, find_error
 from smg.testing.engine import SimConfig
-from smg.testing.fleet import run_fleet
+from smg.testing.fleet import run_fleet, run_supervised
 
 COMMANDS = ("launch", "serve", "sim-worker", "mesh")
 
@@ -98,7 +99,8 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         help="close a connection whose request head is not complete this long after it was accepted (or after "
-        "the first byte of a later request's head); 0 disables (default: %(default)s)",
+        "the first byte of a later request's head), or whose request body stops arriving for this long; "
+        "0 disables (default: %(default)s)",
     )
     net.add_argument(
         "--idle-connection-timeout-secs",
@@ -595,7 +597,8 @@ def build_parser(command: str) -> Parser:
             "--sim-port",
             type=int,
             default=None,
-            help="port of the first simulated worker, the rest follow (default: gateway port + 1)",
+            help="port of the first simulated worker, the rest follow (default: free ports the system picks, "
+            "so they never collide with the gateway's own listeners)",
         )
         add_gateway_args(parser)
         add_sim_args(parser, "sim-")
@@ -613,6 +616,8 @@ def build_parser(command: str) -> Parser:
         parser.add_argument("--count", type=int, default=1, help="workers on consecutive ports (default: %(default)s)")
         parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
         parser.add_argument("--log-json", action="store_true")
+        # the child of `smg serve`: report the ports on stdout, exit when stdin closes
+        parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
         add_sim_args(parser, "")
     return parser
 
@@ -632,10 +637,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     setup_logging(args.log_level, args.log_json)
     try:
-        trio.run(runner)
+        result = trio.run(runner)
     except KeyboardInterrupt:
         return 130
-    return 0
+    except BaseException as exc:  # a start-up failure is one line, not a trio traceback
+        error = find_error(exc, ServeError) or find_error(exc, ConfigError)
+        if error is None:
+            raise
+        print(f"smg: error: {error}", file=sys.stderr)
+        return error.exit_code if isinstance(error, ServeError) else 2
+    return result if isinstance(result, int) else 0
 
 
 def print_mesh_status(url: str, api_key: str | None) -> int:
@@ -682,12 +693,12 @@ def _runner(command: str, args: argparse.Namespace) -> Any:
         if args.sim_workers < 1:
             raise ConfigError("--sim-workers must be at least 1")
         config = _checked(gateway_config_from(args))
-        sim_port = args.sim_port if args.sim_port is not None else config.port + 1
-        if not 1 <= sim_port <= 65535 - args.sim_workers:
-            raise ConfigError(f"--sim-port {sim_port} leaves no room for {args.sim_workers} workers")
-        return partial(run_serve, config, sim, args.sim_workers, args.sim_host, sim_port)
+        if args.sim_port is not None and not 1 <= args.sim_port <= 65536 - args.sim_workers:
+            raise ConfigError(f"--sim-port {args.sim_port} leaves no room for {args.sim_workers} workers")
+        return partial(run_serve, config, sim, args.sim_workers, args.sim_host, args.sim_port)
     if args.count < 1:
         raise ConfigError("--count must be at least 1")
-    if not 0 <= args.port <= 65535 - args.count:
+    if not 0 <= args.port <= 65536 - args.count:
         raise ConfigError(f"--port {args.port} leaves no room for {args.count} workers")
-    return partial(run_fleet, sim, args.host, args.port, args.count)
+    run = run_supervised if args.supervised else run_fleet
+    return partial(run, sim, args.host, args.port, args.count)

@@ -178,20 +178,18 @@ def test_a_partitioned_minority_keeps_its_share_and_the_cluster_heals(cluster: l
     assert 'smg_mesh_members{state="alive"} 3.0' in metrics and "smg_mesh_replication_lag_seconds_count" in metrics
 
 
-def test_a_mesh_port_in_use_is_reported_and_the_gateway_serves_anyway(workers: Proc) -> None:
+def test_a_mesh_port_in_use_ends_start_up_with_one_line(workers: Proc) -> None:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        gateway = start_gateway([workers.urls[0]], "--ha-mesh", "--mesh-host", "127.0.0.1", "--mesh-port", str(port))
-        try:
-            assert httpx.post(gateway.url + "/v1/completions", json={"model": "sim-model", "prompt": "hi"}).status_code == 200
-            health = httpx.get(gateway.url + "/mesh/health").json()
-            assert health["status"] == "degraded" and f"mesh port 127.0.0.1:{port} unavailable" in health["reason"]
-            assert "serving from local state" in gateway.log()
-        finally:
-            gateway.stop()
+        args = ["--host", "127.0.0.1", "--port", "0", "--prometheus-port", "0", "--worker-urls", workers.urls[0]]
+        args += ["--ha-mesh", "--mesh-host", "127.0.0.1", "--mesh-port", str(port), "--history-backend", "none"]
+        result = subprocess.run([sys.executable, "-m", "smg", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("smg: error:")]
+    assert errors == [f"smg: error: --mesh-port {port}: address already in use"] and "Traceback" not in result.stderr
 
 
 def probe_rtt(node: Proc) -> tuple[float, float]:

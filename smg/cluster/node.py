@@ -35,6 +35,7 @@ from smg.mesh.messages import State
 from smg.mesh.metrics import MeshCollector
 from smg.mesh.node import MeshNode
 from smg.router.context import GatewayContext
+from smg.serving import BindError
 
 log = logging.getLogger("smg.cluster")
 
@@ -43,7 +44,7 @@ GC_SECS = 10.0
 RATE_LIMITS = "rate_limits"
 SYNC_SECS = 5.0  # a joining node waits this long at most for its peers' state before it serves
 LOAD_SECS = 0.2  # in-flight counts are published this often (when they changed)
-BIND_RETRY_SECS = 5.0
+BIND_RETRY_SECS = 5.0  # a mesh that fails after its start-up bind runs again after this
 
 
 def advertise_host(config: GatewayConfig) -> str:
@@ -109,16 +110,27 @@ class ClusterNode:
             nursery.start_soon(self._watch_members)
             nursery.start_soon(self._collect_garbage)
             nursery.start_soon(self._publish_load)
+            try:
+                await nursery.start(self._run_mesh)
+            except* OSError as group:  # the bind failed: a start-up error, one line naming the flag (exit 2)
+                config = self.config
+                raise BindError.from_os_error("--mesh-port", config.mesh_port, group.exceptions[0], config.mesh_host) from None
             task_status.started(self)
-            while True:
-                try:
-                    # the name (and so the replica id) may come from the bound port: the stores
-                    # are built once bound, before the join's push-pull asks for their digests
-                    await mesh.run(on_bound=self._setup_stores)
-                except* OSError as group:  # the bind failed (nursery errors come grouped)
-                    self.error = f"mesh port {self.config.mesh_host}:{self.config.mesh_port} unavailable: {group.exceptions[0]}"
-                    log.error("%s; serving from local state, retrying in %gs", self.error, BIND_RETRY_SECS)
-                await trio.sleep(BIND_RETRY_SECS)
+
+    async def _run_mesh(self, *, task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
+        """The mesh node, bound before `run` reports started; should it fail later, it starts again after a pause."""
+        while True:
+            try:
+                # the name (and so the replica id) may come from the bound port: the stores
+                # are built once bound, before the join's push-pull asks for their digests
+                await self.mesh.run(on_bound=self._setup_stores, task_status=task_status)
+            except* OSError as group:  # (nursery errors come grouped)
+                if self.replication is None:
+                    raise  # never bound: `run` reports it
+                self.error = f"mesh stopped: {group.exceptions[0]}"
+                log.error("%s; serving from local state, restarting in %gs", self.error, BIND_RETRY_SECS)
+            task_status = trio.TASK_STATUS_IGNORED  # started once, with the first bind
+            await trio.sleep(BIND_RETRY_SECS)
 
     def _setup_stores(self) -> None:
         self.error = None
