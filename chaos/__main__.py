@@ -20,7 +20,7 @@ from pathlib import Path
 
 from chaos import netns
 from chaos.cluster import LIMIT_PER_MINUTE, Cluster
-from chaos.invariants import Report, classify, count_flaps, memory, rate_limit, wait_converged
+from chaos.invariants import Report, classify, count_flaps, draining, memory, no_failures, rate_limit, wait_converged
 from chaos.scenarios import SCENARIOS
 from chaos.traffic import Traffic
 
@@ -51,6 +51,9 @@ def run_scenario(name: str, args: argparse.Namespace) -> Report:
         finally:
             traffic.stop()
         classify(report, traffic.outcomes, cluster)
+        draining(report, traffic.outcomes, cluster)
+        if scenario.no_failures:
+            no_failures(report)
         rate_limit(report, traffic.limited, LIMIT_PER_MINUTE, scenario.limit_slack)
         report.timings = dict(cluster.timings)
         rejoin = report.timings.get("SIGCONT -> alive on every peer", 0.0)
@@ -134,6 +137,8 @@ def main() -> int:
         print(row(report), flush=True)
         if report.timings:
             print("    " + ", ".join(f"{k}: {'n/a' if v is None else f'{v:.2f}s'}" for k, v in report.timings.items()))
+        if report.served_while_draining:
+            print(f"    answered by a gateway between its SIGTERM and its exit: {report.served_while_draining}")
         for line in report.violations:
             print(f"    violation: {line}")
         if report.violations:

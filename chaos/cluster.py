@@ -37,6 +37,7 @@ ADMIN_KEY = "chaos-admin"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 LIMITED_TENANT, LIMITED_KEY, LIMIT_PER_MINUTE = "limited", "chaos-limited-key", 30  # a tenant held to a cluster-wide limit
 GATEWAY_PORT, MESH_PORT, METRICS_PORT, WORKER_PORT = 30000, 39527, 29000, 8000
+GRACE_SECS = 5  # --shutdown-grace-period-secs: a 2.5 s settle window, 5 balancer health checks long
 
 
 GATEWAY_OCTET, WORKER_OCTET, PROXY_PORT = 20, 50, 18000  # gateway i at <base>.20+i, worker j at <base>.50+j
@@ -151,7 +152,8 @@ class Cluster:
         for j in range(self.workers):
             self._wait(self.worker_url(j) + "/health", f"worker {j}")
         for i, command in enumerate(gateway_commands):
-            env = {"SMG_MESH_KEY": self.key}
+            # each its own history file (one host: the default path would be shared, and is locked)
+            env = {"SMG_MESH_KEY": self.key, "SMG_HISTORY_DB_PATH": str(self.logdir / f"history-{i}.db")}
             node = Node(f"gateway-{i}", command, self.logdir / f"gateway-{i}.log", env, self._host(f"g{i}", GATEWAY_OCTET + i))
             node.start()
             self.gateway_nodes.append(node)
@@ -191,7 +193,7 @@ class Cluster:
             "--prometheus-host", self.gateway_host(i), "--api-key", ADMIN_KEY, "--mesh-fault-injection",
             "--health-check-interval-secs", "1", "--health-failure-threshold", "2",
             "--worker-first-byte-timeout-secs", "5", "--stream-stall-timeout-secs", "5",
-            "--shutdown-grace-period-secs", "5", "--log-level", "info",
+            "--shutdown-grace-period-secs", str(GRACE_SECS), "--log-level", "info",
             "--tenant-api-key", f"{LIMITED_TENANT}:{LIMITED_KEY}",
             "--tenant-rate-limit-config", str(self.logdir / "tenant-limits.json"), *self.extra_gateway_flags,
         ]  # fmt: skip
@@ -227,7 +229,39 @@ class Cluster:
         self.gateway_nodes[i].start()
         self._wait(self.url(i) + "/readiness", f"gateway {i}")
         alive = self.time_until_seen(i, "alive", 15)
-        self.timings["restart -> alive on every peer"] = None if alive is None else round(time.monotonic() - started, 2)
+        self._worst("restart -> alive on every peer", None if alive is None else round(time.monotonic() - started, 2))
+
+    def terminate_gateway(self, i: int) -> None:
+        """SIGTERM gateway `i` and wait for it to exit: the graceful path (settle window, drain,
+        mesh leave), which must exit 0 within its grace period and leave, not die."""
+        self.note(f"SIGTERM gateway {i}")
+        node = self.gateway_nodes[i]
+        started = time.monotonic()
+        node.signal(signal.SIGTERM)
+        code = node.proc.wait(timeout=GRACE_SECS + 10)  # type: ignore[union-attr]
+        self.note(f"gateway {i} exited")
+        self._worst("SIGTERM -> exit", round(time.monotonic() - started, 2))
+        if code != 0:
+            raise RuntimeError(f"gateway {i} exited with {code} after SIGTERM (logs: {self.logdir})")
+        self._worst("exit -> left on every peer", self.time_until_seen(i, "left", 15))
+
+    def rolling_restart(self) -> None:
+        """Restart every gateway in turn, as a deployment does: SIGTERM, wait for the exit, start
+        it again at the same address, and go on only once it is ready and alive on every peer."""
+        for i in range(self.gateways):
+            self.terminate_gateway(i)
+            self.restart_gateway(i)
+            if self.timings["restart -> alive on every peer"] is None:
+                raise TimeoutError(f"gateway {i} not alive on every peer after its restart (logs: {self.logdir})")
+
+    def _worst(self, what: str, seconds: float | None) -> None:
+        """Keep the slowest of repeated measurements (None, never reached, is the worst)."""
+        if what not in self.timings:
+            self.timings[what] = seconds
+            return
+        before = self.timings[what]
+        if before is not None and (seconds is None or seconds > before):
+            self.timings[what] = seconds
 
     def pause_gateway(self, i: int) -> None:
         self.note(f"SIGSTOP gateway {i}")

@@ -22,6 +22,7 @@ class Report:
     sent: int = 0
     ok: int = 0
     rerouted: int = 0
+    served_while_draining: int = 0  # answered by a gateway between its SIGTERM and its exit
     killed_in_flight: int = 0  # class (a)
     streams_cut: int = 0  # class (b)
     other_failures: int = 0  # class (c): must be 0
@@ -67,6 +68,28 @@ def classify(report: Report, outcomes: list[Outcome], cluster: Cluster) -> None:
                 report.failure_samples.append(f"gateway {o.gateway}: {o.error}")
     if report.other_failures:
         report.violations.append(f"{report.other_failures} failures outside the expected classes")
+
+
+def draining(report: Report, outcomes: list[Outcome], cluster: Cluster) -> None:
+    """How many requests a gateway answered after its SIGTERM: the settle window at work (without
+    it they would have been refused, or cut when a connection was taken in the same instant)."""
+    stops: dict[int, float] = {}
+    for t, what in cluster.events:
+        if what.startswith("SIGTERM gateway"):
+            stops[int(what.rsplit(" ", 1)[1])] = t
+        elif what.endswith(" exited"):
+            i = int(what.split()[1])
+            report.served_while_draining += sum(
+                1 for o in outcomes if o.ok and o.gateway == i and stops.get(i, t) <= o.started <= t
+            )
+
+
+def no_failures(report: Report) -> None:
+    """For faults a client must not notice (a rolling restart): a request in flight on a stopping
+    gateway or a stream cut short is a failure like any other."""
+    failed = report.killed_in_flight + report.streams_cut
+    if failed:
+        report.violations.append(f"{failed} requests cut on a stopping gateway; this scenario allows none")
 
 
 def rate_limit(report: Report, limited: list[tuple[float, int]], limit: int, slack: float) -> None:

@@ -1,7 +1,8 @@
 """Fault scenarios: a timeline of faults over the scenario's duration, under traffic.
 
 Each scenario runs its faults between 25 % and ~70 % of the duration, so
-traffic flows before, during and after; `allowed_deaths` is how many
+traffic flows before, during and after (a rolling restart takes as long as
+it takes); `allowed_deaths` is how many
 dead transitions one observer may record of one member (a killed gateway is
 declared dead once; a partition, once per side; nothing else may die).
 """
@@ -23,6 +24,7 @@ class Scenario:
     allowed_deaths: int = 0
     ci: bool = False  # in the short CI subset
     limit_slack: float = 0.1  # the rate-limit contract: admitted per minute <= limit x (1 + slack)
+    no_failures: bool = False  # nothing a client may notice: classes (a) and (b) are violations too
 
 
 def window(
@@ -118,5 +120,12 @@ SCENARIOS = {
             window(lambda c: c.delay_worker(0, 150.0), lambda c: c.undelay_worker(0)),
         ),
         Scenario("key-rotation", "mesh key install/use/remove under traffic", window(Cluster.rotate_key, begin=0.4)),
+        Scenario(
+            "rolling-restart",
+            "SIGTERM and restart every gateway in turn, clients following /readiness: no request may fail",
+            window(Cluster.rolling_restart),
+            ci=True,
+            no_failures=True,
+        ),
     )
 }

@@ -4,7 +4,9 @@ Threads share a request schedule (`rate` per second). Each request goes to
 the next gateway in turn, skipping gateways whose `/readiness` did not
 answer 200 at the last check (every 0.5 s, as a balancer's health check);
 a gateway that refuses the connection is skipped too and the request goes
-to the next one. Half the requests stream. Every outcome is recorded with its gateway
+to the next one. Only a connection never made is re-sent: a request that
+went out and then lost its connection (a reset, a close before the answer)
+is a failure, as the client would see it. Half the requests stream. Every outcome is recorded with its gateway
 and times so failures can be classified against the fault timeline.
 """
 

@@ -105,10 +105,9 @@ async def _run_gateway(
             config.port,
             certfile=config.tls_cert_path,
             keyfile=config.tls_key_path,
-            graceful_timeout=1.0,
             header_read_timeout=config.header_read_timeout_secs,
             keep_alive_timeout=config.idle_connection_timeout_secs,
-            body_timeout=config.request_timeout_secs,  # the body is part of the request: its end-to-end bound
+            body_timeout=config.request_timeout_secs,  # the whole body is part of the request: its end-to-end bound
             max_connections=config.max_client_connections,
         )
         data_plane = DataPlane(app, main)

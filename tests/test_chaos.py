@@ -1,5 +1,6 @@
 """The chaos suite's CI subset: the docker-compose topology, run without Docker, through a
-gateway kill and a partition (on real packets where namespaces are available)."""
+gateway kill, a partition (on real packets where namespaces are available) and a rolling
+restart that no client may notice."""
 
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ def test_the_ci_scenarios_keep_every_invariant(tmp_path: Path) -> None:
     # namespaces and nftables wherever this machine allows them
     assert report["args"]["net"] == ("netns" if netns.unavailable() is None else "loopback")
     scenarios = report["scenarios"]
-    assert {s["scenario"] for s in scenarios} == {"gateway-kill-restart", "minority-partition"}
+    assert {s["scenario"] for s in scenarios} == {"gateway-kill-restart", "minority-partition", "rolling-restart"}
     for s in scenarios:
         assert s["verdict"] == "PASS" and s["other_failures"] == 0 and s["ok"] > 0, s
         assert s["converge_secs"] is not None and s["digests_agree_secs"] is not None
+    rolling = next(s for s in scenarios if s["scenario"] == "rolling-restart")
+    assert rolling["ok"] == rolling["sent"] and rolling["max_deaths_per_pair"] == 0, rolling  # left, never dead

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,7 @@ from tests.helpers import Proc, start_gateway, start_sim, wait_until
 
 def test_sigterm_drains_in_flight_requests() -> None:
     sim = start_sim(1, "--ttft-ms", "0", "--tpot-ms", "20")
-    gateway = start_gateway(sim.urls, "--shutdown-grace-period-secs", "20")
+    gateway = start_gateway(sim.urls, "--shutdown-grace-period-secs", "4")  # the stream ends within the 2 s settle
     try:
         done: list[str] = []
 
@@ -39,6 +41,90 @@ def test_sigterm_drains_in_flight_requests() -> None:
         assert done[-1] == "data: [DONE]" and len(done) == 63
         assert gateway.popen.wait(timeout=10) == 0
         assert "draining" in gateway.log()
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+def test_settle_window_keeps_serving_then_refuses_new_connections_while_in_flight_finishes() -> None:
+    """SIGTERM: readiness 503 at once, liveness 200, new connections served for the settle window
+    (grace 4 s: 2 s); then new connections are refused, idle keep-alive ones closed, and a stream
+    under way still finishes. The stream is held open by a slow worker and released by the test,
+    so no step depends on how fast this machine is."""
+    sim = start_sim(1, "--ttft-ms", "0", "--tpot-ms", "100")
+    gateway = start_gateway(sim.urls, "--shutdown-grace-period-secs", "4")
+    grace, settle = 4.0, 2.0
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    idle: socket.socket | None = None
+    try:
+        lines: list[str] = []
+        stream_ended = threading.Event()
+
+        def stream() -> None:
+            body = {"model": "sim-model", "messages": [], "stream": True, "max_tokens": 1000}  # 100 s at this pace
+            try:
+                with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=30) as r:
+                    lines.extend(line for line in r.iter_lines() if line)
+            finally:
+                stream_ended.set()
+
+        client = threading.Thread(target=stream)
+        client.start()
+        idle = socket.create_connection((host, int(port)), timeout=10)  # a keep-alive connection, idle from here on
+        idle.sendall(b"GET /liveness HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nOK"):  # the socket's timeout bounds each read
+            chunk = idle.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+        wait_until(lambda: len(lines) >= 2, "stream to start")  # lines are appended as they arrive
+        chat = {"model": "sim-model", "messages": [], "max_tokens": 1}
+
+        signalled = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        wait_until(lambda: httpx.get(gateway.url + "/readiness").status_code == 503, "readiness to flip", 2)
+        assert httpx.get(gateway.url + "/readiness").json() == {"status": "not ready", "reason": "draining"}
+        assert httpx.get(gateway.url + "/liveness").status_code == 200
+        assert httpx.post(gateway.url + "/v1/chat/completions", json=chat, timeout=10).status_code == 200  # a new connection
+        time.sleep(max(0.0, signalled + settle / 2 - time.monotonic()))  # past the 0.5 s at which smg used to refuse
+        assert httpx.post(gateway.url + "/v1/chat/completions", json=chat, timeout=10).status_code == 200
+
+        def refused() -> bool:
+            try:
+                httpx.get(gateway.url + "/liveness", timeout=2)
+            except httpx.ConnectError:
+                return True
+            return False
+
+        wait_until(refused, "new connections refused", settle + 3)
+        assert time.monotonic() - signalled >= settle
+        assert idle.recv(4096) == b""  # hypercorn closed the idle keep-alive connection
+        assert not stream_ended.is_set() and gateway.popen.poll() is None  # the stream is still in flight
+        httpx.post(sim.url + "/sim/config", json={"tpot_ms": 0}).raise_for_status()  # let it finish
+        assert stream_ended.wait(grace)
+        client.join(timeout=10)
+        assert lines[-1] == "data: [DONE]" and len(lines) == 1003
+        assert gateway.popen.wait(timeout=10) == 0
+        assert "no longer accepting connections" in gateway.log()
+    finally:
+        if idle is not None:
+            idle.close()
+        gateway.stop()
+        sim.stop()
+
+
+def test_a_second_signal_stops_at_once() -> None:
+    sim = start_sim(1)
+    gateway = start_gateway(sim.urls, "--shutdown-grace-period-secs", "60")  # a 5 s settle window
+    try:
+        gateway.signal(signal.SIGTERM)
+        wait_until(lambda: httpx.get(gateway.url + "/readiness").status_code == 503, "readiness to flip", 2)
+        signalled = time.monotonic()
+        gateway.signal(signal.SIGINT)
+        gateway.popen.wait(timeout=10)
+        assert time.monotonic() - signalled < 5.0  # it did not wait for the settle window
+        assert "again: stopping now" in gateway.log()
     finally:
         gateway.stop()
         sim.stop()

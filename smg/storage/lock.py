@@ -16,12 +16,14 @@ import fcntl
 import os
 import time
 
+from smg.config import ConfigError
+
 RETRIES = 5  # a checker's brief shared lock must not fail a gateway starting at the same instant
 RETRY_SECS = 0.01
 
 
-class HistoryLocked(RuntimeError):
-    """Another process holds the default history file."""
+class HistoryLocked(ConfigError):
+    """Another process holds the default history file: a start-up error of one line (exit 2)."""
 
 
 def lock_path(db_path: str) -> str:
