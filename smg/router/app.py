@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -94,6 +95,16 @@ _WORKER_ITEM = {
 }
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: `localhost` or a loopback address (a name that resolves elsewhere is not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class GatewayApp:
     def __init__(self, ctx: GatewayContext) -> None:
         self.ctx = ctx
@@ -104,6 +115,13 @@ class GatewayApp:
         self._tenant_keys = {f"Bearer {key}".encode(): tenant for key, tenant in ctx.tenant_keys.items()}
         self._cors_any = "*" in config.cors_allowed_origins
         self._cors_origins = {origin.encode() for origin in config.cors_allowed_origins}
+        if self._api_key is None and not self._tenant_keys and not is_loopback(config.host):
+            # tenant keys alone close the control plane to everyone; no key at all opens it to the network
+            log.warning(
+                "the control plane (/workers, /flush_cache, /mesh/*) is unauthenticated on %s: anyone who reaches "
+                "it can add, change or remove workers; set --api-key",
+                config.host,
+            )
 
     def _route(self, method: str, path: str) -> Route:
         route = self.routes.get((method, path))

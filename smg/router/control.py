@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ from smg.router.exchange import Exchange
 from smg.router.workers import DuplicateWorker, Worker, normalize_url
 
 CONTROL_BODY_LIMIT = 1024 * 1024
+MAX_PRIORITY = 2**32 - 1
 
 
 def _not_found(worker_id: str) -> GatewayError:
@@ -28,12 +30,19 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
             raise GatewayError(400, "invalid_value", "'labels' must map strings to strings", param="labels")
         out["labels"] = dict(labels)
     if "priority" in body:
-        if not isinstance(body["priority"], int) or isinstance(body["priority"], bool):
-            raise GatewayError(400, "invalid_value", "'priority' must be an integer", param="priority")
+        # a u32, as the reference's: the replicated record is msgpack, whose integers stop at 64 bits
+        if (
+            not isinstance(body["priority"], int)
+            or isinstance(body["priority"], bool)
+            or not 0 <= body["priority"] <= MAX_PRIORITY
+        ):
+            raise GatewayError(400, "invalid_value", f"'priority' must be an integer from 0 to {MAX_PRIORITY}", param="priority")
         out["priority"] = body["priority"]
     if "cost" in body:
-        if not isinstance(body["cost"], (int, float)) or isinstance(body["cost"], bool) or body["cost"] < 0:
-            raise GatewayError(400, "invalid_value", "'cost' must be a non-negative number", param="cost")
+        cost = body["cost"]
+        # bounded by the largest float: 1e999 parses as infinity, and 10**400 has no float
+        if not isinstance(cost, (int, float)) or isinstance(cost, bool) or not 0 <= cost <= sys.float_info.max:
+            raise GatewayError(400, "invalid_value", "'cost' must be a finite non-negative number", param="cost")
         out["cost"] = float(body["cost"])
     if "api_key" in body:
         if body["api_key"] is not None and not isinstance(body["api_key"], str):

@@ -18,6 +18,7 @@ from smg.asgi import read_body, send_json
 from smg.router.context import GatewayContext
 from smg.router.errors import GatewayError, load_json_object
 from smg.router.exchange import Exchange
+from smg.router.schemas import ConversationBody, validate
 from smg.router.tenant_limits import DEFAULT_TENANT
 from smg.storage.base import ORDERS, StorageError, UnknownCursor
 from smg.storage.records import Conversation, Item, new_id
@@ -144,7 +145,9 @@ def pagination(ex: Exchange) -> tuple[int, str, str | None]:
 
 async def _body(ctx: GatewayContext, ex: Exchange) -> dict[str, Any]:
     limit = min(BODY_LIMIT, ctx.config.max_payload_size)  # 20 full items at most, and never past the flag
-    return load_json_object(await read_body(ex.scope, ex.receive, limit))
+    body = load_json_object(await read_body(ex.scope, ex.receive, limit))
+    validate(ConversationBody, body)
+    return body
 
 
 def _not_found(conversation_id: str) -> GatewayError:

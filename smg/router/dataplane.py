@@ -13,6 +13,7 @@ from smg.router.context import GatewayContext
 from smg.router.errors import GatewayError, load_json_object, missing_parameter
 from smg.router.exchange import Exchange
 from smg.router.proxy import proxy, text_of
+from smg.router.schemas import check_inference
 from smg.router.tenant_limits import DEFAULT_TENANT
 
 
@@ -53,6 +54,7 @@ ROUTES = {
 async def handle_inference(ctx: GatewayContext, ex: Exchange, route: InferenceRoute) -> None:
     body = await read_body(ex.scope, ex.receive, ctx.config.max_payload_size)
     request = load_json_object(body)
+    check_inference(route.name, request)
     model = request.get("model")
     if model is None:
         if route.model_required:
@@ -90,7 +92,9 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
     if counts_tokens:
         ex.want_usage = True
         if stream and not _asks_usage(request):
-            request.setdefault("stream_options", {})["include_usage"] = True  # so the stream reports its tokens
+            # so the stream reports its tokens; the options may be null (or anything on /v1/messages, not its field)
+            options = request.get("stream_options")
+            request["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             body = json.dumps(request, separators=(",", ":")).encode()
     try:
         await _admitted(ctx, ex, route, request, body)

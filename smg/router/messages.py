@@ -19,6 +19,7 @@ from smg.router.errors import GatewayError, load_json_object
 from smg.router.exchange import Exchange
 from smg.router.internal import answer_error, chat_completion
 from smg.router.messages_format import MessagesStream, chat_request, error_body, message_from_chat
+from smg.router.schemas import MessagesRequest, validate
 
 NATIVE = InferenceRoute("messages", b"/v1/messages")
 NATIVE_RUNTIME = "anthropic"
@@ -28,7 +29,8 @@ async def create_message(ctx: GatewayContext, ex: Exchange) -> None:
     ex.error_shape = error_body  # every error from here on, the gateway's or the routing's
     body = await read_body(ex.scope, ex.receive, ctx.config.max_payload_size)
     request = load_json_object(body)
-    chat = chat_request(request)  # validates, whichever way the request goes
+    validate(MessagesRequest, request)  # every known field's type, whichever way the request goes
+    chat = chat_request(request)  # and the values translating needs
     model = request["model"]
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")

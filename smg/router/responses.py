@@ -38,9 +38,12 @@ from smg.router.responses_format import (
     chat_messages,
     chat_tool_choice,
     chat_tools,
+    error_object,
     output_items,
+    status_of,
     usage_of,
 )
+from smg.router.schemas import ResponsesRequest, validate
 from smg.storage.records import Item, StoredResponse, new_id
 
 log = logging.getLogger("smg.router")
@@ -67,6 +70,7 @@ class Plan:
 
 async def create_response(ctx: GatewayContext, ex: Exchange) -> None:
     request = load_json_object(await read_body(ex.scope, ex.receive, ctx.config.max_payload_size))
+    validate(ResponsesRequest, request)
     plan = await _plan(ctx, ex, request)
     ex.model = plan.shell.model
     if plan.background and ctx.background is None:  # --max-background-responses 0: in the foreground
@@ -186,7 +190,7 @@ async def _save(ctx: GatewayContext, plan: Plan, response: dict[str, Any]) -> No
         shell.id, plan.tenant, shell.created_at, response, plan.input_items, shell.previous_response_id, shell.conversation_id
     )
     await stored(history.save_response(record))
-    if shell.conversation_id is not None and response["status"] == "completed":
+    if shell.conversation_id is not None and response["status"] in ("completed", "incomplete"):  # an answer, if cut short
         items = [
             Item(data["id"], shell.conversation_id, plan.tenant, shell.created_at, data)
             for data in plan.input_items + response["output"]
@@ -196,12 +200,12 @@ async def _save(ctx: GatewayContext, plan: Plan, response: dict[str, Any]) -> No
 
 
 def _failed(shell: ResponseShell, error: GatewayError, output: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return shell.object_with("failed", output or [], error={"code": error.code, "message": error.message})
+    return shell.object_with("failed", output or [], error=error_object(error.code, error.message))
 
 
 async def _complete(ctx: GatewayContext, ex: Exchange, plan: Plan, receive: Receive) -> dict[str, Any]:
-    """Run the chat completion to its end and save the completed response; GatewayError when
-    the answer is an error."""
+    """Run the chat completion to its end and save the response, completed or (cut short by a
+    limit) incomplete; GatewayError when the answer is an error."""
     async with chat_completion(ctx, ex, plan.chat, receive) as answer:
         body = await answer.json()
         status = answer.status
@@ -211,7 +215,9 @@ async def _complete(ctx: GatewayContext, ex: Exchange, plan: Plan, receive: Rece
     if not choices or not isinstance(choices[0], dict):
         raise GatewayError(502, "upstream_invalid_response", "the worker's chat answer has no choices")
     message = choices[0].get("message") or {}
-    response = plan.shell.object_with("completed", output_items(message), usage_of(body.get("usage")))
+    outcome, details = status_of(answer.finish_reason)
+    output = output_items(message, "completed" if outcome == "completed" else "incomplete")
+    response = plan.shell.object_with(outcome, output, usage_of(body.get("usage")), incomplete_details=details)
     await _save(ctx, plan, response)
     return response
 
@@ -232,16 +238,14 @@ async def _stream(ctx: GatewayContext, ex: Exchange, plan: Plan) -> None:
         await _write(ex, state.start())
         async for event in answer.events():
             await _write(ex, state.chunk(event))
-    await _write(ex, state.finish())
-    failure = answer.failure
+    failure = answer.failure  # the stream broke off: the response failed, and is stored so
+    error = None
     if failure is not None:
         ex.error_code, ex.error_message = failure.code, failure.message
-        response, last = state.failed({"code": failure.code, "message": failure.message})
-    else:
-        response, last = state.completed()
-    if failure is None:
-        await _save(ctx, plan, response)
-    await ex.send({"type": "http.response.body", "body": last, "more_body": False})
+        error = error_object(failure.code, failure.message)
+    response, last = state.end(error)
+    await _save(ctx, plan, response)  # before the last event: a client that saw it finds it stored
+    await ex.send({"type": "http.response.body", "body": b"".join(last), "more_body": False})
 
 
 async def _write(ex: Exchange, events: list[bytes]) -> None:
@@ -255,7 +259,8 @@ async def _write(ex: Exchange, events: list[bytes]) -> None:
 async def _start_background(ctx: GatewayContext, ex: Exchange, plan: Plan) -> None:
     background = ctx.background
     assert background is not None
-    if len(background.running) >= background.limit:
+    key = plan.shell.id
+    if not background.claim(key):  # the slot is taken before the first await: concurrent requests cannot overrun it
         raise GatewayError(
             429,
             "too_many_background_responses",
@@ -263,8 +268,12 @@ async def _start_background(ctx: GatewayContext, ex: Exchange, plan: Plan) -> No
             type="rate_limit_error",
         )
     queued = plan.shell.object_with("queued", [])
-    await _save(ctx, plan, queued)
-    background.start(plan.shell.id, partial(_run_background, ctx, ex, plan))
+    try:
+        await _save(ctx, plan, queued)
+    except BaseException:
+        background.release(key)
+        raise
+    background.start(key, partial(_run_background, ctx, ex, plan))
     await send_json(ex.send, 200, queued)
 
 
