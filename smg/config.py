@@ -232,6 +232,12 @@ class GatewayConfig:
                     f"history database {self.history_path()}: {folder} is not a writable folder "
                     "(set --history-db-path or $SMG_HISTORY_DB_PATH, or --history-backend memory)"
                 )
+            if self.history_path_is_default():  # two gateways must not share the default file unknowingly
+                from smg.storage.lock import check  # smg.storage imports this module
+
+                problem = check(self.history_path())
+                if problem is not None:
+                    raise ConfigError(problem)
         if self.history_backend == "postgres" and not self.postgres_db_url:
             raise ConfigError("--history-backend postgres needs --postgres-db-url (or $POSTGRES_DB_URL)")
         if self.history_backend == "redis" and not self.redis_url:
@@ -294,6 +300,11 @@ class GatewayConfig:
             return os.environ["SMG_HISTORY_DB_PATH"]
         data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
         return os.path.join(data, "smg", "history.db")
+
+    def history_path_is_default(self) -> bool:
+        """No flag or variable named the SQLite file: every gateway on the host would pick the same one,
+        so it is locked for one gateway at a time (a named file may be shared on purpose)."""
+        return not self.history_db_path and not os.environ.get("SMG_HISTORY_DB_PATH")
 
     def tenant_limits(self) -> TenantLimits | None:
         if self.tenant_rate_limit_config is None:

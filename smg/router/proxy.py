@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from smg.asgi import send_bytes
+from smg.asgi import dump_json, send_bytes
 from smg.router.breaker import STATE_GAUGE, Transition
 from smg.router.errors import GatewayError, model_not_found
 from smg.router.exchange import REQUEST_ID_HEADER, Exchange
 from smg.router.policies import NoEligibleWorker, RequestInfo
 from smg.router.retry import is_retryable
 from smg.router.routing_text import routing_text
+from smg.router.sse import EventFramer, EventTooLarge
 from smg.router.upstream import UpstreamConnectError, UpstreamError, UpstreamResponse
 from smg.router.workers import Worker
 
@@ -264,7 +265,7 @@ async def _exchange_with(
         except UpstreamConnectError as exc:
             return Failed(GatewayError(502, "upstream_connect_error", f"cannot reach worker {worker.url}: {exc}"))
         except UpstreamError as exc:
-            return Failed(GatewayError(502, "upstream_error", f"worker {worker.url} failed: {exc}"))
+            return Failed(GatewayError(502, exc.code, f"worker {worker.url} failed: {exc}"))
     if head_scope.cancelled_caught:
         return Failed(
             GatewayError(504, "upstream_timeout", f"worker {worker.url} sent no response headers within {first_byte:g}s")
@@ -277,7 +278,12 @@ async def _exchange_with(
 async def relay_events(
     ctx: GatewayContext, ex: Exchange, worker: Worker, response: UpstreamResponse, content_type: bytes
 ) -> None:
-    """Relay an SSE body as raw bytes, as it arrives; end with an error event if the worker breaks or stalls."""
+    """Relay an SSE body as raw bytes, as it arrives, whole events only; end with an error event
+    if the worker breaks, stalls or sends an event over `--max-sse-event-size`.
+
+    Every complete event that arrived goes out at once (a chunk of many events in one send);
+    only a trailing incomplete event waits for its end, so a worker dying mid-event never
+    leaves the client a fragment for the error event to be glued onto."""
     ex.event_stream = True
     send = ex.send
     await send(
@@ -292,30 +298,59 @@ async def relay_events(
         }
     )
     stall = ctx.config.stream_stall_timeout_secs
-    chunks = response.aiter_body()
+    framer = EventFramer(ctx.config.max_sse_event_size)
     first = True
     tail = b""  # the end of the stream, where the usage event is
     error: GatewayError | None = None
     with trio.CancelScope(deadline=trio.current_time() + stall) as stall_scope:
+        chunks = response.aiter_body()
         try:
             async for chunk in chunks:
                 if first:
                     ctx.metrics.ttft(ex.model or "").observe(time.perf_counter() - ex.started_at)
                     first = False
                 stall_scope.deadline = trio.current_time() + stall
+                events = framer.feed(chunk)
+                if not events:
+                    continue
                 if ex.want_usage:
-                    tail = (tail + chunk)[-USAGE_TAIL:]
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    tail = (tail + events)[-USAGE_TAIL:]
+                await send({"type": "http.response.body", "body": events, "more_body": True})
+            rest = framer.rest()  # the worker ended cleanly without closing its last event: as it sent it
+            if rest:
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
         except UpstreamError as exc:
             error = GatewayError(502, "upstream_stream_error", f"worker {worker.url} failed mid-stream: {exc}")
+        except EventTooLarge as exc:
+            error = GatewayError(
+                502,
+                "upstream_protocol_error",
+                f"worker {worker.url} sent {exc} (--max-sse-event-size {exc.limit})",
+            )
+        finally:
+            aclose = getattr(chunks, "aclose", None)  # an async generator: finish it here, not in the GC
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
     if stall_scope.cancelled_caught:
         error = GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
     if ex.want_usage:
         ex.completion_tokens = stream_usage(tail)
     if error is not None:
-        await ex.fail(error)
+        await _end_stream_with(ex, error)
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _end_stream_with(ex: Exchange, error: GatewayError) -> None:
+    """The stream's last event: the error, in the client's API shape (Anthropic's `error` event
+    for the Messages API, `data: {"error": ...}` for OpenAI's)."""
+    if ex.error_shape is None:
+        await ex.fail(error)
+        return
+    ex.error_code, ex.error_message = error.code, error.message
+    event = b"event: error\ndata: " + dump_json(ex.error_shape(error)) + b"\n\n"
+    await ex.send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
