@@ -3,6 +3,11 @@ through the reference gateway (when installed), in one run.
 
     python bench/overhead.py                     # smg (pool), smg (httpx), direct
     python bench/overhead.py --reference .venv-reference/bin/smg
+    python bench/overhead.py --floor --upstream-clients pool --scenarios "tiny chat c=32" --rounds 5
+
+On a shared machine, `--rounds N` measures every target N times, interleaved,
+and prints the median of each figure as well: a before/after comparison of one
+change is only as good as its noise, so say how many rounds it took.
 
 One simulated worker with zero artificial delay serves every target, so the
 figures are the cost of the proxies (and of the worker itself, for direct).
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,6 +147,8 @@ def main() -> None:
     parser.add_argument("--log-level", default="info", help="smg log level during the run (default: info, as users run it)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--floor", action="store_true", help="also measure a trivial ASGI app on hypercorn (non-streaming)")
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS), metavar="NAME")
+    parser.add_argument("--rounds", type=int, default=1, help="measure each target this many times, interleaved; medians")
     args = parser.parse_args()
     if args.reference is None and Path(".venv-reference/bin/smg").exists():
         args.reference = ".venv-reference/bin/smg"
@@ -161,11 +169,12 @@ def main() -> None:
         procs += [t.proc for t in targets if t.proc]
         targets.insert(0, Target("direct", worker_port, None))
         print(f"{'scenario':<24}{'target':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'gw CPU ms/req':>15}{'errors':>8}")
-        for scenario, (concurrency, payload) in SCENARIOS.items():
+        for scenario in args.scenarios:
+            concurrency, payload = SCENARIOS[scenario]
             body = json.dumps(payload).encode()
             count = args.requests if concurrency > 1 else max(300, args.requests // 3)
             direct_p50 = None
-            for target in targets:
+            for target in [t for _ in range(args.rounds) for t in targets]:
                 if target.name == "hyp. floor" and payload.get("stream"):
                     continue  # the floor app answers one JSON body; it has no stream to compare
                 result, cpu = trio.run(measure, target, concurrency, body, count, args.warmup)
@@ -181,12 +190,35 @@ def main() -> None:
                      "errors": bad}
                 )  # fmt: skip
             print()
+        if args.rounds > 1:
+            rows = _medians(rows)
         _print_ratios(rows)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     finally:
         stop(procs)
         print(f"logs: {logdir}")
+
+
+def _medians(rows: list[dict]) -> list[dict]:
+    """One row per scenario and target: the median of each figure over the rounds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["scenario"], row["target"]), []).append(row)
+    print(f"medians over {len(next(iter(groups.values())))} rounds:")
+    out = []
+    for (scenario, target), group in groups.items():
+        row = {"scenario": scenario, "target": target, "rounds": len(group)}
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "added_p50_ms", "errors"):
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+        cpu = f"{row['cpu_ms_per_req']:.3f}" if row["cpu_ms_per_req"] is not None else "-"
+        spread = [r["cpu_ms_per_req"] for r in group if r["cpu_ms_per_req"] is not None]
+        spread_text = f"  (CPU {min(spread):.3f}-{max(spread):.3f})" if spread else ""
+        print(f"{scenario:<24}{target:<14}{row['rps']:>9.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{cpu:>15}{spread_text}")
+        out.append(row)
+    print()
+    return out
 
 
 def _print_ratios(rows: list[dict]) -> None:

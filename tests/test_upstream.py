@@ -1,17 +1,24 @@
-"""The upstream clients against a real hypercorn simulated worker, in one trio loop."""
+"""The upstream clients against a real hypercorn simulated worker, in one trio loop; and a
+gateway in front of a raw-socket worker that answers exact bytes (broken HTTP among them)."""
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+from collections.abc import Iterator
 from functools import partial
 
+import httpx
 import pytest
 import trio
 
-from smg.router.upstream import UpstreamConnectError, UpstreamProtocolError, make_upstream
+from smg.router.upstream import UpstreamConnectError, UpstreamProtocolError, UpstreamProtocolViolation, make_upstream
 from smg.router.upstream_pool import PoolUpstream
 from smg.router.workers import Origin, normalize_url
 from smg.testing.engine import SimConfig
 from smg.testing.fleet import run_fleet
+from tests.helpers import Proc, start_gateway
 
 BODY = b'{"model":"sim-model","messages":[{"role":"user","content":"hi"}],"max_tokens":3}'
 HEADERS = [(b"content-type", b"application/json")]
@@ -127,6 +134,15 @@ async def test_pool_close_delimited_and_connection_close_are_not_reused(nursery:
     assert not upstream._idle.get(origin)
 
 
+async def test_pool_drops_a_connection_with_bytes_after_the_response(nursery: trio.Nursery) -> None:
+    origin, _ = await _canned_server(
+        nursery, [[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabc"]]
+    )
+    upstream = PoolUpstream()
+    assert await _fetch(upstream, origin) == (200, [b"ok"])
+    assert not upstream._idle.get(origin)  # the next request would have read the unasked-for answer
+
+
 @pytest.mark.parametrize(
     "reply",
     [
@@ -141,3 +157,182 @@ async def test_pool_rejects_broken_responses(reply: list[bytes], nursery: trio.N
     origin, _ = await _canned_server(nursery, [reply])
     with pytest.raises(UpstreamProtocolError):
         await _fetch(PoolUpstream(), origin)
+
+
+async def test_pool_caps_a_non_streamed_body_but_not_a_stream(nursery: trio.Nursery) -> None:
+    head, chunk = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"400\r\n" + b"x" * 1024 + b"\r\n"
+    two_chunks = [head + chunk, chunk + b"0\r\n\r\n"]
+    origin, _ = await _canned_server(
+        nursery, [[b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n"], two_chunks, two_chunks]
+    )  # the first one is refused from its head alone
+    upstream = PoolUpstream(max_response_size=1500)
+    for _ in range(2):
+        with pytest.raises(UpstreamProtocolViolation, match="over 1500 bytes"):
+            async with upstream.request(origin, b"POST", b"/x", HEADERS, b"{}") as response:
+                await response.read()
+    assert sum(len(p) for p in (await _fetch(upstream, origin))[1]) == 2048  # aiter_body: a stream, not capped here
+
+
+# -- a gateway in front of a worker that speaks broken HTTP ------------------------------------
+
+MODEL = "raw-model"
+CAP = 65536
+
+
+def _ok_body(text: str) -> bytes:
+    return json.dumps(
+        {"id": "chatcmpl-raw", "object": "chat.completion", "created": 1, "model": MODEL,
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    ).encode()  # fmt: skip
+
+
+def _chunked(body: bytes, size: int = 7) -> bytes:
+    return (
+        b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size))
+        + b"0\r\n\r\n"
+    )
+
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+GOOD = _ok_body("fine")
+BIG = _ok_body("x" * (CAP + 100))
+# What each defect of the old hand-written parser let through (a 200 with a wrong body, or a hang),
+# and the size cap: every one must now be 502 upstream_protocol_error.
+BROKEN = {
+    "transfer-encoding and content-length": JSON_HEAD
+    + b"transfer-encoding: chunked\r\ncontent-length: %d\r\n\r\n" % len(GOOD)
+    + _chunked(GOOD),
+    "negative content-length": JSON_HEAD + b"content-length: -3\r\n\r\n" + GOOD,
+    "differing content-lengths": JSON_HEAD + b"content-length: 5\r\ncontent-length: %d\r\n\r\n" % len(GOOD) + GOOD,
+    "chunk size 0x5": JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n0x5\r\n" + GOOD[:5] + b"\r\n0\r\n\r\n",
+    "chunk size -1": JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n-1\r\n" + GOOD,
+    "folded header": JSON_HEAD + b"x-note: one\r\n two\r\ncontent-length: %d\r\n\r\n" % len(GOOD) + GOOD,
+    "status -99": b"HTTP/1.1 -99 Odd\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(GOOD) + GOOD,
+    "bare LF": b"HTTP/1.1 200 OK\ncontent-type: application/json\ncontent-length: %d\n\n" % len(GOOD) + GOOD,
+    "invalid header name": JSON_HEAD + b"x note: 1\r\ncontent-length: %d\r\n\r\n" % len(GOOD) + GOOD,
+    "body over the cap, content-length": JSON_HEAD + b"content-length: %d\r\n\r\n" % len(BIG) + BIG,
+    "body over the cap, chunked": JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n" + _chunked(BIG, 4096),
+}
+REPLIES = {
+    **BROKEN,
+    "ok": JSON_HEAD + b"content-length: %d\r\n\r\n" % len(GOOD) + GOOD,
+    "ok chunked": JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n" + _chunked(GOOD),
+}
+
+
+class RawWorker:
+    """A worker on 127.0.0.1 that answers discovery and health properly and each chat request
+    with the exact bytes `REPLIES` holds for its message's content, keeping the connection
+    open (so a gateway that reused a broken one would show it). Runs its own trio loop in a thread."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.connections = 0
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    def __enter__(self) -> RawWorker:
+        self._thread.start()
+        assert self._ready.wait(10), "raw worker did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None and self._scope is not None
+        trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            listeners = await nursery.start(partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1"))
+            self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+            self._ready.set()
+
+    def _reply(self, head: bytes, body: bytes) -> bytes:
+        if head.startswith(b"GET /v1/models"):
+            models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]}).encode()
+            return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(models) + models
+        if head.startswith(b"GET "):
+            return b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nOK"
+        return REPLIES[json.loads(body)["messages"][0]["content"]]
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        buf = b""
+        try:
+            async with stream:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                    length = int(match.group(1)) if match else 0
+                    while len(buf) < length:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            return
+                        buf += data
+                    body, buf = buf[:length], buf[length:]
+                    await stream.send_all(self._reply(head, body))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+@pytest.fixture(scope="module")
+def raw_worker() -> Iterator[RawWorker]:
+    with RawWorker() as worker:
+        yield worker
+
+
+def _gateway(raw_worker: RawWorker, client: str) -> Iterator[Proc]:
+    # no retries and no breaker: each case is one attempt, and twenty failures do not open the breaker
+    proc = start_gateway(
+        [raw_worker.url], "--upstream-client", client, "--disable-retries", "--disable-circuit-breaker",
+        "--max-upstream-response-size", str(CAP),
+    )  # fmt: skip
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def raw_gateway(raw_worker: RawWorker) -> Iterator[Proc]:
+    yield from _gateway(raw_worker, "pool")
+
+
+@pytest.fixture(scope="module")
+def raw_httpx_gateway(raw_worker: RawWorker) -> Iterator[Proc]:
+    yield from _gateway(raw_worker, "httpx")
+
+
+def _chat(gateway: Proc, case: str) -> httpx.Response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": case}]}
+    return httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=15)
+
+
+def _assert_protocol_error(r: httpx.Response) -> None:
+    assert r.status_code == 502, r.text
+    assert r.headers["x-smg-error-code"] == "upstream_protocol_error"
+    error = r.json()["error"]
+    assert set(error) == {"type", "code", "message", "param"}
+    assert error["code"] == "upstream_protocol_error" and error["type"] == "server_error" and error["message"]
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_gateway_answers_502_upstream_protocol_error_and_keeps_serving(case: str, raw_gateway: Proc) -> None:
+    _assert_protocol_error(_chat(raw_gateway, case))
+    for good in ("ok", "ok chunked", "ok"):  # the same worker, through the same pool, still answers
+        r = _chat(raw_gateway, good)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "fine"
+
+
+@pytest.mark.parametrize("case", ["body over the cap, content-length", "body over the cap, chunked"])
+def test_httpx_client_enforces_the_cap_too(case: str, raw_httpx_gateway: Proc) -> None:
+    _assert_protocol_error(_chat(raw_httpx_gateway, case))
+    assert _chat(raw_httpx_gateway, "ok").status_code == 200

@@ -66,6 +66,7 @@ class GatewayContext:
                 config.upstream_client,
                 connect_timeout=config.connect_timeout_secs,
                 max_idle_per_origin=config.upstream_max_idle_per_worker,
+                max_response_size=config.max_upstream_response_size,
             ),
             metrics=metrics,
             registrar=Registrar(

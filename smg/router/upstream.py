@@ -1,7 +1,7 @@
 """The upstream client interface the data plane uses to call workers.
 
 Two implementations sit behind it: `PoolUpstream` (a lean keep-alive pool on
-trio sockets with its own HTTP/1.1 response parser, the default) and
+trio sockets with a strict sans-IO HTTP/1.1 response parser, `http1`, the default) and
 `HttpxUpstream` (selectable with `--upstream-client httpx`, so the two can be
 measured side by side by `bench/overhead.py`). Timeouts of a whole request are the
 caller's `trio.fail_after`; only connecting has its own limit here.
@@ -21,13 +21,28 @@ Headers = list[tuple[bytes, bytes]]
 class UpstreamError(Exception):
     """A worker could not be reached or answered with broken HTTP."""
 
+    code = "upstream_error"  # the error code the client gets (502)
+
 
 class UpstreamConnectError(UpstreamError):
     """No connection could be made (refused, unreachable, connect timeout)."""
 
+    code = "upstream_connect_error"
+
 
 class UpstreamProtocolError(UpstreamError):
     """The connection broke or the worker spoke invalid HTTP after connecting."""
+
+
+class UpstreamProtocolViolation(UpstreamProtocolError):
+    """The worker's answer broke HTTP/1.1 (RFC 9112) or `--max-upstream-response-size`:
+    its own code, so an operator tells a misbehaving worker from a dying one."""
+
+    code = "upstream_protocol_error"
+
+
+def response_too_large(limit: int) -> UpstreamProtocolViolation:
+    return UpstreamProtocolViolation(f"worker answer over {limit} bytes (--max-upstream-response-size)")
 
 
 class UpstreamResponse(Protocol):
@@ -38,7 +53,9 @@ class UpstreamResponse(Protocol):
         """Body bytes as they arrive (de-chunked), raising `UpstreamProtocolError` if cut."""
         ...
 
-    async def read(self) -> bytes: ...
+    async def read(self) -> bytes:
+        """The whole body; over the client's size cap it raises `UpstreamProtocolViolation`."""
+        ...
 
 
 class Upstream(Protocol):
@@ -51,13 +68,20 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_upstream(kind: str, *, connect_timeout: float, max_idle_per_origin: int) -> Upstream:
+def make_upstream(
+    kind: str, *, connect_timeout: float, max_idle_per_origin: int, max_response_size: int = 256 * 1024 * 1024
+) -> Upstream:
+    """`max_response_size`: the largest body `read` returns (streams read with `aiter_body` are not capped here)."""
     if kind == "pool":
         from smg.router.upstream_pool import PoolUpstream
 
-        return PoolUpstream(connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin)
+        return PoolUpstream(
+            connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin, max_response_size=max_response_size
+        )
     if kind == "httpx":
         from smg.router.upstream_httpx import HttpxUpstream
 
-        return HttpxUpstream(connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin)
+        return HttpxUpstream(
+            connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin, max_response_size=max_response_size
+        )
     raise ValueError(f"unknown upstream client '{kind}'")

@@ -7,13 +7,16 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from smg.router.upstream import Headers, UpstreamConnectError, UpstreamProtocolError
+from smg.router.upstream import Headers, UpstreamConnectError, UpstreamProtocolError, response_too_large
 from smg.router.workers import Origin
+
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 
 
 class HttpxResponse:
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, max_size: int = DEFAULT_MAX_RESPONSE_SIZE) -> None:
         self._response = response
+        self._max_size = max_size
         self.status = response.status_code
         self.headers: Headers = [(k.lower(), v) for k, v in response.headers.raw]
 
@@ -25,11 +28,26 @@ class HttpxResponse:
             raise UpstreamProtocolError(f"worker connection broke mid-response: {exc}") from None
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.aiter_body()])
+        """The whole body, refused (`UpstreamProtocolViolation`) past `max_size`, as the pool does."""
+        limit = self._max_size
+        length = self._response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise response_too_large(limit)
+        pieces: list[bytes] = []
+        size = 0
+        async for chunk in self.aiter_body():
+            size += len(chunk)
+            if size > limit:
+                raise response_too_large(limit)
+            pieces.append(chunk)
+        return b"".join(pieces)
 
 
 class HttpxUpstream:
-    def __init__(self, *, connect_timeout: float = 10.0, max_idle_per_origin: int = 256) -> None:
+    def __init__(
+        self, *, connect_timeout: float = 10.0, max_idle_per_origin: int = 256, max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+    ) -> None:
+        self.max_response_size = max_response_size
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=max_idle_per_origin),
@@ -48,7 +66,7 @@ class HttpxUpstream:
         except httpx.TransportError as exc:
             raise UpstreamProtocolError(f"worker failed before responding: {exc}") from None
         try:
-            yield HttpxResponse(response)
+            yield HttpxResponse(response, self.max_response_size)
         finally:
             await response.aclose()
 
