@@ -214,8 +214,12 @@ BROKEN = {
     "body over the cap, content-length": JSON_HEAD + b"content-length: %d\r\n\r\n" % len(BIG) + BIG,
     "body over the cap, chunked": JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n" + _chunked(BIG, 4096),
 }
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+FIRST_EVENT = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hel"}}]}\n\n'
 REPLIES = {
     **BROKEN,
+    # a stream under way, then a chunk size that breaks the framing (the connection stays open)
+    "stream with a bad chunk": (SSE_HEAD + _chunked(FIRST_EVENT, len(FIRST_EVENT))[:-5], b"zz\r\nxx\r\n"),
     "ok": JSON_HEAD + b"content-length: %d\r\n\r\n" % len(GOOD) + GOOD,
     "ok chunked": JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n" + _chunked(GOOD),
 }
@@ -252,7 +256,7 @@ class RawWorker:
             self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
             self._ready.set()
 
-    def _reply(self, head: bytes, body: bytes) -> bytes:
+    def _reply(self, head: bytes, body: bytes) -> bytes | tuple[bytes, ...]:
         if head.startswith(b"GET /v1/models"):
             models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]}).encode()
             return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(models) + models
@@ -280,7 +284,11 @@ class RawWorker:
                             return
                         buf += data
                     body, buf = buf[:length], buf[length:]
-                    await stream.send_all(self._reply(head, body))
+                    reply = self._reply(head, body)
+                    for i, piece in enumerate(reply if isinstance(reply, tuple) else (reply,)):
+                        if i:
+                            await trio.sleep(0.2)  # pieces of a stream: the gateway has relayed the first
+                        await stream.send_all(piece)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
@@ -336,3 +344,14 @@ def test_gateway_answers_502_upstream_protocol_error_and_keeps_serving(case: str
 def test_httpx_client_enforces_the_cap_too(case: str, raw_httpx_gateway: Proc) -> None:
     _assert_protocol_error(_chat(raw_httpx_gateway, case))
     assert _chat(raw_httpx_gateway, "ok").status_code == 200
+
+
+def test_a_framing_violation_mid_stream_ends_it_with_a_protocol_error_event(raw_gateway: Proc) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "stream with a bad chunk"}], "stream": True}
+    r = httpx.post(raw_gateway.url + "/v1/chat/completions", json=body, timeout=15)
+    assert r.status_code == 200
+    events = [block for block in r.text.split("\n\n") if block]
+    assert events[0] == FIRST_EVENT.decode().strip()
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "upstream_protocol_error" and len(events) == 2
+    assert _chat(raw_gateway, "ok").status_code == 200

@@ -319,8 +319,9 @@ async def relay_events(
             rest = framer.rest()  # the worker ended cleanly without closing its last event: as it sent it
             if rest:
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
-        except UpstreamError as exc:
-            error = GatewayError(502, "upstream_stream_error", f"worker {worker.url} failed mid-stream: {exc}")
+        except UpstreamError as exc:  # a broken connection, or bytes that break HTTP/1.1 framing
+            code = "upstream_protocol_error" if exc.code == "upstream_protocol_error" else "upstream_stream_error"
+            error = GatewayError(502, code, f"worker {worker.url} failed mid-stream: {exc}")
         except EventTooLarge as exc:
             error = GatewayError(
                 502,
