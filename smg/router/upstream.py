@@ -16,6 +16,7 @@ from typing import Protocol
 from smg.router.workers import Origin
 
 Headers = list[tuple[bytes, bytes]]
+DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024  # the largest non-streamed answer read from a worker
 
 
 class UpstreamError(Exception):
@@ -45,6 +46,18 @@ def response_too_large(limit: int) -> UpstreamProtocolViolation:
     return UpstreamProtocolViolation(f"worker answer over {limit} bytes (--max-upstream-response-size)")
 
 
+async def read_capped(body: AsyncIterator[bytes], limit: int) -> bytes:
+    """A whole body from its pieces, refused as soon as it grows past `limit` bytes (both clients)."""
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in body:
+        size += len(piece)
+        if size > limit:
+            raise response_too_large(limit)
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
 class UpstreamResponse(Protocol):
     status: int
     headers: Headers  # names lower-case
@@ -69,7 +82,7 @@ class Upstream(Protocol):
 
 
 def make_upstream(
-    kind: str, *, connect_timeout: float, max_idle_per_origin: int, max_response_size: int = 256 * 1024 * 1024
+    kind: str, *, connect_timeout: float, max_idle_per_origin: int, max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
 ) -> Upstream:
     """`max_response_size`: the largest body `read` returns (streams read with `aiter_body` are not capped here)."""
     if kind == "pool":

@@ -7,10 +7,15 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from smg.router.upstream import Headers, UpstreamConnectError, UpstreamProtocolError, response_too_large
+from smg.router.upstream import (
+    DEFAULT_MAX_RESPONSE_SIZE,
+    Headers,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    read_capped,
+    response_too_large,
+)
 from smg.router.workers import Origin
-
-DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 
 
 class HttpxResponse:
@@ -33,14 +38,7 @@ class HttpxResponse:
         length = self._response.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise response_too_large(limit)
-        pieces: list[bytes] = []
-        size = 0
-        async for chunk in self.aiter_body():
-            size += len(chunk)
-            if size > limit:
-                raise response_too_large(limit)
-            pieces.append(chunk)
-        return b"".join(pieces)
+        return await read_capped(self.aiter_body(), limit)
 
 
 class HttpxUpstream:

@@ -30,16 +30,17 @@ import trio
 
 from smg.router.http1 import Data, IncompleteResponse, ProtocolViolation, Response, ResponseParser
 from smg.router.upstream import (
+    DEFAULT_MAX_RESPONSE_SIZE,
     Headers,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamProtocolViolation,
+    read_capped,
     response_too_large,
 )
 from smg.router.workers import Origin
 
 RECEIVE_SIZE = 65536
-DEFAULT_MAX_RESPONSE_SIZE = 256 * 1024 * 1024
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -108,14 +109,7 @@ class PoolResponse:
             return body
         if self._length is not None and self._length > limit:
             raise response_too_large(limit)
-        pieces: list[bytes] = []
-        size = 0
-        async for piece in self.aiter_body():
-            size += len(piece)
-            if size > limit:
-                raise response_too_large(limit)
-            pieces.append(piece)
-        return b"".join(pieces)
+        return await read_capped(self.aiter_body(), limit)
 
 
 class PoolUpstream:
