@@ -99,6 +99,27 @@ def test_unacknowledged_messages_are_sent_again_and_idle_peers_sync() -> None:
     assert len(c.nodes["a"].outgoing(["b"], c.now + 6, c.ms)) == 1  # a sync after the sync interval
 
 
+def test_changes_made_while_an_interval_is_in_flight_wait_for_its_ack_and_go_out_joined() -> None:
+    """One interval in flight per peer and store: a burst of changes behind a slow link costs one
+    message per round trip, not a fresh ever-larger join per change queued behind it."""
+    c = Cluster(["a", "b"], resend_after=1.0)
+    c.round()
+    c.set("a", "w0", 0)
+    first = c.nodes["a"].outgoing(["b"], c.now, c.ms)
+    assert [m[1] for m in first] == [DELTA]
+    for i in range(1, 20):  # the ack is slow to come back
+        c.set("a", f"w{i}", i)
+        assert c.nodes["a"].outgoing(["b"], c.now + i * 0.01, c.ms) == []
+    for peer, channel, payload in first:
+        for reply in c.nodes[peer].receive("a", channel, payload, ["a", "b"], c.ms):
+            c.nodes["a"].receive(peer, reply[1], reply[2], ["a", "b"], c.ms)
+    joined = c.nodes["a"].outgoing(["b"], c.now + 0.3, c.ms)  # acknowledged: the rest, in one message
+    assert [m[1] for m in joined] == [DELTA]
+    assert len(msgpack.unpackb(joined[0][2])["d"]) < 2000
+    c.nodes["b"].receive("a", DELTA, joined[0][2], ["a", "b"], c.ms)
+    assert len(c.nodes["b"].state("workers")) == 20
+
+
 def test_a_restarted_member_gets_the_full_state() -> None:
     c = Cluster(["a", "b", "c"])
     for i in range(5):

@@ -25,7 +25,7 @@ from smg.cluster.load import STORE as LOAD
 from smg.cluster.load import ReplicatedLoad
 from smg.cluster.metrics import ClusterCollector
 from smg.cluster.prefixes import SharedPrefixes
-from smg.cluster.replication import CHANNELS, Replication, ReplicationError
+from smg.cluster.replication import ACK, CHANNELS, Replication, ReplicationError
 from smg.cluster.workers import ReplicatedWorkers, wall_ms
 from smg.config import ConfigError, GatewayConfig
 from smg.crdt.hlc import HybridClock
@@ -266,6 +266,8 @@ class ClusterNode:
             return
         for peer, reply_channel, reply in replies:
             self.mesh.send_to(peer, reply_channel, reply)
+        if channel == ACK:
+            self.changed()  # the peer has room for what changed while the interval was in flight
 
     def _app_state(self) -> bytes:
         digests = self.replication.digests() if self.replication is not None else {}

@@ -159,8 +159,12 @@ class Replication:
     def _due(self, store: _Store, peer: str, now: float, physical_ms: int) -> list[Outgoing]:
         replicator = store.replicator
         last = store.sent.get(peer)
-        if last is not None and last[0] == replicator.seq and now - last[1] < self.resend_after:
-            return []  # in flight: wait for the ack
+        if last is not None and peer in store.waiting_since and now - last[1] < self.resend_after:
+            # One interval in flight per peer and store: what changes meanwhile goes out, joined,
+            # when the ack arrives (the shell flushes on every ack) or at the resend. Sending a
+            # fresh, ever-larger join on every change instead piled copies into a connection in
+            # TCP's backoff under packet loss (a gateway grew by 117 MB at 30 % loss, 100 req/s).
+            return []
         messages = replicator.outgoing(peer)
         if not messages:
             if last is not None and now - last[1] < self.sync_interval:
