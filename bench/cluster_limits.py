@@ -44,7 +44,7 @@ def start_cluster(
     urls, mesh_addresses, procs = [], [], []
     for i in range(count):
         port, mesh_port = free_port(), free_port()
-        command = [sys.executable, "-m", "smg", "--log-level", "warn", "--host", HOST, "--port", str(port),
+        command = [sys.executable, "-m", "smg", "--log-level", "warn", "--history-backend", "memory", "--host", HOST, "--port", str(port),
                    "--prometheus-host", HOST, "--prometheus-port", str(free_port()), "--worker-urls", worker,
                    "--tenant-api-key", f"bench:{TENANT_KEY}", "--tenant-rate-limit-config", str(limits),
                    "--api-key", "bench-admin"]  # fmt: skip

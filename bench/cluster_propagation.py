@@ -40,7 +40,11 @@ def start_mesh(count: int, reference: str | None, logdir: Path) -> tuple[list[st
     urls, metrics, procs, seed = [], [], [], None
     for i in range(count):
         port, metrics_port, mesh_port = free_port(), free_port(), free_port()
-        base = [reference, "launch"] if reference else [sys.executable, "-m", "smg", "--log-level", "warn"]
+        base = (
+            [reference, "launch"]
+            if reference
+            else [sys.executable, "-m", "smg", "--log-level", "warn", "--history-backend", "memory"]
+        )
         command = [*base, "--host", HOST, "--port", str(port), "--prometheus-host", HOST, "--prometheus-port", str(metrics_port),
                    "--enable-mesh" if reference else "--ha-mesh", "--mesh-host", HOST, "--mesh-port", str(mesh_port),
                    "--enable-igw"]  # fmt: skip

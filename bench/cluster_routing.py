@@ -41,7 +41,11 @@ def start_gateways(
     procs, gateways, seed = [], [], None
     for i in range(count):
         port, mesh_port = free_port(), free_port()
-        base = [reference, "launch"] if reference else [sys.executable, "-m", "smg", "--log-level", "warn"]
+        base = (
+            [reference, "launch"]
+            if reference
+            else [sys.executable, "-m", "smg", "--log-level", "warn", "--history-backend", "memory"]
+        )
         command = [*base, "--policy", "cache_aware", "--host", HOST, "--port", str(port),
                    "--prometheus-host", HOST, "--prometheus-port", str(free_port())]  # fmt: skip
         if i == 0 or not mesh:

@@ -97,7 +97,7 @@ def start_targets(args: argparse.Namespace, worker_url: str, logdir: Path) -> li
         proc = start(
             [sys.executable, "-m", "smg", "--host", HOST, "--port", str(port), "--worker-urls", worker_url,
              "--policy", "round_robin", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
-             "--upstream-client", client, "--log-level", args.log_level],
+             "--upstream-client", client, "--log-level", args.log_level, "--history-backend", "memory"],
             logdir / f"smg-{client}.log",
         )  # fmt: skip
         targets.append(Target(f"smg ({client})", port, proc))

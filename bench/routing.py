@@ -180,7 +180,10 @@ def main() -> None:
     logdir = Path(tempfile.mkdtemp(prefix="smg-routing-"))
     sim, urls = start_workers(args, logdir)
     systems, users = make_workload(args)
-    targets = [(f"smg {p}", [sys.executable, "-m", "smg", "--policy", p, "--log-level", "warn"]) for p in args.policies]
+    targets = [
+        (f"smg {p}", [sys.executable, "-m", "smg", "--policy", p, "--log-level", "warn", "--history-backend", "memory"])
+        for p in args.policies
+    ]
     if reference:
         targets += [(f"reference {p}", [reference, "launch", "--policy", p]) for p in ("cache_aware", "round_robin")]
     rows = []
