@@ -23,7 +23,7 @@ class Scenario:
     run: Callable[[Cluster, float], None]  # (cluster, duration)
     allowed_deaths: int = 0
     ci: bool = False  # in the short CI subset
-    limit_slack: float = 0.1  # the rate-limit contract: admitted per minute <= limit x (1 + slack)
+    limit_slack: float = 0.05  # the rate-limit contract: admitted per minute <= limit x (1 + slack)
     no_failures: bool = False  # nothing a client may notice: classes (a) and (b) are violations too
 
 
