@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,10 @@ from tests.helpers import SPAWNED, Proc, start_gateway, start_sim
 # deadlines, which a loaded CI machine would turn into flakes.
 settings.register_profile("smg", derandomize=True, deadline=None, print_blob=True)
 settings.load_profile("smg")
+
+# The default SQLite history file lives under $XDG_DATA_HOME and is locked by one gateway at a
+# time: tests get their own, so a gateway running on the machine cannot fail them (nor they it).
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="smg-test-data-")
 
 
 @pytest.fixture(scope="session", autouse=True)
