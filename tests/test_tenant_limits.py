@@ -218,3 +218,28 @@ def test_pending_counts_settle_when_peers_acknowledge() -> None:
     confirmed[0] = 7
     refusal = limiter.admit("t", 0, T0 + 9)  # room 1: the other node's, first by name
     assert refusal is not None and limiter.pending("t") == 0
+
+
+def test_the_split_starves_nobody() -> None:
+    """A limit smaller than the members: the odd units turn round the members window by window;
+    a prompt larger than a node's part of a token limit goes through when nothing of it is pending."""
+
+    def node(limit: Limit, rank: int, members: int) -> TenantRateLimiter:
+        limiter = TenantRateLimiter(TenantLimits(limit), f"n{rank}")
+        limiter.on_delta = lambda delta: None  # replicated, and acknowledged at once
+        limiter.admitters = lambda: (members, rank)
+        return limiter
+
+    admitted_in = {rank: [] for rank in range(3)}
+    for rank in range(3):
+        limiter = node(Limit(requests_per_minute=2), rank, 3)
+        for window in range(3):
+            now = T0 + 120 * window  # two windows apart: the previous one no longer weighs
+            admitted_in[rank].append(limiter.admit("t", 0, now) is None)
+    assert all(any(windows) for windows in admitted_in.values())  # every member gets a turn
+    assert [sum(admitted_in[r][w] for r in range(3)) for w in range(3)] == [2, 2, 2]  # the limit, exactly
+    tokens = node(Limit(tokens_per_minute=1000), 1, 2)
+    tokens.confirmed = lambda: -1  # the peer acknowledges nothing for now
+    assert tokens.admit("t", 600, T0) is None  # its part is 500, but nothing of it is pending
+    assert tokens.pending("t", "tokens_per_minute") == 600
+    assert tokens.admit("t", 300, T0 + 1) is not None  # now some is: the part holds

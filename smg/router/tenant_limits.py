@@ -16,15 +16,18 @@ that delay every node admits against a view that lacks the others' newest
 counts, so near the limit the cluster would over-admit by about the others'
 admissions during one delay. To prevent that, the room a node sees is split
 between the alive members, in whole units: `floor(room) // n`, plus one for
-the first `floor(room) % n` members by name. A node admits only while its own
+the first `floor(room) % n` members in an order that turns by one every
+window, so no member is left without its unit for good. A node admits only while its own
 counts that not every alive peer has acknowledged yet ("pending"), plus the
 request, fit in its part, where `room` is the limit less what it sees
 without its pending counts. Every acknowledged count is in every view, so
 the parts together never exceed the true room: the cluster stays within the
 limit however slow replication is, as long as the members agree on who is
-alive (otherwise the partition share applies). The cost: near the limit a
-request larger than this node's part is refused though the cluster as a
-whole has room for it (tokens; requests are split exactly).
+alive (otherwise the partition share applies). Requests split exactly; for
+tokens a node with no pending tokens may admit one prompt larger than its
+part when the cluster's count allows it (prompt sizes are estimates, and a
+limit smaller than a few prompts would otherwise refuse every one of them),
+so a token limit may be exceeded by one prompt per node in a race.
 """
 
 from __future__ import annotations
@@ -172,8 +175,9 @@ class TenantRateLimiter:
                 pending = self._pending_by_key.get(key)
                 mine = pending.get(epoch, 0) + pending.get(epoch - 1, 0) * (1.0 - fraction) if pending else 0.0
                 whole = math.floor(allowed - (used - mine) + 1e-9)
-                part = whole // members + (1 if rank < whole % members else 0)
-                if mine + amount > part:
+                turn = (rank + epoch) % members  # the odd units go round the members window by window
+                part = whole // members + (1 if turn < whole % members else 0)
+                if mine + amount > part and not (mine == 0 and kind == "tokens_per_minute"):
                     current, previous = self.counter.total(key, epoch), self.counter.total(key, epoch - 1)
                     wait = 1 if mine else retry_after(current, previous, fraction, allowed - amount)
                     return Refusal(kind, allowed, used, wait)  # with pending counts: room again once peers ack them
