@@ -59,22 +59,21 @@ class EventFramer:
     case costs no copy). `held` is what a stream cut now would lose. An event longer than
     `limit` raises `EventTooLarge`, whether still incomplete or complete within one chunk."""
 
-    __slots__ = ("_held", "_held_size", "limit")
+    __slots__ = ("_held", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._held: list[bytes] = []
-        self._held_size = 0
+        self._held = bytearray()  # one growing buffer: a worker trickling an event stays linear
 
     @property
     def held(self) -> int:
         """Bytes of the incomplete event held back."""
-        return self._held_size
+        return len(self._held)
 
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
             return b""
-        held = self._held_size
+        held = len(self._held)
         if not held:
             if chunk.endswith(b"\n\n"):
                 complete, rest = chunk, b""
@@ -86,13 +85,12 @@ class EventFramer:
         else:
             end = last_event_end(chunk)
             if end < 0:  # the held bytes hold no blank line, but their last byte may start one
-                end = last_event_end(self._held[-1][-1:] + chunk[:2]) - 1
+                end = last_event_end(bytes(self._held[-1:]) + chunk[:2]) - 1
             if end <= 0:
                 self._hold(chunk)
                 return b""
-            complete, rest = b"".join([*self._held, chunk[:end]]), chunk[end:]
+            complete, rest = bytes(self._held) + chunk[:end], chunk[end:]
             self._held.clear()
-            self._held_size = 0
         if held + len(chunk) > self.limit:  # only then can a complete event be too long
             largest = max(event_sizes(complete), default=0)
             if largest > self.limit:
@@ -103,16 +101,14 @@ class EventFramer:
 
     def rest(self) -> bytes:
         """The held-back bytes, for a stream that ended cleanly without closing its last event."""
-        rest = b"".join(self._held)
+        rest = bytes(self._held)
         self._held.clear()
-        self._held_size = 0
         return rest
 
     def _hold(self, piece: bytes) -> None:
-        self._held.append(piece)
-        self._held_size += len(piece)
-        if self._held_size > self.limit:
-            raise EventTooLarge(self._held_size, self.limit)
+        self._held += piece
+        if len(self._held) > self.limit:
+            raise EventTooLarge(len(self._held), self.limit)
 
 
 def event_data(event: bytes) -> bytes | None:
