@@ -218,6 +218,11 @@ SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-enco
 FIRST_EVENT = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hel"}}]}\n\n'
 REPLIES = {
     **BROKEN,
+    # chat answers whose types are wrong where the gateway reads them (Responses, Messages)
+    "malformed answer": JSON_HEAD
+    + b"content-length: %d\r\n\r\n" % len(GOOD.replace(b'"stop"', b'["stop"]'))
+    + GOOD.replace(b'"stop"', b'["stop"]'),
+    "malformed chunk": SSE_HEAD + _chunked(b'data: {"choices":[{"index":0,"delta":"x"}]}\n\ndata: [DONE]\n\n'),
     # a stream under way, then a chunk size that breaks the framing (the connection stays open)
     "stream with a bad chunk": (SSE_HEAD + _chunked(FIRST_EVENT, len(FIRST_EVENT))[:-5], b"zz\r\nxx\r\n"),
     "ok": JSON_HEAD + b"content-length: %d\r\n\r\n" % len(GOOD) + GOOD,
@@ -354,4 +359,23 @@ def test_a_framing_violation_mid_stream_ends_it_with_a_protocol_error_event(raw_
     assert events[0] == FIRST_EVENT.decode().strip()
     error = json.loads(events[-1].removeprefix("data: "))["error"]
     assert error["code"] == "upstream_protocol_error" and len(events) == 2
+    assert _chat(raw_gateway, "ok").status_code == 200
+
+
+def test_malformed_chat_answers_fail_responses_and_messages_cleanly(raw_gateway: Proc) -> None:
+    """A worker's answer with a list for `finish_reason`, or a string for `delta`: 502
+    upstream_invalid_response (or `response.failed`), never a 500, and nothing stored as completed."""
+    url = raw_gateway.url
+    r = httpx.post(url + "/v1/responses", json={"model": MODEL, "input": "malformed answer"}, timeout=15)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_invalid_response", r.text
+    body = {"model": MODEL, "input": "malformed chunk", "stream": True}
+    r = httpx.post(url + "/v1/responses", json=body, timeout=15)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "response.failed", events[-1]
+    assert events[-1]["response"]["error"]["code"] == "upstream_invalid_response"
+    stored = httpx.get(url + f"/v1/responses/{events[-1]['response']['id']}", timeout=15).json()
+    assert stored["status"] == "failed"
+    message = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "malformed answer"}]}
+    r = httpx.post(url + "/v1/messages", json=message, timeout=15)
+    assert r.status_code == 502 and r.json()["type"] == "error", r.text
     assert _chat(raw_gateway, "ok").status_code == 200

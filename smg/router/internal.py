@@ -74,6 +74,11 @@ class InnerAnswer:
                     if isinstance(event.get("error"), dict):
                         self.failure = answer_error(502, event)
                         break
+                    problem = chat_shape_problem(event, "delta")
+                    if problem is not None:
+                        message = f"the worker's chat stream sent a malformed chunk: {problem}"
+                        self.failure = GatewayError(502, "upstream_invalid_response", message)
+                        return
                     reason = _finish_reason(event)
                     if reason is not None:
                         finished = True
@@ -105,8 +110,60 @@ class InnerAnswer:
             answer = json.loads(body)
         except ValueError:
             raise GatewayError(502, "upstream_invalid_response", "the worker's chat answer is not JSON") from None
+        if self.status == 200:
+            problem = chat_shape_problem(answer, "message")
+            if problem is not None:
+                raise GatewayError(502, "upstream_invalid_response", f"the worker's chat answer is malformed: {problem}")
         self.finish_reason = _finish_reason(answer)
         return answer
+
+
+def _kind(value: Any, kind: type) -> bool:
+    """`value` is absent (None) or a `kind` (a bool counts as no int)."""
+    return value is None or (isinstance(value, kind) and not isinstance(value, bool))
+
+
+def chat_shape_problem(chat: Any, part: str) -> str | None:
+    """What is wrong with the types of a worker's chat answer (`part` "message") or chunk
+    ("delta") where the gateway reads it, else None. A worker is not trusted: a list where a
+    string belongs would otherwise surface as a 500 (or a background response stuck in progress)."""
+    if not isinstance(chat, dict):
+        return "not an object"
+    choices = chat.get("choices")
+    if not _kind(choices, list):
+        return "choices is not a list"
+    if not _kind(chat.get("usage"), dict):
+        return "usage is not an object"
+    usage = chat.get("usage") or {}
+    for name in ("prompt_tokens", "completion_tokens"):
+        if not _kind(usage.get(name), int):
+            return f"usage.{name} is not an integer"
+    for i, choice in enumerate(choices or []):
+        if not isinstance(choice, dict):
+            return f"choices[{i}] is not an object"
+        if not _kind(choice.get("finish_reason"), str):
+            return f"choices[{i}].finish_reason is not a string"
+        body = choice.get(part)
+        if not _kind(body, dict):
+            return f"choices[{i}].{part} is not an object"
+        body = body or {}
+        if not _kind(body.get("content"), str):
+            return f"choices[{i}].{part}.content is not a string"
+        calls = body.get("tool_calls")
+        if not _kind(calls, list):
+            return f"choices[{i}].{part}.tool_calls is not a list"
+        for j, call in enumerate(calls or []):
+            where = f"choices[{i}].{part}.tool_calls[{j}]"
+            if not isinstance(call, dict):
+                return f"{where} is not an object"
+            if not _kind(call.get("index"), int) or not _kind(call.get("id"), str):
+                return f"{where}: index or id of the wrong type"
+            function = call.get("function")
+            if not _kind(function, dict):
+                return f"{where}.function is not an object"
+            if not all(_kind((function or {}).get(name), str) for name in ("name", "arguments")):
+                return f"{where}.function: name or arguments not a string"
+    return None
 
 
 def _finish_reason(chat: Any) -> str | None:

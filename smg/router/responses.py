@@ -11,6 +11,7 @@ answering (`queued`); `POST /v1/responses/{id}/cancel` stops it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -289,6 +290,8 @@ async def _run_background(ctx: GatewayContext, ex: Exchange, plan: Plan, scope: 
         await _save(ctx, plan, _failed(plan.shell, error))
     except Exception:
         log.exception("background response %s failed", plan.shell.id)
+        with contextlib.suppress(Exception):  # never left `in_progress` for a client to poll forever
+            await _save(ctx, plan, _failed(plan.shell, GatewayError(500, "internal_error", "the response failed")))
 
 
 # -- GET, DELETE, cancel, input_items -----------------------------------------------------------

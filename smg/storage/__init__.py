@@ -32,10 +32,15 @@ def open_backend(config: GatewayConfig) -> HistoryBackend | None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         lock = None
         if config.history_path_is_default():  # held until close (or exit): see smg.storage.lock
-            from smg.storage.lock import acquire
+            from smg.storage.lock import acquire, release
 
             lock = acquire(path)
-        backend = SqlHistory.sqlite(path)
+        try:
+            backend = SqlHistory.sqlite(path)
+        except BaseException:
+            if lock is not None:
+                release(lock)
+            raise
         backend.lock_fd = lock
         return backend
     if kind == "postgres":
