@@ -107,7 +107,8 @@ def add_gateway_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=90.0,
         help="close a keep-alive connection with no request in flight for this long (an open stream counts as in "
-        "flight); keep it above the idle timeout of a balancer in front; 0 disables (default: %(default)s)",
+        "flight), and one whose client reads nothing of a response for this long; keep it above the idle timeout "
+        "of a balancer in front; 0 disables (default: %(default)s)",
     )
     net.add_argument(
         "--max-client-connections",

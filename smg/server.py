@@ -107,6 +107,7 @@ async def _run_gateway(
             keyfile=config.tls_key_path,
             header_read_timeout=config.header_read_timeout_secs,
             keep_alive_timeout=config.idle_connection_timeout_secs,
+            write_timeout=config.idle_connection_timeout_secs,  # a client reading nothing is as good as idle
             body_timeout=config.request_timeout_secs,  # the whole body is part of the request: its end-to-end bound
             max_connections=config.max_client_connections,
         )

@@ -9,14 +9,18 @@ facing the internet:
 - `keep_alive_timeout` runs only while no request is in flight, and is one
   value for both "the head has not arrived yet" and "idle between requests";
 - a request whose body never arrives (or stalls) is not bounded at all;
-- nothing bounds the number of open connections.
+- nothing bounds the number of open connections;
+- a response write is shielded and unbounded: a client that stops reading
+  holds its connection, and the node's shutdown, forever.
 
 So every connection gets one cancel scope whose deadline follows what the
 connection is doing (`GuardedTCPServer`): a whole-head deadline from accept
 (and from the first byte of each later head), the body bounded from the end of
 its head as a whole and by the head's bound between two of its bytes (a body
 that stops arriving is cut as soon as a head would be), no deadline while a response is under way (a long stream is never
-cut), and the idle deadline between requests. Moving a deadline is an
+cut; a pipelined request waiting for the one before it counts as that
+one's), and the idle deadline between requests; each write to the client is
+bounded on its own and cancellable at the graceful deadline. Moving a deadline is an
 attribute write: no task per request (hypercorn's idle task, restarted on
 every request, runs once per connection here). The listener is wrapped so
 that at most `max_connections` connections are open at once
@@ -96,6 +100,7 @@ class ServerConfig(HypercornConfig):
     """hypercorn's settings plus the connection bounds this module enforces (0 disables a timeout)."""
 
     header_read_timeout: float = 30.0  # accept (or a later head's first byte) to a complete request head
+    write_timeout: float = 90.0  # one write of a response to the client (a client that reads nothing)
     body_timeout: float = 60.0  # end of a head to the end of its body
     max_connections: int | None = None  # open connections at once; None: no cap
     port_flag: str = "--port"  # named in the one-line error when the port is taken
@@ -111,6 +116,7 @@ def hypercorn_config(
     graceful_timeout: float = 5.0,
     keep_alive_timeout: float = 75.0,
     header_read_timeout: float = 30.0,
+    write_timeout: float = 90.0,
     body_timeout: float = 60.0,
     max_connections: int | None = None,
     port_flag: str = "--port",
@@ -122,6 +128,7 @@ def hypercorn_config(
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = keep_alive_timeout
     config.header_read_timeout = header_read_timeout
+    config.write_timeout = write_timeout
     config.body_timeout = body_timeout
     config.max_connections = max_connections
     config.port_flag = port_flag
@@ -175,6 +182,9 @@ class GuardedTCPServer(TCPServer):
         return connection if type(connection) is h11.Connection else None
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            await self._write(event.data)
+            return
         if isinstance(event, Updated):  # replaces hypercorn's restart of its idle task on every request
             if event.idle:
                 self._phase = IDLE
@@ -193,8 +203,46 @@ class GuardedTCPServer(TCPServer):
             return
         await super().protocol_send(event)
 
+    async def _write(self, data: bytes) -> None:
+        """hypercorn shields this write from cancellation and bounds it by nothing, so a client
+        that stops reading held its connection (and the node's shutdown) forever. Here it is
+        bounded by `write_timeout`, and cancellable: the graceful deadline at shutdown reaches it.
+        A write cut short leaves the response's framing broken, so the connection closes."""
+        async with self.send_lock:
+            done = False
+            try:
+                with trio.CancelScope(deadline=_deadline(self.config.write_timeout)) as scope:
+                    await self.stream.send_all(data)
+                    done = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                done = True  # the client is gone: nothing left to close but the protocol
+                await self.protocol.handle(Closed())
+                return
+            finally:
+                if not done:
+                    await trio.aclose_forcefully(self.stream)
+            if scope.cancelled_caught:
+                log.debug("closing a client connection: it read nothing for %gs", self.config.write_timeout)
+                await self.protocol.handle(Closed())
+
+    def _pause_is_busy(self) -> None:
+        """A pipelined request waits (hypercorn's `can_read`) until the one before it is answered:
+        that wait is part of the earlier request, not a slow head or body, so no deadline runs."""
+        can_read = getattr(getattr(self.protocol, "protocol", None), "can_read", None)
+        if can_read is None:
+            return
+        wait = can_read.wait
+
+        async def paused() -> None:
+            self._phase = BUSY
+            self._guard.deadline = inf
+            await wait()
+
+        can_read.wait = paused
+
     async def _read_data(self) -> None:
         guard = self._guard
+        self._pause_is_busy()
         with guard:
             while True:
                 try:

@@ -56,6 +56,7 @@ class _ServerSide:
     def __init__(self, inner: trio.StapledStream[Any, Any]) -> None:
         self.inner = inner
         self.socket = _FakeSocket()
+        self.closed = trio.Event()  # the server closed its end
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         return await self.inner.receive_some(max_bytes)
@@ -64,13 +65,17 @@ class _ServerSide:
         await self.inner.send_all(data)
 
     async def aclose(self) -> None:
+        self.closed.set()
         await self.inner.aclose()
 
 
 async def tiny_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answers "ok" after reading the body; `/stream` sends one chunk a second for 10 s."""
+    """Answers "ok" after reading the body (`/slow`: after 2.5 head bounds); `/stream` sends one
+    chunk a second for 10 s."""
     while (await receive()).get("more_body"):
         pass
+    if scope["path"] == "/slow":
+        await trio.sleep(2.5 * HEAD)  # longer than a head or body may take: the answer is not either
     if scope["path"] != "/stream":
         await send_bytes(send, 200, b"ok")
         return
@@ -84,14 +89,18 @@ async def tiny_app(scope: Scope, receive: Receive, send: Send) -> None:
 class Conn:
     """A client on one in-memory connection to a `GuardedTCPServer`."""
 
-    def __init__(self, nursery: trio.Nursery, config: ServerConfig, context: WorkerContext | None = None) -> None:
-        client, server = trio.testing.memory_stream_pair()
+    def __init__(
+        self, nursery: trio.Nursery, config: ServerConfig, context: WorkerContext | None = None, lockstep: bool = False
+    ) -> None:
+        # lockstep: the server's writes wait for the client's reads, as a full socket buffer makes them
+        client, server = trio.testing.lockstep_stream_pair() if lockstep else trio.testing.memory_stream_pair()
         self.client = client
         self.context = context or WorkerContext(None)
         self.h11 = h11.Connection(h11.CLIENT)
         self.closed = trio.Event()
         self.closed_at = -1.0
-        nursery.start_soon(GuardedTCPServer(ASGIWrapper(tiny_app), config, self.context, _ServerSide(server)).run)
+        self.server = _ServerSide(server)
+        nursery.start_soon(GuardedTCPServer(ASGIWrapper(tiny_app), config, self.context, self.server).run)
 
     async def send(self, data: bytes) -> None:
         await self.client.send_all(data)
@@ -173,6 +182,35 @@ async def test_an_idle_keep_alive_connection_closes_after_the_idle_timeout(autoj
         closed = await conn.wait_closed()
         nursery.cancel_scope.cancel()
     assert closed - done == pytest.approx(IDLE, abs=EPSILON)
+
+
+async def test_pipelined_requests_wait_for_each_other_without_a_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        conn = Conn(nursery, guarded(header=HEAD, idle=100.0))
+        slow = h11.Request(method="GET", target="/slow", headers=[("host", "x")])
+        data = conn.h11.send(slow) + conn.h11.send(h11.EndOfMessage())
+        await conn.send(data + data)  # the second request arrives while the first is being answered
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(b"ok"):
+            chunk = await conn.client.receive_some()
+            assert chunk, "the server closed the connection: " + received.decode()
+            received += chunk
+        nursery.cancel_scope.cancel()
+    assert received.count(b"HTTP/1.1 200") == 2
+
+
+async def test_a_client_that_reads_nothing_is_closed_at_the_write_bound(autojump_clock: trio.testing.MockClock) -> None:
+    config = guarded(header=HEAD, idle=100.0)
+    config.write_timeout = 7.0
+    async with trio.open_nursery() as nursery:
+        conn = Conn(nursery, config, lockstep=True)
+        await conn.send(conn.h11.send(h11.Request(method="GET", target="/stream", headers=[("host", "x")])))
+        await conn.send(conn.h11.send(h11.EndOfMessage()))
+        sent = trio.current_time()
+        with trio.fail_after(60):  # (MockClock time) hypercorn's own write would block forever
+            await conn.server.closed.wait()  # the client never reads: the response's first write blocks
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - sent == pytest.approx(7.0, abs=EPSILON)
 
 
 async def test_a_body_that_stops_arriving_is_cut_at_the_head_bound(autojump_clock: trio.testing.MockClock) -> None:
