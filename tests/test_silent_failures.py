@@ -267,3 +267,24 @@ def test_a_bad_virtual_nodes_value_names_its_own_field() -> None:
         PolicyConfig(virtual_nodes=0)
     with pytest.raises(ValueError, match=r"^--prefix-token-count must be at least 1, got 0$"):
         PolicyConfig(prefix_token_count=0)
+
+
+def test_the_metrics_listener_follows_host_unless_told_otherwise(tmp_path: Path) -> None:
+    """`--host 127.0.0.1` kept /metrics on 0.0.0.0 before: a loopback gateway published its metrics."""
+    assert GatewayConfig(host="127.0.0.1").metrics_host == "127.0.0.1"
+    assert GatewayConfig(host="::1").metrics_host == "::1"
+    assert GatewayConfig(host="127.0.0.1", prometheus_host="0.0.0.0").metrics_host == "0.0.0.0"
+    command = [sys.executable, "-m", "smg", "--host", "127.0.0.1", "--port", "0", "--prometheus-port", "0",
+               "--history-backend", "memory"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "listening on" in line:
+                break
+        metrics = line.split("metrics ")[1].rstrip(")\n")
+        assert metrics.startswith("http://127.0.0.1:"), line
+        assert httpx.get(metrics + "/metrics", timeout=10).status_code == 200
+    finally:
+        proc.kill()  # nothing in flight, nothing to drain
+        proc.wait(20)
