@@ -36,7 +36,8 @@ class ClientDisconnected(Exception):
 
 def header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of header `name` (lower-case bytes), or None."""
-    for key, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
         if key == name:
             return value
     return None
@@ -50,7 +51,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientDisconnected
-    body = message.get("body", b"")
+    body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         return body  # the common case: one message
     chunks = [body]

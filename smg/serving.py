@@ -299,7 +299,8 @@ class CappedListener(trio.abc.Listener[trio.abc.Stream]):
             self.warn()
         await self.slots.acquire()
         try:
-            return await self.inner.accept()
+            stream: trio.abc.Stream = await self.inner.accept()
+            return stream
         except BaseException:
             self.slots.release()
             raise
@@ -361,6 +362,7 @@ async def serve_app(
     binds: list[str] = []
     if sockets.secure_sockets:
         ssl_context = config.create_ssl_context()
+        assert ssl_context is not None  # hypercorn made secure sockets: it has a certificate
         for sock in sockets.secure_sockets:
             sock.listen(config.backlog)
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -383,7 +385,7 @@ async def serve_app(
                 task_status.started(binds)
                 if shutdown_trigger is None:
                     await trio.sleep_forever()
-                await shutdown_trigger()  # type: ignore[misc]
+                await shutdown_trigger()
                 accepting.cancel_scope.cancel()  # closes the listeners
         finally:
             await context.terminated.set()

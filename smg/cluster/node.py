@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import trio
@@ -35,7 +35,7 @@ from smg.mesh.messages import State
 from smg.mesh.metrics import MeshCollector
 from smg.mesh.node import MeshNode
 from smg.router.context import GatewayContext
-from smg.serving import BindError
+from smg.serving import BindError, find_error
 
 log = logging.getLogger("smg.cluster")
 
@@ -114,7 +114,9 @@ class ClusterNode:
                 await nursery.start(self._run_mesh)
             except* OSError as group:  # the bind failed: a start-up error, one line naming the flag (exit 2)
                 config = self.config
-                raise BindError.from_os_error("--mesh-port", config.mesh_port, group.exceptions[0], config.mesh_host) from None
+                error = find_error(group, OSError)
+                assert error is not None
+                raise BindError.from_os_error("--mesh-port", config.mesh_port, error, config.mesh_host) from None
             task_status.started(self)
 
     async def _run_mesh(self, *, task_status: trio.TaskStatus[MeshNode] = trio.TASK_STATUS_IGNORED) -> None:
@@ -271,7 +273,7 @@ class ClusterNode:
 
     def _app_state(self) -> bytes:
         digests = self.replication.digests() if self.replication is not None else {}
-        return msgpack.packb({"digests": digests}, use_bin_type=True)
+        return cast(bytes, msgpack.packb({"digests": digests}, use_bin_type=True))
 
     def _merge_app_state(self, source: str, data: bytes) -> None:
         if self.replication is None:

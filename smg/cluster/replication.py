@@ -25,10 +25,10 @@ resurrects a deleted key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -189,7 +189,7 @@ class Replication:
         else:
             body.update(c=message.chunk, i=message.index, n=message.count)
             store.full_bytes += len(message.chunk)
-        return msgpack.packb(body, use_bin_type=True)
+        return cast(bytes, msgpack.packb(body, use_bin_type=True))
 
     # -- receiving --------------------------------------------------------------------
 
@@ -285,7 +285,7 @@ class Replication:
     def store_stats(self) -> dict[str, dict[str, int]]:
         return {
             name: {
-                "entries": len(s.replicator.state),
+                "entries": len(s.replicator.state) if isinstance(s.replicator.state, Sized) else 1,
                 "delta_bytes": s.delta_bytes,
                 "full_bytes": s.full_bytes,
                 "merged": s.merged,

@@ -87,13 +87,13 @@ def _enc(crdt: CRDT) -> tuple[str, Any]:
         ]
     if isinstance(crdt, PrefixSummary):
         # grouped by worker, then by timestamp: a recorded prompt's blocks share one stamp
-        models = []
-        for model, entries in crdt.models.items():
+        summary: list[Any] = []
+        for model, by_key in crdt.models.items():
             grouped: dict[str, dict[Timestamp, list[bytes]]] = {}
-            for (worker, block), ts in entries.items():
+            for (worker, block), ts in by_key.items():
                 grouped.setdefault(worker, {}).setdefault(ts, []).append(block)
-            models.append([model, [[w, [[list(ts), blocks] for ts, blocks in by_ts.items()]] for w, by_ts in grouped.items()]])
-        return "prefix", [crdt.budget, crdt.ttl_ms, models]
+            summary.append([model, [[w, [[list(ts), blocks] for ts, blocks in by_ts.items()]] for w, by_ts in grouped.items()]])
+        return "prefix", [crdt.budget, crdt.ttl_ms, summary]
     raise TypeError(f"not a CRDT: {type(crdt).__name__}")
 
 
@@ -150,10 +150,10 @@ def _dec(tag: str, payload: Any) -> CRDT:
         return ORSet(map=_dec_ormap(payload))
     if tag == "prefix":
         budget, ttl, raw_models = _list(payload, "prefix summary", 3)
-        models = {}
+        models: dict[str, dict[tuple[str, bytes], Timestamp]] = {}
         for item in _list(raw_models, "models"):
             model, raw_workers = _list(item, "model", 2)
-            entries = {}
+            recorded: dict[tuple[str, bytes], Timestamp] = {}
             for raw_worker in _list(raw_workers, "workers"):
                 worker, raw_groups = _list(raw_worker, "worker", 2)
                 worker = _str(worker, "worker")
@@ -163,8 +163,8 @@ def _dec(tag: str, payload: Any) -> CRDT:
                     for block in _list(blocks, "blocks"):
                         if not isinstance(block, bytes) or len(block) != 8:
                             raise _fail("block hash is not 8 bytes")
-                        entries[(worker, block)] = ts
-            models[_str(model, "model")] = entries
+                        recorded[(worker, block)] = ts
+            models[_str(model, "model")] = recorded
         try:
             return PrefixSummary(_int(budget, "budget", 1), _int(ttl, "ttl", 1), models)
         except ValueError as exc:
@@ -177,7 +177,7 @@ def _dec(tag: str, payload: Any) -> CRDT:
 
 def encode(crdt: CRDT, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     tag, payload = _enc(crdt)
-    data = bytes([VERSION]) + msgpack.packb([tag, payload], use_bin_type=True)
+    data: bytes = bytes([VERSION]) + msgpack.packb([tag, payload], use_bin_type=True)
     if len(data) > max_bytes:
         raise CodecError(f"encoded {tag} is {len(data)} bytes, over the {max_bytes}-byte limit")
     return data

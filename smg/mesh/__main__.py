@@ -11,6 +11,7 @@ import contextlib
 import json
 import sys
 import time
+from typing import Any
 
 import trio
 
@@ -18,7 +19,7 @@ from smg.mesh.keyring import Keyring, parse_key
 from smg.mesh.node import MeshNode
 
 
-def emit(obj: dict) -> None:
+def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 

@@ -68,7 +68,7 @@ class MeshNode:
         self.merge_app_state: Callable[[str, bytes], None] | None = None
         self.on_app_message: Callable[[str, str, bytes], None] | None = None  # (source, channel, payload)
         self.on_broadcast: Callable[[str, bytes], None] | None = None  # (origin, data), best effort
-        self.streams = PeerStreams(name, self.transport, self._address_of)
+        self.streams = PeerStreams(self.name, self.transport, self._address_of)
         self._key_requests: dict[str, tuple[dict[str, str | None], set[str], trio.Event]] = {}
 
     @property

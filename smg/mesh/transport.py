@@ -147,7 +147,7 @@ class MeshTransport:
                 except (trio.TooSlowError, trio.BrokenResourceError, EOFError):
                     self.dropped["truncated"] += 1
                     return
-                self._accept(frame, host, port, "tcp")  # type: ignore[arg-type]
+                self._accept(frame, host, port, "tcp")
 
     # -- sending --------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ message, never another exception: a garbage packet is dropped and counted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -71,7 +71,7 @@ def encode_message(message: Message) -> bytes:
         body = ["app", message.source, message.channel, message.payload]
     else:
         raise TypeError(f"not a mesh message: {type(message).__name__}")
-    return msgpack.packb(body, use_bin_type=True)
+    return cast(bytes, msgpack.packb(body, use_bin_type=True))
 
 
 def _s(v: Any) -> str:

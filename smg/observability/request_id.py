@@ -28,7 +28,7 @@ def _acceptable(value: bytes) -> bool:
 
 def request_id_for(scope: Scope, header_names: tuple[bytes, ...]) -> str:
     """The first configured header carrying a valid id (1-128 visible ASCII), else a new id."""
-    headers = scope["headers"]
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
     for wanted in header_names:
         for name, value in headers:
             if name == wanted and _acceptable(value):

@@ -131,7 +131,7 @@ class GatewayApp:
             handler = _WORKER_ITEM.get(method)
             if handler is not None:
                 worker_id = path[len("/workers/") :]
-                return Route(partial(handler, worker_id=worker_id), "/workers/{id}", CONTROL)  # type: ignore[call-arg]
+                return Route(partial(handler, worker_id=worker_id), "/workers/{id}", CONTROL)
             raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on /workers/{{id}}")
         found = conversations.route(method, path) or responses.route(method, path)
         if found is not None:

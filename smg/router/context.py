@@ -113,7 +113,7 @@ class GatewayContext:
         `publish`: an operator's change, to tell the cluster; False when it came from the cluster.
         """
         config = self.config
-        worker = Worker.from_url(url, health=config.health_config(), breaker=config.breaker_config(), **settings)  # type: ignore[arg-type]
+        worker = Worker.from_url(url, health=config.health_config(), breaker=config.breaker_config(), **settings)
         self.registry.add(worker)
         self.registrar.register(worker)
         if publish and self.worker_sink is not None:

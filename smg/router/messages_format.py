@@ -72,7 +72,7 @@ def _tool_choice(choice: Any) -> Any:
     kind = choice.get("type")
     if kind == "tool":
         return {"type": "function", "function": {"name": choice.get("name", "")}}
-    return {"auto": "auto", "any": "required", "none": "none"}.get(kind)
+    return {"auto": "auto", "any": "required", "none": "none"}.get(kind) if isinstance(kind, str) else None
 
 
 def _text(content: Any, where: str) -> str:
@@ -192,7 +192,7 @@ class MessagesStream:
     output_tokens: int = 0
 
     def start(self) -> bytes:
-        message = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
                    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}  # fmt: skip
         return sse("message_start", {"message": message}) + sse("ping", {})
 

@@ -26,8 +26,8 @@ class _Node(Generic[Seq]):
     __slots__ = ("children", "label", "parent", "tenants")
 
     def __init__(self, label: Seq, parent: _Node[Seq] | None) -> None:
-        self.label = label
-        self.parent = parent
+        self.label: Seq = label
+        self.parent: _Node[Seq] | None = parent
         self.children: dict[object, _Node[Seq]] = {}  # first element of the child's label -> child
         self.tenants: dict[str, float] = {}  # tenant -> last access
 
@@ -46,7 +46,7 @@ def _common_length(a: Sequence[object], a_start: int, b: Sequence[object]) -> in
 
 class RadixTree(Generic[Seq]):
     def __init__(self, empty: Seq) -> None:
-        self._empty = empty
+        self._empty: Seq = empty
         self.root: _Node[Seq] = _Node(empty, None)
         self.size = 0  # total label length
         self.tenant_size: dict[str, int] = {}  # tenant -> length of the labels it is on

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import trio
 
@@ -86,7 +87,7 @@ class PoolResponse:
         receive = self._conn.stream.receive_some
         try:
             while True:
-                data = await receive(RECEIVE_SIZE)
+                data = cast(bytes, await receive(RECEIVE_SIZE))  # trio's socket and TLS streams give bytes
                 events = parser.feed(data) if data else parser.feed_eof()
                 for event in events:
                     if type(event) is Data:
@@ -170,7 +171,7 @@ class PoolUpstream:
         try:
             await conn.stream.send_all(request)
             while True:
-                data = await conn.stream.receive_some(RECEIVE_SIZE)
+                data = cast(bytes, await conn.stream.receive_some(RECEIVE_SIZE))  # bytes, as above
                 if data:
                     received = True
                     events = parser.feed(data)

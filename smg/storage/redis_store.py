@@ -137,8 +137,8 @@ class RedisHistory:
                 ids = self.redis.zrangebyscore(order_key, low, high, start=0, num=limit + 1)
             else:
                 ids = self.redis.zrevrangebyscore(order_key, high, low, start=0, num=limit + 1)
-            chosen = ids[:limit]
-            data = self.redis.hmget(self._key("conv", conversation_id, "items"), chosen) if chosen else []
+            chosen: list[Any] = ids[:limit]
+            data: list[Any] = self.redis.hmget(self._key("conv", conversation_id, "items"), chosen) if chosen else []
             items = [_item(conversation_id, tenant, raw) for raw in data if raw is not None]
             return Page(items, len(ids) > limit)
 
@@ -146,7 +146,7 @@ class RedisHistory:
         with _errors():
             if self._conversation(self.redis, tenant, conversation_id) is None:
                 return None
-            raw = self.redis.hget(self._key("conv", conversation_id, "items"), item_id)
+            raw: Any = self.redis.hget(self._key("conv", conversation_id, "items"), item_id)
             return _item(conversation_id, tenant, raw) if raw is not None else None
 
     def delete_item(self, tenant: str, conversation_id: str, item_id: str) -> bool:

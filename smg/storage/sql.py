@@ -123,7 +123,7 @@ class SqlHistory:
                 MIGRATIONS[number](conn)
             if version < CURRENT:
                 conn.execute(schema_version.update().values(version=CURRENT))
-            return max(version, CURRENT)
+            return int(max(version, CURRENT))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -25,7 +25,8 @@ def equal_work_boundaries(lengths: list[int], buckets: int) -> list[int]:
         return []
     ordered = sorted(lengths)
     total = sum(ordered)
-    bounds, running, target = [], 0, total / buckets
+    bounds: list[int] = []
+    running, target = 0, total / buckets
     for length in ordered:
         running += length
         while len(bounds) < buckets - 1 and running >= target * (len(bounds) + 1):

@@ -65,6 +65,7 @@ class CacheAwarePolicy:
     def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
         cfg = self.config
         tree, index = self._stores(request.model)
+        seq: str | tuple[int, ...]
         if self._tokenize is not None:
             seq = self._tokenize(request.text)
             chain = token_chain(seq)
