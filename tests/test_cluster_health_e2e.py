@@ -30,17 +30,31 @@ def name_of(node: Proc) -> str:
     return httpx.get(node.url + "/mesh/status").json()["node_name"]
 
 
-@pytest.fixture(scope="module")
-def setup() -> Iterator[tuple[Proc, list[Proc]]]:
+def _cluster() -> Iterator[tuple[Proc, list[Proc]]]:
+    """One simulated worker and three meshed gateways that all see it healthy."""
     sim = start_sim(1, "--tpot-ms", "20")
     flags = ("--health-check-interval-secs", "0.3", "--health-failure-threshold", "2", "--mesh-health-owners", "2")
     first = start_mesh_gateway([sim.urls[0]], *flags)
     nodes = [first] + [start_mesh_gateway([], *flags, seeds=[first.mesh_address]) for _ in range(2)]
-    wait_until(lambda: all(worker(n, sim.urls[0])["is_healthy"] for n in nodes), "the worker ready everywhere", CONVERGE)
-    yield sim, nodes
-    for node in nodes:
-        node.stop()
-    sim.stop()
+    try:
+        wait_until(lambda: all(worker(n, sim.urls[0])["is_healthy"] for n in nodes), "the worker ready everywhere", CONVERGE)
+        yield sim, list(nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+        sim.stop()
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[tuple[Proc, list[Proc]]]:
+    """Shared by the tests that leave the cluster as they found it."""
+    yield from _cluster()
+
+
+@pytest.fixture
+def fresh() -> Iterator[tuple[Proc, list[Proc]]]:
+    """A cluster of its own, for a test that kills or stops a gateway (no test depends on another's order)."""
+    yield from _cluster()
 
 
 def test_only_the_owners_probe_a_worker(setup: tuple[Proc, list[Proc]]) -> None:
@@ -57,8 +71,8 @@ def test_only_the_owners_probe_a_worker(setup: tuple[Proc, list[Proc]]) -> None:
     assert checks(names[other], url) == before[other]  # the third gateway never probes it
 
 
-def test_the_owners_verdict_holds_everywhere_and_a_dead_owner_is_replaced(setup: tuple[Proc, list[Proc]]) -> None:
-    sim, nodes = setup
+def test_the_owners_verdict_holds_everywhere_and_a_dead_owner_is_replaced(fresh: tuple[Proc, list[Proc]]) -> None:
+    sim, nodes = fresh
     url = sim.urls[0]
     httpx.post(url + "/sim/config", json={"unhealthy": True})
     wait_until(lambda: not any(worker(n, url)["is_healthy"] for n in nodes), "the worker down on every node", CONVERGE)
@@ -102,8 +116,8 @@ def test_load_is_summed_over_the_cluster(setup: tuple[Proc, list[Proc]]) -> None
     wait_until(lambda: worker(nodes[-1], url)["cluster_load"] == 0, "load back to zero", CONVERGE)
 
 
-def test_sigterm_drains_and_leaves_gracefully(setup: tuple[Proc, list[Proc]]) -> None:
-    _sim, nodes = setup
+def test_sigterm_drains_and_leaves_gracefully(fresh: tuple[Proc, list[Proc]]) -> None:
+    _sim, nodes = fresh
     leaving, staying = nodes[-1], nodes[0]
     name = name_of(leaving)
     leaving.signal(signal.SIGTERM)
