@@ -16,6 +16,7 @@ import logging
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,12 +95,7 @@ async def _run_gateway(
         await nursery.start(ctx.registrar.run)
         await nursery.start(ctx.access_log.run)
         nursery.start_soon(ctx.maintain_policy)
-        for url in config.worker_urls:
-            try:
-                ctx.add_worker(url)
-            except DuplicateWorker:
-                log.warning("ignoring duplicate worker URL %s", url)
-        ctx.publish_worker_metrics()
+        add_workers(ctx, config.worker_urls)
         main = hypercorn_config(
             config.host,
             config.port,
@@ -141,6 +137,16 @@ async def _run_gateway(
         if ctx.cluster is not None:
             await ctx.cluster.leave()
         nursery.cancel_scope.cancel()
+
+
+def add_workers(ctx: GatewayContext, urls: Iterable[str]) -> None:
+    """Register workers the operator named at start (`--worker-urls`, `smg serve`'s own)."""
+    for url in urls:
+        try:
+            ctx.add_worker(url)
+        except DuplicateWorker:
+            log.warning("ignoring duplicate worker URL %s", url)
+    ctx.publish_worker_metrics()
 
 
 def _op_timeout(config: GatewayConfig) -> float:
@@ -261,12 +267,7 @@ async def run_serve(
             *(["--log-json"] if config.log_json else []), *sim_flags(sim),
         ]  # fmt: skip
         urls = await nursery.start(supervise_sim_workers, command, sim_port)
-        for url in urls:
-            try:
-                handle.ctx.add_worker(url)
-            except DuplicateWorker:
-                log.warning("ignoring duplicate worker URL %s", url)
-        handle.ctx.publish_worker_metrics()
+        add_workers(handle.ctx, urls)
         task_status.started(handle)
 
 

@@ -144,21 +144,19 @@ async def test_an_unreachable_worker_is_logged_at_once_and_then_periodically(cap
         await nursery.start(registrar.run)
         registrar.register(worker)
 
-        def lines() -> list[str]:
-            return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"worker {worker.url} not ready")]
+        def records() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.getMessage().startswith(f"worker {worker.url} not ready")]
 
         with trio.fail_after(5):
-            while not lines():
-                await trio.sleep(0.02)
-        first = lines()[0]
-        assert "after 1 attempts: discovery" in first or "after 1 attempts: health probe" in first, first
-        assert "ConnectError" in first and "--worker-startup-timeout-secs" in first
-        await trio.sleep(0.3)
-        assert len(lines()) == 1  # not every retry (several ran meanwhile)
-        with trio.fail_after(5):
-            while len(lines()) < 2:
+            while len(records()) < 2:
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
+    first, second = (r.getMessage() for r in records()[:2])
+    assert "after 1 attempts: discovery" in first or "after 1 attempts: health probe" in first, first
+    assert "ConnectError" in first and "--worker-startup-timeout-secs" in first
+    # not every retry: the next line comes a whole interval later, after several more attempts
+    assert records()[1].created - records()[0].created >= 0.5 - 0.01
+    assert int(second.split(" after ")[1].split()[0]) > 2, second
 
 
 # -- the default SQLite history file --------------------------------------------------------

@@ -207,16 +207,20 @@ class ClusterNode:
         alive = sum(1 for m in members if m["status"] == State.ALIVE.value)
         return alive / known if known else 1.0
 
+    def _alive_names(self) -> list[str]:
+        """The alive members' names, sorted (read on the request path: no member records built)."""
+        swim = self.mesh.swim
+        return sorted(m.name for m in swim.members.values() if m.state is State.ALIVE) if swim is not None else []
+
     def _limits_confirmed(self) -> int:
         """How far every alive peer has merged this node's rate-limit counts (suspects count as away)."""
         assert self.replication is not None
-        alive = [m["name"] for m in self.mesh.members() if m["status"] == State.ALIVE.value]
-        return self.replication.confirmed(RATE_LIMITS, alive)
+        return self.replication.confirmed(RATE_LIMITS, self._alive_names())
 
     def _admitters(self) -> tuple[int, int]:
         """Nodes admitting against the limit at once (the alive members, this one included), and
         this node's rank among them by name: the limiter splits the last units of room by it."""
-        alive = sorted(m["name"] for m in self.mesh.members() if m["status"] == State.ALIVE.value)
+        alive = self._alive_names()
         if self.name not in alive:
             return 1, 0
         return len(alive), alive.index(self.name)
