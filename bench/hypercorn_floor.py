@@ -14,8 +14,8 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from smg.asgi import Receive, Scope, Send, send_bytes, serve_lifespan
-from smg.serving import hypercorn_config, serve_app
+from smg.http.asgi import Receive, Scope, Send, send_bytes, serve_lifespan
+from smg.http.server import hypercorn_config, serve_app
 
 BODY = b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}'
 

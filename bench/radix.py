@@ -17,9 +17,9 @@ import resource
 import string
 import time
 
-from smg.router.chain_index import ChainIndex
-from smg.router.radix import StringTree
-from smg.router.routing_text import text_chain
+from smg.routing.chain_index import ChainIndex
+from smg.routing.radix import StringTree
+from smg.routing.text import text_chain
 
 WORKERS = [f"w{i}" for i in range(8)]
 

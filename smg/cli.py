@@ -21,18 +21,18 @@ from smg import __version__
 from smg.cluster.node import advertise_host
 from smg.config import (
     DEFAULT_REQUEST_ID_HEADERS,
-    HISTORY_BACKENDS,
     LOG_LEVELS,
-    UPSTREAM_CLIENTS,
-    ConfigError,
     GatewayConfig,
 )
+from smg.gateway import run_gateway, run_serve
+from smg.http.server import ServeError, find_error
 from smg.observability.logs import setup_logging
-from smg.router.policies import POLICIES
-from smg.server import run_gateway, run_serve
-from smg.serving import ServeError, find_error
-from smg.testing.engine import SimConfig
-from smg.testing.fleet import run_fleet, run_supervised
+from smg.routing.policies import POLICIES
+from smg.settings import ConfigError
+from smg.simworker.engine import SimConfig
+from smg.simworker.fleet import run_fleet, run_supervised
+from smg.storage.settings import HISTORY_BACKENDS
+from smg.upstream import UPSTREAM_CLIENTS
 
 COMMANDS = ("launch", "serve", "sim-worker", "mesh")
 

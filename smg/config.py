@@ -5,27 +5,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from smg.limits.tenants import TenantLimits
 from smg.mesh.keyring import parse_key
-from smg.router.breaker import BreakerConfig
-from smg.router.health import HealthConfig
-from smg.router.policies import POLICIES, PolicyConfig
-from smg.router.retry import RetryConfig
-from smg.router.tenant_limits import TenantLimits
-from smg.router.tokenizer import load_tokenizer
-from smg.router.workers import normalize_url
+from smg.routing.policies import POLICIES, PolicyConfig
+from smg.routing.tokenizer import load_tokenizer
+from smg.settings import ConfigError, check_port
+from smg.storage.settings import HistorySettings
+from smg.upstream import UPSTREAM_CLIENTS
+from smg.workers.breaker import BreakerConfig
+from smg.workers.health import HealthConfig
+from smg.workers.registry import normalize_url
+from smg.workers.retry import RetryConfig
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
-UPSTREAM_CLIENTS = ("pool", "httpx")
-HISTORY_BACKENDS = ("sqlite", "memory", "postgres", "redis", "none")
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id")
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message is one line for the user."""
-
-
 @dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(HistorySettings):
     host: str = "0.0.0.0"
     port: int = 30000
     worker_urls: tuple[str, ...] = ()
@@ -113,28 +110,15 @@ class GatewayConfig:
     mesh_prefix_budget: int = 100_000
     mesh_prefix_ttl_secs: float = 180.0
     mesh_fault_injection: bool = False
-    # history storage (conversations, responses)
-    history_backend: str = "sqlite"
-    history_db_path: str = ""  # "" = default_history_db_path()
-    history_memory_max_responses: int = 10_000
-    history_memory_max_items: int = 100_000
-    history_memory_retention_secs: float = 86_400.0
-    postgres_db_url: str | None = None
-    postgres_pool_max: int = 16
-    postgres_op_timeout_secs: float = 5.0
-    redis_url: str | None = None
-    redis_pool_max: int = 16
-    redis_retention_days: int = 30
-    redis_op_timeout_secs: float = 5.0
     max_background_responses: int = 1024
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _port("--port", self.port)
+        check_port("--port", self.port)
         if self.prometheus_port is not None:
-            _port("--prometheus-port", self.prometheus_port)
+            check_port("--prometheus-port", self.prometheus_port)
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got '{self.policy}'")
         if self.log_level not in LOG_LEVELS:
@@ -218,53 +202,12 @@ class GatewayConfig:
                 raise ConfigError(f"--worker-urls: {exc}") from None
         self.tenant_limits()
         self._validate_mesh()
-        self._validate_history()
-
-    def _validate_history(self) -> None:
-        if self.history_backend not in HISTORY_BACKENDS:
-            raise ConfigError(f"--history-backend must be one of {', '.join(HISTORY_BACKENDS)}, got '{self.history_backend}'")
-        if self.history_backend == "sqlite":
-            folder = os.path.dirname(os.path.abspath(self.history_path()))
-            while not os.path.exists(folder):
-                folder = os.path.dirname(folder)
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise ConfigError(
-                    f"history database {self.history_path()}: {folder} is not a writable folder "
-                    "(set --history-db-path or $SMG_HISTORY_DB_PATH, or --history-backend memory)"
-                )
-            if self.history_path_is_default():  # two gateways must not share the default file unknowingly
-                from smg.storage.lock import check  # smg.storage imports this module
-
-                problem = check(self.history_path())
-                if problem is not None:
-                    raise ConfigError(problem)
-        if self.history_backend == "postgres" and not self.postgres_db_url:
-            raise ConfigError("--history-backend postgres needs --postgres-db-url (or $POSTGRES_DB_URL)")
-        if self.history_backend == "redis" and not self.redis_url:
-            raise ConfigError("--history-backend redis needs --redis-url (or $REDIS_URL)")
-        for flag, value in (
-            ("--history-memory-max-responses", self.history_memory_max_responses),
-            ("--history-memory-max-items", self.history_memory_max_items),
-            ("--postgres-pool-max", self.postgres_pool_max),
-            ("--redis-pool-max", self.redis_pool_max),
-        ):
-            if value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
-        for flag, seconds in (
-            ("--postgres-op-timeout-secs", self.postgres_op_timeout_secs),
-            ("--redis-op-timeout-secs", self.redis_op_timeout_secs),
-        ):
-            if not seconds > 0:
-                raise ConfigError(f"{flag} must be positive, got {seconds}")
-        if self.history_memory_retention_secs < 0:
-            raise ConfigError("--history-memory-retention-secs must not be negative (0 keeps records until a bound drops them)")
+        self.validate_history()
         if self.max_background_responses < 0:
             raise ConfigError("--max-background-responses must not be negative (0 runs background requests in the foreground)")
-        if self.redis_retention_days != -1 and self.redis_retention_days < 1:
-            raise ConfigError("--redis-retention-days must be at least 1, or -1 to keep records")
 
     def _validate_mesh(self) -> None:
-        _port("--mesh-port", self.mesh_port)
+        check_port("--mesh-port", self.mesh_port)
         if self.mesh_health_owners < 1:
             raise ConfigError("--mesh-health-owners must be at least 1")
         if self.mesh_prefix_budget < 1 or not self.mesh_prefix_ttl_secs > 0:
@@ -291,20 +234,6 @@ class GatewayConfig:
         gateway kept on loopback does not publish its metrics (worker URLs, tenant names) to the network.
         """
         return self.prometheus_host or self.host
-
-    def history_path(self) -> str:
-        """The SQLite file: --history-db-path, else $SMG_HISTORY_DB_PATH, else the user's data directory."""
-        if self.history_db_path:
-            return self.history_db_path
-        if os.environ.get("SMG_HISTORY_DB_PATH"):
-            return os.environ["SMG_HISTORY_DB_PATH"]
-        data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-        return os.path.join(data, "smg", "history.db")
-
-    def history_path_is_default(self) -> bool:
-        """No flag or variable named the SQLite file: every gateway on the host would pick the same one,
-        so it is locked for one gateway at a time (a named file may be shared on purpose)."""
-        return not self.history_db_path and not os.environ.get("SMG_HISTORY_DB_PATH")
 
     def tenant_limits(self) -> TenantLimits | None:
         if self.tenant_rate_limit_config is None:
@@ -382,8 +311,3 @@ class GatewayConfig:
     def tenant_keys(self) -> dict[str, str]:
         """API key -> tenant id."""
         return {key: tenant for tenant, _, key in (entry.partition(":") for entry in self.tenant_api_keys)}
-
-
-def _port(flag: str, value: int) -> None:
-    if not 0 <= value <= 65535:
-        raise ConfigError(f"{flag} must be between 0 and 65535, got {value}")

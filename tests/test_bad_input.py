@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smg.router.errors import MAX_JSON_DEPTH, GatewayError, load_json_object
+from smg.http.errors import MAX_JSON_DEPTH, GatewayError, load_json_object
 from tests.helpers import Proc, start_gateway, start_sim, wait_until
 
 JUNK_WORKER = "http://127.0.0.1:9"  # discard port: registered, probed, never healthy, never leaves loopback

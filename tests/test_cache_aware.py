@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from smg.router.chain_index import ChainIndex
-from smg.router.policies import PolicyConfig, RequestInfo, make_policy
-from smg.router.radix import StringTree, TokenTree
-from smg.router.routing_text import text_chain
-from smg.router.tokenizer import load_tokenizer
-from smg.router.workers import Worker
+from smg.routing.chain_index import ChainIndex
+from smg.routing.policies import PolicyConfig, RequestInfo, make_policy
+from smg.routing.radix import StringTree, TokenTree
+from smg.routing.text import text_chain
+from smg.routing.tokenizer import load_tokenizer
+from smg.workers.registry import Worker
 
 
 def test_tree_match_per_tenant_and_split() -> None:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from smg.router.errors import GatewayError
-from smg.router.messages_format import MessagesStream, chat_request, message_from_chat
+from smg.apis.anthropic.messages_format import MessagesStream, chat_request, message_from_chat
+from smg.http.errors import GatewayError
 
 
 def events(raw: bytes) -> list[dict]:

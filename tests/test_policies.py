@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from smg.router.policies import NoEligibleWorker, PolicyConfig, RequestInfo, make_policy
-from smg.router.policies.hash_ring import HashRing
-from smg.router.routing_text import routing_text, text_chain
-from smg.router.workers import Worker
+from smg.routing.policies import NoEligibleWorker, PolicyConfig, RequestInfo, make_policy
+from smg.routing.policies.hash_ring import HashRing
+from smg.routing.text import routing_text, text_chain
+from smg.workers.registry import Worker
 
 
 def fleet(n: int) -> list[Worker]:
@@ -123,7 +123,7 @@ def test_least_load_takes_the_idlest_worker() -> None:
 
 
 def test_bucket_boundaries_split_work_evenly_and_route_by_length() -> None:
-    from smg.router.policies.bucket import equal_work_boundaries
+    from smg.routing.policies.bucket import equal_work_boundaries
 
     assert equal_work_boundaries([10] * 4 + [40], 2) == [10]
     workers = sorted(fleet(2), key=lambda w: w.id)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from smg.router.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
-from smg.router.health import HealthConfig, HealthMachine, HealthState
-from smg.router.retry import RetryConfig, is_retryable
+from smg.workers.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
+from smg.workers.health import HealthConfig, HealthMachine, HealthState
+from smg.workers.retry import RetryConfig, is_retryable
 
 OPEN, CLOSED, HALF = BreakerState.OPEN, BreakerState.CLOSED, BreakerState.HALF_OPEN
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from smg.router.responses_format import (
+from smg.apis.openai.responses_format import (
     ResponseShell,
     StreamState,
     chat_messages,
     chat_tools,
     output_items,
 )
-from smg.router.sse import SseReader
+from smg.http.sse import SseReader
 
 
 def test_history_with_tool_calls_becomes_chat_messages() -> None:

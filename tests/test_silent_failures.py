@@ -16,15 +16,15 @@ import httpx
 import pytest
 import trio
 
+from smg.app import GatewayApp, is_loopback
 from smg.config import GatewayConfig
+from smg.context import GatewayContext
 from smg.mesh.diagnostics import MAX_TRACKED, Rejections, SeedWatch
 from smg.mesh.keyring import KEY_OR_LABEL, NOT_MESH, PEER_ENCRYPTED, PEER_UNENCRYPTED, Keyring, SealError, open_frame, seal
-from smg.router.app import GatewayApp, is_loopback
-from smg.router.context import GatewayContext
-from smg.router.policies import PolicyConfig
-from smg.router.registration import Registrar
-from smg.router.workers import Worker, WorkerRegistry
+from smg.routing.policies import PolicyConfig
 from smg.storage import lock
+from smg.workers.registrar import Registrar
+from smg.workers.registry import Worker, WorkerRegistry
 from tests.helpers import SPAWNED, Proc, start_mesh_gateway, wait_until
 
 # -- the mesh: what a receiver can tell about a frame it cannot open ----------------------------

@@ -23,12 +23,12 @@ import trio.testing
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.trio.worker_context import WorkerContext
 
-from smg.asgi import Receive, Scope, Send, send_bytes
 from smg.config import GatewayConfig
-from smg.server import GatewayHandle, run_gateway
-from smg.serving import GuardedTCPServer, ServerConfig, hypercorn_config
-from smg.testing.engine import SimConfig
-from smg.testing.fleet import run_fleet
+from smg.gateway import GatewayHandle, run_gateway
+from smg.http.asgi import Receive, Scope, Send, send_bytes
+from smg.http.server import GuardedTCPServer, ServerConfig, hypercorn_config
+from smg.simworker.engine import SimConfig
+from smg.simworker.fleet import run_fleet
 
 HEAD = 1.0  # header-read timeout in these tests
 IDLE = 0.5  # idle timeout

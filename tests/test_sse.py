@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smg.router.sse import EventFramer, EventTooLarge, SseReader, event_data, last_event_end
+from smg.http.sse import EventFramer, EventTooLarge, SseReader, event_data, last_event_end
 
 CHUNK = b'data: {"choices":[{"delta":{"content":"hel"}}]}\n\n'
 

@@ -20,9 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-from smg.router import internal
-from smg.router.background import Background
-from smg.router.exchange import Exchange
+from smg.apis import chat
+from smg.background import Background
+from smg.http.exchange import Exchange
 from tests.helpers import Proc, start_gateway, start_sim, wait_until
 
 KEY = "gateway-key"
@@ -334,9 +334,9 @@ async def test_a_slow_reader_back_pressures_the_inner_chat_stream(monkeypatch: p
         await trio.sleep_forever()
         raise AssertionError
 
-    monkeypatch.setattr(internal, "dispatch", fake_dispatch)
+    monkeypatch.setattr(chat, "dispatch", fake_dispatch)
     outer = Exchange({"path": "/v1/responses", "headers": []}, receive, None, "req-1", "responses")  # type: ignore[arg-type]
-    async with internal.chat_completion(None, outer, {"model": "m"}, buffer=4) as answer:  # type: ignore[arg-type]
+    async with chat.chat_completion(None, outer, {"model": "m"}, buffer=4) as answer:  # type: ignore[arg-type]
         await trio.testing.wait_all_tasks_blocked()
         assert sent == 4  # the worker's side waits for the reader
         chunks = [chunk async for chunk in answer.chunks()]

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from smg.crdt.windowed import WindowedCounter
-from smg.router.tenant_limits import Limit, TenantLimits, TenantRateLimiter, retry_after
+from smg.limits.tenants import Limit, TenantLimits, TenantRateLimiter, retry_after
 from tests.helpers import Proc, start_gateway
 
 T0 = 1_800_000_000.0  # the start of a window (divisible by 60)

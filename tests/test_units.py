@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from smg.observability.request_id import request_id_for
-from smg.router.health import HealthState
-from smg.router.policies import PolicyConfig, RequestInfo, make_policy
-from smg.router.workers import Worker, WorkerRegistry, normalize_url, worker_id_for
-from smg.testing.engine import SimConfig, SimEngine
-from smg.testing.kvcache import PrefixKVCache, chain_hashes, tokenize
+from smg.routing.policies import PolicyConfig, RequestInfo, make_policy
+from smg.simworker.engine import SimConfig, SimEngine
+from smg.simworker.kvcache import PrefixKVCache, chain_hashes, tokenize
+from smg.workers.health import HealthState
+from smg.workers.registry import Worker, WorkerRegistry, normalize_url, worker_id_for
 
 
 def words(n: int, prefix: str = "w") -> list[str]:

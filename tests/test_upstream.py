@@ -13,11 +13,11 @@ import httpx
 import pytest
 import trio
 
-from smg.router.upstream import UpstreamConnectError, UpstreamProtocolError, UpstreamProtocolViolation, make_upstream
-from smg.router.upstream_pool import PoolUpstream
-from smg.router.workers import Origin, normalize_url
-from smg.testing.engine import SimConfig
-from smg.testing.fleet import run_fleet
+from smg.simworker.engine import SimConfig
+from smg.simworker.fleet import run_fleet
+from smg.upstream import UpstreamConnectError, UpstreamProtocolError, UpstreamProtocolViolation, make_upstream
+from smg.upstream.pool import PoolUpstream
+from smg.workers.registry import Origin, normalize_url
 from tests.helpers import Proc, start_gateway
 
 BODY = b'{"model":"sim-model","messages":[{"role":"user","content":"hi"}],"max_tokens":3}'

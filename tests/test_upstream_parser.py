@@ -1,4 +1,4 @@
-"""The upstream response parser (`smg.router.http1`) against h11, the trusted implementation.
+"""The upstream response parser (`smg.upstream.http1`) against h11, the trusted implementation.
 
 Valid responses (any framing, split anywhere) must give what h11 gives; mutated ones that
 h11 refuses must be refused too, except the one documented difference (chunk sizes over 20
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smg.router.http1 import (
+from smg.upstream.http1 import (
     MAX_FRAMING,
     MAX_HEAD,
     Data,

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from smg.cluster.replication import LAG_BUCKETS
+from smg.cluster.replication import LAG_BUCKETS, Replication
 
-if TYPE_CHECKING:
-    from smg.cluster.node import ClusterNode
+
+class ClusterState(Protocol):
+    """What the collector reads from the cluster node (which owns the collector: no import back)."""
+
+    @property
+    def replication(self) -> Replication | None: ...
+    @property
+    def replication_errors(self) -> int: ...
+    @property
+    def synced(self) -> bool: ...
 
 
 class ClusterCollector(Collector):
-    def __init__(self, cluster: ClusterNode) -> None:
+    def __init__(self, cluster: ClusterState) -> None:
         self.cluster = cluster
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:

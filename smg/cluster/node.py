@@ -19,23 +19,24 @@ import trio
 
 from smg import __version__
 from smg.cluster import per_node
-from smg.cluster.health import STORE as HEALTH
-from smg.cluster.health import ReplicatedHealth
-from smg.cluster.load import STORE as LOAD
-from smg.cluster.load import ReplicatedLoad
+from smg.cluster.health_store import STORE as HEALTH
+from smg.cluster.health_store import ReplicatedHealth
+from smg.cluster.load_store import STORE as LOAD
+from smg.cluster.load_store import ReplicatedLoad
 from smg.cluster.metrics import ClusterCollector
-from smg.cluster.prefixes import SharedPrefixes
+from smg.cluster.prefix_store import SharedPrefixes
 from smg.cluster.replication import ACK, CHANNELS, Replication, ReplicationError
-from smg.cluster.workers import ReplicatedWorkers, wall_ms
-from smg.config import ConfigError, GatewayConfig
+from smg.cluster.worker_store import ReplicatedWorkers, wall_ms
+from smg.config import GatewayConfig
+from smg.context import GatewayContext
 from smg.crdt.hlc import HybridClock
 from smg.crdt.replica import new_replica_id
+from smg.http.server import BindError, find_error
 from smg.mesh.keyring import Keyring
 from smg.mesh.messages import State
 from smg.mesh.metrics import MeshCollector
 from smg.mesh.node import MeshNode
-from smg.router.context import GatewayContext
-from smg.serving import BindError, find_error
+from smg.settings import ConfigError
 
 log = logging.getLogger("smg.cluster")
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import trio
 
-from smg.asgi import read_body, send_json
+from smg.context import GatewayContext
+from smg.http.asgi import read_body, send_json
+from smg.http.errors import ERROR_CODE_HEADER, GatewayError, error_body, load_json_object, missing_parameter
+from smg.http.exchange import Exchange
 from smg.mesh.messages import State
-from smg.router.context import GatewayContext
-from smg.router.errors import ERROR_CODE_HEADER, GatewayError, error_body, load_json_object, missing_parameter
-from smg.router.exchange import Exchange
 
 KEY_OPS = ("install", "use", "remove")
 

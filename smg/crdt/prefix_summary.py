@@ -1,6 +1,6 @@
 """Bounded, replicated summary of which worker holds which prefix blocks.
 
-In the form `smg/router/routing_text.py` fixes: per model, per worker id, a
+In the form `smg/routing/text.py` fixes: per model, per worker id, a
 map chained-block-hash -> last-seen HLC timestamp. Merge takes the max
 last-seen. Each model has a budget of entries. Expiry and eviction depend
 only on the merged state, never on a local clock: an entry older than the

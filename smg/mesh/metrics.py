@@ -7,16 +7,13 @@ packet path pays for label lookups.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from smg.mesh.messages import State
+from smg.mesh.node import MeshNode
 from smg.mesh.swim import RTT_BUCKETS
-
-if TYPE_CHECKING:
-    from smg.mesh.node import MeshNode
 
 
 class MeshCollector(Collector):

@@ -1,0 +1,1 @@
+"""Prometheus metrics, log formatting and request ids."""

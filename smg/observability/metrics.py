@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from smg.asgi import Receive, Scope, Send, send_bytes, send_text, serve_lifespan
+from smg.http.asgi import Receive, Scope, Send, send_bytes, send_text, serve_lifespan
 
 disable_created_metrics()  # the `_created` series double the scrape for no use here
 

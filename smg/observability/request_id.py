@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import string
 
-from smg.asgi import Scope
+from smg.http.asgi import Scope
 
 _ALPHABET = (string.ascii_letters + string.digits).encode()
 # byte -> alphanumeric, so one os.urandom call and one C-level translate mint an id

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import time
 
-from smg.config import GatewayConfig
 from smg.storage.base import HistoryBackend
+from smg.storage.settings import HistorySettings
 
 
-def open_backend(config: GatewayConfig) -> HistoryBackend | None:
+def open_backend(config: HistorySettings) -> HistoryBackend | None:
     """The backend `--history-backend` names, configured from the flags (None: history off).
     Nothing connects here: the first call (the migration at start) does."""
     kind = config.history_backend

@@ -16,7 +16,7 @@ import fcntl
 import os
 import time
 
-from smg.config import ConfigError
+from smg.settings import ConfigError
 
 RETRIES = 5  # a checker's brief shared lock must not fail a gateway starting at the same instant
 RETRY_SECS = 0.01

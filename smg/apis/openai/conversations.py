@@ -1,0 +1,276 @@
+"""The Conversations API, answered by the gateway from its own history storage.
+
+OpenAI's shapes: `conv_...` conversations with string metadata, items in
+the order they were added, paginated with `limit`, `order` and `after`.
+Every record belongs to the tenant of the API key that wrote it; another
+tenant's id answers 404 like an unknown one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from smg.context import GatewayContext
+from smg.http.asgi import read_body, send_json
+from smg.http.errors import GatewayError, load_json_object
+from smg.http.exchange import Exchange
+from smg.http.schemas import ConversationBody, validate
+from smg.limits.tenants import DEFAULT_TENANT
+from smg.storage.base import ORDERS, StorageError, UnknownCursor
+from smg.storage.records import Conversation, Item, new_id
+from smg.storage.service import History
+
+T = TypeVar("T")
+MAX_ITEMS_PER_REQUEST = 20  # as OpenAI: items in one create or add
+MAX_ITEM_BYTES = 1024 * 1024
+MAX_METADATA_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512
+BODY_LIMIT = MAX_ITEMS_PER_REQUEST * MAX_ITEM_BYTES + 64 * 1024
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+
+
+def history_of(ctx: GatewayContext) -> History:
+    if ctx.history is None:
+        raise GatewayError(501, "storage_disabled", "history storage is off (--history-backend none)")
+    return ctx.history
+
+
+async def stored(operation: Awaitable[T]) -> T:
+    """Await a storage operation; a failure is 503 storage_unavailable (stateless routes go on)."""
+    try:
+        return await operation
+    except StorageError as exc:
+        raise GatewayError(503, "storage_unavailable", f"history storage is unavailable: {exc}") from None
+
+
+def tenant_of(ex: Exchange) -> str:
+    return ex.tenant or DEFAULT_TENANT
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def parse_metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA_KEYS
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    ):
+        raise GatewayError(
+            400, "invalid_value", f"'metadata' must map at most {MAX_METADATA_KEYS} strings to strings", param="metadata"
+        )
+    for key, text in value.items():
+        if len(key) > MAX_KEY_CHARS or len(text) > MAX_VALUE_CHARS:
+            raise GatewayError(
+                400,
+                "invalid_value",
+                f"metadata keys are at most {MAX_KEY_CHARS} characters and values at most {MAX_VALUE_CHARS}",
+                param="metadata",
+            )
+    return dict(value)
+
+
+def new_items(raw: Any, conversation_id: str, tenant: str, now: int, param: str = "items") -> list[Item]:
+    """Validate input items, give each an id, and normalise messages to OpenAI's stored form."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise GatewayError(400, "invalid_value", f"'{param}' must be a list of items", param=param)
+    if len(raw) > MAX_ITEMS_PER_REQUEST:
+        raise GatewayError(400, "invalid_value", f"at most {MAX_ITEMS_PER_REQUEST} items per request", param=param)
+    out = []
+    for index, item in enumerate(raw):
+        data = normalize_item(item, f"{param}[{index}]")
+        if len(json.dumps(data)) > MAX_ITEM_BYTES:
+            raise GatewayError(413, "item_too_large", f"{param}[{index}] is over {MAX_ITEM_BYTES} bytes", param=param)
+        out.append(Item(data["id"], conversation_id, tenant, now, data))
+    return out
+
+
+def normalize_item(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise GatewayError(400, "invalid_value", f"{where} must be an object", param=where)
+    kind = item.get("type", "message" if "role" in item else None)
+    if not isinstance(kind, str):
+        raise GatewayError(400, "missing_required_parameter", f"{where} needs a 'type'", param=f"{where}.type")
+    data = {**item, "type": kind}
+    if kind == "message":
+        role = item.get("role")
+        if role not in MESSAGE_ROLES:
+            raise GatewayError(
+                400, "invalid_value", f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}", param=f"{where}.role"
+            )
+        data["content"] = message_content(item.get("content"), role, where)
+        data.setdefault("status", "completed")
+    data["id"] = item["id"] if isinstance(item.get("id"), str) and item["id"] else new_id(kind)
+    return data
+
+
+def message_content(content: Any, role: str, where: str) -> list[dict[str, Any]]:
+    """A string becomes one text part (`output_text` for the assistant, else `input_text`)."""
+    if isinstance(content, str):
+        return [{"type": "output_text" if role == "assistant" else "input_text", "text": content}]
+    if isinstance(content, list) and all(isinstance(part, dict) and isinstance(part.get("type"), str) for part in content):
+        return list(content)
+    raise GatewayError(
+        400, "invalid_value", f"{where}.content must be a string or a list of typed parts", param=f"{where}.content"
+    )
+
+
+def pagination(ex: Exchange) -> tuple[int, str, str | None]:
+    query = parse_qs(ex.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+    def one(name: str) -> str | None:
+        values = query.get(name)
+        return values[-1] if values else None
+
+    raw_limit, order, after = one("limit"), one("order") or "desc", one("after")
+    try:
+        limit = int(raw_limit) if raw_limit is not None else 20
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise GatewayError(400, "invalid_value", "'limit' must be an integer from 1 to 100", param="limit")
+    if order not in ORDERS:
+        raise GatewayError(400, "invalid_value", "'order' must be 'asc' or 'desc'", param="order")
+    if after == "":
+        raise GatewayError(400, "invalid_value", "'after' must be an item id", param="after")
+    return limit, order, after
+
+
+async def _body(ctx: GatewayContext, ex: Exchange) -> dict[str, Any]:
+    limit = min(BODY_LIMIT, ctx.config.max_payload_size)  # 20 full items at most, and never past the flag
+    body = load_json_object(await read_body(ex.scope, ex.receive, limit))
+    validate(ConversationBody, body)
+    return body
+
+
+def _not_found(conversation_id: str) -> GatewayError:
+    return GatewayError(404, "not_found", f"no conversation with id '{conversation_id}'", param="conversation_id")
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+async def create_conversation(ctx: GatewayContext, ex: Exchange) -> None:
+    history = history_of(ctx)
+    body = await _body(ctx, ex)
+    now, tenant = int(time.time()), tenant_of(ex)
+    conversation = Conversation(new_id("conversation"), tenant, now, parse_metadata(body.get("metadata")))
+    items = new_items(body.get("items"), conversation.id, tenant, now)
+    await stored(history.run(history.backend.create_conversation, conversation, items))
+    await send_json(ex.send, 200, conversation.to_json())
+
+
+async def get_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
+    history = history_of(ctx)
+    found = await stored(history.run(history.backend.get_conversation, tenant_of(ex), conversation_id))
+    if found is None:
+        raise _not_found(conversation_id)
+    await send_json(ex.send, 200, found.to_json())
+
+
+async def update_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
+    history = history_of(ctx)
+    body = await _body(ctx, ex)
+    if "metadata" not in body:
+        raise GatewayError(400, "missing_required_parameter", "'metadata' is required", param="metadata")
+    metadata = parse_metadata(body["metadata"])
+    found = await stored(history.run(history.backend.update_conversation, tenant_of(ex), conversation_id, metadata))
+    if found is None:
+        raise _not_found(conversation_id)
+    await send_json(ex.send, 200, found.to_json())
+
+
+async def delete_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
+    history = history_of(ctx)
+    if not await stored(history.run(history.backend.delete_conversation, tenant_of(ex), conversation_id)):
+        raise _not_found(conversation_id)
+    await send_json(ex.send, 200, {"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+
+
+async def add_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
+    history = history_of(ctx)
+    body = await _body(ctx, ex)
+    if "items" not in body:
+        raise GatewayError(400, "missing_required_parameter", "'items' is required", param="items")
+    items = new_items(body["items"], conversation_id, tenant_of(ex), int(time.time()))
+    if not await stored(history.run(history.backend.add_items, tenant_of(ex), conversation_id, items)):
+        raise _not_found(conversation_id)
+    await send_json(ex.send, 200, item_list([i.data for i in items], has_more=False))
+
+
+async def list_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
+    history = history_of(ctx)
+    limit, order, after = pagination(ex)
+    try:
+        page = await stored(history.run(history.backend.list_items, tenant_of(ex), conversation_id, limit, order, after))
+    except UnknownCursor:
+        raise GatewayError(400, "invalid_value", f"'after': no item '{after}' in this conversation", param="after") from None
+    if page is None:
+        raise _not_found(conversation_id)
+    await send_json(ex.send, 200, item_list([i.data for i in page.items], page.has_more))
+
+
+async def get_item(ctx: GatewayContext, ex: Exchange, conversation_id: str, item_id: str) -> None:
+    history = history_of(ctx)
+    item = await stored(history.run(history.backend.get_item, tenant_of(ex), conversation_id, item_id))
+    if item is None:
+        raise GatewayError(404, "not_found", f"no item '{item_id}' in conversation '{conversation_id}'", param="item_id")
+    await send_json(ex.send, 200, item.data)
+
+
+async def delete_item(ctx: GatewayContext, ex: Exchange, conversation_id: str, item_id: str) -> None:
+    """Answers with the conversation, as OpenAI does."""
+    history = history_of(ctx)
+    tenant = tenant_of(ex)
+    if not await stored(history.run(history.backend.delete_item, tenant, conversation_id, item_id)):
+        raise GatewayError(404, "not_found", f"no item '{item_id}' in conversation '{conversation_id}'", param="item_id")
+    found = await stored(history.run(history.backend.get_conversation, tenant, conversation_id))
+    if found is None:
+        raise _not_found(conversation_id)
+    await send_json(ex.send, 200, found.to_json())
+
+
+def item_list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+# -- routes --------------------------------------------------------------------------------
+
+PREFIX = "/v1/conversations"
+COLLECTION = {"POST": create_conversation}
+ONE = {"GET": get_conversation, "POST": update_conversation, "DELETE": delete_conversation}
+ITEMS = {"GET": list_items, "POST": add_items}
+ITEM = {"GET": get_item, "DELETE": delete_item}
+
+
+def route(method: str, path: str) -> tuple[Any, str, dict[str, str]] | None:
+    """(handler or None when the method is not allowed, path template, path parameters) for a
+    path under /v1/conversations; None for any other path."""
+    if path != PREFIX and not path.startswith(PREFIX + "/"):
+        return None
+    parts = path[len(PREFIX) :].split("/")[1:]
+    if not parts:
+        return COLLECTION.get(method), PREFIX, {}
+    if not all(parts):
+        return None
+    if len(parts) == 1:
+        return ONE.get(method), PREFIX + "/{conversation_id}", {"conversation_id": parts[0]}
+    if len(parts) == 2 and parts[1] == "items":
+        return ITEMS.get(method), PREFIX + "/{conversation_id}/items", {"conversation_id": parts[0]}
+    if len(parts) == 3 and parts[1] == "items":
+        template = PREFIX + "/{conversation_id}/items/{item_id}"
+        return ITEM.get(method), template, {"conversation_id": parts[0], "item_id": parts[2]}
+    return None

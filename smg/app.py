@@ -1,0 +1,249 @@
+"""The gateway's ASGI app: route table, auth, and per-request bookkeeping."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+from smg import control
+from smg.apis.anthropic import messages
+from smg.apis.openai import conversations, responses
+from smg.cluster import routes as mesh
+from smg.context import GatewayContext
+from smg.dataplane.dispatch import handle_inference, handle_models
+from smg.dataplane.routes import ROUTES
+from smg.http.asgi import (
+    TEXT_CONTENT,
+    BodyTooLarge,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_bytes,
+    send_json,
+    send_text,
+    serve_lifespan,
+)
+from smg.http.errors import GatewayError
+from smg.http.exchange import Exchange
+from smg.observability.request_id import request_id_for
+
+log = logging.getLogger("smg.router")
+
+OPEN, DATA, CONTROL = "open", "data", "control"
+ADMIN_TENANT = "admin"  # the tenant of the shared --api-key
+Handler = Callable[[GatewayContext, Exchange], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Handler
+    template: str  # the `path` label: never a raw path with ids in it
+    auth: str
+
+
+async def health(ctx: GatewayContext, ex: Exchange) -> None:
+    await send_text(ex.send, 200, "OK")
+
+
+async def readiness(ctx: GatewayContext, ex: Exchange) -> None:
+    healthy, total = ctx.registry.healthy_count(), len(ctx.registry)
+    if ctx.draining:
+        await send_json(ex.send, 503, {"status": "not ready", "reason": "draining"})
+    elif ctx.cluster is not None and not ctx.cluster.synced:
+        await send_json(ex.send, 503, {"status": "not ready", "reason": "catching up with the cluster's state"})
+    elif healthy or (ctx.config.enable_igw and not total):
+        await send_json(ex.send, 200, {"status": "ready", "healthy_workers": healthy, "total_workers": total})
+    else:
+        await send_json(
+            ex.send, 503, {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0, "total_workers": total}
+        )
+
+
+def _static_routes() -> dict[tuple[str, str], Route]:
+    routes = {
+        ("GET", "/health"): Route(health, "/health", OPEN),
+        ("GET", "/liveness"): Route(health, "/liveness", OPEN),
+        ("GET", "/readiness"): Route(readiness, "/readiness", OPEN),
+        ("GET", "/v1/models"): Route(handle_models, "/v1/models", OPEN),
+        ("GET", "/workers"): Route(control.list_workers, "/workers", CONTROL),
+        ("POST", "/workers"): Route(control.add_worker, "/workers", CONTROL),
+        ("GET", "/get_loads"): Route(control.get_loads, "/get_loads", CONTROL),
+        ("GET", "/v1/loads"): Route(control.get_loads, "/v1/loads", CONTROL),
+        ("POST", "/flush_cache"): Route(control.flush_cache, "/flush_cache", CONTROL),
+        ("GET", "/mesh/status"): Route(mesh.mesh_status, "/mesh/status", CONTROL),
+        ("GET", "/mesh/health"): Route(mesh.mesh_health, "/mesh/health", CONTROL),
+        ("GET", "/mesh/workers"): Route(mesh.mesh_workers, "/mesh/workers", CONTROL),
+        ("GET", "/mesh/rate-limits"): Route(mesh.mesh_rate_limits, "/mesh/rate-limits", CONTROL),
+        ("POST", "/mesh/keys"): Route(mesh.mesh_keys, "/mesh/keys", CONTROL),
+        ("POST", "/mesh/faults"): Route(mesh.mesh_faults, "/mesh/faults", CONTROL),
+        ("POST", "/v1/messages"): Route(messages.create_message, "/v1/messages", DATA),
+    }
+    for path, inference in ROUTES.items():
+        routes[("POST", path)] = Route(partial(handle_inference, route=inference), path, DATA)
+    return routes
+
+
+_WORKER_ITEM = {
+    "GET": control.get_worker,
+    "PATCH": control.patch_worker,
+    "PUT": control.put_worker,
+    "DELETE": control.delete_worker,
+}
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: `localhost` or a loopback address (a name that resolves elsewhere is not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class GatewayApp:
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.routes = _static_routes()
+        self._paths = {path for _, path in self.routes}
+        config = ctx.config
+        self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
+        self._tenant_keys = {f"Bearer {key}".encode(): tenant for key, tenant in ctx.tenant_keys.items()}
+        self._cors_any = "*" in config.cors_allowed_origins
+        self._cors_origins = {origin.encode() for origin in config.cors_allowed_origins}
+        if self._api_key is None and not self._tenant_keys and not is_loopback(config.host):
+            # tenant keys alone close the control plane to everyone; no key at all opens it to the network
+            log.warning(
+                "the control plane (/workers, /flush_cache, /mesh/*) is unauthenticated on %s: anyone who reaches "
+                "it can add, change or remove workers; set --api-key",
+                config.host,
+            )
+
+    def _route(self, method: str, path: str) -> Route:
+        route = self.routes.get((method, path))
+        if route is not None:
+            return route
+        if path.startswith("/workers/") and path.count("/") == 2:
+            handler = _WORKER_ITEM.get(method)
+            if handler is not None:
+                worker_id = path[len("/workers/") :]
+                return Route(partial(handler, worker_id=worker_id), "/workers/{id}", CONTROL)
+            raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on /workers/{{id}}")
+        found = conversations.route(method, path) or responses.route(method, path)
+        if found is not None:
+            handler, template, params = found
+            if handler is None:
+                raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on {template}")
+            return Route(partial(handler, **params), template, DATA)
+        if path in self._paths:
+            raise GatewayError(405, "method_not_allowed", f"{method} is not allowed on {path}")
+        raise GatewayError(404, "not_found", f"no route for {method} {path}")
+
+    def _authenticate(self, scope: Scope, auth: str) -> str | None:
+        """The tenant a request acts for; raises 401 when its key does not open `auth` routes."""
+        if self._api_key is None and not self._tenant_keys:
+            return None
+        presented = header(scope, b"authorization")
+        if presented is None:  # Anthropic's clients send `x-api-key: KEY`
+            api_key = header(scope, b"x-api-key")
+            presented = b"Bearer " + api_key if api_key else b""
+        if self._api_key is not None and hmac.compare_digest(presented, self._api_key):
+            return ADMIN_TENANT
+        tenant = self._tenant_keys.get(presented)
+        if tenant is not None:
+            if auth == DATA:
+                return tenant
+            raise GatewayError(401, "invalid_api_key", "tenant keys cannot use control-plane routes; use the --api-key key")
+        raise GatewayError(401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer <key>')")
+
+    def _cors(self, scope: Scope, ex: Exchange) -> bool:
+        """Add CORS headers for an allowed origin; True when this was a preflight, answered here."""
+        origin = header(scope, b"origin")
+        if origin is None or not (self._cors_any or origin in self._cors_origins):
+            return False
+        ex.extra_headers += [(b"access-control-allow-origin", origin), (b"vary", b"origin")]
+        if scope["method"] == "OPTIONS" and header(scope, b"access-control-request-method") is not None:
+            ex.extra_headers += [
+                (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+                (
+                    b"access-control-allow-headers",
+                    header(scope, b"access-control-request-headers") or b"authorization, content-type",
+                ),
+                (b"access-control-max-age", b"600"),
+            ]
+            return True
+        ex.extra_headers.append((b"access-control-expose-headers", b"x-request-id, x-smg-routed-worker-id, x-smg-error-code"))
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await serve_lifespan(receive, send)
+            return
+        ctx = self.ctx
+        method = scope["method"]
+        # the metrics label stays "unmatched" for unknown paths: raw paths would grow without bound
+        ex = Exchange(scope, receive, send, request_id_for(scope, ctx.request_id_headers), "unmatched")
+        is_data = False
+        try:
+            if self._cors_origins and self._cors(scope, ex):
+                await send_bytes(ex.send, 204, b"", content_type=TEXT_CONTENT)
+                return
+            route = self._route(method, scope["path"])
+            ex.route = route.template
+            if route.auth != OPEN:
+                ex.tenant = self._authenticate(scope, route.auth)
+            is_data = route.auth == DATA
+            if is_data:
+                ctx.in_flight += 1
+            await route.handler(ctx, ex)
+        except GatewayError as error:
+            await ex.fail(error)
+        except BodyTooLarge as exc:
+            await ex.fail(GatewayError(413, "request_body_too_large", str(exc)))
+        except ClientDisconnected:
+            ex.status = 499
+        except Exception:
+            log.exception("request %s %s %s failed", ex.request_id, method, scope["path"])
+            await ex.fail(GatewayError(500, "internal_error", "internal gateway error; see the gateway log"))
+        finally:
+            if is_data:
+                ctx.in_flight -= 1
+            self._record(ex, method)
+
+    def _record(self, ex: Exchange, method: str) -> None:
+        elapsed = time.perf_counter() - ex.started_at
+        metrics = self.ctx.metrics
+        path = ex.route
+        status = str(ex.status)
+        metrics.http_requests(method, path).inc()
+        metrics.http_duration(method, path).observe(elapsed)
+        metrics.http_responses(path, status).inc()
+        if ex.error_code is not None:
+            metrics.router_errors(path, ex.error_code).inc()
+        if ex.status >= 500:
+            level = logging.WARNING
+        elif path in ("/health", "/liveness", "/readiness"):
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
+        access_log = self.ctx.access_log
+        if access_log.enabled_for(level):
+            fields = {"request_id": ex.request_id, "status": ex.status, "duration_ms": round(elapsed * 1000, 2)}
+            if ex.model:
+                fields["model"] = ex.model
+            if ex.tenant:
+                fields["tenant"] = ex.tenant
+            if ex.worker is not None:
+                fields["worker"] = ex.worker.url
+            if ex.error_code:
+                fields["error"] = ex.error_code
+                fields["detail"] = ex.error_message
+            access_log.write(level, f"{method} {ex.scope['path']}", fields)

@@ -1,0 +1,170 @@
+"""Everything one gateway's handlers share, built once from the config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from smg.background import Background
+from smg.config import GatewayConfig
+from smg.limits.admission import Admission
+from smg.limits.tenants import TenantRateLimiter
+from smg.observability.logs import AccessLog
+from smg.observability.metrics import GatewayMetrics
+from smg.routing.policies import Policy, make_policy
+from smg.storage.service import History
+from smg.upstream import Upstream, make_upstream
+from smg.workers.breaker import STATE_GAUGE
+from smg.workers.registrar import Registrar
+from smg.workers.registry import Worker, WorkerRegistry
+from smg.workers.retry import RetryConfig
+
+
+class WorkerSink(Protocol):
+    """Where operator changes to workers are published (the HA mesh's replicated registry)."""
+
+    def added(self, worker: Worker) -> None: ...
+    def updated(self, worker: Worker) -> None: ...
+    def removed(self, worker_id: str) -> None: ...
+
+
+@dataclass
+class GatewayContext:
+    config: GatewayConfig
+    registry: WorkerRegistry
+    policy: Policy
+    upstream: Upstream
+    metrics: GatewayMetrics
+    registrar: Registrar
+    request_id_headers: tuple[bytes, ...]
+    retry: RetryConfig
+    admission: Admission
+    tenant_keys: dict[str, str]  # API key -> tenant
+    access_log: AccessLog = field(default_factory=AccessLog)
+    in_flight: int = 0
+    draining: bool = False
+    worker_sink: WorkerSink | None = None
+    health_sink: Callable[[Worker], None] | None = None  # an owner's probe result, for the cluster
+    cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
+    limiter: TenantRateLimiter | None = None  # --tenant-rate-limit-config
+    history: History | None = None  # --history-backend (None: none)
+    background: Background | None = None  # background responses (None: --max-background-responses 0)
+    _known_worker_urls: set[str] = field(default_factory=set)
+
+    @classmethod
+    def create(cls, config: GatewayConfig) -> GatewayContext:
+        registry = WorkerRegistry()
+        metrics = GatewayMetrics()
+        ctx = cls(
+            config=config,
+            registry=registry,
+            policy=make_policy(config.policy, config.policy_config()),
+            upstream=make_upstream(
+                config.upstream_client,
+                connect_timeout=config.connect_timeout_secs,
+                max_idle_per_origin=config.upstream_max_idle_per_worker,
+                max_response_size=config.max_upstream_response_size,
+            ),
+            metrics=metrics,
+            registrar=Registrar(
+                registry,
+                startup_timeout=config.worker_startup_timeout_secs,
+                check_interval=config.worker_startup_check_interval,
+                health_interval=config.health_check_interval_secs,
+                health_timeout=config.health_check_timeout_secs,
+                health_endpoint=config.health_check_endpoint,
+                health_checks=not config.disable_health_check,
+                remove_failed=config.remove_unhealthy_workers,
+                load_interval=config.load_monitor_interval if config.load_monitoring else None,
+                api_key=config.api_key,
+            ),
+            request_id_headers=tuple(h.lower().encode() for h in config.request_id_headers),
+            retry=config.retry_config(),
+            admission=Admission(
+                config.max_concurrent_requests if config.max_concurrent_requests > 0 else None,
+                config.queue_size,
+                config.queue_timeout_secs,
+                config.rate_limit_tokens_per_second,
+            ),
+            tenant_keys=config.tenant_keys(),
+        )
+        limits = config.tenant_limits()
+        if limits is not None:
+            ctx.limiter = TenantRateLimiter(limits)
+        ctx.registrar.on_change = ctx.workers_changed
+        ctx.registrar.on_removed = ctx.worker_failed
+        ctx.registrar.on_checked = ctx.worker_checked
+        if hasattr(ctx.policy, "on_match"):
+            ctx.policy.on_match = metrics.cache_match_ratio.observe
+        ctx.access_log.configure(config.log_json)
+        return ctx
+
+    @property
+    def forward_client_authorization(self) -> bool:
+        """A client's own Authorization goes to workers only when the gateway checks no keys."""
+        return not self.config.api_key and not self.tenant_keys
+
+    def add_worker(self, url: str, *, publish: bool = True, **settings: object) -> Worker:
+        """Register a worker by URL; raises DuplicateWorker or ValueError.
+
+        `publish`: an operator's change, to tell the cluster; False when it came from the cluster.
+        """
+        config = self.config
+        worker = Worker.from_url(url, health=config.health_config(), breaker=config.breaker_config(), **settings)
+        self.registry.add(worker)
+        self.registrar.register(worker)
+        if publish and self.worker_sink is not None:
+            self.worker_sink.added(worker)
+        return worker
+
+    def remove_worker(self, worker: Worker, *, publish: bool = True) -> None:
+        """Stop routing to `worker` and forget it once its requests finish."""
+        self.registrar.drain_and_remove(worker, self.config.shutdown_grace_period_secs)
+        if publish and self.worker_sink is not None:
+            self.worker_sink.removed(worker.id)
+
+    def worker_settings_changed(self, worker: Worker) -> None:
+        if self.worker_sink is not None:
+            self.worker_sink.updated(worker)
+
+    def worker_checked(self, worker: Worker, ok: bool) -> None:
+        self.metrics.health_checks(worker.url, "ok" if ok else "failed").inc()
+        if self.health_sink is not None:
+            self.health_sink(worker)
+
+    def worker_failed(self, worker: Worker) -> None:
+        """--remove-unhealthy-workers removed `worker`: a cluster-wide delete."""
+        if self.worker_sink is not None:
+            self.worker_sink.removed(worker.id)
+
+    def workers_changed(self) -> None:
+        forget = getattr(self.policy, "forget_workers", None)
+        if forget is not None:
+            forget({w.id for w in self.registry})
+        self.publish_worker_metrics()
+
+    async def maintain_policy(self) -> None:
+        """Tick the policy's periodic upkeep (cache_aware eviction) from the node's nursery."""
+        maintain = getattr(self.policy, "maintain", None)
+        if maintain is None:
+            return
+        while True:
+            await trio.sleep(self.config.eviction_interval_secs)
+            maintain(trio.current_time())
+            for model, size in self.policy.tree_sizes().items():  # type: ignore[attr-defined]
+                self.metrics.cache_tree_size(model).set(size)
+
+    def publish_worker_metrics(self) -> None:
+        metrics = self.metrics
+        urls = {w.url for w in self.registry}
+        for worker in self.registry:
+            metrics.worker_health(worker.url).set(1 if worker.is_routable else 0)
+            metrics.cb_state(worker.url).set(STATE_GAUGE[worker.breaker.state])
+        for gone in self._known_worker_urls - urls:
+            for metric in (metrics.worker_health, metrics.worker_active, metrics.cb_state):
+                metric.remove(gone)
+        self._known_worker_urls = urls
+        metrics.worker_pool_size.set(len(urls))

@@ -1,0 +1,376 @@
+"""Forwarding one inference request: attempts, retries, breaker bookkeeping, SSE relay.
+
+Each attempt picks a worker again (preferring ones this request has not
+tried). An attempt fails, and may be retried after a backoff, when the worker
+cannot be reached, breaks before answering, sends no response headers within
+`--worker-first-byte-timeout-secs`, or answers a retryable status (408, 429,
+500, 502, 503, 504). Any other answer is final and passed through with its
+body. Once a stream has started it is never retried: a worker failing or
+stalling mid-stream ends it with an error event. When every attempt failed,
+the last worker answer (or error) goes to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+
+from smg.context import GatewayContext
+from smg.dataplane.routes import InferenceRoute
+from smg.http.asgi import dump_json, send_bytes
+from smg.http.errors import GatewayError, model_not_found
+from smg.http.exchange import REQUEST_ID_HEADER, Exchange
+from smg.http.sse import EventFramer, EventTooLarge
+from smg.routing.policies import NoEligibleWorker, RequestInfo
+from smg.routing.text import routing_text
+from smg.upstream import UpstreamConnectError, UpstreamError, UpstreamResponse
+from smg.workers.breaker import STATE_GAUGE, Transition
+from smg.workers.registry import Worker
+from smg.workers.retry import is_retryable
+
+log = logging.getLogger("smg.router")
+
+ROUTED_WORKER_HEADER = b"x-smg-routed-worker-id"
+# Client headers passed on to workers; everything else stays at the gateway.
+FORWARDED_HEADERS = frozenset({b"x-correlation-id", b"traceparent", b"tracestate", b"x-smg-routing-key"})
+JSON_TYPE = b"application/json"
+USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
+
+
+@dataclass(slots=True)
+class Answer:
+    """A complete non-streaming worker answer, sent after its connection went back to the pool."""
+
+    worker: Worker
+    status: int
+    content_type: bytes
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Failed:
+    """An attempt that may be retried: the error to answer if it was the last one."""
+
+    error: GatewayError
+    answer: Answer | None = None  # the worker's own answer, when it sent one
+
+
+def text_of(ex: Exchange, request: dict[str, Any]) -> str:
+    """The request's routing text, computed once per request (policies and token limits share it)."""
+    if ex.routing_text is None:
+        ex.routing_text = routing_text(request)
+    return ex.routing_text
+
+
+def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> RequestInfo:
+    """What the policy may know of this request, gathered once for all attempts."""
+    routing_key = target = client_key = None
+    for name, value in ex.scope["headers"]:
+        if name == b"x-smg-routing-key":
+            routing_key = value.decode("latin-1")
+        elif name == b"x-smg-target-worker":
+            try:
+                target = int(value)
+            except ValueError:
+                raise GatewayError(
+                    400,
+                    "invalid_routing_header",
+                    "X-SMG-Target-Worker must be a worker index (an integer)",
+                    param="x-smg-target-worker",
+                ) from None
+        elif name == b"authorization" or (name == b"x-forwarded-for" and client_key is None):
+            client_key = value.decode("latin-1").split(",")[0].strip()
+    model = ex.model or ""
+    return RequestInfo(
+        model=model,
+        path=ex.scope["path"],
+        text=text_of(ex, request) if ctx.policy.needs_text else "",
+        routing_key=routing_key,
+        target_index=target,
+        client_key=client_key,
+        pool=ctx.registry.serving(model) if ex.model is not None else (),
+    )
+
+
+def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] = ()) -> Worker:
+    registry = ctx.registry
+    model = info.model or None
+    candidates = registry.available(model) if model is not None else registry.available_any()
+    if not candidates:
+        if model is not None and not registry.serves(model) and all(w.discovered for w in registry):
+            raise model_not_found(model)
+        what = f"model '{model}'" if model is not None else "this request"
+        raise GatewayError(503, "no_available_workers", f"no available worker for {what}")
+    now = trio.current_time()
+    workers = [w for w in candidates if w.breaker.is_available(now)]
+    if not workers:
+        raise GatewayError(503, "no_available_workers", "every worker's circuit breaker is open; try again shortly")
+    if tried:
+        fresh = [w for w in workers if w.id not in tried]
+        workers = fresh or workers
+    try:
+        worker = ctx.policy.select(workers, replace(info, now=now))
+    except NoEligibleWorker as exc:
+        raise GatewayError(503, "no_available_workers", str(exc)) from None
+    ctx.metrics.worker_selection(ctx.policy.name, worker.url).inc()
+    return worker
+
+
+def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", JSON_TYPE), (REQUEST_ID_HEADER, ex.request_id.encode())]
+    key = worker.api_key or ctx.config.api_key
+    pass_authorization = key is None and ctx.forward_client_authorization
+    for name, value in ex.scope["headers"]:
+        if name in FORWARDED_HEADERS or (pass_authorization and name == b"authorization"):
+            headers.append((name, value))
+    if key:
+        headers.append((b"authorization", b"Bearer " + key.encode()))
+    return headers
+
+
+async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:
+    """Answer `ex` from the workers, retrying failed attempts within the request deadline."""
+    retry = ctx.retry
+    info = request_info(ctx, ex, request)
+    outcome: Answer | Failed | None = None
+    tried: list[str] = []
+    with trio.move_on_after(ctx.config.request_timeout_secs) as deadline:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
+            for attempt in range(1, retry.max_attempts + 1):
+                if attempt > 1:
+                    await trio.sleep(retry.delay(attempt - 1, random.random()))
+                try:
+                    worker = choose_worker(ctx, info, tried)
+                except GatewayError as error:
+                    if outcome is None:  # nothing tried yet: this is the answer
+                        outcome = Failed(error)
+                    break
+                tried.append(worker.id)
+                ex.worker = worker
+                outcome = await attempt_once(ctx, ex, route, worker, body)
+                if outcome is None or isinstance(outcome, Answer):
+                    break  # answered (or streamed) to the client, or a final worker answer
+                if attempt < retry.max_attempts:
+                    ctx.metrics.retries(worker.url).inc()
+                    log.info(
+                        "request %s: attempt %d on %s failed (%s); retrying",
+                        ex.request_id,
+                        attempt,
+                        worker.url,
+                        outcome.error.code,
+                    )
+            else:
+                ctx.metrics.retries_exhausted(route.name).inc()
+            nursery.cancel_scope.cancel()
+    if ex.client_gone:
+        ex.status = 499
+        return
+    if deadline.cancelled_caught:
+        outcome = Failed(GatewayError(504, "upstream_timeout", f"no answer within {ctx.config.request_timeout_secs:g}s"))
+    if isinstance(outcome, Failed) and outcome.answer is not None:
+        outcome = outcome.answer  # retries exhausted: pass the worker's last answer through
+    if isinstance(outcome, Failed):
+        await ex.fail(outcome.error)
+    elif isinstance(outcome, Answer):
+        await _send_answer(ex, route, request, outcome)
+
+
+async def _send_answer(ex: Exchange, route: InferenceRoute, request: dict[str, Any], answer: Answer) -> None:
+    payload = answer.payload
+    if route.transform is not None and answer.status == 200:
+        try:
+            payload = route.transform(request, payload, ex.model or "", ex.request_id)
+        except (ValueError, TypeError, AttributeError) as exc:
+            message = f"worker {answer.worker.url} sent an unexpected {route.name} answer: {exc}"
+            await ex.fail(GatewayError(502, "upstream_invalid_response", message))
+            return
+    if ex.want_usage and answer.status == 200:
+        ex.completion_tokens = completion_tokens(payload)
+    routed = (ROUTED_WORKER_HEADER, answer.worker.url.encode())
+    await send_bytes(ex.send, answer.status, payload, [routed], (b"content-type", answer.content_type))
+
+
+def completion_tokens(payload: bytes) -> int:
+    """`usage.completion_tokens` of an OpenAI answer (a JSON body, or one SSE data line); 0 if absent."""
+    try:
+        usage = json.loads(payload).get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else 0
+    except (ValueError, AttributeError):
+        return 0
+    return tokens if isinstance(tokens, int) and tokens > 0 else 0
+
+
+def stream_usage(tail: bytes) -> int:
+    """Completion tokens from the last SSE event that carries `usage` (streams end with it)."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            tokens = completion_tokens(line[6:])
+            if tokens:
+                return tokens
+    return 0
+
+
+async def attempt_once(
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, body: bytes
+) -> Answer | Failed | None:
+    """One try on one worker. None: the response went to the client (a stream)."""
+    now = trio.current_time()
+    probe, transition = worker.breaker.begin(now)
+    _publish(ctx, worker, transition)
+    active = ctx.metrics.worker_active(worker.url)
+    worker.in_flight += 1
+    active.inc()
+    ok = False
+    try:
+        result = await _exchange_with(ctx, ex, route, worker, body)
+        ok = not isinstance(result, Failed) and not ex.error_code
+        return result
+    finally:
+        worker.in_flight -= 1
+        active.dec()
+        breaker = worker.breaker
+        now = trio.current_time()
+        if ok:
+            _publish(ctx, worker, breaker.record_success(now, probe))
+        elif not ex.client_gone:
+            _publish(ctx, worker, breaker.record_failure(now, probe))
+
+
+async def _exchange_with(
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, body: bytes
+) -> Answer | Failed | None:
+    headers = upstream_headers(ctx, ex, worker)
+    first_byte = ctx.config.worker_first_byte_timeout_secs
+    with trio.CancelScope(deadline=trio.current_time() + first_byte) as head_scope:
+        try:
+            async with ctx.upstream.request(worker.origin, b"POST", route.target, headers, body) as response:
+                head_scope.deadline = math.inf
+                ctx.metrics.upstream_responses(worker.url, str(response.status)).inc()
+                content_type = _content_type(response)
+                if response.status == 200 and content_type.startswith(b"text/event-stream"):
+                    await relay_events(ctx, ex, worker, response, content_type)
+                    return None
+                answer = Answer(worker, response.status, content_type, await response.read())
+        except UpstreamConnectError as exc:
+            return Failed(GatewayError(502, "upstream_connect_error", f"cannot reach worker {worker.url}: {exc}"))
+        except UpstreamError as exc:
+            return Failed(GatewayError(502, exc.code, f"worker {worker.url} failed: {exc}"))
+    if head_scope.cancelled_caught:
+        return Failed(
+            GatewayError(504, "upstream_timeout", f"worker {worker.url} sent no response headers within {first_byte:g}s")
+        )
+    if is_retryable(answer.status):
+        return Failed(GatewayError(answer.status, "upstream_error", f"worker answered {answer.status}"), answer)
+    return answer
+
+
+async def relay_events(
+    ctx: GatewayContext, ex: Exchange, worker: Worker, response: UpstreamResponse, content_type: bytes
+) -> None:
+    """Relay an SSE body as raw bytes, as it arrives, whole events only; end with an error event
+    if the worker breaks, stalls or sends an event over `--max-sse-event-size`.
+
+    Every complete event that arrived goes out at once (a chunk of many events in one send);
+    only a trailing incomplete event waits for its end, so a worker dying mid-event never
+    leaves the client a fragment for the error event to be glued onto."""
+    ex.event_stream = True
+    send = ex.send
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"cache-control", b"no-cache"),
+                (ROUTED_WORKER_HEADER, worker.url.encode()),
+            ],
+        }
+    )
+    stall = ctx.config.stream_stall_timeout_secs
+    framer = EventFramer(ctx.config.max_sse_event_size)
+    first = True
+    tail = b""  # the end of the stream, where the usage event is
+    error: GatewayError | None = None
+    with trio.CancelScope(deadline=trio.current_time() + stall) as stall_scope:
+        chunks = response.aiter_body()
+        try:
+            async for chunk in chunks:
+                if first:
+                    ctx.metrics.ttft(ex.model or "").observe(time.perf_counter() - ex.started_at)
+                    first = False
+                stall_scope.deadline = trio.current_time() + stall
+                events = framer.feed(chunk)
+                if not events:
+                    continue
+                if ex.want_usage:
+                    tail = (tail + events)[-USAGE_TAIL:]
+                await send({"type": "http.response.body", "body": events, "more_body": True})
+            rest = framer.rest()  # the worker ended cleanly without closing its last event: as it sent it
+            if rest:
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+        except UpstreamError as exc:  # a broken connection, or bytes that break HTTP/1.1 framing
+            code = "upstream_protocol_error" if exc.code == "upstream_protocol_error" else "upstream_stream_error"
+            error = GatewayError(502, code, f"worker {worker.url} failed mid-stream: {exc}")
+        except EventTooLarge as exc:
+            error = GatewayError(
+                502,
+                "upstream_protocol_error",
+                f"worker {worker.url} sent {exc} (--max-sse-event-size {exc.limit})",
+            )
+        finally:
+            aclose = getattr(chunks, "aclose", None)  # an async generator: finish it here, not in the GC
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+    if stall_scope.cancelled_caught:
+        error = GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
+    if ex.want_usage:
+        ex.completion_tokens = stream_usage(tail)
+    if error is not None:
+        await _end_stream_with(ex, error)
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _end_stream_with(ex: Exchange, error: GatewayError) -> None:
+    """The stream's last event: the error, in the client's API shape (Anthropic's `error` event
+    for the Messages API, `data: {"error": ...}` for OpenAI's)."""
+    if ex.error_shape is None:
+        await ex.fail(error)
+        return
+    ex.error_code, ex.error_message = error.code, error.message
+    event = b"event: error\ndata: " + dump_json(ex.error_shape(error)) + b"\n\n"
+    await ex.send({"type": "http.response.body", "body": event, "more_body": False})
+
+
+async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
+    while (await ex.receive())["type"] != "http.disconnect":
+        pass
+    if not ex.finished:  # hypercorn also reports a disconnect once the response is complete
+        ex.client_gone = True
+        scope.cancel()
+
+
+def _content_type(response: UpstreamResponse) -> bytes:
+    for name, value in response.headers:
+        if name == b"content-type":
+            return value
+    return JSON_TYPE
+
+
+def _publish(ctx: GatewayContext, worker: Worker, transition: Transition | None) -> None:
+    if transition is None:
+        return
+    metrics = ctx.metrics
+    metrics.cb_state(worker.url).set(STATE_GAUGE[transition.new])
+    metrics.cb_transitions(worker.url, transition.old.value, transition.new.value).inc()
+    log.warning("worker %s circuit breaker %s -> %s", worker.url, transition.old.value, transition.new.value)

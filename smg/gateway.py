@@ -1,0 +1,356 @@
+"""Start-up and shutdown of one gateway node.
+
+The node's root nursery owns the registrar (worker probes), the data-plane
+server and the metrics server. Shutdown is cancellation after a drain:
+SIGTERM/SIGINT (or `GatewayHandle.shutdown`) flips readiness to `draining`,
+keeps accepting for a settle window while balancers notice, then stops
+accepting and waits for in-flight requests up to the grace period, leaves
+the mesh, and cancels the nursery. A second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from smg.app import GatewayApp
+from smg.background import Background
+from smg.cluster.node import ClusterNode, advertise_host
+from smg.config import GatewayConfig
+from smg.context import GatewayContext
+from smg.http.asgi import ASGIApp
+from smg.http.server import BindError, ServeError, hypercorn_config, serve_app
+from smg.observability.metrics import MetricsApp
+from smg.simworker.engine import SimConfig
+from smg.storage import open_backend
+from smg.storage.service import History
+from smg.workers.registry import DuplicateWorker
+
+log = logging.getLogger("smg.server")
+
+DRAIN_POLL_SECS = 0.05
+CLOSE_SECS = 10.0  # bound on closing the upstream pool and the history store at exit
+SIM_START_SECS = 30.0  # `smg serve`: longest wait for the simulated workers' child to report its ports
+SIM_STOP_SECS = 5.0  # then how long it may take to stop before it is killed
+SETTLE_MAX_SECS = 5.0  # the reference's cap on the settle window
+
+
+@dataclass
+class GatewayHandle:
+    """What a started gateway reports: where it listens, and how to stop it."""
+
+    ctx: GatewayContext
+    urls: list[str]
+    metrics_urls: list[str]
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (the same path as SIGTERM)."""
+        self._stop.set()
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[GatewayHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    ctx = GatewayContext.create(config)
+    try:
+        await _run_gateway(ctx, config, handle_signals, task_status)
+    finally:
+        # Also when cancelled or failing (a port taken, `smg serve` losing its workers): the
+        # pool's sockets and the history store (a SQLite file, a PostgreSQL pool) are closed
+        # on every way out, within a bound, shielded from the cancellation that got us here.
+        with trio.move_on_after(CLOSE_SECS, shield=True):
+            await ctx.upstream.aclose()
+            if ctx.history is not None:
+                await ctx.history.close()
+    log.info("smg gateway stopped")
+
+
+async def _run_gateway(
+    ctx: GatewayContext, config: GatewayConfig, handle_signals: bool, task_status: trio.TaskStatus[GatewayHandle]
+) -> None:
+    backend = open_backend(config)
+    if backend is not None:
+        ctx.history = History(backend, _op_timeout(config), ctx.metrics)
+    app = GatewayApp(ctx)
+    async with trio.open_nursery() as nursery:
+        if ctx.history is not None:
+            await nursery.start(ctx.history.maintain)
+            if config.max_background_responses > 0:
+                ctx.background = Background(config.max_background_responses)
+                await nursery.start(ctx.background.run)
+        await nursery.start(ctx.registrar.run)
+        await nursery.start(ctx.access_log.run)
+        nursery.start_soon(ctx.maintain_policy)
+        add_workers(ctx, config.worker_urls)
+        main = hypercorn_config(
+            config.host,
+            config.port,
+            certfile=config.tls_cert_path,
+            keyfile=config.tls_key_path,
+            header_read_timeout=config.header_read_timeout_secs,
+            keep_alive_timeout=config.idle_connection_timeout_secs,
+            write_timeout=config.idle_connection_timeout_secs,  # a client reading nothing is as good as idle
+            body_timeout=config.request_timeout_secs,  # the whole body is part of the request: its end-to-end bound
+            max_connections=config.max_client_connections,
+        )
+        data_plane = DataPlane(app, main)
+        urls = await nursery.start(data_plane.serve)
+        metrics_urls: list[str] = []
+        if config.prometheus_port is not None:
+            metrics_config = hypercorn_config(
+                config.metrics_host, config.prometheus_port, graceful_timeout=0.5, port_flag="--prometheus-port"
+            )
+            metrics_urls = await nursery.start(serve_app, MetricsApp(ctx.metrics), metrics_config)
+        if config.ha_mesh:
+            ctx.cluster = await nursery.start(ClusterNode(config, ctx).run, advertised_url(config, urls[0]))
+        handle = GatewayHandle(ctx, urls, metrics_urls)
+        log.info(
+            "smg gateway listening on %s (policy %s, %d workers, metrics %s)",
+            ", ".join(urls),
+            config.policy,
+            len(config.worker_urls),
+            ", ".join(metrics_urls) or "off",
+        )
+        if handle_signals:
+            nursery.start_soon(_watch_signals, handle, nursery.cancel_scope)
+        task_status.started(handle)
+        await handle._stop.wait()
+        await drain(ctx, config.shutdown_grace_period_secs, data_plane)
+        # Leave only now: while it still serves, the node must keep replicating its load
+        # and tenant counts (peers would otherwise admit its share of a limit on top) and
+        # keep receiving registry and health changes. Peers send it no requests, so staying a
+        # member to the end costs nothing.
+        if ctx.cluster is not None:
+            await ctx.cluster.leave()
+        nursery.cancel_scope.cancel()
+
+
+def add_workers(ctx: GatewayContext, urls: Iterable[str]) -> None:
+    """Register workers the operator named at start (`--worker-urls`, `smg serve`'s own)."""
+    for url in urls:
+        try:
+            ctx.add_worker(url)
+        except DuplicateWorker:
+            log.warning("ignoring duplicate worker URL %s", url)
+    ctx.publish_worker_metrics()
+
+
+def _op_timeout(config: GatewayConfig) -> float:
+    """The bound on one history call: the backend's own flag (SQLite shares PostgreSQL's)."""
+    return config.redis_op_timeout_secs if config.history_backend == "redis" else config.postgres_op_timeout_secs
+
+
+def advertised_url(config: GatewayConfig, bound_url: str) -> str:
+    """The data-plane URL peers and clients reach this node at (the bind address may be 0.0.0.0)."""
+    scheme, _, rest = bound_url.partition("://")
+    port = rest.rpartition(":")[2]
+    return f"{scheme}://{advertise_host(config)}:{port}"
+
+
+class DataPlane:
+    """The data-plane server, with a way to stop accepting that is not cancellation.
+
+    Cancelling hypercorn drops every connection at once, requests under way
+    included. Its graceful shutdown (`shutdown_trigger`) instead closes the
+    listening socket, closes idle keep-alive connections, lets each busy one
+    finish its response and close, and returns when none is left or after
+    `graceful_timeout`. `drain` needs that as a step of its own, after the
+    settle window, and needs to know when it has finished.
+    """
+
+    def __init__(self, app: ASGIApp, config: HypercornConfig) -> None:
+        self.app, self.config = app, config
+        self.closed = trio.Event()  # hypercorn returned: no connection is left
+        self._stop = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_app(self.app, self.config, shutdown_trigger=self._stop.wait, task_status=task_status)
+        finally:
+            self.closed.set()
+
+    def stop_accepting(self, within: float) -> None:
+        """Close the listener now; cut the connections still open after `within` seconds."""
+        self.config.graceful_timeout = within  # hypercorn reads it when the trigger fires
+        self._stop.set()
+
+
+def settle_secs(grace: float) -> float:
+    """How long a draining node keeps accepting: min(grace / 2, 5 s), as the reference does."""
+    return min(grace / 2, SETTLE_MAX_SECS)
+
+
+async def drain(ctx: GatewayContext, grace: float, data_plane: DataPlane) -> None:
+    """Take this node out of rotation without failing a request a client has sent.
+
+    Readiness answers 503 at once, but a balancer (or Kubernetes, whose
+    endpoint watchers also take a moment) keeps sending new connections until
+    its next probe; refusing them then would fail requests only the client
+    could retry. So for the settle window the node still accepts and serves
+    everything. Then the listener closes: a refused connection carried no
+    request, so a balancer may resend it elsewhere. What is in flight gets
+    the rest of the grace period; hypercorn cuts what is left after that.
+    """
+    ctx.draining = True
+    settle = settle_secs(grace)
+    log.info("draining: readiness now answers 503; still accepting for %gs while balancers take this node out", settle)
+    await trio.sleep(settle)
+    rest = max(0.0, grace - settle)
+    log.info("no longer accepting connections; waiting up to %gs for %d in-flight requests", rest, ctx.in_flight)
+    data_plane.stop_accepting(within=rest)
+    with trio.move_on_after(rest) as scope:
+        await data_plane.closed.wait()
+        while ctx.in_flight:
+            await trio.sleep(DRAIN_POLL_SECS)
+    if scope.cancelled_caught:
+        log.warning("grace period over with %d requests still in flight; closing", ctx.in_flight)
+
+
+async def _watch_signals(handle: GatewayHandle, root: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not handle._stop.is_set():
+                log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+                handle.shutdown()
+            else:
+                log.warning("received %s again: stopping now", signal.Signals(signum).name)
+                root.cancel()
+                return
+
+
+async def run_serve(
+    config: GatewayConfig,
+    sim: SimConfig,
+    count: int,
+    sim_host: str,
+    sim_port: int | None,
+    *,
+    task_status: trio.TaskStatus[GatewayHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The embedded default: a gateway plus simulated workers in a child process it supervises.
+
+    The gateway binds first (its port, metrics and mesh listeners), then the
+    child binds free ports (or `--sim-port`) and reports them: the workers can
+    never take a port the gateway needs, and a port left taken by anything
+    fails at once with one line naming its flag. If the child fails to start
+    or dies, `smg serve` stops with one line and a non-zero exit rather than
+    restarting it: serving 503 behind a restart loop would hide the crash,
+    and a supervisor one level up (systemd, Kubernetes, a shell loop) already
+    owns restarts.
+    """
+    async with trio.open_nursery() as nursery:
+
+        async def gateway_then_workers(task_status: trio.TaskStatus[GatewayHandle]) -> None:
+            await run_gateway(config, handle_signals=True, task_status=task_status)
+            nursery.cancel_scope.cancel()  # the gateway has drained: stop the workers too
+
+        handle: GatewayHandle = await nursery.start(gateway_then_workers)
+        command = [
+            # -P: sys.path does not start with the working directory, so an `smg/` folder there
+            # cannot shadow the installed package in the child
+            sys.executable, "-P", "-m", "smg", "sim-worker", "--supervised", "--host", sim_host,
+            "--port", str(sim_port or 0), "--count", str(count), "--log-level", config.log_level,
+            *(["--log-json"] if config.log_json else []), *sim_flags(sim),
+        ]  # fmt: skip
+        urls = await nursery.start(supervise_sim_workers, command, sim_port)
+        add_workers(handle.ctx, urls)
+        task_status.started(handle)
+
+
+async def supervise_sim_workers(
+    command: list[str], sim_port: int | None, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the `smg sim-worker --supervised` child; report its URLs; raise `ServeError` if it fails or dies.
+
+    The child is told to stop by closing its stdin (it then closes its
+    servers), and killed if it has not exited `SIM_STOP_SECS` later. It runs
+    in its own session, so a Ctrl-C in the terminal reaches only this process,
+    which drains first and then stops the child.
+    """
+    process = await trio.lowlevel.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        report = await _first_line(process)
+        if "urls" not in report:
+            error = report.get("error")
+            if isinstance(error, dict):
+                raise BindError("--sim-port", int(error["port"]), str(error["reason"]), flag_value=sim_port)
+            with trio.move_on_after(SIM_STOP_SECS):
+                await process.wait()
+            how = describe_exit(process.returncode) if process.returncode is not None else f"no report in {SIM_START_SECS:g}s"
+            raise ServeError(f"the simulated workers did not start ({how})")
+        urls = [str(url) for url in report["urls"]]
+        log.info("simulated workers (pid %d) listening on %s", process.pid, ", ".join(urls))
+        task_status.started(urls)
+        code = await process.wait()
+        raise ServeError(f"the simulated workers (pid {process.pid}) exited ({describe_exit(code)}); stopping")
+    finally:
+        with trio.move_on_after(SIM_STOP_SECS + 1.0, shield=True):
+            await _stop_child(process)
+
+
+async def _first_line(process: trio.Process) -> dict[str, Any]:
+    """The child's report: one JSON line on its stdout ({} if it exits or stays silent instead)."""
+    assert process.stdout is not None
+    buffer = b""
+    with trio.move_on_after(SIM_START_SECS):
+        while b"\n" not in buffer:
+            chunk = await process.stdout.receive_some()
+            if not chunk:
+                break
+            buffer += chunk
+    try:
+        report = json.loads(buffer.partition(b"\n")[0])
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+async def _stop_child(process: trio.Process) -> None:
+    assert process.stdin is not None and process.stdout is not None
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await process.stdin.aclose()  # end of file: the child stops its servers and exits
+    if process.returncode is None:
+        with trio.move_on_after(SIM_STOP_SECS):
+            await process.wait()
+        if process.returncode is None:
+            log.warning("the simulated workers (pid %d) did not stop within %gs: killing them", process.pid, SIM_STOP_SECS)
+            process.kill()
+            await process.wait()
+    await process.stdout.aclose()
+
+
+def describe_exit(code: int) -> str:
+    """A child's exit status in words: 'exit code 1', 'killed by SIGKILL'."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
+def sim_flags(sim: SimConfig) -> list[str]:
+    """The `smg sim-worker` flags that reproduce `sim` in a child process."""
+    out = []
+    for key, value in sim.as_dict().items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                out.append(flag)
+        else:
+            out += [flag, str(value)]
+    return out

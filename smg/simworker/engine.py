@@ -1,0 +1,189 @@
+"""Timing and fault model of a simulated inference engine (sans-IO).
+
+The trio shell in `smg.simworker.app` asks this model how long to wait and
+whether to misbehave; the model itself never sleeps and never reads a clock.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+from hashlib import blake2b
+from typing import Any
+
+from smg.simworker.kvcache import PrefixKVCache
+
+VOCABULARY = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "gateways",
+    "route",
+    "tokens",
+    "to",
+    "engines",
+    "that",
+    "cache",
+    "prefixes",
+    "and",
+    "stream",
+    "answers",
+    "back",
+    "to",
+    "patient",
+    "clients",
+]
+
+
+@dataclass
+class SimConfig:
+    """Knobs of one simulated worker; the fault knobs can change at run time."""
+
+    model: str = "sim-model"
+    seed: int = 0
+    ttft_ms: float = 2.0
+    prefill_tokens_per_sec: float = 50_000.0
+    tpot_ms: float = 1.0
+    batch_slowdown: float = 0.02
+    max_running: int = 64
+    cache_blocks: int = 8192
+    output_tokens: int = 16
+    embedding_dim: int = 16
+    owned_by: str = "sglang"
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    unhealthy: bool = False
+    hang_rate: float = 0.0
+    die_mid_stream_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("fail_rate", "hang_rate", "die_mid_stream_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        for name in ("ttft_ms", "tpot_ms", "batch_slowdown"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.prefill_tokens_per_sec <= 0:
+            raise ValueError("prefill_tokens_per_sec must be positive")
+        for name in ("max_running", "cache_blocks", "embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.output_tokens < 0:
+            raise ValueError("output_tokens must not be negative")
+        if not 100 <= self.fail_status <= 599:
+            raise ValueError(f"fail_status must be an HTTP status, got {self.fail_status}")
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply `changes` atomically: unknown keys or bad values change nothing."""
+        known = {f.name: f.type for f in fields(self)}
+        unknown = sorted(set(changes) - set(known) - {"model"})
+        if unknown or "model" in changes:
+            raise ValueError(f"cannot change: {', '.join(unknown or ['model'])}")
+        candidate = SimConfig(**{**asdict(self), **changes})
+        for key in changes:
+            setattr(self, key, getattr(candidate, key))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Outcome:
+    """What the engine decided to do with one request."""
+
+    fail: bool = False
+    hang: bool = False
+    die_after_tokens: int | None = None  # the stream breaks off half-way through the event after this many tokens
+
+
+class SimEngine:
+    """Cache, queueing figures and deterministic choices of one worker."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.cache = PrefixKVCache(config.cache_blocks)
+        self._faults = random.Random(config.seed)
+        self.running = 0
+        self.waiting = 0
+        self.requests = 0
+        self.completion_tokens = 0
+        self.failures_injected = 0
+
+    def decide(self, output_tokens: int) -> Outcome:
+        """Draw this request's faults from the seeded stream."""
+        cfg = self.config
+        draw = self._faults.random
+        if cfg.fail_rate and draw() < cfg.fail_rate:
+            self.failures_injected += 1
+            return Outcome(fail=True)
+        if cfg.hang_rate and draw() < cfg.hang_rate:
+            self.failures_injected += 1
+            return Outcome(hang=True)
+        if cfg.die_mid_stream_rate and draw() < cfg.die_mid_stream_rate:
+            self.failures_injected += 1
+            return Outcome(die_after_tokens=output_tokens // 2)
+        return Outcome()
+
+    def ttft_secs(self, uncached_tokens: int) -> float:
+        cfg = self.config
+        return cfg.ttft_ms / 1000.0 + uncached_tokens / cfg.prefill_tokens_per_sec
+
+    def tpot_secs(self) -> float:
+        """Decode time per token, slower as the running batch grows."""
+        cfg = self.config
+        return cfg.tpot_ms / 1000.0 * (1.0 + cfg.batch_slowdown * max(0, self.running - 1))
+
+    def output_words(self, prompt: str, count: int) -> list[str]:
+        """The same prompt always yields the same answer under one seed."""
+        digest = blake2b(prompt.encode(), digest_size=8, key=str(self.config.seed).encode())
+        rng = random.Random(int.from_bytes(digest.digest(), "big"))
+        return [rng.choice(VOCABULARY) for _ in range(count)]
+
+    def embedding(self, text: str) -> list[float]:
+        dim = self.config.embedding_dim
+        raw = blake2b(text.encode(), digest_size=min(64, dim * 2)).digest()
+        values = [(raw[i % len(raw)] - 127.5) / 127.5 for i in range(dim)]
+        norm = sum(v * v for v in values) ** 0.5 or 1.0
+        return [round(v / norm, 6) for v in values]
+
+    def load_report(self) -> dict[str, Any]:
+        """Engine load in the SGLang `/v1/loads` shape (one data-parallel rank)."""
+        capacity = self.config.cache_blocks * self.cache.block_tokens
+        used = len(self.cache) * self.cache.block_tokens
+        return {
+            "dp_rank": 0,
+            "num_running_reqs": self.running,
+            "num_waiting_reqs": self.waiting,
+            "num_total_reqs": self.running + self.waiting,
+            "num_used_tokens": used,
+            "max_total_num_tokens": capacity,
+            "token_usage": round(used / capacity, 4),
+            "cache_hit_rate": round(self.cache.stats.hit_rate, 4),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        cache = self.cache.stats
+        return {
+            "model": self.config.model,
+            "requests": self.requests,
+            "running": self.running,
+            "waiting": self.waiting,
+            "prompt_tokens": cache.prompt_tokens,
+            "cached_tokens": cache.cached_tokens,
+            "cache_hit_rate": round(cache.hit_rate, 4),
+            "cache_blocks": len(self.cache),
+            "cache_evictions": cache.evictions,
+            "completion_tokens": self.completion_tokens,
+            "failures_injected": self.failures_injected,
+        }

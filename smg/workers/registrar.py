@@ -1,0 +1,284 @@
+"""Worker discovery, health probing and removal, plus control-plane calls (httpx).
+
+A new worker is discovered by `GET /health` and `GET /v1/models` (which
+names what it serves), retrying with backoff up to
+`--worker-startup-timeout-secs`; its health machine then needs
+`--health-success-threshold` good probes to become ready. A worker that is
+not ready yet is logged at its first failure and then once a minute, with the
+error: the start-up timeout is 30 minutes by default, and an unreachable URL
+must not stay pending that long without a word. A periodic loop
+probes every discovered worker each `--health-check-interval-secs` and feeds
+the results to its `HealthMachine`. Every task runs in the registrar's
+nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import trio
+
+from smg.workers.health import HealthState
+from smg.workers.registry import Worker, WorkerRegistry
+
+log = logging.getLogger("smg.workers")
+
+DISCOVERY_TIMEOUT = httpx.Timeout(5.0)
+FIRST_RETRY_SECS = 0.1
+STARTUP_LOG_SECS = 60.0  # a worker still starting up is logged this often
+
+
+class Registrar:
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        *,
+        startup_timeout: float,
+        check_interval: float,
+        health_interval: float = 10.0,
+        health_timeout: float = 5.0,
+        health_endpoint: str = "/health",
+        health_checks: bool = True,
+        remove_failed: bool = False,
+        load_interval: float | None = None,
+        api_key: str | None = None,
+        on_change: Callable[[], None] = lambda: None,
+        startup_log_secs: float = STARTUP_LOG_SECS,
+    ) -> None:
+        self.registry = registry
+        self.startup_timeout = startup_timeout
+        self.check_interval = check_interval
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
+        self.health_endpoint = health_endpoint
+        self.health_checks = health_checks
+        self.remove_failed = remove_failed
+        self.load_interval = load_interval
+        self.api_key = api_key
+        self.on_change = on_change
+        self.startup_log_secs = startup_log_secs
+        self.on_removed: Callable[[Worker], None] = lambda worker: None
+        # with the HA mesh: only a worker's health owners probe it, and they publish each result
+        self.should_check: Callable[[Worker], bool] = lambda worker: True
+        self.on_checked: Callable[[Worker, bool], None] = lambda worker, ok: None
+        self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT)
+        self._nursery: trio.Nursery | None = None
+        self._probes: dict[str, trio.CancelScope] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery every probe and drain runs in, until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.health_checks:
+                    nursery.start_soon(self._health_loop)
+                if self.load_interval:
+                    nursery.start_soon(self._load_loop, self.load_interval)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.client.aclose()
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is None:
+            raise RuntimeError("registrar is not running")
+        self._nursery.start_soon(fn, *args)
+
+    def headers_for(self, worker: Worker) -> dict[str, str]:
+        key = worker.api_key or self.api_key
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    # -- discovery ------------------------------------------------------------
+
+    def register(self, worker: Worker) -> None:
+        """Discover `worker` in the background until it is ready or the start-up timeout passes."""
+        previous = self._probes.pop(worker.id, None)
+        if previous is not None:
+            previous.cancel()
+        worker.health.reset()
+        worker.discovered = False
+        self.changed()
+        self._spawn(self._start_up, worker)
+
+    async def _start_up(self, worker: Worker) -> None:
+        with trio.CancelScope() as scope:
+            self._probes[worker.id] = scope
+            deadline = trio.current_time() + self.startup_timeout
+            delay = FIRST_RETRY_SECS
+            attempt = 0
+            next_log = -float("inf")
+            while True:
+                attempt += 1
+                ok = await self._start_up_step(worker)
+                if not self.health_checks:
+                    if worker.discovered:
+                        worker.health.reset(HealthState.READY)
+                else:
+                    worker.health.observe_startup(ok)
+                if worker.health.state is HealthState.READY:
+                    worker.last_error = None
+                    log.info("worker %s ready: models %s (%s)", worker.url, ", ".join(worker.models), worker.runtime_type)
+                    break
+                now = trio.current_time()
+                if now + delay > deadline:
+                    worker.health.reset(HealthState.FAILED)
+                    log.error("worker %s failed to become ready after %d attempts: %s", worker.url, attempt, worker.last_error)
+                    break
+                if not ok and now >= next_log:
+                    next_log = now + self.startup_log_secs
+                    log.warning(
+                        "worker %s not ready after %d attempts: %s (retrying until --worker-startup-timeout-secs, %.0fs left)",
+                        worker.url,
+                        attempt,
+                        worker.last_error,
+                        deadline - now,
+                    )
+                await trio.sleep(delay)
+                delay = min(self.check_interval, delay * 2)
+            self.changed()
+        if self._probes.get(worker.id) is scope:
+            del self._probes[worker.id]
+
+    async def _start_up_step(self, worker: Worker) -> bool:
+        """Discover the models first; after that, probe health."""
+        if worker.discovered:
+            return await self.probe_health(worker)
+        try:
+            await self._discover_models(worker)
+        except httpx.HTTPError as exc:
+            worker.last_error = f"discovery: {type(exc).__name__}: {exc}"
+            return False
+        except ValueError as exc:
+            worker.last_error = str(exc)
+            return False
+        worker.discovered = True
+        return True
+
+    async def _discover_models(self, worker: Worker) -> None:
+        if not await self.probe_health(worker):
+            raise ValueError(worker.last_error)
+        response = await self.client.get(worker.url + "/v1/models", headers=self.headers_for(worker))
+        if response.status_code != 200:
+            raise ValueError(f"/v1/models answered {response.status_code}")
+        data = response.json().get("data")
+        if not isinstance(data, list) or not data:
+            raise ValueError("/v1/models lists no model")
+        models = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if not models:
+            raise ValueError("/v1/models lists no model id")
+        worker.models = models
+        worker.runtime_type = str(data[0].get("owned_by") or "unknown")
+
+    async def probe_health(self, worker: Worker) -> bool:
+        try:
+            response = await self.client.get(
+                worker.url + self.health_endpoint, headers=self.headers_for(worker), timeout=self.health_timeout
+            )
+        except httpx.HTTPError as exc:
+            worker.last_error = f"health probe: {type(exc).__name__}: {exc}"
+            return False
+        if response.status_code != 200:
+            worker.last_error = f"health probe answered {response.status_code}"
+            return False
+        return True
+
+    # -- periodic health checks ---------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await trio.sleep(self.health_interval)
+            workers = [
+                w
+                for w in self.registry
+                if w.discovered and not w.draining and w.health.state is not HealthState.PENDING and self.should_check(w)
+            ]
+            async with trio.open_nursery() as nursery:
+                for worker in workers:
+                    nursery.start_soon(self._check, worker)
+
+    async def _check(self, worker: Worker) -> None:
+        ok = await self.probe_health(worker)
+        if worker.draining or self.registry.get(worker.id) is not worker:
+            return  # removed or draining while the probe was out
+        transition = worker.health.observe(ok)
+        self.on_checked(worker, ok)
+        if transition is None:
+            return
+        if transition.new is HealthState.READY:
+            worker.last_error = None
+            log.info("worker %s is healthy again (%s -> ready)", worker.url, transition.old.value)
+        else:
+            log.warning("worker %s: %s -> %s (%s)", worker.url, transition.old.value, transition.new.value, worker.last_error)
+        if transition.new is HealthState.FAILED and self.remove_failed:
+            self.registry.remove(worker.id)
+            log.warning("worker %s removed after %d failed probes", worker.url, worker.health.failures)
+            self.on_removed(worker)
+        self.changed()
+
+    # -- load monitor -------------------------------------------------------
+
+    async def _load_loop(self, interval: float) -> None:
+        """Poll each routable worker's /v1/loads; a worker that does not answer reports 0."""
+        while True:
+            workers = self.registry.available_any()
+            for worker, result in await self.fan_out("GET", "/v1/loads", workers):
+                worker.reported_load = reported_load(result)
+            await trio.sleep(interval)
+
+    # -- removal ------------------------------------------------------------
+
+    def drain_and_remove(self, worker: Worker, grace: float) -> None:
+        """Stop routing to `worker` now; forget it when its requests finish."""
+        probe = self._probes.pop(worker.id, None)
+        if probe is not None:
+            probe.cancel()
+        worker.draining = True
+        self.changed()
+        self._spawn(self._remove_when_idle, worker, grace)
+
+    async def _remove_when_idle(self, worker: Worker, grace: float) -> None:
+        with trio.move_on_after(grace):
+            while worker.in_flight:
+                await trio.sleep(0.05)
+        if self.registry.get(worker.id) is worker:
+            self.registry.remove(worker.id)
+            log.info("worker %s removed", worker.url)
+            self.changed()
+
+    def changed(self) -> None:
+        """The set of routable workers may have changed: reindex, tell the context."""
+        self.registry.refresh()
+        self.on_change()
+
+    # -- fan-out ------------------------------------------------------------
+
+    async def fan_out(self, method: str, path: str, workers: list[Worker]) -> list[tuple[Worker, httpx.Response | Exception]]:
+        """Call `path` on every worker concurrently; results in worker order."""
+        results: list[httpx.Response | Exception | None] = [None] * len(workers)
+
+        async def call(i: int, worker: Worker) -> None:
+            try:
+                results[i] = await self.client.request(method, worker.url + path, headers=self.headers_for(worker))
+            except httpx.HTTPError as exc:
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, worker in enumerate(workers):
+                nursery.start_soon(call, i, worker)
+        return [(w, r) for w, r in zip(workers, results, strict=True) if r is not None]
+
+
+def reported_load(result: httpx.Response | Exception) -> int:
+    """Running + waiting requests over all data-parallel ranks of an SGLang-style load report."""
+    if isinstance(result, Exception) or result.status_code != 200:
+        return 0
+    try:
+        ranks = result.json().get("loads", [])
+        return sum(int(r.get("num_running_reqs", 0)) + int(r.get("num_waiting_reqs", 0)) for r in ranks if isinstance(r, dict))
+    except (ValueError, TypeError, AttributeError):
+        return 0

@@ -1,0 +1,205 @@
+"""Workers and the registry the data plane picks from (sans-IO)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any
+from urllib.parse import urlsplit
+
+from smg.workers.breaker import BreakerConfig, CircuitBreaker
+from smg.workers.health import HealthConfig, HealthMachine, HealthState
+
+DRAINING = "draining"  # the status of a worker being removed: no new requests, in-flight ones finish
+
+
+def normalize_url(url: str) -> str:
+    """Canonical form of a worker URL: the same worker has the same id everywhere."""
+    raw = url.strip()
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urlsplit(raw)
+    scheme = parts.scheme.lower()
+    if scheme == "grpc":
+        raise ValueError(f"gRPC workers are not supported yet: '{url}' (use the worker's http:// endpoint)")
+    if scheme not in ("http", "https"):
+        raise ValueError(f"unsupported scheme in worker URL '{url}' (use http or https)")
+    if not parts.hostname:
+        raise ValueError(f"worker URL '{url}' has no host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"worker URL '{url}' must not have a query or fragment")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"worker URL '{url}' has an invalid port") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def worker_id_for(normalized_url: str) -> str:
+    return blake2b(normalized_url.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the upstream client connects, parsed once per worker."""
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    host_header: bytes
+
+    @classmethod
+    def parse(cls, normalized_url: str) -> Origin:
+        parts = urlsplit(normalized_url)
+        host = parts.hostname or ""
+        port = parts.port or 80
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return cls(parts.scheme, host, port, parts.path, netloc.encode())
+
+
+@dataclass(eq=False)
+class Worker:
+    url: str
+    id: str
+    origin: Origin
+    models: list[str] = field(default_factory=list)
+    runtime_type: str = "unknown"
+    labels: dict[str, str] = field(default_factory=dict)
+    priority: int = 50
+    cost: float = 1.0
+    api_key: str | None = None
+    in_flight: int = 0
+    last_error: str | None = None
+    health: HealthMachine = field(default_factory=lambda: HealthMachine(HealthConfig()))
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(BreakerConfig()))
+    discovered: bool = False  # /v1/models answered: the worker's models are known
+    draining: bool = False
+    reported_load: int = 0  # running + waiting from the worker's /v1/loads (load monitor), else 0
+    peer_in_flight: int = 0  # HA mesh: requests other gateways have in flight on it
+    cluster_down: bool = False  # HA mesh: the majority of its health owners report it unhealthy
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        health: HealthConfig | None = None,
+        breaker: BreakerConfig | None = None,
+        **settings: Any,
+    ) -> Worker:
+        normalized = normalize_url(url)
+        worker = cls(url=normalized, id=worker_id_for(normalized), origin=Origin.parse(normalized), **settings)
+        if health is not None:
+            worker.health = HealthMachine(health)
+        if breaker is not None:
+            worker.breaker = CircuitBreaker(breaker)
+        return worker
+
+    @property
+    def status(self) -> str:
+        if self.draining:
+            return DRAINING
+        if self.cluster_down and self.health.state is HealthState.READY:
+            return HealthState.NOT_READY.value  # by its health owners' verdict
+        return self.health.state.value
+
+    @property
+    def is_routable(self) -> bool:
+        """Healthy and not draining; the breaker is asked separately, at pick time."""
+        return self.health.state is HealthState.READY and not self.draining and not self.cluster_down
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "url": self.url,
+            "model_id": self.models[0] if self.models else None,
+            "models": list(self.models),
+            "worker_type": "regular",
+            "connection_mode": "http",
+            "runtime_type": self.runtime_type,
+            "labels": dict(self.labels),
+            "priority": self.priority,
+            "cost": self.cost,
+            "is_healthy": self.is_routable,
+            "status": self.status,
+            "circuit_breaker": self.breaker.state.value,
+            "load": self.in_flight,
+            "cluster_load": self.in_flight + self.peer_in_flight,
+            "last_error": self.last_error,
+        }
+
+
+class DuplicateWorker(Exception):
+    pass
+
+
+class WorkerRegistry:
+    """All known workers, plus an index of available ones per model for the hot path."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Worker] = {}
+        self._available: dict[str, list[Worker]] = {}
+        self._serving: dict[str, list[Worker]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._by_id.values()))
+
+    def get(self, worker_id: str) -> Worker | None:
+        return self._by_id.get(worker_id)
+
+    def add(self, worker: Worker) -> None:
+        if worker.id in self._by_id:
+            raise DuplicateWorker(worker.url)
+        self._by_id[worker.id] = worker
+        self.refresh()
+
+    def remove(self, worker_id: str) -> Worker | None:
+        worker = self._by_id.pop(worker_id, None)
+        self.refresh()
+        return worker
+
+    def refresh(self) -> None:
+        """Rebuild the per-model index; call after any status or model change."""
+        available: dict[str, list[Worker]] = {}
+        serving: dict[str, list[Worker]] = {}
+        for worker in self._by_id.values():
+            for model in worker.models:
+                serving.setdefault(model, []).append(worker)
+                if worker.is_routable:
+                    available.setdefault(model, []).append(worker)
+        self._available = available
+        self._serving = serving
+
+    def available(self, model: str) -> list[Worker]:
+        """Routable workers of `model` (breakers not yet consulted)."""
+        return self._available.get(model, [])
+
+    def serving(self, model: str) -> list[Worker]:
+        """Every worker that lists `model`, whatever its state, in registration order."""
+        return self._serving.get(model, [])
+
+    def available_any(self) -> list[Worker]:
+        return [w for w in self._by_id.values() if w.is_routable]
+
+    def serves(self, model: str) -> bool:
+        """Whether any known worker (available or not) lists `model`."""
+        return any(model in w.models for w in self._by_id.values())
+
+    def models(self) -> dict[str, Worker]:
+        """Each served model with one worker that serves it (for `/v1/models`)."""
+        out: dict[str, Worker] = {}
+        for worker in self._by_id.values():
+            if worker.is_routable:
+                for model in worker.models:
+                    out.setdefault(model, worker)
+        return out
+
+    def healthy_count(self) -> int:
+        return sum(1 for w in self._by_id.values() if w.is_routable)
