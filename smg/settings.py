@@ -1,17 +1,273 @@
-"""What every concern's settings share: the one-line start-up error.
+"""Settings declared once: a dataclass field carries its flag spellings, help, group,
+environment variable and checks, and the command line is generated from it.
 
-Each concern declares its own settings beside its code (`smg.storage.settings`,
-...); `smg.config.GatewayConfig` composes them. This module sits below all of
-them so that any layer can refuse a bad value the same way.
+A setting is declared with `setting(default, "--flag", "--alias", help=...)` on a
+frozen dataclass (`smg.config.GatewayConfig`, `smg.storage.settings.HistorySettings`,
+`smg.simworker.engine.SimConfig`); `add_arguments` builds the argparse groups from
+those fields, `values_from` reads a parsed namespace back into field values, and
+`check_fields` runs each field's own checks. So a new flag is one field: nothing
+else has to agree with it. The module sits below every other so that each concern
+can declare its settings beside its code and refuse a bad value the same way.
 """
 
 from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any
+
+SETTING = "smg.setting"  # the key of a field's metadata that holds its `Flag`
+
+Check = Callable[[str, Any], None]  # (flag spelling, value) -> None, or ConfigError
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line for the user (exit status 2)."""
 
 
-def check_port(flag: str, value: int) -> None:
+@dataclass(frozen=True)
+class Flag:
+    """How one setting is spelled and checked on the command line."""
+
+    names: tuple[str, ...]  # the first is the canonical spelling (used in messages)
+    help: str
+    group: str = ""
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    env: str | None = None  # read when no flag is given (a list: comma-separated)
+    # tuple settings: "+" (`--flag a b`, at least one), "*" (`--flag` alone clears the
+    # list), "append" (`--flag a --flag b`) or "csv" (`--flag a,b`, also repeatable and
+    # space-separated)
+    many: str = "+"
+    checks: tuple[Check, ...] = ()
+    hidden: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+def setting(
+    default: Any,
+    *names: str,
+    help: str,
+    group: str = "",
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    env: str | None = None,
+    many: str = "+",
+    check: Check | Sequence[Check] = (),
+    hidden: bool = False,
+) -> Any:
+    """A dataclass field that is also a command-line flag (see the module docstring)."""
+    if not names or not all(name.startswith("--") for name in names):
+        raise ValueError(f"a setting needs --flag spellings, got {names!r}")
+    if not help:
+        raise ValueError(f"setting {names[0]}: say what it does in help")
+    if many not in ("+", "*", "append", "csv"):
+        raise ValueError(f"unknown list style '{many}'")
+    checks = (check,) if callable(check) else tuple(check)
+    flag = Flag(tuple(names), help, group, tuple(choices) if choices else None, metavar, env, many, checks, hidden)
+    return field(default=default, metadata={SETTING: flag})
+
+
+def flag_of(f: Field[Any]) -> Flag | None:
+    flag = f.metadata.get(SETTING)
+    return flag if isinstance(flag, Flag) else None
+
+
+def settings_of(cls: type) -> list[tuple[Field[Any], Flag]]:
+    """The fields of a settings dataclass that are flags, in declaration order."""
+    return [(f, flag) for f in fields(cls) if (flag := flag_of(f)) is not None]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a field's annotation says about parsing it: the item type, a list or not."""
+
+    item: type
+    is_list: bool
+    optional: bool
+
+
+def shape_of(cls: type, name: str) -> Shape:
+    hint = typing.get_type_hints(cls)[name]
+    optional = False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        optional = len(rest) < len(args)
+        if len(rest) != 1:
+            raise TypeError(f"setting {name}: unsupported type {hint}")
+        hint = rest[0]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"setting {name}: lists are tuple[T, ...], got {hint}")
+        return Shape(args[0], True, optional)
+    if hint not in (bool, int, float, str):
+        raise TypeError(f"setting {name}: unsupported type {hint}")
+    return Shape(hint, False, optional)
+
+
+def _default_text(f: Field[Any]) -> str | None:
+    default = f.default if f.default is not MISSING else None
+    if default is None or default is False or default == "" or default == ():
+        return None
+    if isinstance(default, tuple):
+        return " ".join(str(v) for v in default)
+    return str(default)
+
+
+def help_text(f: Field[Any], flag: Flag) -> str:
+    """The declared help plus the default (unless the help already speaks of it)."""
+    text = flag.help
+    default = _default_text(f)
+    if default is not None and "default" not in text:
+        text = f"{text} (default: {default})" if text else f"(default: {default})"
+    if flag.env and "$" not in text:
+        text += f" (environment: ${flag.env})"
+    return text.replace("%", "%%")
+
+
+def _csv(item: type) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        return [item(part.strip()) for part in text.split(",") if part.strip()]
+
+    return parse
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    dest_prefix: str = "",
+    flag_prefix: str = "",
+    group_order: Sequence[str] = (),
+) -> None:
+    """One argparse argument per setting of `cls`, in its declared group.
+
+    Defaults are left out of the namespace (`argparse.SUPPRESS`): `values_from`
+    takes an absent flag from the environment variable, else from the field's
+    default, so the dataclass stays the one place a default is written.
+    """
+    groups: dict[str, Any] = {title: parser.add_argument_group(title) for title in group_order}
+    for f, flag in settings_of(cls):
+        title = flag.group
+        if title and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target = groups[title] if title else parser
+        shape = shape_of(cls, f.name)
+        kwargs: dict[str, Any] = {
+            "dest": dest_prefix + f.name,
+            "default": argparse.SUPPRESS,
+            "help": argparse.SUPPRESS if flag.hidden else help_text(f, flag),
+        }
+        if flag.metavar:
+            kwargs["metavar"] = flag.metavar
+        if shape.item is bool and not shape.is_list:
+            if f.default is not False:
+                raise TypeError(f"setting {f.name}: a switch must default to False")
+            kwargs["action"] = "store_true"
+        elif shape.is_list:
+            if flag.many == "append":
+                kwargs.update(action="append", type=shape.item)
+            elif flag.many == "csv":  # split in `values_from`, so `a,b c` is three items
+                kwargs.update(action="extend", nargs="+")
+            else:
+                kwargs.update(action="extend", nargs=flag.many, type=shape.item)
+            if flag.choices:
+                kwargs["choices"] = list(flag.choices)
+        else:
+            kwargs["type"] = shape.item
+            if flag.choices:
+                kwargs["choices"] = list(flag.choices)
+        names = [f"--{flag_prefix}{name[2:]}" for name in flag.names]
+        target.add_argument(*names, **kwargs)
+
+
+def values_from(cls: type, namespace: argparse.Namespace, *, dest_prefix: str = "") -> dict[str, Any]:
+    """Field values for `cls(**values)`: flags given, else environment variables; absent ones keep the default."""
+    values: dict[str, Any] = {}
+    for f, flag in settings_of(cls):
+        shape = shape_of(cls, f.name)
+        dest = dest_prefix + f.name
+        if hasattr(namespace, dest):
+            value = getattr(namespace, dest)
+            if flag.many == "csv" and shape.is_list:
+                try:
+                    value = [item for text in value for item in _csv(shape.item)(text)]
+                except ValueError:
+                    raise ConfigError(f"{flag.name}: '{' '.join(value)}' is not a comma-separated list") from None
+            values[f.name] = tuple(value) if shape.is_list else value
+        elif flag.env and os.environ.get(flag.env):
+            text = os.environ[flag.env]
+            try:
+                values[f.name] = tuple(_csv(shape.item)(text)) if shape.is_list else _from_text(shape.item, text)
+            except ValueError:
+                raise ConfigError(f"${flag.env}: '{text}' is not a valid {flag.name}") from None
+    return values
+
+
+def _from_text(item: type, text: str) -> Any:
+    if item is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(text)
+        return lowered in ("1", "true", "yes", "on")
+    return item(text)
+
+
+def check_fields(settings: object) -> None:
+    """Each setting's choices and declared checks, in declaration order."""
+    for f, flag in settings_of(type(settings)):
+        value = getattr(settings, f.name)
+        if flag.choices is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                if item not in flag.choices:
+                    raise ConfigError(f"{flag.name} must be one of {', '.join(flag.choices)}, got '{item}'")
+        if value is None:
+            continue
+        for check in flag.checks:
+            check(flag.name, value)
+
+
+# Checks a setting can declare. Each is (flag, value) -> None, raising ConfigError with one line.
+
+
+def positive(flag: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{flag} must be positive, got {value}")
+
+
+def at_least(low: int) -> Check:
+    def check(flag: str, value: int) -> None:
+        if value < low:
+            raise ConfigError(f"{flag} must be at least {low}, got {value}")
+
+    return check
+
+
+def non_negative(note: str = "") -> Check:
+    """`note` says what 0 (or the edge) means, e.g. "0 disables it"."""
+
+    def check(flag: str, value: float) -> None:
+        if value < 0:
+            detail = f" ({note})" if note else ""
+            raise ConfigError(f"{flag} must not be negative{detail}, got {value}")
+
+    return check
+
+
+def port_number(flag: str, value: int) -> None:
     if not 0 <= value <= 65535:
         raise ConfigError(f"{flag} must be between 0 and 65535, got {value}")
+
+
+def existing_file(flag: str, value: str) -> None:
+    if value and not os.path.isfile(value):
+        raise ConfigError(f"{flag}: no such file: {value}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from chaos.compose import load
-from smg.cli import build_parser
+from smg.cli import build_parser, gateway_config_from
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,10 +33,10 @@ def test_the_compose_topology_translates_to_loopback_commands_the_cli_accepts() 
         command, rest = ("sim-worker", args[1:]) if args[0] == "sim-worker" else ("launch", args)
         parsed = build_parser(command).parse_args(rest)
         assert parsed.host == service.address
-    mesh = build_parser("launch").parse_args(gateways[0].command[3:])
+    mesh = gateway_config_from(build_parser("launch").parse_args(gateways[0].command[3:]))
     assert mesh.ha_mesh and mesh.mesh_advertise_host == "127.0.0.20"
-    assert mesh.mesh_seeds == ["127.0.0.21:39527", "127.0.0.22:39527"]
-    assert mesh.worker_urls == ["http://127.0.0.50:8000", "http://127.0.0.51:8000"]
+    assert mesh.mesh_seeds == ("127.0.0.21:39527", "127.0.0.22:39527")
+    assert mesh.worker_urls == ("http://127.0.0.50:8000", "http://127.0.0.51:8000")
 
 
 def test_the_image_runs_smg_as_a_non_root_user_with_a_healthcheck() -> None:

@@ -5,30 +5,98 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from smg.settings import ConfigError
+from smg.settings import ConfigError, at_least, non_negative, positive, setting
 from smg.storage.lock import check
 
 HISTORY_BACKENDS = ("sqlite", "memory", "postgres", "redis", "none")
 
 
+def _retention_days(flag: str, days: int) -> None:
+    if days != -1 and days < 1:
+        raise ConfigError(f"{flag} must be at least 1, or -1 to keep records")
+
+
+G_HISTORY = "history storage (Conversations and Responses APIs)"
+
+
 @dataclass(frozen=True)
 class HistorySettings:
-    history_backend: str = "sqlite"
-    history_db_path: str = ""  # "" = default_history_db_path()
-    history_memory_max_responses: int = 10_000
-    history_memory_max_items: int = 100_000
-    history_memory_retention_secs: float = 86_400.0
-    postgres_db_url: str | None = None
-    postgres_pool_max: int = 16
-    postgres_op_timeout_secs: float = 5.0
-    redis_url: str | None = None
-    redis_pool_max: int = 16
-    redis_retention_days: int = 30
-    redis_op_timeout_secs: float = 5.0
+    """Where conversations and stored responses live; `smg.config.GatewayConfig` composes it."""
+
+    history_backend: str = setting(
+        "sqlite",
+        "--history-backend",
+        choices=HISTORY_BACKENDS,
+        help="where conversations and stored responses live: sqlite (an embedded file; the default), memory (bounded, lost on restart), postgres (shared by a cluster), redis, none (APIs off)",
+        group=G_HISTORY,
+    )
+    history_db_path: str = setting(
+        "",
+        "--history-db-path",
+        metavar="FILE",
+        help="sqlite: the database file (default: $SMG_HISTORY_DB_PATH, else ~/.local/share/smg/history.db)",
+        group=G_HISTORY,
+    )
+    history_memory_max_responses: int = setting(
+        10000,
+        "--history-memory-max-responses",
+        check=at_least(1),
+        help="memory: stored responses kept, the oldest go first",
+        group=G_HISTORY,
+    )
+    history_memory_max_items: int = setting(
+        100000,
+        "--history-memory-max-items",
+        check=at_least(1),
+        help="memory: conversation items kept; the least recently used conversations go first, whole",
+        group=G_HISTORY,
+    )
+    history_memory_retention_secs: float = setting(
+        86400.0,
+        "--history-memory-retention-secs",
+        check=non_negative("0 keeps records until a bound drops them"),
+        help="memory: a conversation is dropped this long after its last use, a response this long after it was stored; 0 keeps them until a bound drops them",
+        group=G_HISTORY,
+    )
+    postgres_db_url: str | None = setting(
+        None,
+        "--postgres-db-url",
+        metavar="URL",
+        env="POSTGRES_DB_URL",
+        help="postgres: e.g. postgres://user:password@host:5432/db (default: $POSTGRES_DB_URL)",
+        group=G_HISTORY,
+    )
+    postgres_pool_max: int = setting(
+        16, "--postgres-pool-max", check=at_least(1), help="postgres: most connections", group=G_HISTORY
+    )
+    postgres_op_timeout_secs: float = setting(
+        5.0,
+        "--postgres-op-timeout-secs",
+        check=positive,
+        help="postgres: bound on each storage call (pool wait, connect, statement); past it: 503 storage_unavailable",
+        group=G_HISTORY,
+    )
+    redis_url: str | None = setting(
+        None, "--redis-url", metavar="URL", env="REDIS_URL", help="redis: (default: $REDIS_URL)", group=G_HISTORY
+    )
+    redis_pool_max: int = setting(16, "--redis-pool-max", check=at_least(1), help="redis: most connections", group=G_HISTORY)
+    redis_retention_days: int = setting(
+        30,
+        "--redis-retention-days",
+        check=_retention_days,
+        help="redis: records expire this many days after their last write; -1 keeps them",
+        group=G_HISTORY,
+    )
+    redis_op_timeout_secs: float = setting(
+        5.0,
+        "--redis-op-timeout-secs",
+        check=positive,
+        help="redis: bound on each storage call; past it: 503 storage_unavailable",
+        group=G_HISTORY,
+    )
 
     def validate_history(self) -> None:
-        if self.history_backend not in HISTORY_BACKENDS:
-            raise ConfigError(f"--history-backend must be one of {', '.join(HISTORY_BACKENDS)}, got '{self.history_backend}'")
+        """What involves several fields or the machine (each field's own checks run in `check_fields`)."""
         if self.history_backend == "sqlite":
             folder = os.path.dirname(os.path.abspath(self.history_path()))
             while not os.path.exists(folder):
@@ -46,24 +114,6 @@ class HistorySettings:
             raise ConfigError("--history-backend postgres needs --postgres-db-url (or $POSTGRES_DB_URL)")
         if self.history_backend == "redis" and not self.redis_url:
             raise ConfigError("--history-backend redis needs --redis-url (or $REDIS_URL)")
-        for flag, value in (
-            ("--history-memory-max-responses", self.history_memory_max_responses),
-            ("--history-memory-max-items", self.history_memory_max_items),
-            ("--postgres-pool-max", self.postgres_pool_max),
-            ("--redis-pool-max", self.redis_pool_max),
-        ):
-            if value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
-        for flag, seconds in (
-            ("--postgres-op-timeout-secs", self.postgres_op_timeout_secs),
-            ("--redis-op-timeout-secs", self.redis_op_timeout_secs),
-        ):
-            if not seconds > 0:
-                raise ConfigError(f"{flag} must be positive, got {seconds}")
-        if self.history_memory_retention_secs < 0:
-            raise ConfigError("--history-memory-retention-secs must not be negative (0 keeps records until a bound drops them)")
-        if self.redis_retention_days != -1 and self.redis_retention_days < 1:
-            raise ConfigError("--redis-retention-days must be at least 1, or -1 to keep records")
 
     def history_path(self) -> str:
         """The SQLite file: --history-db-path, else $SMG_HISTORY_DB_PATH, else the user's data directory."""

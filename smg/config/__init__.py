@@ -1,0 +1,74 @@
+"""Gateway configuration: one frozen dataclass whose fields are the flags, validated once at start-up.
+
+Every field is declared once, with `smg.settings.setting`, in the module of its
+help group: `server`, `workers` (with health, breaker and retries), `policy`,
+`admission`, `observability`, `mesh`, and history in `smg.storage.settings`. A
+field carries its flag spellings (the reference's aliases included), help and
+checks; `smg.cli` generates the command line from it. `GatewayConfig` composes
+the groups and keeps the checks that involve several of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smg.config.admission import G_ADMISSION, AdmissionSettings
+from smg.config.mesh import G_MESH, MeshSettings
+from smg.config.observability import G_LOGS, LOG_LEVELS, ObservabilitySettings
+from smg.config.policy import G_POLICY, PolicySettings
+from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettings
+from smg.config.workers import G_BREAKER, G_HEALTH, G_RETRIES, G_WORKERS, WorkerSettings
+from smg.settings import ConfigError, check_fields
+from smg.storage.settings import G_HISTORY, HistorySettings
+
+# the groups of `smg --help`, in this order
+GROUPS = (G_SERVER, G_WORKERS, G_POLICY, G_HEALTH, G_BREAKER, G_RETRIES, G_ADMISSION, G_LOGS, G_MESH, G_HISTORY)
+
+
+@dataclass(frozen=True)
+class GatewayConfig(
+    HistorySettings, MeshSettings, ObservabilitySettings, AdmissionSettings, PolicySettings, WorkerSettings, ServerSettings
+):
+    """Every gateway setting (fields in the order of the bases, last base first)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Each field's own checks, then the ones that involve several fields or build objects."""
+        if bool(self.tls_cert_path) != bool(self.tls_key_path):  # before the files: the pair is the first mistake
+            raise ConfigError("--tls-cert-path and --tls-key-path must be given together")
+        check_fields(self)
+        try:
+            self.health_config()
+            self.breaker_config()
+            self.retry_config()
+            self.policy_config()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.tenant_limits()
+        self.validate_history()
+
+    @property
+    def metrics_host(self) -> str:
+        """--prometheus-host, else --host.
+
+        The reference binds the unspecified address of --host's family; we follow --host instead, so a
+        gateway kept on loopback does not publish its metrics (worker URLs, tenant names) to the network.
+        """
+        return self.prometheus_host or self.host
+
+    @property
+    def load_monitoring(self) -> bool:
+        """Poll workers' /v1/loads for the policies that weigh load."""
+        return not self.disable_load_monitoring and self.policy in (
+            "power_of_two",
+            "least_load",
+            "prefix_hash",
+            "manual",
+            "cache_aware",
+            "bucket",
+        )
+
+
+__all__ = ["DEFAULT_REQUEST_ID_HEADERS", "GROUPS", "LOG_LEVELS", "ConfigError", "GatewayConfig"]

@@ -1,0 +1,108 @@
+"""Who is let in and how much: API keys, admission, tenant limits, CORS, background responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smg.limits.tenants import TenantLimits
+from smg.settings import ConfigError, non_negative, positive, setting
+from smg.storage.settings import G_HISTORY
+
+G_ADMISSION = "admission and auth"
+
+
+def _limit_or_unlimited(flag: str, value: int) -> None:
+    if value == 0 or value < -1:
+        raise ConfigError(f"{flag} must be positive, or -1 for no limit")
+
+
+def _tenant_keys(flag: str, entries: tuple[str, ...]) -> None:
+    for entry in entries:
+        tenant, sep, key = entry.partition(":")
+        if not sep or not tenant or not key:
+            raise ConfigError(f"{flag} must look like TENANT:KEY, got '{entry}'")
+
+
+def _origins(flag: str, origins: tuple[str, ...]) -> None:
+    for origin in origins:
+        if origin != "*" and "://" not in origin:
+            raise ConfigError(f"{flag}: '{origin}' is not an origin like https://example.com or '*'")
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    max_concurrent_requests: int = setting(
+        -1,
+        "--max-concurrent-requests",
+        check=_limit_or_unlimited,
+        help="requests served at once; the permit is held until the response (stream included) ends; -1: no limit",
+        group=G_ADMISSION,
+    )
+    queue_size: int = setting(
+        100,
+        "--queue-size",
+        check=non_negative(),
+        help="requests that may wait for a permit; beyond: 429 admission_queue_full",
+        group=G_ADMISSION,
+    )
+    queue_timeout_secs: float = setting(
+        60.0,
+        "--queue-timeout-secs",
+        check=positive,
+        help="longest wait for a permit; then 503 admission_queue_timeout",
+        group=G_ADMISSION,
+    )
+    rate_limit_tokens_per_second: float = setting(
+        0.0,
+        "--rate-limit-tokens-per-second",
+        check=non_negative(),
+        help="admitted requests per second (a token bucket bursting to --max-concurrent-requests); 0: no rate limit",
+        group=G_ADMISSION,
+    )
+    tenant_api_keys: tuple[str, ...] = setting(
+        (),
+        "--tenant-api-key",
+        metavar="TENANT:KEY",
+        many="append",
+        check=_tenant_keys,
+        help="a data-plane key of one tenant (repeatable); tenant keys get 401 on control-plane routes",
+        group=G_ADMISSION,
+    )
+    cors_allowed_origins: tuple[str, ...] = setting(
+        (),
+        "--cors-allowed-origins",
+        metavar="ORIGIN",
+        check=_origins,
+        help="origins browsers may call from, or '*'",
+        group=G_ADMISSION,
+    )
+    tenant_rate_limit_config: str | None = setting(
+        None,
+        "--tenant-rate-limit-config",
+        metavar="FILE",
+        help='per-tenant limits, JSON or YAML: {"default": {"requests_per_minute": N, "tokens_per_minute": M}, "tenants": {"NAME": {...}}}; cluster-wide with --ha-mesh',
+        group=G_ADMISSION,
+    )
+    max_background_responses: int = setting(
+        1024,
+        "--max-background-responses",
+        check=non_negative("0 runs background requests in the foreground"),
+        help="Responses API requests with background: true in flight at once; one more answers 429; 0 runs them in the foreground",
+        group=G_HISTORY,
+    )
+
+    def tenant_limits(self) -> TenantLimits | None:
+        if self.tenant_rate_limit_config is None:
+            return None
+        try:
+            return TenantLimits.load(self.tenant_rate_limit_config)
+        except OSError as exc:
+            raise ConfigError(
+                f"--tenant-rate-limit-config: cannot read {self.tenant_rate_limit_config}: {exc.strerror}"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"--tenant-rate-limit-config: {exc}") from None
+
+    def tenant_keys(self) -> dict[str, str]:
+        """API key -> tenant id."""
+        return {key: tenant for tenant, _, key in (entry.partition(":") for entry in self.tenant_api_keys)}
