@@ -97,7 +97,7 @@ def model_not_found(model: str) -> GatewayError:
 # Everything downstream that recurses over a body (the C `json` encoder and decoder, `deepcopy`
 # in the memory store, the routing text of nested prompts: one or two frames a level) stays far
 # below Python's 1,000 frames. The Rust reference (serde_json) stops at 128, so whatever it
-# accepts is accepted here too. tests/test_bad_input.py pins the limit, should jiter move it.
+# accepts is accepted here too. tests/e2e/test_bad_input.py pins the limit, should jiter move it.
 MAX_JSON_DEPTH = 200
 
 

@@ -10,7 +10,7 @@ tiny answer, 0.5 µs per read of a stream, and the gateway's CPU per request in
 `bench/overhead.py` did not move measurably against the hand-written parser it replaced.
 
 What llhttp leaves to its caller, this module adds, so that it refuses everything h11 (the
-trusted reference in tests/test_upstream_parser.py) refuses:
+trusted reference in tests/property/test_upstream_parser.py) refuses:
 
 - the status line starts the message: `HTTP/1.1` or `HTTP/1.0` (llhttp skips leading empty
   lines and also reads RTSP/ICE/HTTP/2.0 status lines), the status is 100-599 (RFC 9110

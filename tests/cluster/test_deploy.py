@@ -10,7 +10,7 @@ from pathlib import Path
 from chaos.compose import load
 from smg.cli import build_parser, gateway_config_from
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_compose_file_follows_the_compose_specification() -> None:

@@ -147,6 +147,12 @@ BAD = {  # a value each check must refuse, where the check's kind does not say i
 }
 
 
+PAIRED = {  # settings that are refused alone: the other one is given, valid
+    "tls_cert_path": {"tls_key_path": __file__},
+    "tls_key_path": {"tls_cert_path": __file__},
+}
+
+
 def bad_value(name: str, flag: Flag) -> Any:
     if name in BAD:
         return BAD[name]
@@ -172,8 +178,9 @@ def test_every_declared_check_refuses_a_bad_value_naming_the_flag() -> None:
                 replace(GatewayConfig(), **{f.name: "no-such-choice"})
         if not flag.checks:
             continue
+        companion = PAIRED.get(f.name, {})
         with pytest.raises(ConfigError) as info:
-            replace(GatewayConfig(), **{f.name: bad_value(f.name, flag)})
+            replace(GatewayConfig(), **{f.name: bad_value(f.name, flag)}, **companion)
         message = str(info.value)
         assert message.startswith(flag.name) and "\n" not in message, message
         refused += 1
