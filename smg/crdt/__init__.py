@@ -5,24 +5,16 @@ the delta as a value of the same type, `copy()`, and `state_digest()`, a pure
 function of the merged state that nodes compare at quiescence.
 """
 
-from smg.crdt.counters import GCounter, PNCounter
 from smg.crdt.hlc import ClockDriftError, HybridClock, Timestamp
-from smg.crdt.lww import LWWMap, LWWRegister
-from smg.crdt.ormap import DotContext, ORMap, ORSet
+from smg.crdt.lww import LWWMap
 from smg.crdt.prefix_summary import PrefixSummary
 from smg.crdt.replica import ReplicaId, new_replica_id
 from smg.crdt.windowed import WindowedCounter
 
 __all__ = [
     "ClockDriftError",
-    "DotContext",
-    "GCounter",
     "HybridClock",
     "LWWMap",
-    "LWWRegister",
-    "ORMap",
-    "ORSet",
-    "PNCounter",
     "PrefixSummary",
     "ReplicaId",
     "Timestamp",

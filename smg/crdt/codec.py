@@ -12,17 +12,15 @@ from typing import Any
 
 import msgpack
 
-from smg.crdt.counters import GCounter, PNCounter
 from smg.crdt.hlc import Timestamp
-from smg.crdt.lww import Entry, LWWMap, LWWRegister
-from smg.crdt.ormap import DotContext, ORMap, ORSet
+from smg.crdt.lww import Entry, LWWMap
 from smg.crdt.prefix_summary import PrefixSummary
 from smg.crdt.windowed import WindowedCounter
 
 VERSION = 1
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
-CRDT = GCounter | PNCounter | LWWRegister | LWWMap | WindowedCounter | ORMap | ORSet | PrefixSummary
+CRDT = LWWMap | WindowedCounter | PrefixSummary
 
 
 class CodecError(ValueError):
@@ -66,25 +64,10 @@ def _slots(raw: Any, what: str) -> dict[str, int]:
 
 
 def _enc(crdt: CRDT) -> tuple[str, Any]:
-    if isinstance(crdt, GCounter):
-        return "g", sorted(crdt.slots.items())
-    if isinstance(crdt, PNCounter):
-        return "pn", [sorted(crdt.p.slots.items()), sorted(crdt.n.slots.items())]
-    if isinstance(crdt, LWWRegister):
-        return "reg", [list(crdt.ts), crdt.value]
     if isinstance(crdt, LWWMap):
         return "lww", [list(crdt.floor), [[k, list(e.ts), e.deleted, e.value] for k, e in crdt.entries.items()]]
     if isinstance(crdt, WindowedCounter):
         return "win", [[k, [[e, sorted(s.items())] for e, s in w.items()]] for k, w in crdt.keys.items()]
-    if isinstance(crdt, (ORMap, ORSet)):
-        m = crdt.map if isinstance(crdt, ORSet) else crdt
-        entries = [[k, [[d[0], d[1], list(ts), v] for d, (ts, v) in dots.items()]] for k, dots in m.entries.items()]
-        return ("orset" if isinstance(crdt, ORSet) else "ormap"), [
-            m.ttl_ms,
-            entries,
-            sorted(m.context.vv.items()),
-            sorted(m.context.cloud),
-        ]
     if isinstance(crdt, PrefixSummary):
         # grouped by worker, then by timestamp: a recorded prompt's blocks share one stamp
         summary: list[Any] = []
@@ -97,35 +80,7 @@ def _enc(crdt: CRDT) -> tuple[str, Any]:
     raise TypeError(f"not a CRDT: {type(crdt).__name__}")
 
 
-def _dec_ormap(payload: Any) -> ORMap:
-    ttl, raw_entries, vv, cloud = _list(payload, "ormap", 4)
-    if ttl is not None:
-        _int(ttl, "ttl", 1)
-    entries: dict[str, dict[tuple[str, int], tuple[Timestamp, Any]]] = {}
-    for item in _list(raw_entries, "entries"):
-        key, raw_dots = _list(item, "entry", 2)
-        dots = {}
-        for raw_dot in _list(raw_dots, "dots"):
-            replica, counter, ts, value = _list(raw_dot, "dot", 4)
-            dots[(_str(replica, "dot replica"), _int(counter, "dot counter", 1))] = (_ts(ts), value)
-        if dots:
-            entries[_str(key, "key")] = dots
-    context = DotContext(
-        _slots(vv, "version vector"),
-        {(_str(r, "cloud"), _int(c, "cloud", 1)) for r, c in (_list(p, "cloud dot", 2) for p in _list(cloud, "cloud"))},
-    )
-    return ORMap(entries, context, ttl)
-
-
 def _dec(tag: str, payload: Any) -> CRDT:
-    if tag == "g":
-        return GCounter(_slots(payload, "gcounter"))
-    if tag == "pn":
-        p, n = _list(payload, "pncounter", 2)
-        return PNCounter(GCounter(_slots(p, "p")), GCounter(_slots(n, "n")))
-    if tag == "reg":
-        ts, value = _list(payload, "register", 2)
-        return LWWRegister(value, _ts(ts))
     if tag == "lww":
         floor, raw = _list(payload, "lww map", 2)
         entries = {}
@@ -144,10 +99,6 @@ def _dec(tag: str, payload: Any) -> CRDT:
                 for e, s in (_list(w, "window", 2) for w in _list(raw_windows, "windows"))
             }
         return WindowedCounter(keys)
-    if tag == "ormap":
-        return _dec_ormap(payload)
-    if tag == "orset":
-        return ORSet(map=_dec_ormap(payload))
     if tag == "prefix":
         budget, ttl, raw_models = _list(payload, "prefix summary", 3)
         models: dict[str, dict[tuple[str, bytes], Timestamp]] = {}

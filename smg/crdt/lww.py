@@ -1,7 +1,7 @@
-"""Last-writer-wins register and map, with tombstones and safe tombstone GC.
+"""Last-writer-wins map, with tombstones and safe tombstone GC.
 
 Writes are ordered by HLC timestamp (wall, logical, replica), so there are
-no ties. A map deletion is a tombstone entry. Tombstones are collected with
+no ties. A deletion is a tombstone entry. Tombstones are collected with
 `collect(stable)`, where `stable` is a timestamp every known member has
 acknowledged merging everything up to (the HA layer computes it from acks of
 all members: alive, suspect, and dead-but-not-reaped). Collecting raises the
@@ -18,30 +18,6 @@ from typing import Any, NamedTuple
 
 from smg.crdt.digest import digest_of
 from smg.crdt.hlc import ZERO, Timestamp
-
-
-class LWWRegister:
-    __slots__ = ("ts", "value")
-
-    def __init__(self, value: Any = None, ts: Timestamp = ZERO) -> None:
-        self.value = value
-        self.ts = ts
-
-    def set(self, value: Any, ts: Timestamp) -> LWWRegister:
-        """Write `value` at `ts`; returns the delta."""
-        if ts > self.ts:
-            self.value, self.ts = value, ts
-        return LWWRegister(value, ts)
-
-    def merge(self, other: LWWRegister) -> None:
-        if other.ts > self.ts:
-            self.value, self.ts = other.value, other.ts
-
-    def copy(self) -> LWWRegister:
-        return LWWRegister(self.value, self.ts)
-
-    def state_digest(self) -> str:
-        return digest_of("lww-register", [list(self.ts), self.value])
 
 
 class Entry(NamedTuple):

@@ -132,13 +132,6 @@ class PrefixSummary:
     def last_seen(self, model: str, worker: str, block: bytes) -> Timestamp | None:
         return self.models.get(model, {}).get((worker, block))
 
-    def forget_worker(self, worker: str) -> None:
-        for model, entries in self.models.items():
-            order = self._order[model]
-            for key in [k for k in entries if k[0] == worker]:
-                del entries[key]  # its heap items go stale and are skipped
-                order.drop(key[0], key[1])
-
     def __len__(self) -> int:
         return sum(len(e) for e in self.models.values())
 

@@ -398,7 +398,3 @@ def _as_server_config(config: HypercornConfig) -> ServerConfig:
     server.__dict__.update(config.__dict__)
     return server
 
-
-def bound_port(binds: list[str]) -> int:
-    """Port of the first URL hypercorn reports, e.g. 'http://127.0.0.1:41234'."""
-    return int(binds[0].rsplit(":", 1)[1])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smg.crdt import GCounter, LWWMap, LWWRegister, ORMap, ORSet, PNCounter, PrefixSummary, Timestamp, WindowedCounter
+from smg.crdt import LWWMap, PrefixSummary, Timestamp, WindowedCounter
 from smg.crdt.codec import CodecError, decode, encode
 from smg.hashing import chain_hashes
 
@@ -22,23 +22,12 @@ def samples() -> list:
     lww.set("b", 2.5, ts[1])
     lww.delete("a", ts[2])
     lww.collect(ts[0])
-    pn = PNCounter()
-    pn.increment("a#1", 5)
-    pn.decrement("b#1", 2)
     win = WindowedCounter()
     win.increment("tenant", "a#1", 3, 7)
     win.increment("tenant", "b#1", 4, 1)
-    orm = ORMap(ttl_ms=10_000)
-    orm.put("w1", [1, 2], "a#1", ts[3])
-    orm.put("w2", None, "b#1", ts[4])
-    orm.remove("w1")
-    ors = ORSet()
-    ors.add("x", "a#1", ts[5])
     summary = PrefixSummary(budget=100)
     summary.record("m", "w1", chain_hashes([b"a", b"b"]), ts[6])
-    g = GCounter()
-    g.increment("a#1", 3)
-    return [g, pn, LWWRegister("v", ts[7]), lww, win, orm, ors, summary]
+    return [lww, win, summary]
 
 
 @pytest.mark.parametrize("crdt", samples(), ids=lambda c: type(c).__name__)
@@ -79,7 +68,7 @@ msgpack_values = st.recursive(
 
 
 @settings(max_examples=300)
-@given(st.sampled_from(["g", "pn", "reg", "lww", "win", "ormap", "orset", "prefix", "zz"]), msgpack_values)
+@given(st.sampled_from(["lww", "win", "prefix", "zz"]), msgpack_values)
 def test_wrong_shapes_give_only_codec_errors(tag: str, payload: object) -> None:
     data = b"\x01" + msgpack.packb([tag, payload], use_bin_type=True)
     with contextlib.suppress(CodecError):

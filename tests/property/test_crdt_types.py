@@ -1,4 +1,4 @@
-"""Property tests of WindowedCounter, ORMap/ORSet and PrefixSummary."""
+"""Property tests of WindowedCounter and PrefixSummary."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smg.crdt import ORMap, ORSet, PrefixSummary, Timestamp, WindowedCounter
+from smg.crdt import PrefixSummary, Timestamp, WindowedCounter
 from smg.hashing import chain_hashes
 
 REPLICAS = ["a#1", "b#1", "c#1"]
@@ -98,67 +98,6 @@ def test_windowed_sliding_estimate_and_pruning() -> None:
 
 # -- OR map / set -------------------------------------------------------------------
 
-or_ops = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 3), st.integers(0, 5)), max_size=30)
-
-
-def run_ormap(ops: list, history: str = "") -> tuple[list[ORMap], list[ORMap]]:
-    """op 0/1: put, 2: remove; replicas sometimes sync their state with a neighbour first."""
-    states = [ORMap() for _ in REPLICAS]
-    deltas = []
-    for step, (r, op, k, value) in enumerate(ops, start=1):
-        replica = REPLICAS[r] + history
-        if value == 0:
-            states[r].merge(states[(r + 1) % 3])
-        if op < 2:
-            deltas.append(states[r].put(f"k{k}", value, replica, Timestamp(step, 0, replica)))
-        else:
-            deltas.append(states[r].remove(f"k{k}"))
-    return states, deltas
-
-
-@given(or_ops, or_ops, or_ops)
-def test_ormap_join_laws(x: list, y: list, z: list) -> None:
-    assert_join_laws(*(joined(*run_ormap(ops, h)[0]) for ops, h in ((x, "x"), (y, "y"), (z, "z"))))
-
-
-@given(or_ops, st.randoms(use_true_random=False))
-def test_ormap_deltas_converge(ops: list, rng: random.Random) -> None:
-    states, deltas = run_ormap(ops)
-    reference = joined(*states)
-    replicas = [deliver_shuffled(ORMap(), deltas, states, rng) for _ in range(3)]
-    assert {r.state_digest() for r in replicas} == {reference.state_digest()}
-
-
-def test_ormap_add_wins_and_removed_dots_stay_removed() -> None:
-    a, b = ORMap(), ORMap()
-    b.merge(a.put("w1", "x", "a#1", Timestamp(1, 0, "a#1")))
-    removal = a.remove("w1")
-    concurrent = b.put("w1", "y", "b#1", Timestamp(2, 0, "b#1"))
-    a.merge(concurrent)
-    b.merge(removal)
-    assert a.get("w1") == "y" and b.get("w1") == "y"  # the concurrent put wins
-    assert a.state_digest() == b.state_digest()
-    a.merge(b.remove("w1"))
-    stale = ORMap()
-    stale.merge(a.put("w2", 1, "a#1", Timestamp(3, 0, "a#1")))
-    a.merge(stale)
-    assert "w1" not in a
-
-
-def test_orset_ttl_ages_entries_deterministically() -> None:
-    s = ORSet(ttl_ms=1000)
-    s.add("old", "a#1", Timestamp(0, 0, "a#1"))
-    s.add("new", "a#1", Timestamp(500, 0, "a#1"))
-    assert s.elements() == {"old", "new"}
-    peer = s.copy()
-    s.add("newest", "a#1", Timestamp(1500, 0, "a#1"))
-    assert s.elements() == {"new", "newest"}  # "old" is 1500 ms behind the newest
-    prune = s.prune()
-    peer.merge(prune)
-    peer.merge(s)
-    assert peer.elements() == s.elements() and peer.state_digest() == s.state_digest()
-
-
 # -- prefix summary -------------------------------------------------------------------
 
 summary_ops = st.lists(
@@ -221,5 +160,3 @@ def test_prefix_summary_match_ttl_and_eviction_order() -> None:
     assert s.match("m", chain) == {"w1": 3, "w2": 2}
     s.record("m", "w3", chain[:1], Timestamp(1200, 0, "r"))  # w1's entries are now 1100 ms old
     assert s.match("m", chain) == {"w2": 2, "w3": 1}
-    s.forget_worker("w2")
-    assert s.match("m", chain) == {"w3": 1}

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import pytest
 
-from smg.crdt import LWWMap, ORSet, Timestamp, WindowedCounter, new_replica_id
+from smg.crdt import LWWMap, PrefixSummary, Timestamp, WindowedCounter, new_replica_id
 from smg.crdt.codec import CodecError
 from smg.crdt.delta import DeltaMessage, DeltaReplicator
+from smg.hashing import chain_hashes
 
 
 def deliver(src: DeltaReplicator, dst: DeltaReplicator, src_name: str, dst_name: str) -> int:
@@ -82,7 +84,7 @@ def test_restarts_and_peers_too_far_behind_get_full_state_in_chunks() -> None:
 def test_twenty_replicas_converge_after_partitions_loss_and_reordering(seed: int) -> None:
     rng = random.Random(seed)
     names = [f"n{i}" for i in range(20)]
-    kinds = [LWWMap, WindowedCounter, ORSet]
+    kinds = [LWWMap, WindowedCounter, partial(PrefixSummary, budget=40, ttl_ms=10_000)]
     nodes = {n: [DeltaReplicator(kind(), new_replica_id(n, 1), max_log=64, chunk_bytes=512) for kind in kinds] for n in names}
     step = 0
     in_flight: list[tuple[float, str, str, int, DeltaMessage]] = []  # (deliver at, src, dst, store, message)
@@ -90,12 +92,13 @@ def test_twenty_replicas_converge_after_partitions_loss_and_reordering(seed: int
     def mutate(node: str) -> None:
         nonlocal step
         step += 1
-        lww, win, orset = nodes[node]
+        lww, win, prefixes = nodes[node]
         ts = Timestamp(step, 0, lww.replica)
         key = f"k{rng.randrange(30)}"
         lww.apply_local(lww.state.set(key, step, ts) if rng.random() < 0.8 else lww.state.delete(key, ts))
         win.apply_local(win.state.increment(f"t{rng.randrange(5)}", win.replica, step // 50, 1))
-        orset.apply_local(orset.state.add(key, orset.replica, ts) if rng.random() < 0.7 else orset.state.remove(key))
+        blocks = [b"p%d" % rng.randrange(8) for _ in range(rng.randrange(1, 4))]
+        prefixes.apply_local(prefixes.state.record(f"m{rng.randrange(2)}", f"w{rng.randrange(4)}", chain_hashes(blocks), ts))
 
     def gossip(now: float, partitioned: bool, loss: float) -> None:
         for src in names:
