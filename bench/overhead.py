@@ -4,6 +4,7 @@ through the reference gateway (when installed), in one run.
     python bench/overhead.py                     # smg (pool), smg (httpx), direct
     python bench/overhead.py --reference .venv-reference/bin/smg
     python bench/overhead.py --floor --upstream-clients pool --scenarios "tiny chat c=32" --rounds 5
+    git worktree add /tmp/before HEAD~3 && python bench/overhead.py --baseline /tmp/before --rounds 3
 
 On a shared machine, `--rounds N` measures every target N times, interleaved,
 and prints the median of each figure as well: a before/after comparison of one
@@ -85,22 +86,27 @@ class Target:
     proc: subprocess.Popen[bytes] | None  # None: the worker itself (direct)
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], log: Path, cwd: str | None = None) -> subprocess.Popen[bytes]:
     out = log.open("wb")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
 
 
 def start_targets(args: argparse.Namespace, worker_url: str, logdir: Path) -> list[Target]:
     targets = []
-    for client in args.upstream_clients:
-        port = free_port()
-        proc = start(
-            [sys.executable, "-m", "smg", "--host", HOST, "--port", str(port), "--worker-urls", worker_url,
-             "--policy", "round_robin", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
-             "--upstream-client", client, "--log-level", args.log_level, "--history-backend", "memory"],
-            logdir / f"smg-{client}.log",
-        )  # fmt: skip
-        targets.append(Target(f"smg ({client})", port, proc))
+    # `python -m smg` imports the package of its working directory first: a baseline tree
+    # (a `git worktree` of an earlier commit) runs from there, this checkout from here
+    sources = [("smg", None)] + ([("base", args.baseline)] if args.baseline else [])
+    for label, source in sources:
+        for client in args.upstream_clients:
+            port = free_port()
+            proc = start(
+                [sys.executable, "-m", "smg", "--host", HOST, "--port", str(port), "--worker-urls", worker_url,
+                 "--policy", "round_robin", "--prometheus-host", HOST, "--prometheus-port", str(free_port()),
+                 "--upstream-client", client, "--log-level", args.log_level, "--history-backend", "memory"],
+                logdir / f"{label}-{client}.log",
+                cwd=source or str(Path(__file__).resolve().parent.parent),
+            )  # fmt: skip
+            targets.append(Target(f"{label} ({client})", port, proc))
     if args.reference:
         port = free_port()
         proc = start(
@@ -143,6 +149,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="requests per target and scenario (c=1 uses a third)")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--reference", help="path of the reference `smg` executable (its own venv)")
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="also run smg from this source tree (e.g. a git worktree of an earlier commit)"
+    )
     parser.add_argument("--upstream-clients", nargs="+", default=["pool", "httpx"])
     parser.add_argument("--log-level", default="info", help="smg log level during the run (default: info, as users run it)")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -222,19 +231,22 @@ def _medians(rows: list[dict]) -> list[dict]:
 
 
 def _print_ratios(rows: list[dict]) -> None:
-    """smg against the reference: gateway CPU per request and added p50 latency."""
+    """smg against the reference, and against the baseline tree: gateway CPU per request, req/s, added p50."""
     by = {(r["scenario"], r["target"]): r for r in rows}
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
-    if not any(t == "reference" for _, t in by):
-        return
-    print("ratios, smg (pool) / reference:")
-    for scenario in scenarios:
-        ours, ref = by.get((scenario, "smg (pool)")), by.get((scenario, "reference"))
-        if ours and ref and ref["cpu_ms_per_req"]:
-            print(
-                f"  {scenario:<24} CPU/req x{ours['cpu_ms_per_req'] / ref['cpu_ms_per_req']:.2f}   "
-                f"req/s x{ours['rps'] / ref['rps']:.2f}   added p50 {ours['added_p50_ms']:.2f} ms vs {ref['added_p50_ms']:.2f} ms"
-            )
+    targets = {t for _, t in by}
+    pairs = [("smg (pool)", "reference")] if "reference" in targets else []
+    pairs += [(f"smg{t[4:]}", t) for t in sorted(targets) if t.startswith("base (")]
+    for ours_name, theirs_name in pairs:
+        print(f"ratios, {ours_name} / {theirs_name}:")
+        for scenario in scenarios:
+            ours, theirs = by.get((scenario, ours_name)), by.get((scenario, theirs_name))
+            if ours and theirs and theirs["cpu_ms_per_req"]:
+                print(
+                    f"  {scenario:<24} CPU/req x{ours['cpu_ms_per_req'] / theirs['cpu_ms_per_req']:.2f}   "
+                    f"req/s x{ours['rps'] / theirs['rps']:.2f}   "
+                    f"added p50 {ours['added_p50_ms']:.2f} ms vs {theirs['added_p50_ms']:.2f} ms"
+                )
 
 
 if __name__ == "__main__":
