@@ -397,4 +397,3 @@ def _as_server_config(config: HypercornConfig) -> ServerConfig:
     server = ServerConfig()
     server.__dict__.update(config.__dict__)
     return server
-

@@ -47,7 +47,9 @@ class Registrar:
         api_key: str | None = None,
         on_change: Callable[[], None] = lambda: None,
         startup_log_secs: float = STARTUP_LOG_SECS,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport` (default: httpx's own) lets tests fake the workers without sockets."""
         self.registry = registry
         self.startup_timeout = startup_timeout
         self.check_interval = check_interval
@@ -64,7 +66,7 @@ class Registrar:
         # with the HA mesh: only a worker's health owners probe it, and they publish each result
         self.should_check: Callable[[Worker], bool] = lambda worker: True
         self.on_checked: Callable[[Worker, bool], None] = lambda worker, ok: None
-        self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT)
+        self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT, transport=transport)
         self._nursery: trio.Nursery | None = None
         self._probes: dict[str, trio.CancelScope] = {}
 
