@@ -243,6 +243,8 @@ async def attempt_once(
             _publish(ctx, worker, breaker.record_success(now, probe))
         elif not ex.client_gone:
             _publish(ctx, worker, breaker.record_failure(now, probe))
+        else:  # the client left: says nothing about the worker
+            breaker.abandon(probe)
 
 
 async def _exchange_with(

@@ -96,6 +96,12 @@ class CircuitBreaker:
             self.failures = 0
         return None
 
+    def abandon(self, probe: bool) -> None:
+        """An attempt ended with no verdict on the worker (the client left): free its probe slot,
+        or a half-open breaker whose probe was abandoned would hide the worker for good."""
+        if probe:
+            self._probes = max(0, self._probes - 1)
+
     def record_failure(self, now: float, probe: bool = False) -> Transition | None:
         if probe:
             self._probes = max(0, self._probes - 1)
