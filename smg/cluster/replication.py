@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgpack
 
@@ -49,24 +49,61 @@ class ReplicationError(ValueError):
     """A replication message that is malformed, for an unknown store, or from a drifting clock."""
 
 
-Outgoing = tuple[str, str, bytes]  # (peer, channel, payload)
+class Outgoing(NamedTuple):
+    """A message to send: a tuple still, so a shell unpacks `peer, channel, payload` as before."""
+
+    peer: str
+    channel: str
+    payload: bytes
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """The last message sent to a peer: its ack releases the interval in flight, its age paces the next."""
+
+    seq: int
+    at: float
+
+
+@dataclass(slots=True)
+class _PeerState:
+    """What one store knows of one peer, in one record so that forgetting the peer forgets all of it."""
+
+    last_sent: _Sent | None = None  # None: send whatever is due now (never sent, or anti-entropy reset it)
+    send_stamps: dict[int, Timestamp] = field(default_factory=dict)  # seq -> HLC at send, until acknowledged
+    ack_stamp: Timestamp = ZERO  # the newest acknowledged send stamp (ZERO: it holds nothing of ours we know of)
+    reported: Timestamp = ZERO  # its own frontier, from its acks
+    waiting_since: float | None = None  # the first unacknowledged send; None: nothing in flight
+
+
+@dataclass(slots=True)
 class _Store:
     name: str
     replicator: DeltaReplicator
     on_merge: Callable[[], None] | None
     vet: Callable[[CRDT, int], None] | None  # a store's own check of remote data (given our wall ms)
-    sent: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (seq, when) last sent
-    send_stamps: dict[str, dict[int, Timestamp]] = field(default_factory=dict)  # peer -> seq -> HLC at send
-    ack_stamp: dict[str, Timestamp] = field(default_factory=dict)  # peer -> newest acknowledged send stamp
-    reported: dict[str, Timestamp] = field(default_factory=dict)  # peer -> its own frontier, from its acks
-    waiting_since: dict[str, float] = field(default_factory=dict)  # peer -> first unacknowledged send
+    peers: dict[str, _PeerState] = field(default_factory=dict)
     synced: bool = False  # a peer's full state arrived at least once
     delta_bytes: int = 0
     full_bytes: int = 0
     merged: int = 0
+
+    def peer(self, name: str) -> _PeerState:
+        """The peer's record, made on the first send to it or ack from it (reads make none)."""
+        found = self.peers.get(name)
+        if found is None:
+            found = self.peers[name] = _PeerState()
+        return found
+
+    def ack_stamp(self, peer: str) -> Timestamp:
+        """ZERO for a peer never heard from: it holds nothing of ours we know of, so it holds GC back."""
+        found = self.peers.get(peer)
+        return ZERO if found is None else found.ack_stamp
+
+    def reported(self, peer: str) -> Timestamp:
+        """ZERO for a peer whose frontier never arrived: it holds GC back too."""
+        found = self.peers.get(peer)
+        return ZERO if found is None else found.reported
 
 
 class Replication:
@@ -88,7 +125,6 @@ class Replication:
         self.gc_grace_ms = gc_grace_ms
         self.chunk_bytes = chunk_bytes
         self._stores: dict[str, _Store] = {}
-        self._physical_ms = 0  # of the message being received, for the clock-drift check
         self.on_change: Callable[[], None] | None = None  # a local change: the shell flushes at once
         # replication lag: from a write's HLC stamp to its merge here (deltas only), cumulative counts
         self.lag_buckets = [0] * len(LAG_BUCKETS)
@@ -109,8 +145,7 @@ class Replication:
         `vet(remote, wall_ms)` may raise ValueError to refuse remote data before it is merged.
         """
         replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes, relay=False)
-        store = self._stores[name] = _Store(name, replicator, on_merge, vet)
-        replicator.vet = partial(self._vet, store)
+        self._stores[name] = _Store(name, replicator, on_merge, vet)
 
     def state(self, name: str) -> Any:
         return self._stores[name].replicator.state
@@ -158,8 +193,9 @@ class Replication:
 
     def _due(self, store: _Store, peer: str, now: float, physical_ms: int) -> list[Outgoing]:
         replicator = store.replicator
-        last = store.sent.get(peer)
-        if last is not None and peer in store.waiting_since and now - last[1] < self.resend_after:
+        state = store.peer(peer)
+        last = state.last_sent
+        if last is not None and state.waiting_since is not None and now - last.at < self.resend_after:
             # One interval in flight per peer and store: what changes meanwhile goes out, joined,
             # when the ack arrives (the shell flushes on every ack) or at the resend. Sending a
             # fresh, ever-larger join on every change instead piled copies into a connection in
@@ -167,19 +203,20 @@ class Replication:
             return []
         messages = replicator.outgoing(peer)
         if not messages:
-            if last is not None and now - last[1] < self.sync_interval:
+            if last is not None and now - last.at < self.sync_interval:
                 return []
             messages = [DeltaMessage(self.replica, replicator.seq, chunk=b"", index=0, count=0)]  # sync
         stamp = self.clock.now(physical_ms)
         seq = messages[0].seq
-        store.sent[peer] = (seq, now)
-        store.waiting_since.setdefault(peer, now)
-        stamps = store.send_stamps.setdefault(peer, {})
+        state.last_sent = _Sent(seq, now)
+        if state.waiting_since is None:
+            state.waiting_since = now
+        stamps = state.send_stamps
         stamps[seq] = stamp
         if len(stamps) > 64:  # acks lost for long: keep the newest
             for old in sorted(stamps)[:-64]:
                 del stamps[old]
-        return [(peer, DELTA, self._encode(store, m)) for m in messages]
+        return [Outgoing(peer, DELTA, self._encode(store, m)) for m in messages]
 
     def _encode(self, store: _Store, message: DeltaMessage) -> bytes:
         body: dict[str, Any] = {"s": store.name, "r": message.sender, "q": message.seq}
@@ -195,7 +232,6 @@ class Replication:
 
     def receive(self, peer: str, channel: str, payload: bytes, members: Iterable[str], physical_ms: int) -> list[Outgoing]:
         """Handle a message from `peer`; returns the ack to send. Raises ReplicationError."""
-        self._physical_ms = physical_ms
         body = _unpack(payload)
         store = self._stores.get(_field(body, "s", str))
         if store is None:
@@ -211,8 +247,8 @@ class Replication:
             seq: int | None = message.seq
             replicator.note_epoch(peer, message.sender)
         else:
-            try:
-                seq = replicator.receive(peer, message)
+            try:  # the check sees this message's wall clock, for the drift check and the lag
+                seq = replicator.receive(peer, message, partial(self._vet, store, physical_ms))
             except ValueError as exc:  # CodecError, ClockDriftError, a store's refusal
                 raise ReplicationError(f"store '{store.name}': {exc}") from None
             if seq is not None:
@@ -223,7 +259,7 @@ class Replication:
         if seq is None:
             return []
         ack = {"s": store.name, "q": seq, "e": message.sender, "p": self.replica, "f": self.frontier(store.name, members).pack()}
-        return [(peer, ACK, msgpack.packb(ack, use_bin_type=True))]
+        return [Outgoing(peer, ACK, msgpack.packb(ack, use_bin_type=True))]
 
     def _on_ack(self, store: _Store, peer: str, body: dict[str, Any]) -> None:
         seq = _field(body, "q", int)
@@ -235,45 +271,47 @@ class Replication:
         replicator = store.replicator
         before = replicator.acked(peer)
         replicator.ack(peer, seq, epoch, peer_epoch)
-        store.reported[peer] = reported
-        stamps = store.send_stamps.get(peer, {})
+        state = store.peer(peer)
+        state.reported = reported
+        stamps = state.send_stamps
         if epoch == self.replica and replicator.acked(peer) >= seq > -1 and seq in stamps:
-            store.ack_stamp[peer] = max(store.ack_stamp.get(peer, ZERO), stamps[seq])
+            state.ack_stamp = max(state.ack_stamp, stamps[seq])
         elif replicator.acked(peer) < before:
-            store.ack_stamp.pop(peer, None)  # a new life of the peer: it holds nothing of ours yet
+            state.ack_stamp = ZERO  # a new life of the peer: it holds nothing of ours yet
         for old in [q for q in stamps if q <= seq]:
             del stamps[old]
-        last = store.sent.get(peer)
-        if last is not None and seq >= last[0]:
-            store.waiting_since.pop(peer, None)
+        last = state.last_sent
+        if last is not None and seq >= last.seq:
+            state.waiting_since = None
 
-    def _vet(self, store: _Store, crdt: CRDT) -> None:
+    def _vet(self, store: _Store, physical_ms: int, crdt: CRDT) -> None:
         """Fold remote LWW stamps into our clock; a stamp too far ahead rejects the message."""
         if isinstance(crdt, LWWMap) and crdt.entries:
             newest = max(entry.ts for entry in crdt.entries.values())
-            self.clock.observe(newest, self._physical_ms)
-            self._observe_lag(newest.wall)
+            self.clock.observe(newest, physical_ms)
+            self._observe_lag(newest.wall, physical_ms)
         elif isinstance(crdt, PrefixSummary):
             stamps = [ts.wall for entries in crdt.models.values() for ts in entries.values()]
             if stamps:
-                self._observe_lag(max(stamps))
+                self._observe_lag(max(stamps), physical_ms)
         if store.vet is not None:
-            store.vet(crdt, self._physical_ms)
+            store.vet(crdt, physical_ms)
 
     def lagging(self, peers: Iterable[str], now: float, bound: float = 5.0) -> list[str]:
         """`store/peer` pairs where the peer has not acknowledged what we sent for `bound` seconds."""
         out = []
         for name, store in self._stores.items():
             for peer in peers:
-                since = store.waiting_since.get(peer)
+                state = store.peers.get(peer)
+                since = state.waiting_since if state is not None else None
                 if since is not None and now - since > bound:
                     out.append(f"{name}/{peer}")
         return out
 
-    def _observe_lag(self, written_ms: int) -> None:
+    def _observe_lag(self, written_ms: int, physical_ms: int) -> None:
         if written_ms <= 0:
             return
-        lag = max(0.0, (self._physical_ms - written_ms) / 1000)
+        lag = max(0.0, (physical_ms - written_ms) / 1000)
         if lag > LAG_BUCKETS[-1] * 6:
             return  # old state arriving in a delta-interval (a straggler), not a fresh write
         for i, bound in enumerate(LAG_BUCKETS):
@@ -303,7 +341,9 @@ class Replication:
         for name, store in self._stores.items():
             if digests.get(name) != store.replicator.state.state_digest():
                 store.replicator.resync(peer)
-                store.sent.pop(peer, None)
+                state = store.peers.get(peer)
+                if state is not None:
+                    state.last_sent = None  # the full state goes out now, not at the next resend or sync
                 differing.append(name)
         return differing
 
@@ -313,12 +353,12 @@ class Replication:
         others = [m for m in members if m != self.node]
         if not others:
             return Timestamp(self.clock.wall, self.clock.logical, self.replica)
-        return min(store.ack_stamp.get(m, ZERO) for m in others)
+        return min(store.ack_stamp(m) for m in others)
 
     def stable(self, name: str, members: Iterable[str]) -> Timestamp:
         members = list(members)
         store = self._stores[name]
-        reported = [store.reported.get(m, ZERO) for m in members if m != self.node]
+        reported = [store.reported(m) for m in members if m != self.node]
         return min([self.frontier(name, members), *reported])
 
     def collect(self, members: Iterable[str]) -> dict[str, int]:
@@ -340,8 +380,7 @@ class Replication:
         """A member that left or was reaped: it no longer holds back the GC frontier."""
         for store in self._stores.values():
             store.replicator.forget(peer)
-            for table in (store.sent, store.send_stamps, store.ack_stamp, store.reported, store.waiting_since):
-                table.pop(peer, None)
+            store.peers.pop(peer, None)
 
 
 def _unpack(payload: bytes) -> dict[str, Any]:

@@ -58,8 +58,6 @@ class DeltaReplicator:
         self._log: deque[tuple[int, CRDT, str | None]] = deque()
         self._peers: dict[str, _Peer] = {}
         self.full_states_sent = 0
-        # called with every remote delta or full state before it is merged; may raise to refuse it
-        self.vet: Callable[[CRDT], None] | None = None
 
     def _peer(self, peer: str) -> _Peer:
         found = self._peers.get(peer)
@@ -149,16 +147,17 @@ class DeltaReplicator:
                 p.acked = -1
             p.epoch = epoch
 
-    def receive(self, peer: str, message: DeltaMessage) -> int | None:
+    def receive(self, peer: str, message: DeltaMessage, vet: Callable[[CRDT], None] | None = None) -> int | None:
         """Merge a message from `peer`; returns the sequence number to acknowledge, if any.
 
-        Raises CodecError for a full state that does not decode (the chunks are dropped).
+        `vet` sees every remote delta or full state before it is merged and may raise to refuse
+        it. Raises CodecError for a full state that does not decode (the chunks are dropped).
         """
         self.note_epoch(peer, message.sender)
         p = self._peer(peer)
         if not message.is_full:
-            if self.vet is not None:
-                self.vet(message.delta)  # type: ignore[arg-type]
+            if vet is not None:
+                vet(message.delta)  # type: ignore[arg-type]
             self.state.merge(message.delta)  # type: ignore[arg-type]
             if self.relay:
                 self._log_delta(message.delta, peer)  # type: ignore[arg-type]
@@ -175,8 +174,8 @@ class DeltaReplicator:
         full = decode(data)
         if type(full) is not type(self.state):
             raise CodecError(f"expected a {type(self.state).__name__}, got a {type(full).__name__}")
-        if self.vet is not None:
-            self.vet(full)
+        if vet is not None:
+            vet(full)
         self.state.merge(full)  # type: ignore[arg-type]
         if self.relay:
             self._log_delta(full, peer)

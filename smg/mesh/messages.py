@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias
 
 
 class State(StrEnum):
@@ -53,7 +53,8 @@ class Broadcast:
         return self.origin
 
 
-Update = Alive | Suspect | Dead | Broadcast
+# explicit aliases: mypy checks a `match` over them for exhaustiveness (`assert_never`)
+Update: TypeAlias = Alive | Suspect | Dead | Broadcast
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,4 +126,4 @@ class AppMessage:
     payload: bytes
 
 
-Message = Ping | Ack | PingReq | Nack | PushPull | Gossip | AppMessage
+Message: TypeAlias = Ping | Ack | PingReq | Nack | PushPull | Gossip | AppMessage

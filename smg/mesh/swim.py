@@ -36,11 +36,12 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from smg.mesh.messages import (
     Ack,
     Alive,
+    AppMessage,
     Broadcast,
     Dead,
     Gossip,
@@ -102,7 +103,7 @@ class Member:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Suspicion:
     started: float
     incarnation: int
@@ -110,7 +111,7 @@ class _Suspicion:
     deadline: float
 
 
-@dataclass
+@dataclass(slots=True)
 class _Probe:
     seq: int
     target: str
@@ -123,6 +124,36 @@ class _Probe:
     nacks: int = 0
 
 
+@dataclass(slots=True)
+class _Relay:
+    """A ping we send for a helper's ping-req: its ack goes back to the requester, or a nack at the deadline."""
+
+    requester: str  # the address of the member that asked
+    seq: int  # the requester's sequence number, which our answer carries
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Topic:
+    """What a queued update is news of: the queue holds one entry per topic.
+
+    Newer news of a member replaces older (only the latest claim is worth
+    spreading); every broadcast is its own topic, so none displaces another.
+    """
+
+    name: str  # the member, or the broadcast's origin
+    broadcast: int | None = None  # the broadcast's sequence number; None: news of the member
+
+
+@dataclass(slots=True)
+class _Queued:
+    """An update waiting to ride on packets until it was sent the retransmit limit's number of times."""
+
+    topic: _Topic
+    update: Update
+    transmits: int = 0
+
+
 MAX_BROADCAST = 512
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 SEEN_BROADCASTS = 10_000
@@ -130,16 +161,26 @@ SEEN_BROADCASTS = 10_000
 
 def _update_size(update: Update) -> int:
     """An estimate of the encoded size, for the packet budget."""
-    if isinstance(update, Broadcast):
-        return 24 + len(update.origin) + len(update.data)
-    return 24 + len(update.name) + (len(update.address) if isinstance(update, Alive) else len(update.by))
+    match update:
+        case Broadcast():
+            return 24 + len(update.origin) + len(update.data)
+        case Alive():
+            return 24 + len(update.name) + len(update.address)
+        case Suspect() | Dead():
+            return 24 + len(update.name) + len(update.by)
+        case _:
+            assert_never(update)
 
 
-def _queue_key(update: Update) -> tuple[str, ...]:
-    """Newer news about a member replaces older news; every broadcast is its own entry."""
-    if isinstance(update, Broadcast):
-        return ("b", update.origin, str(update.seq))
-    return ("m", update.name)
+def _topic(update: Update) -> _Topic:
+    """The queue entry an update takes (or replaces): see `_Topic`."""
+    match update:
+        case Broadcast():
+            return _Topic(update.origin, update.seq)
+        case Alive() | Suspect() | Dead():
+            return _Topic(update.name)
+        case _:
+            assert_never(update)
 
 
 class Swim:
@@ -164,12 +205,12 @@ class Swim:
         self.left = False
         self._seq = 0
         self._events: list[MemberEvent] = []
-        self._queue: dict[tuple[str, ...], list[Any]] = {}  # queue key -> [update, transmits]
+        self._queue: dict[_Topic, _Queued] = {}  # insertion order: the older topic first among equals
         self._broadcast_seq = 0
         self._seen_broadcasts: dict[tuple[str, int], None] = {}  # bounded, oldest first
         self._delivered: list[Broadcast] = []
         self._suspicions: dict[str, _Suspicion] = {}
-        self._relays: dict[int, tuple[str, int, float]] = {}  # our seq -> (requester address, their seq, deadline)
+        self._relays: dict[int, _Relay] = {}  # our ping's seq -> the ping-req it answers
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
         self._confirm_next: str | None = None  # a suspect to probe next (one at a time)
@@ -228,7 +269,7 @@ class Swim:
             if not self._probe.indirect_sent and not self._probe.acked:
                 deadlines.append(self._probe.direct_deadline)
         deadlines.extend(s.deadline for s in self._suspicions.values())
-        deadlines.extend(r[2] for r in self._relays.values())
+        deadlines.extend(r.deadline for r in self._relays.values())
         return min(deadlines)
 
     # -- operator actions --------------------------------------------------------------
@@ -265,10 +306,10 @@ class Swim:
                 out += self._end_probe(probe, now)
         if self._probe is None and now >= self._next_probe and not self.left:
             out += self._start_probe(now)
-        for seq, (requester, their_seq, deadline) in list(self._relays.items()):
-            if now >= deadline:
+        for seq, relay in list(self._relays.items()):
+            if now >= relay.deadline:
                 del self._relays[seq]
-                out.append(Send(requester, Nack(their_seq, self.name)))
+                out.append(Send(relay.requester, Nack(relay.seq, self.name)))
         for name, suspicion in list(self._suspicions.items()):
             if now >= suspicion.deadline:
                 del self._suspicions[name]
@@ -396,37 +437,46 @@ class Swim:
         if self.left:
             return []
         out: list[Send] = []
-        updates = getattr(message, "updates", ())
-        for update in updates:
-            self._apply(update, now)
-        if isinstance(message, Ping):
-            if message.target == self.name:
-                out.append(Send(message.source_address, Ack(message.seq, self.name, self._take_updates(message.source))))
-        elif isinstance(message, Ack):
-            probe = self._probe
-            if probe is not None and message.seq == probe.seq and not probe.acked:
-                probe.acked = True
-                self._adjust_health(-1)
-                self._observe_rtt(now - probe.started)
-            relay = self._relays.pop(message.seq, None)
-            if relay is not None:
-                out.append(Send(relay[0], Ack(relay[1], self.name)))
-        elif isinstance(message, Nack):
-            if self._probe is not None and message.seq == self._probe.seq:
-                self._probe.nacks += 1
-        elif isinstance(message, PingReq):
-            self._seq += 1
-            self._relays[self._seq] = (message.source_address, message.seq, now + self.config.probe_timeout)
-            out.append(Send(message.target_address, Ping(self._seq, self.name, self.address, message.target)))
-        elif isinstance(message, PushPull):
-            self._merge_state(message, now)
-            if message.app and self.merge_app_state is not None:
-                self.merge_app_state(message.source, message.app)
-            if not message.reply:
-                out.append(self._push_pull(message.source_address, reply=True))
-            elif not self.joined:
-                self.joined = True
-                self._next_join = INF
+        # piggybacked updates land before the message is acted on: a ping from a suspect
+        # carries its refutation, and our ack must not tell it again that it is suspected
+        match message:
+            case Ping():
+                self._apply_all(message.updates, now)
+                if message.target == self.name:
+                    out.append(Send(message.source_address, Ack(message.seq, self.name, self._take_updates(message.source))))
+            case Ack():
+                self._apply_all(message.updates, now)
+                probe = self._probe
+                if probe is not None and message.seq == probe.seq and not probe.acked:
+                    probe.acked = True
+                    self._adjust_health(-1)
+                    self._observe_rtt(now - probe.started)
+                relay = self._relays.pop(message.seq, None)
+                if relay is not None:
+                    out.append(Send(relay.requester, Ack(relay.seq, self.name)))
+            case Nack():
+                if self._probe is not None and message.seq == self._probe.seq:
+                    self._probe.nacks += 1
+            case PingReq():
+                self._apply_all(message.updates, now)
+                self._seq += 1
+                self._relays[self._seq] = _Relay(message.source_address, message.seq, now + self.config.probe_timeout)
+                out.append(Send(message.target_address, Ping(self._seq, self.name, self.address, message.target)))
+            case PushPull():
+                self._merge_state(message, now)
+                if message.app and self.merge_app_state is not None:
+                    self.merge_app_state(message.source, message.app)
+                if not message.reply:
+                    out.append(self._push_pull(message.source_address, reply=True))
+                elif not self.joined:
+                    self.joined = True
+                    self._next_join = INF
+            case Gossip():
+                self._apply_all(message.updates, now)
+            case AppMessage():
+                pass  # application data: the shell hands it to the application, SWIM has nothing to do
+            case _:
+                assert_never(message)
         return out
 
     def _merge_state(self, message: PushPull, now: float) -> None:
@@ -454,15 +504,22 @@ class Swim:
 
     # -- state changes ------------------------------------------------------------------
 
+    def _apply_all(self, updates: tuple[Update, ...], now: float) -> None:
+        for update in updates:
+            self._apply(update, now)
+
     def _apply(self, update: Update, now: float) -> None:
-        if isinstance(update, Broadcast):
-            self._on_broadcast(update)
-        elif isinstance(update, Alive):
-            self._on_alive(update, now)
-        elif isinstance(update, Suspect):
-            self._on_suspect(update, now)
-        else:
-            self._on_dead(update, now)
+        match update:
+            case Broadcast():
+                self._on_broadcast(update)
+            case Alive():
+                self._on_alive(update, now)
+            case Suspect():
+                self._on_suspect(update, now)
+            case Dead():
+                self._on_dead(update, now)
+            case _:
+                assert_never(update)
 
     def _set(self, member: Member, state: State, incarnation: int, now: float) -> None:
         changed = member.state is not state
@@ -561,7 +618,8 @@ class Swim:
     # -- dissemination ----------------------------------------------------------------
 
     def _enqueue(self, update: Update) -> None:
-        self._queue[_queue_key(update)] = [update, 0]
+        topic = _topic(update)
+        self._queue[topic] = _Queued(topic, update)
 
     def broadcast(self, data: bytes) -> None:
         """Spread a small message (at most 512 bytes) to every member, best effort."""
@@ -605,20 +663,23 @@ class Swim:
         if not self._queue:
             return tuple(chosen)
         limit = self._retransmit_limit()
-        ordered = sorted(
-            self._queue.items(), key=lambda kv: (kv[0] != ("m", destination) or not isinstance(kv[1][0], Suspect), kv[1][1])
-        )
-        for key, entry in ordered:
-            if chosen and entry[0] == chosen[0]:
+
+        def order(entry: _Queued) -> tuple[bool, int]:
+            """The destination's own suspicion first (buddy system), then the least sent; ties keep queue order."""
+            update = entry.update
+            return (not (isinstance(update, Suspect) and update.name == destination), entry.transmits)
+
+        for entry in sorted(self._queue.values(), key=order):
+            if chosen and entry.update == chosen[0]:
                 continue
-            size = _update_size(entry[0])
+            size = _update_size(entry.update)
             if size > budget:
                 break
             budget -= size
-            chosen.append(entry[0])
-            entry[1] += 1
-            if entry[1] >= limit:
-                del self._queue[key]
+            chosen.append(entry.update)
+            entry.transmits += 1
+            if entry.transmits >= limit:
+                del self._queue[entry.topic]
         return tuple(chosen)
 
     def _gossip_targets(self, count: int, now: float) -> list[Member]:
