@@ -2,7 +2,7 @@
 environment variable and checks, and the command line is generated from it.
 
 A setting is declared with `setting(default, "--flag", "--alias", help=...)` on a
-frozen dataclass (`smg.config.GatewayConfig`, `smg.storage.settings.HistorySettings`,
+frozen dataclass whose `GROUP` class variable names its help group (`smg.config.GatewayConfig`, `smg.storage.settings.HistorySettings`,
 `smg.simworker.engine.SimConfig`); `add_arguments` builds the argparse groups from
 those fields, `values_from` reads a parsed namespace back into field values, and
 `check_fields` runs each field's own checks. So a new flag is one field: nothing
@@ -13,11 +13,12 @@ can declare its settings beside its code and refuse a bad value the same way.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import types
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
 
 SETTING = "smg.setting"  # the key of a field's metadata that holds its `Flag`
@@ -81,8 +82,18 @@ def flag_of(f: Field[Any]) -> Flag | None:
 
 
 def settings_of(cls: type) -> list[tuple[Field[Any], Flag]]:
-    """The fields of a settings dataclass that are flags, in declaration order."""
-    return [(f, flag) for f in fields(cls) if (flag := flag_of(f)) is not None]
+    """The fields of a settings dataclass that are flags, in declaration order, each with its
+    help group resolved: the field's own `group`, else the `GROUP` of the class declaring it."""
+    out = []
+    for f in fields(cls):
+        flag = flag_of(f)
+        if flag is None:
+            continue
+        if not flag.group:
+            owner = next((c for c in cls.__mro__ if f.name in inspect.get_annotations(c)), cls)
+            flag = replace(flag, group=getattr(owner, "GROUP", ""))
+        out.append((f, flag))
+    return out
 
 
 @dataclass(frozen=True)

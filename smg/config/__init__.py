@@ -17,7 +17,16 @@ from smg.config.mesh import G_MESH, MeshSettings
 from smg.config.observability import G_LOGS, LOG_LEVELS, ObservabilitySettings
 from smg.config.policy import G_POLICY, PolicySettings
 from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettings
-from smg.config.workers import G_BREAKER, G_HEALTH, G_RETRIES, G_WORKERS, WorkerSettings
+from smg.config.workers import (
+    G_BREAKER,
+    G_HEALTH,
+    G_RETRIES,
+    G_WORKERS,
+    BreakerSettings,
+    HealthSettings,
+    RetrySettings,
+    WorkerSettings,
+)
 from smg.settings import ConfigError, check_fields
 from smg.storage.settings import G_HISTORY, HistorySettings
 
@@ -27,9 +36,18 @@ GROUPS = (G_SERVER, G_WORKERS, G_POLICY, G_HEALTH, G_BREAKER, G_RETRIES, G_ADMIS
 
 @dataclass(frozen=True)
 class GatewayConfig(
-    HistorySettings, MeshSettings, ObservabilitySettings, AdmissionSettings, PolicySettings, WorkerSettings, ServerSettings
+    HistorySettings,
+    MeshSettings,
+    ObservabilitySettings,
+    AdmissionSettings,
+    RetrySettings,
+    BreakerSettings,
+    HealthSettings,
+    PolicySettings,
+    WorkerSettings,
+    ServerSettings,
 ):
-    """Every gateway setting (fields in the order of the bases, last base first)."""
+    """Every gateway setting: one base per help group (dataclass fields come last base first)."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from smg.limits.tenants import TenantLimits
 from smg.settings import ConfigError, non_negative, positive, setting
@@ -31,33 +32,31 @@ def _origins(flag: str, origins: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class AdmissionSettings:
+    GROUP: ClassVar[str] = G_ADMISSION
+
     max_concurrent_requests: int = setting(
         -1,
         "--max-concurrent-requests",
         check=_limit_or_unlimited,
         help="requests served at once; the permit is held until the response (stream included) ends; -1: no limit",
-        group=G_ADMISSION,
     )
     queue_size: int = setting(
         100,
         "--queue-size",
         check=non_negative(),
         help="requests that may wait for a permit; beyond: 429 admission_queue_full",
-        group=G_ADMISSION,
     )
     queue_timeout_secs: float = setting(
         60.0,
         "--queue-timeout-secs",
         check=positive,
         help="longest wait for a permit; then 503 admission_queue_timeout",
-        group=G_ADMISSION,
     )
     rate_limit_tokens_per_second: float = setting(
         0.0,
         "--rate-limit-tokens-per-second",
         check=non_negative(),
         help="admitted requests per second (a token bucket bursting to --max-concurrent-requests); 0: no rate limit",
-        group=G_ADMISSION,
     )
     tenant_api_keys: tuple[str, ...] = setting(
         (),
@@ -66,7 +65,6 @@ class AdmissionSettings:
         many="append",
         check=_tenant_keys,
         help="a data-plane key of one tenant (repeatable); tenant keys get 401 on control-plane routes",
-        group=G_ADMISSION,
     )
     cors_allowed_origins: tuple[str, ...] = setting(
         (),
@@ -74,14 +72,12 @@ class AdmissionSettings:
         metavar="ORIGIN",
         check=_origins,
         help="origins browsers may call from, or '*'",
-        group=G_ADMISSION,
     )
     tenant_rate_limit_config: str | None = setting(
         None,
         "--tenant-rate-limit-config",
         metavar="FILE",
         help='per-tenant limits, JSON or YAML: {"default": {"requests_per_minute": N, "tokens_per_minute": M}, "tenants": {"NAME": {...}}}; cluster-wide with --ha-mesh',
-        group=G_ADMISSION,
     )
     max_background_responses: int = setting(
         1024,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from smg.mesh.keyring import parse_key
 from smg.settings import ConfigError, at_least, existing_file, port_number, positive, setting
@@ -32,7 +33,9 @@ def _mesh_keys(flag: str, keys: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class MeshSettings:
-    ha_mesh: bool = setting(False, "--ha-mesh", "--enable-mesh", help="join the other gateways in a SWIM mesh", group=G_MESH)
+    GROUP: ClassVar[str] = G_MESH
+
+    ha_mesh: bool = setting(False, "--ha-mesh", "--enable-mesh", help="join the other gateways in a SWIM mesh")
     mesh_seeds: tuple[str, ...] = setting(
         (),
         "--seeds",
@@ -42,25 +45,22 @@ class MeshSettings:
         check=_seeds,
         help="mesh addresses of other gateways; every one is tried, and retried until one answers "
         "(--mesh-peer-urls: the same, space-separated)",
-        group=G_MESH,
     )
-    mesh_host: str = setting("0.0.0.0", "--mesh-host", help="address the mesh binds, UDP and TCP", group=G_MESH)
-    mesh_port: int = setting(39527, "--mesh-port", check=port_number, help="mesh port, UDP and TCP; 0 picks one", group=G_MESH)
+    mesh_host: str = setting("0.0.0.0", "--mesh-host", help="address the mesh binds, UDP and TCP")
+    mesh_port: int = setting(39527, "--mesh-port", check=port_number, help="mesh port, UDP and TCP; 0 picks one")
     mesh_advertise_host: str | None = setting(
         None,
         "--mesh-advertise-host",
         help="address peers reach this node at; needed with --mesh-host 0.0.0.0 unless the route to a seed tells it",
-        group=G_MESH,
     )
     mesh_server_name: str | None = setting(
         None,
         "--mesh-server-name",
         check=_member_name,
         help="this node's member name (default: ADVERTISE_HOST:MESH_PORT, stable across restarts so the node rejoins as itself)",
-        group=G_MESH,
     )
     mesh_cluster_label: str = setting(
-        "", "--mesh-cluster-label", help="bound into every packet: clusters with different labels never merge", group=G_MESH
+        "", "--mesh-cluster-label", help="bound into every packet: clusters with different labels never merge"
     )
     mesh_keys: tuple[str, ...] = setting(
         (),
@@ -70,41 +70,35 @@ class MeshSettings:
         env="SMG_MESH_KEY",  # so a key need not sit in a command line or a compose file
         check=_mesh_keys,
         help="AES-GCM key (16, 24 or 32 bytes, base64; repeatable, the first encrypts); default: $SMG_MESH_KEY (comma-separated); none: unencrypted, with a warning",
-        group=G_MESH,
     )
     mesh_keyring_file: str | None = setting(
         None,
         "--mesh-keyring-file",
         check=existing_file,
         help="file of base64 mesh keys, one per line, after any --mesh-key",
-        group=G_MESH,
     )
     mesh_health_owners: int = setting(
         2,
         "--mesh-health-owners",
         check=at_least(1),
         help="gateways that health-check each worker (rendezvous-hashed over alive members); the rest follow their majority verdict",
-        group=G_MESH,
     )
     mesh_prefix_budget: int = setting(
         100000,
         "--mesh-prefix-budget",
         check=at_least(1),
         help="cache_aware: shared prefix-summary entries kept per model",
-        group=G_MESH,
     )
     mesh_prefix_ttl_secs: float = setting(
         180.0,
         "--mesh-prefix-ttl-secs",
         check=positive,
         help="cache_aware: a shared prefix record not seen again for this long is dropped",
-        group=G_MESH,
     )
     mesh_fault_injection: bool = setting(
         False,
         "--mesh-fault-injection",
         help="testing only: enable POST /mesh/faults (drop mesh traffic to chosen members, random loss)",
-        group=G_MESH,
     )
 
     def mesh_key_list(self) -> list[bytes]:

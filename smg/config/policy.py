@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from smg.routing.policies import PolicyConfig
 from smg.routing.tokenizer import load_tokenizer
@@ -13,71 +14,65 @@ G_POLICY = "policy tuning"
 
 @dataclass(frozen=True)
 class PolicySettings:
+    GROUP: ClassVar[str] = G_POLICY
+
     cache_threshold: float = setting(
         0.3,
         "--cache-threshold",
         "--cache-match-threshold",
         help="cache_aware: least matched share of the prompt that pins it to the matching worker",
-        group=G_POLICY,
     )
     balance_abs_threshold: int = setting(
         64,
         "--balance-abs-threshold",
         "--spill-abs-threshold",
         help="cache_aware: imbalance when max - min load exceeds this ...",
-        group=G_POLICY,
     )
     balance_rel_threshold: float = setting(
         1.5,
         "--balance-rel-threshold",
         "--spill-rel-threshold",
         help="... and max exceeds this multiple of min; then the least loaded wins",
-        group=G_POLICY,
     )
     max_tree_size: int = setting(
         64 * 1024 * 1024,
         "--max-tree-size",
         help="cache_aware: characters (or tokens) remembered per model, shared by its workers",
-        group=G_POLICY,
     )
     eviction_interval_secs: float = setting(
         60.0,
         "--eviction-interval-secs",
         check=positive,
         help="cache_aware: seconds between evictions down to --max-tree-size",
-        group=G_POLICY,
     )
     tokenizer_path: str | None = setting(
-        None, "--tokenizer-path", help="cache_aware in token mode: a tokenizer.json (or a directory holding one)", group=G_POLICY
+        None, "--tokenizer-path", help="cache_aware in token mode: a tokenizer.json (or a directory holding one)"
     )
     prefix_token_count: int = setting(
-        256, "--prefix-token-count", help="prefix_hash: tokens hashed (4 characters each, untokenised)", group=G_POLICY
+        256, "--prefix-token-count", help="prefix_hash: tokens hashed (4 characters each, untokenised)"
     )
     prefix_hash_load_factor: float = setting(
         1.25,
         "--prefix-hash-load-factor",
         help="prefix_hash: a worker above this multiple of its fair share is passed over",
-        group=G_POLICY,
     )
     max_idle_secs: float = setting(
         14400.0,
         "--max-idle-secs",
         "--sticky-key-idle-secs",
         help="manual: an unused routing key is forgotten after this",
-        group=G_POLICY,
     )
     bucket_adjust_interval_secs: float = setting(
-        60.0, "--bucket-adjust-interval-secs", help="bucket: seconds between boundary adjustments", group=G_POLICY
+        60.0, "--bucket-adjust-interval-secs", help="bucket: seconds between boundary adjustments"
     )
     load_monitor_interval: float = setting(
         10.0,
         "--load-monitor-interval",
         check=positive,
         help="seconds between polls of workers' /v1/loads for load-aware policies",
-        group=G_POLICY,
     )
     disable_load_monitoring: bool = setting(
-        False, "--disable-load-monitoring", help="load-aware policies use the gateway's in-flight counts only", group=G_POLICY
+        False, "--disable-load-monitoring", help="load-aware policies use the gateway's in-flight counts only"
     )
 
     def policy_config(self) -> PolicyConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from smg.settings import ConfigError, at_least, existing_file, non_negative, port_number, positive, setting
 
@@ -24,41 +25,37 @@ def _header_names(flag: str, names: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = setting("0.0.0.0", "--host", help="address to bind the gateway", group=G_SERVER)
-    port: int = setting(30000, "--port", check=port_number, help="port of the gateway", group=G_SERVER)
+    GROUP: ClassVar[str] = G_SERVER
+
+    host: str = setting("0.0.0.0", "--host", help="address to bind the gateway")
+    port: int = setting(30000, "--port", check=port_number, help="port of the gateway")
     api_key: str | None = setting(
         None,
         "--api-key",
         check=_not_empty,
         help="require 'Authorization: Bearer KEY' on every route but the probes and /v1/models; also sent to workers",
-        group=G_SERVER,
     )
     tls_cert_path: str | None = setting(
         None,
         "--tls-cert-path",
         check=existing_file,
         help="serve HTTPS with this PEM certificate (needs --tls-key-path)",
-        group=G_SERVER,
     )
-    tls_key_path: str | None = setting(
-        None, "--tls-key-path", check=existing_file, help="PEM private key for --tls-cert-path", group=G_SERVER
-    )
+    tls_key_path: str | None = setting(None, "--tls-key-path", check=existing_file, help="PEM private key for --tls-cert-path")
     max_payload_size: int = setting(
         512 * 1024 * 1024,
         "--max-payload-size",
         check=at_least(1),
         help="largest request body in bytes; larger gets 413",
-        group=G_SERVER,
     )
     request_timeout_secs: float = setting(
-        1800.0, "--request-timeout-secs", check=positive, help="longest a request may take end to end; then 504", group=G_SERVER
+        1800.0, "--request-timeout-secs", check=positive, help="longest a request may take end to end; then 504"
     )
     shutdown_grace_period_secs: float = setting(
         180.0,
         "--shutdown-grace-period-secs",
         check=non_negative(),
         help="on SIGTERM, how long in-flight requests may finish",
-        group=G_SERVER,
     )
     request_id_headers: tuple[str, ...] = setting(
         DEFAULT_REQUEST_ID_HEADERS,
@@ -66,26 +63,22 @@ class ServerSettings:
         metavar="HEADER",
         check=_header_names,
         help="headers whose value is taken as the request id, first match wins",
-        group=G_SERVER,
     )
     header_read_timeout_secs: float = setting(
         30.0,
         "--header-read-timeout-secs",
         check=non_negative("0 disables it"),
         help="close a connection whose request head is not complete this long after it was accepted (or after the first byte of a later request's head), or whose request body stops arriving for this long; 0 disables",
-        group=G_SERVER,
     )
     idle_connection_timeout_secs: float = setting(
         90.0,
         "--idle-connection-timeout-secs",
         check=non_negative("0 disables it"),
         help="close a keep-alive connection with no request in flight for this long (an open stream counts as in flight), and one whose client reads nothing of a response for this long; keep it above the idle timeout of a balancer in front; 0 disables",
-        group=G_SERVER,
     )
     max_client_connections: int = setting(
         10000,
         "--max-client-connections",
         check=at_least(1),
         help="open client connections this process accepts at once; more wait in the listen backlog, with a warning in the log",
-        group=G_SERVER,
     )

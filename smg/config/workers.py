@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from smg.routing.policies import POLICIES
 from smg.settings import ConfigError, at_least, non_negative, positive, setting
@@ -33,6 +34,10 @@ def _worker_urls(flag: str, urls: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    """Which workers, and how the data plane reaches them."""
+
+    GROUP: ClassVar[str] = G_WORKERS
+
     worker_urls: tuple[str, ...] = setting(
         (),
         "--worker-urls",
@@ -40,144 +45,75 @@ class WorkerSettings:
         many="*",
         check=_worker_urls,
         help="worker base URLs, e.g. http://127.0.0.1:8000",
-        group=G_WORKERS,
     )
-    policy: str = setting("cache_aware", "--policy", choices=list(POLICIES), help="load-balancing policy", group=G_WORKERS)
+    policy: str = setting("cache_aware", "--policy", choices=list(POLICIES), help="load-balancing policy")
     connect_timeout_secs: float = setting(
         10.0,
         "--connect-timeout-secs",
         check=positive,
         help="limit for opening a connection to a worker; then 502",
-        group=G_WORKERS,
     )
     enable_igw: bool = setting(
         False,
         "--enable-igw",
         help="multi-model mode: start with no workers and serve whatever models workers added through /workers offer",
-        group=G_WORKERS,
     )
     worker_startup_timeout_secs: float = setting(
         1800.0,
         "--worker-startup-timeout-secs",
         check=positive,
         help="how long a new worker may take to pass its first health check",
-        group=G_WORKERS,
     )
     worker_startup_check_interval: float = setting(
         1.0,
         "--worker-startup-check-interval",
         check=positive,
         help="longest pause between start-up probes, in seconds",
-        group=G_WORKERS,
     )
     upstream_client: str = setting(
         "pool",
         "--upstream-client",
         choices=UPSTREAM_CLIENTS,
         help="HTTP client of the data plane: smg's lean keep-alive pool, or httpx",
-        group=G_WORKERS,
     )
     upstream_max_idle_per_worker: int = setting(
         256,
         "--upstream-max-idle-per-worker",
         check=non_negative(),
         help="idle keep-alive connections kept per worker",
-        group=G_WORKERS,
     )
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """How workers are probed, and when a worker leaves or rejoins the routable set."""
+
+    GROUP: ClassVar[str] = G_HEALTH
+
     health_check_interval_secs: float = setting(
         10.0,
         "--health-check-interval-secs",
         check=positive,
         help="seconds between health probes of each worker (default: the reference: 60)",
-        group=G_HEALTH,
     )
     health_check_timeout_secs: float = setting(
-        5.0, "--health-check-timeout-secs", check=positive, help="limit of one health probe", group=G_HEALTH
+        5.0, "--health-check-timeout-secs", check=positive, help="limit of one health probe"
     )
-    health_check_endpoint: str = setting(
-        "/health", "--health-check-endpoint", check=_path, help="path probed on each worker", group=G_HEALTH
-    )
+    health_check_endpoint: str = setting("/health", "--health-check-endpoint", check=_path, help="path probed on each worker")
     health_success_threshold: int = setting(
-        2, "--health-success-threshold", help="consecutive successes that make a worker ready", group=G_HEALTH
+        2, "--health-success-threshold", help="consecutive successes that make a worker ready"
     )
-    health_failure_threshold: int = setting(
-        3, "--health-failure-threshold", help="consecutive failures that take a worker out", group=G_HEALTH
-    )
+    health_failure_threshold: int = setting(3, "--health-failure-threshold", help="consecutive failures that take a worker out")
     health_failed_threshold: int = setting(
-        30, "--health-failed-threshold", help="consecutive failures after which a worker is 'failed'", group=G_HEALTH
+        30, "--health-failed-threshold", help="consecutive failures after which a worker is 'failed'"
     )
     disable_health_check: bool = setting(
-        False, "--disable-health-check", help="no periodic probes: a worker is ready once discovered", group=G_HEALTH
+        False, "--disable-health-check", help="no periodic probes: a worker is ready once discovered"
     )
     remove_unhealthy_workers: bool = setting(
         False,
         "--remove-unhealthy-workers",
         help="remove workers that reach 'failed' (default: keep probing them)",
-        group=G_HEALTH,
-    )
-    cb_failure_threshold: int = setting(
-        10, "--cb-failure-threshold", help="consecutive failed attempts that open a worker's breaker", group=G_BREAKER
-    )
-    cb_success_threshold: int = setting(
-        3, "--cb-success-threshold", help="successful half-open probes that close it", group=G_BREAKER
-    )
-    cb_timeout_duration_secs: float = setting(
-        60.0, "--cb-timeout-duration-secs", help="how long an open breaker hides the worker", group=G_BREAKER
-    )
-    cb_window_duration_secs: float = setting(
-        120.0, "--cb-window-duration-secs", help="failures further apart than this do not add up", group=G_BREAKER
-    )
-    disable_circuit_breaker: bool = setting(
-        False,
-        "--disable-circuit-breaker",
-        help="never take a worker out for failed attempts (health checks still do)",
-        group=G_BREAKER,
-    )
-    retry_max_retries: int = setting(
-        5, "--retry-max-retries", help="attempts in total, the first included; each picks a worker again", group=G_RETRIES
-    )
-    retry_initial_backoff_ms: float = setting(
-        50.0, "--retry-initial-backoff-ms", help="pause before the second attempt, in ms", group=G_RETRIES
-    )
-    retry_max_backoff_ms: float = setting(
-        30000.0, "--retry-max-backoff-ms", help="longest pause between attempts, in ms", group=G_RETRIES
-    )
-    retry_backoff_multiplier: float = setting(
-        1.5, "--retry-backoff-multiplier", help="each pause is the previous one times this", group=G_RETRIES
-    )
-    retry_jitter_factor: float = setting(
-        0.2, "--retry-jitter-factor", help="backoff varies by +/- this fraction", group=G_RETRIES
-    )
-    disable_retries: bool = setting(False, "--disable-retries", help="one attempt only", group=G_RETRIES)
-    worker_first_byte_timeout_secs: float = setting(
-        120.0,
-        "--worker-first-byte-timeout-secs",
-        check=positive,
-        help="a worker sending no response headers within this fails the attempt",
-        group=G_RETRIES,
-    )
-    stream_stall_timeout_secs: float = setting(
-        300.0,
-        "--stream-stall-timeout-secs",
-        check=positive,
-        help="a stream silent this long is ended with an error event",
-        group=G_RETRIES,
-    )
-    max_upstream_response_size: int = setting(
-        256 * 1024 * 1024,
-        "--max-upstream-response-size",
-        metavar="BYTES",
-        check=at_least(1),
-        help="largest non-streamed answer read from a worker; larger is 502 upstream_protocol_error",
-        group=G_RETRIES,
-    )
-    max_sse_event_size: int = setting(
-        16 * 1024 * 1024,
-        "--max-sse-event-size",
-        metavar="BYTES",
-        check=at_least(1),
-        help="largest single server-sent event relayed from a worker; larger ends the stream with an error event",
-        group=G_RETRIES,
     )
 
     def health_config(self) -> HealthConfig:
@@ -187,6 +123,29 @@ class WorkerSettings:
             failed_threshold=max(self.health_failed_threshold, self.health_failure_threshold),
         )
 
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """When failed attempts take a worker out for a while."""
+
+    GROUP: ClassVar[str] = G_BREAKER
+
+    cb_failure_threshold: int = setting(
+        10, "--cb-failure-threshold", help="consecutive failed attempts that open a worker's breaker"
+    )
+    cb_success_threshold: int = setting(3, "--cb-success-threshold", help="successful half-open probes that close it")
+    cb_timeout_duration_secs: float = setting(
+        60.0, "--cb-timeout-duration-secs", help="how long an open breaker hides the worker"
+    )
+    cb_window_duration_secs: float = setting(
+        120.0, "--cb-window-duration-secs", help="failures further apart than this do not add up"
+    )
+    disable_circuit_breaker: bool = setting(
+        False,
+        "--disable-circuit-breaker",
+        help="never take a worker out for failed attempts (health checks still do)",
+    )
+
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
             failure_threshold=self.cb_failure_threshold,
@@ -195,6 +154,48 @@ class WorkerSettings:
             window=self.cb_window_duration_secs,
             enabled=not self.disable_circuit_breaker,
         )
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How often a request is tried again, and how long each step may take."""
+
+    GROUP: ClassVar[str] = G_RETRIES
+
+    retry_max_retries: int = setting(
+        5, "--retry-max-retries", help="attempts in total, the first included; each picks a worker again"
+    )
+    retry_initial_backoff_ms: float = setting(50.0, "--retry-initial-backoff-ms", help="pause before the second attempt, in ms")
+    retry_max_backoff_ms: float = setting(30000.0, "--retry-max-backoff-ms", help="longest pause between attempts, in ms")
+    retry_backoff_multiplier: float = setting(1.5, "--retry-backoff-multiplier", help="each pause is the previous one times this")
+    retry_jitter_factor: float = setting(0.2, "--retry-jitter-factor", help="backoff varies by +/- this fraction")
+    disable_retries: bool = setting(False, "--disable-retries", help="one attempt only")
+    worker_first_byte_timeout_secs: float = setting(
+        120.0,
+        "--worker-first-byte-timeout-secs",
+        check=positive,
+        help="a worker sending no response headers within this fails the attempt",
+    )
+    stream_stall_timeout_secs: float = setting(
+        300.0,
+        "--stream-stall-timeout-secs",
+        check=positive,
+        help="a stream silent this long is ended with an error event",
+    )
+    max_upstream_response_size: int = setting(
+        256 * 1024 * 1024,
+        "--max-upstream-response-size",
+        metavar="BYTES",
+        check=at_least(1),
+        help="largest non-streamed answer read from a worker; larger is 502 upstream_protocol_error",
+    )
+    max_sse_event_size: int = setting(
+        16 * 1024 * 1024,
+        "--max-sse-event-size",
+        metavar="BYTES",
+        check=at_least(1),
+        help="largest single server-sent event relayed from a worker; larger ends the stream with an error event",
+    )
 
     def retry_config(self) -> RetryConfig:
         return RetryConfig(

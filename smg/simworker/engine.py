@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, fields
 from hashlib import blake2b
-from typing import Any
+from typing import Any, ClassVar
 
 from smg.settings import setting
 from smg.simworker.kvcache import PrefixKVCache
@@ -50,31 +50,33 @@ G_SIM = "simulated worker"
 class SimConfig:
     """Knobs of one simulated worker; the fault knobs can change at run time."""
 
-    model: str = setting("sim-model", "--model", help="model id the worker serves", group=G_SIM)
-    seed: int = setting(0, "--seed", help="seed of the fault draws and generated text (worker i uses seed + i)", group=G_SIM)
-    ttft_ms: float = setting(2.0, "--ttft-ms", help="fixed part of time to first token, in ms", group=G_SIM)
+    GROUP: ClassVar[str] = G_SIM
+
+    model: str = setting("sim-model", "--model", help="model id the worker serves")
+    seed: int = setting(0, "--seed", help="seed of the fault draws and generated text (worker i uses seed + i)")
+    ttft_ms: float = setting(2.0, "--ttft-ms", help="fixed part of time to first token, in ms")
     prefill_tokens_per_sec: float = setting(
         50_000.0,
         "--prefill-tokens-per-sec",
         help="prefill speed: uncached prompt tokens per second added to the TTFT",
         group=G_SIM,
     )
-    tpot_ms: float = setting(1.0, "--tpot-ms", help="decode time per output token, in ms, with one running request", group=G_SIM)
+    tpot_ms: float = setting(1.0, "--tpot-ms", help="decode time per output token, in ms, with one running request")
     batch_slowdown: float = setting(
         0.02, "--batch-slowdown", help="fractional slowdown of decode per extra running request", group=G_SIM
     )
-    max_running: int = setting(64, "--max-running", help="requests decoded at once; more wait in a FIFO queue", group=G_SIM)
-    cache_blocks: int = setting(8192, "--cache-blocks", help="prefix KV-cache capacity in blocks of 16 tokens (LRU)", group=G_SIM)
-    output_tokens: int = setting(16, "--output-tokens", help="output tokens when the request sets no max_tokens", group=G_SIM)
-    embedding_dim: int = setting(16, "--embedding-dim", help="dimension of generated embeddings", group=G_SIM)
+    max_running: int = setting(64, "--max-running", help="requests decoded at once; more wait in a FIFO queue")
+    cache_blocks: int = setting(8192, "--cache-blocks", help="prefix KV-cache capacity in blocks of 16 tokens (LRU)")
+    output_tokens: int = setting(16, "--output-tokens", help="output tokens when the request sets no max_tokens")
+    embedding_dim: int = setting(16, "--embedding-dim", help="dimension of generated embeddings")
     owned_by: str = setting(
         "sglang", "--owned-by", help="owned_by reported by /v1/models (gateways read the engine type from it)", group=G_SIM
     )
     fail_rate: float = setting(
         0.0, "--fail-rate", help="fraction of generation requests answered with --*fail-status", group=G_SIM
     )
-    fail_status: int = setting(500, "--fail-status", help="HTTP status of injected failures", group=G_SIM)
-    unhealthy: bool = setting(False, "--unhealthy", help="answer /health with 503", group=G_SIM)
+    fail_status: int = setting(500, "--fail-status", help="HTTP status of injected failures")
+    unhealthy: bool = setting(False, "--unhealthy", help="answer /health with 503")
     hang_rate: float = setting(
         0.0, "--hang-rate", help="fraction of requests that hang before the first byte until the client leaves", group=G_SIM
     )

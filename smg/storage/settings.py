@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from smg.settings import ConfigError, at_least, non_negative, positive, setting
 from smg.storage.lock import check
@@ -23,40 +24,37 @@ G_HISTORY = "history storage (Conversations and Responses APIs)"
 class HistorySettings:
     """Where conversations and stored responses live; `smg.config.GatewayConfig` composes it."""
 
+    GROUP: ClassVar[str] = G_HISTORY
+
     history_backend: str = setting(
         "sqlite",
         "--history-backend",
         choices=HISTORY_BACKENDS,
         help="where conversations and stored responses live: sqlite (an embedded file; the default), memory (bounded, lost on restart), postgres (shared by a cluster), redis, none (APIs off)",
-        group=G_HISTORY,
     )
     history_db_path: str = setting(
         "",
         "--history-db-path",
         metavar="FILE",
         help="sqlite: the database file (default: $SMG_HISTORY_DB_PATH, else ~/.local/share/smg/history.db)",
-        group=G_HISTORY,
     )
     history_memory_max_responses: int = setting(
         10000,
         "--history-memory-max-responses",
         check=at_least(1),
         help="memory: stored responses kept, the oldest go first",
-        group=G_HISTORY,
     )
     history_memory_max_items: int = setting(
         100000,
         "--history-memory-max-items",
         check=at_least(1),
         help="memory: conversation items kept; the least recently used conversations go first, whole",
-        group=G_HISTORY,
     )
     history_memory_retention_secs: float = setting(
         86400.0,
         "--history-memory-retention-secs",
         check=non_negative("0 keeps records until a bound drops them"),
         help="memory: a conversation is dropped this long after its last use, a response this long after it was stored; 0 keeps them until a bound drops them",
-        group=G_HISTORY,
     )
     postgres_db_url: str | None = setting(
         None,
@@ -64,35 +62,27 @@ class HistorySettings:
         metavar="URL",
         env="POSTGRES_DB_URL",
         help="postgres: e.g. postgres://user:password@host:5432/db (default: $POSTGRES_DB_URL)",
-        group=G_HISTORY,
     )
-    postgres_pool_max: int = setting(
-        16, "--postgres-pool-max", check=at_least(1), help="postgres: most connections", group=G_HISTORY
-    )
+    postgres_pool_max: int = setting(16, "--postgres-pool-max", check=at_least(1), help="postgres: most connections")
     postgres_op_timeout_secs: float = setting(
         5.0,
         "--postgres-op-timeout-secs",
         check=positive,
         help="postgres: bound on each storage call (pool wait, connect, statement); past it: 503 storage_unavailable",
-        group=G_HISTORY,
     )
-    redis_url: str | None = setting(
-        None, "--redis-url", metavar="URL", env="REDIS_URL", help="redis: (default: $REDIS_URL)", group=G_HISTORY
-    )
-    redis_pool_max: int = setting(16, "--redis-pool-max", check=at_least(1), help="redis: most connections", group=G_HISTORY)
+    redis_url: str | None = setting(None, "--redis-url", metavar="URL", env="REDIS_URL", help="redis: (default: $REDIS_URL)")
+    redis_pool_max: int = setting(16, "--redis-pool-max", check=at_least(1), help="redis: most connections")
     redis_retention_days: int = setting(
         30,
         "--redis-retention-days",
         check=_retention_days,
         help="redis: records expire this many days after their last write; -1 keeps them",
-        group=G_HISTORY,
     )
     redis_op_timeout_secs: float = setting(
         5.0,
         "--redis-op-timeout-secs",
         check=positive,
         help="redis: bound on each storage call; past it: 503 storage_unavailable",
-        group=G_HISTORY,
     )
 
     def validate_history(self) -> None:
