@@ -8,6 +8,12 @@ import pytest
 
 from smg.apis.anthropic.messages_format import MessagesStream, chat_request, message_from_chat
 from smg.http.errors import GatewayError
+from smg.http.schemas import MessagesRequest, validate
+
+
+def translate(body: dict) -> dict:
+    """As the handler does: the body typed at the edge (its 400s), then translated."""
+    return chat_request(validate(MessagesRequest, body))
 
 
 def events(raw: bytes) -> list[dict]:
@@ -15,7 +21,7 @@ def events(raw: bytes) -> list[dict]:
 
 
 def test_images_and_tool_choices_translate() -> None:
-    chat = chat_request({
+    chat = translate({
         "model": "m", "max_tokens": 5, "stream": True, "metadata": {"user_id": "u1"}, "tool_choice": {"type": "any"},
         "tools": [{"name": "t", "input_schema": {"type": "object"}}],
         "messages": [{"role": "user", "content": [
@@ -36,12 +42,15 @@ def test_images_and_tool_choices_translate() -> None:
         ({"model": "m", "messages": []}, "max_tokens"),
         ({"model": "m", "max_tokens": 0, "messages": []}, "max_tokens"),
         ({"model": "m", "max_tokens": 1, "messages": [{"role": "robot", "content": "x"}]}, "messages[0]"),
-        ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages[0]"),
+        (
+            {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"text": "x"}]}]},
+            "messages[0].content[0].type",  # a block without a type: refused at the edge, which names it
+        ),
     ],
 )
 def test_bad_requests_name_the_field(body: dict, param: str) -> None:
     with pytest.raises(GatewayError) as caught:
-        chat_request(body)
+        translate(body)
     assert caught.value.status == 400 and caught.value.param == param
 
 

@@ -11,6 +11,7 @@ from smg.apis.openai.responses_format import (
     chat_tools,
     output_items,
 )
+from smg.http.schemas import ResponsesRequest, ResponsesTool
 from smg.http.sse import SseReader
 
 
@@ -52,7 +53,8 @@ def test_images_keep_their_parts() -> None:
 
 def test_tools_and_answers_convert_both_ways() -> None:
     tools = [{"type": "function", "name": "weather", "parameters": {"type": "object"}}, {"type": "web_search"}]
-    assert chat_tools(tools) == [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    typed = [ResponsesTool.model_validate(tool) for tool in tools]
+    assert chat_tools(typed) == [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
     items = output_items(
         {"content": "Checking.", "tool_calls": [{"id": "call_9", "function": {"name": "weather", "arguments": "{}"}}]}
     )
@@ -69,7 +71,7 @@ def test_sse_reader_joins_lines_split_across_chunks() -> None:
 
 
 def test_stream_state_numbers_events_and_gathers_tool_calls() -> None:
-    state = StreamState(ResponseShell("resp_1", "m", {"store": True}))
+    state = StreamState(ResponseShell("resp_1", "m", ResponsesRequest(store=True)))
     events = state.start()
     events += state.chunk({"choices": [{"delta": {"content": "Hel"}}]})
     events += state.chunk({"choices": [{"delta": {"content": "lo"}}]})
@@ -96,7 +98,7 @@ def test_stream_state_numbers_events_and_gathers_tool_calls() -> None:
 
 
 def test_a_stream_cut_by_its_length_limit_ends_incomplete() -> None:
-    state = StreamState(ResponseShell("resp_2", "m", {"max_output_tokens": 2}))
+    state = StreamState(ResponseShell("resp_2", "m", ResponsesRequest(max_output_tokens=2)))
     state.start()
     state.chunk({"choices": [{"delta": {"content": "Hi"}, "finish_reason": None}]})
     state.chunk({"choices": [{"delta": {}, "finish_reason": "length"}]})
@@ -108,7 +110,7 @@ def test_a_stream_cut_by_its_length_limit_ends_incomplete() -> None:
 
 
 def test_a_stream_that_broke_off_ends_failed_with_its_error() -> None:
-    state = StreamState(ResponseShell("resp_3", "m", {}))
+    state = StreamState(ResponseShell("resp_3", "m", ResponsesRequest()))
     state.start()
     state.chunk({"choices": [{"delta": {"content": "Hel"}}]})
     response, events = state.end({"code": "upstream_stream_error", "message": "worker died"})

@@ -29,16 +29,16 @@ NATIVE_RUNTIME = "anthropic"
 async def create_message(ctx: GatewayContext, ex: Exchange) -> None:
     ex.error_shape = error_body  # every error from here on, the gateway's or the routing's
     body = await read_body(ex.scope, ex.receive, ctx.config.max_payload_size)
-    request = load_json_object(body)
-    validate(MessagesRequest, request)  # every known field's type, whichever way the request goes
+    sent = load_json_object(body)  # a native worker gets it as sent (unknown fields too), with the original bytes
+    request = validate(MessagesRequest, sent)  # every known field's type, whichever way the request goes
     chat = chat_request(request)  # and the values translating needs
-    model = request["model"]
-    if not isinstance(model, str) or not model:
+    model = request.model
+    if not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
     ex.model = model
     if _native(ctx, model):
-        await dispatch(ctx, ex, NATIVE, request, body)
-    elif chat.get("stream"):
+        await dispatch(ctx, ex, NATIVE, sent, body)
+    elif request.stream is True:
         await _stream(ctx, ex, chat, model)
     else:
         async with chat_completion(ctx, ex, chat) as answer:

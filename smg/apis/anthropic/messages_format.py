@@ -4,7 +4,8 @@ the chat answer (whole, or chunk by chunk) as a message object or Messages strea
 For workers that speak only the OpenAI API. What translates: `system`,
 text and image blocks, `tool_use` / `tool_result` blocks (as tool calls and
 tool messages), `tools` and `tool_choice`, `max_tokens`, `stop_sequences`,
-`temperature`, `top_p`, `metadata.user_id`, and usage.
+`temperature`, `top_p`, `metadata.user_id`, and usage. The request arrives typed
+(`smg.http.schemas.MessagesRequest`); the chat completion it becomes is JSON for the data plane.
 """
 
 from __future__ import annotations
@@ -13,119 +14,105 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from smg.http.errors import GatewayError, missing_parameter
+from smg.http.errors import GatewayError
+from smg.http.schemas import ImageSource, MessagesRequest, MessagesToolChoice, ResultBlock, SystemBlock, Turn
 from smg.storage.records import new_id
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
-def chat_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The chat completion that answers a Messages request (GatewayError names a bad field)."""
-    for name in ("model", "messages", "max_tokens"):
-        if name not in body:
-            raise missing_parameter(name)
-    if not isinstance(body["max_tokens"], int) or isinstance(body["max_tokens"], bool) or body["max_tokens"] < 1:
+def chat_request(request: MessagesRequest) -> dict[str, Any]:
+    """The chat completion that answers a Messages request (GatewayError names a bad value;
+    the schema checked the types). A field the client gave, even as null, goes on to the chat
+    request, one left out does not: `model_fields_set` tells them apart."""
+    if request.max_tokens < 1:
         raise GatewayError(400, "invalid_value", "'max_tokens' must be a positive integer", param="max_tokens")
-    if not isinstance(body["messages"], list):
-        raise GatewayError(400, "invalid_value", "'messages' must be a list", param="messages")
     messages: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system:
-        messages.append({"role": "system", "content": _text(system, "system")})
-    for index, message in enumerate(body["messages"]):
-        messages += _chat_messages(message, f"messages[{index}]")
-    chat: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
-    if body.get("stream") is True:
+    if request.system:
+        messages.append({"role": "system", "content": _text(request.system, "system")})
+    for index, turn in enumerate(request.messages):
+        messages += _chat_messages(turn, f"messages[{index}]")
+    chat: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+    if request.stream is True:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    if "stop_sequences" in body:
-        chat["stop"] = body["stop_sequences"]
-    for name in ("temperature", "top_p"):
-        if name in body:
-            chat[name] = body[name]
-    user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
+    given = request.model_fields_set
+    if "stop_sequences" in given:
+        chat["stop"] = request.stop_sequences
+    if "temperature" in given:
+        chat["temperature"] = request.temperature
+    if "top_p" in given:
+        chat["top_p"] = request.top_p
+    user = request.metadata.user_id if request.metadata is not None else None
     if user:
         chat["user"] = user
-    tools = body.get("tools")
-    if isinstance(tools, list) and tools:
+    if request.tools:
         chat["tools"] = [
             {
                 "type": "function",
                 "function": {
-                    "name": tool.get("name", ""),
-                    "description": tool.get("description", ""),
-                    "parameters": tool.get("input_schema") or {"type": "object"},
+                    "name": tool.name,
+                    "description": tool.description if "description" in tool.model_fields_set else "",
+                    "parameters": tool.input_schema or {"type": "object"},
                 },
             }
-            for tool in tools
-            if isinstance(tool, dict)
+            for tool in request.tools
         ]
-        choice = _tool_choice(body.get("tool_choice"))
+        choice = _tool_choice(request.tool_choice)
         if choice is not None:
             chat["tool_choice"] = choice
     return chat
 
 
-def _tool_choice(choice: Any) -> Any:
-    if not isinstance(choice, dict):
+def _tool_choice(choice: MessagesToolChoice | None) -> str | dict[str, Any] | None:
+    if choice is None:
         return None
-    kind = choice.get("type")
-    if kind == "tool":
-        return {"type": "function", "function": {"name": choice.get("name", "")}}
-    return {"auto": "auto", "any": "required", "none": "none"}.get(kind) if isinstance(kind, str) else None
+    if choice.type == "tool":
+        return {"type": "function", "function": {"name": choice.name if "name" in choice.model_fields_set else ""}}
+    return {"auto": "auto", "any": "required", "none": "none"}.get(choice.type)
 
 
-def _text(content: Any, where: str) -> str:
+def _text(content: str | list[SystemBlock] | list[ResultBlock] | None, where: str) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+        return "".join(b.text for b in content if b.type == "text")
     raise GatewayError(400, "invalid_value", f"'{where}' must be a string or a list of blocks", param=where)
 
 
-def _chat_messages(message: Any, where: str) -> list[dict[str, Any]]:
+def _chat_messages(turn: Turn, where: str) -> list[dict[str, Any]]:
     """One Messages turn as chat messages: tool results become tool messages of their own."""
-    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+    if turn.role not in ("user", "assistant"):
         raise GatewayError(400, "invalid_value", f"{where} must be an object with role 'user' or 'assistant'", param=where)
-    role, content = message["role"], message.get("content")
+    role, content = turn.role, turn.content
     if isinstance(content, str):
         return [{"role": role, "content": content}]
-    if not isinstance(content, list):
-        raise GatewayError(400, "invalid_value", f"{where}.content must be a string or a list of blocks", param=where)
     out: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for block in content:
-        kind = block.get("type") if isinstance(block, dict) else None
+        kind = block.type
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append({"type": "text", "text": block.text})
         elif kind == "image":
-            source = block.get("source") or {}
-            url = (
-                source.get("url")
-                if source.get("type") == "url"
-                else f"data:{source.get('media_type')};base64,{source.get('data')}"
-            )
+            source = block.source or ImageSource()
+            url = source.url if source.type == "url" else f"data:{source.media_type};base64,{source.data}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
         elif kind == "tool_use":
-            arguments = json.dumps(block.get("input") or {})
-            calls.append(
-                {"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": arguments}}
-            )
+            arguments = json.dumps(block.input or {})
+            calls.append({"id": block.id, "type": "function", "function": {"name": block.name, "arguments": arguments}})
         elif kind == "tool_result":
-            result = block.get("content", "")
-            text = _text(result, f"{where}.tool_result") if not isinstance(result, str) else result
-            out.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
-        elif kind is None:
-            raise GatewayError(400, "invalid_value", f"{where}: every content block needs a 'type'", param=where)
+            result = block.content if "content" in block.model_fields_set else ""  # given as null: refused below
+            text = result if isinstance(result, str) else _text(result, f"{where}.tool_result")
+            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
         # thinking and other block kinds carry nothing a chat model takes back
     if parts or calls:
         only_text = all(p["type"] == "text" for p in parts)
-        turn: dict[str, Any] = {"role": role, "content": "".join(p["text"] for p in parts) if only_text else parts}
+        message: dict[str, Any] = {"role": role, "content": "".join(p["text"] for p in parts) if only_text else parts}
         if calls:
-            turn["tool_calls"] = calls
-            turn["content"] = turn["content"] or None
-        out.append(turn)
+            message["tool_calls"] = calls
+            message["content"] = message["content"] or None
+        out.append(message)
     return out
 
 

@@ -18,7 +18,7 @@ from smg.context import GatewayContext
 from smg.http.asgi import read_body, send_json
 from smg.http.errors import GatewayError, load_json_object
 from smg.http.exchange import Exchange
-from smg.http.schemas import ConversationBody, validate
+from smg.http.schemas import ContentPart, ConversationBody, InputItem, validate
 from smg.limits.tenants import DEFAULT_TENANT
 from smg.storage.base import ORDERS, StorageError, UnknownCursor
 from smg.storage.records import Conversation, Item, new_id
@@ -53,14 +53,11 @@ def tenant_of(ex: Exchange) -> str:
 # -- validation ----------------------------------------------------------------------------
 
 
-def parse_metadata(value: Any) -> dict[str, str]:
+def parse_metadata(value: dict[str, str] | None) -> dict[str, str]:
+    """Metadata within OpenAI's limits (its types the schema checked), {} for none."""
     if value is None:
         return {}
-    if (
-        not isinstance(value, dict)
-        or len(value) > MAX_METADATA_KEYS
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-    ):
+    if len(value) > MAX_METADATA_KEYS:
         raise GatewayError(
             400, "invalid_value", f"'metadata' must map at most {MAX_METADATA_KEYS} strings to strings", param="metadata"
         )
@@ -75,48 +72,53 @@ def parse_metadata(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def new_items(raw: Any, conversation_id: str, tenant: str, now: int, param: str = "items") -> list[Item]:
-    """Validate input items, give each an id, and normalise messages to OpenAI's stored form."""
-    if raw is None:
+def new_items(
+    items: list[InputItem] | None, data: list[Any] | None, conversation_id: str, tenant: str, now: int, param: str = "items"
+) -> list[Item]:
+    """Check input items, give each an id, and normalise messages to OpenAI's stored form.
+    `data` is the same list as parsed JSON, the form items are stored in (`normalize_item`)."""
+    if items is None or data is None:
         return []
-    if not isinstance(raw, list):
-        raise GatewayError(400, "invalid_value", f"'{param}' must be a list of items", param=param)
-    if len(raw) > MAX_ITEMS_PER_REQUEST:
+    if len(items) > MAX_ITEMS_PER_REQUEST:
         raise GatewayError(400, "invalid_value", f"at most {MAX_ITEMS_PER_REQUEST} items per request", param=param)
     out = []
-    for index, item in enumerate(raw):
-        data = normalize_item(item, f"{param}[{index}]")
-        if len(json.dumps(data)) > MAX_ITEM_BYTES:
+    for index, (item, sent) in enumerate(zip(items, data, strict=True)):
+        kept = normalize_item(item, sent, f"{param}[{index}]")
+        if len(json.dumps(kept)) > MAX_ITEM_BYTES:
             raise GatewayError(413, "item_too_large", f"{param}[{index}] is over {MAX_ITEM_BYTES} bytes", param=param)
-        out.append(Item(data["id"], conversation_id, tenant, now, data))
+        out.append(Item(kept["id"], conversation_id, tenant, now, kept))
     return out
 
 
-def normalize_item(item: Any, where: str) -> dict[str, Any]:
-    if not isinstance(item, dict):
-        raise GatewayError(400, "invalid_value", f"{where} must be an object", param=where)
-    kind = item.get("type", "message" if "role" in item else None)
-    if not isinstance(kind, str):
+def normalize_item(item: InputItem, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """An item in its stored form: the JSON the client sent (`data`, its unknown fields too:
+    items are stored, listed and replayed to workers as given) with its `type` and `id` made
+    explicit, and a message's `status` and content parts. `item` is the same item, typed, for
+    the checks and the fields read here."""
+    given = item.model_fields_set
+    kind = item.type if "type" in given else "message" if "role" in given else None
+    if kind is None:
         raise GatewayError(400, "missing_required_parameter", f"{where} needs a 'type'", param=f"{where}.type")
-    data = {**item, "type": kind}
+    kept = {**data, "type": kind}
     if kind == "message":
-        role = item.get("role")
-        if role not in MESSAGE_ROLES:
+        role = item.role
+        if role is None or role not in MESSAGE_ROLES:
             raise GatewayError(
                 400, "invalid_value", f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}", param=f"{where}.role"
             )
-        data["content"] = message_content(item.get("content"), role, where)
-        data.setdefault("status", "completed")
-    data["id"] = item["id"] if isinstance(item.get("id"), str) and item["id"] else new_id(kind)
-    return data
+        kept["content"] = message_content(item.content, data.get("content"), role, where)
+        kept.setdefault("status", "completed")
+    kept["id"] = item.id or new_id(kind)
+    return kept
 
 
-def message_content(content: Any, role: str, where: str) -> list[dict[str, Any]]:
-    """A string becomes one text part (`output_text` for the assistant, else `input_text`)."""
+def message_content(content: str | list[ContentPart] | None, data: Any, role: str, where: str) -> list[dict[str, Any]]:
+    """A string becomes one text part (`output_text` for the assistant, else `input_text`); a
+    list of parts is kept as the JSON it came as (`data`)."""
     if isinstance(content, str):
         return [{"type": "output_text" if role == "assistant" else "input_text", "text": content}]
-    if isinstance(content, list) and all(isinstance(part, dict) and isinstance(part.get("type"), str) for part in content):
-        return list(content)
+    if content is not None:
+        return list(data)
     raise GatewayError(
         400, "invalid_value", f"{where}.content must be a string or a list of typed parts", param=f"{where}.content"
     )
@@ -143,11 +145,11 @@ def pagination(ex: Exchange) -> tuple[int, str, str | None]:
     return limit, order, after
 
 
-async def _body(ctx: GatewayContext, ex: Exchange) -> dict[str, Any]:
+async def _body(ctx: GatewayContext, ex: Exchange) -> tuple[ConversationBody, dict[str, Any]]:
+    """The body typed, and as parsed JSON (whose items are stored as sent)."""
     limit = min(BODY_LIMIT, ctx.config.max_payload_size)  # 20 full items at most, and never past the flag
     body = load_json_object(await read_body(ex.scope, ex.receive, limit))
-    validate(ConversationBody, body)
-    return body
+    return validate(ConversationBody, body), body
 
 
 def _not_found(conversation_id: str) -> GatewayError:
@@ -159,10 +161,10 @@ def _not_found(conversation_id: str) -> GatewayError:
 
 async def create_conversation(ctx: GatewayContext, ex: Exchange) -> None:
     history = history_of(ctx)
-    body = await _body(ctx, ex)
+    body, sent = await _body(ctx, ex)
     now, tenant = int(time.time()), tenant_of(ex)
-    conversation = Conversation(new_id("conversation"), tenant, now, parse_metadata(body.get("metadata")))
-    items = new_items(body.get("items"), conversation.id, tenant, now)
+    conversation = Conversation(new_id("conversation"), tenant, now, parse_metadata(body.metadata))
+    items = new_items(body.items, sent.get("items"), conversation.id, tenant, now)
     await stored(history.run(history.backend.create_conversation, conversation, items))
     await send_json(ex.send, 200, conversation.to_json())
 
@@ -177,10 +179,10 @@ async def get_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: s
 
 async def update_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    body = await _body(ctx, ex)
-    if "metadata" not in body:
+    body, _ = await _body(ctx, ex)
+    if "metadata" not in body.model_fields_set:
         raise GatewayError(400, "missing_required_parameter", "'metadata' is required", param="metadata")
-    metadata = parse_metadata(body["metadata"])
+    metadata = parse_metadata(body.metadata)
     found = await stored(history.run(history.backend.update_conversation, tenant_of(ex), conversation_id, metadata))
     if found is None:
         raise _not_found(conversation_id)
@@ -196,10 +198,10 @@ async def delete_conversation(ctx: GatewayContext, ex: Exchange, conversation_id
 
 async def add_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    body = await _body(ctx, ex)
-    if "items" not in body:
+    body, sent = await _body(ctx, ex)
+    if "items" not in body.model_fields_set:
         raise GatewayError(400, "missing_required_parameter", "'items' is required", param="items")
-    items = new_items(body["items"], conversation_id, tenant_of(ex), int(time.time()))
+    items = new_items(body.items, sent["items"], conversation_id, tenant_of(ex), int(time.time()))
     if not await stored(history.run(history.backend.add_items, tenant_of(ex), conversation_id, items)):
         raise _not_found(conversation_id)
     await send_json(ex.send, 200, item_list([i.data for i in items], has_more=False))

@@ -44,13 +44,12 @@ from smg.context import GatewayContext
 from smg.http.asgi import Receive, read_body, send_json
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
 from smg.http.exchange import Exchange
-from smg.http.schemas import ResponsesRequest, validate
+from smg.http.schemas import ConversationRef, InputItem, ResponsesRequest, validate
 from smg.storage.records import Item, StoredResponse, new_id
 
 log = logging.getLogger("smg.router")
 
 MAX_CHAIN = 1000  # previous_response_id links followed at most
-PASSED_THROUGH = ("temperature", "top_p", "user", "parallel_tool_calls", "seed", "stop")
 
 
 @dataclass
@@ -59,8 +58,8 @@ class Plan:
 
     shell: ResponseShell
     tenant: str
-    input_items: list[dict[str, Any]]
-    chat: dict[str, Any]
+    input_items: list[dict[str, Any]]  # as stored, and replayed by later requests: JSON
+    chat: dict[str, Any]  # the chat completion's body, for the data plane: JSON
     store: bool
     stream: bool
     background: bool
@@ -70,13 +69,9 @@ class Plan:
 
 
 async def create_response(ctx: GatewayContext, ex: Exchange) -> None:
-    request = load_json_object(await read_body(ex.scope, ex.receive, ctx.config.max_payload_size))
-    validate(ResponsesRequest, request)
-    plan = await _plan(ctx, ex, request)
+    body = load_json_object(await read_body(ex.scope, ex.receive, ctx.config.max_payload_size))
+    plan = await _plan(ctx, ex, validate(ResponsesRequest, body), body)
     ex.model = plan.shell.model
-    if plan.background and ctx.background is None:  # --max-background-responses 0: in the foreground
-        plan.background = False
-        request["background"] = False
     if plan.background:
         await _start_background(ctx, ex, plan)
     elif plan.stream:
@@ -85,15 +80,17 @@ async def create_response(ctx: GatewayContext, ex: Exchange) -> None:
         await send_json(ex.send, 200, await _complete(ctx, ex, plan, ex.receive))
 
 
-async def _plan(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> Plan:
-    model = request.get("model")
+async def _plan(ctx: GatewayContext, ex: Exchange, request: ResponsesRequest, body: dict[str, Any]) -> Plan:
+    """Check what the typed `request` leaves to the handler, and rebuild the history. `body` is
+    the same request as parsed JSON: its input items are stored as sent, and its tools repeated."""
+    model = request.model
     if model is None:
         raise missing_parameter("model")
-    if not isinstance(model, str) or not model:
+    if not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
-    previous, conversation = request.get("previous_response_id"), request.get("conversation")
-    if isinstance(conversation, dict):
-        conversation = conversation.get("id")
+    previous, conversation = request.previous_response_id, request.conversation
+    if isinstance(conversation, ConversationRef):
+        conversation = conversation.id
     if previous is not None and conversation is not None:
         raise GatewayError(
             400,
@@ -102,28 +99,28 @@ async def _plan(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> P
             param="conversation",
         )
     for name, value in (("previous_response_id", previous), ("conversation", conversation)):
-        if value is not None and (not isinstance(value, str) or not value):
+        if value is not None and not value:
             raise GatewayError(400, "invalid_value", f"'{name}' must be an id", param=name)
-    store, stream, background = request.get("store", True), request.get("stream") is True, request.get("background") is True
-    if not isinstance(store, bool):
+    store, stream, background = request.store, request.stream is True, request.background is True
+    if store is None:
         raise GatewayError(400, "invalid_value", "'store' must be a boolean", param="store")
     if background and not store:
         raise GatewayError(400, "invalid_value", "a background response must be stored ('store': true)", param="background")
     if background and stream:
         raise GatewayError(400, "invalid_value", "'background' with 'stream' is not supported here", param="stream")
-    instructions = request.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise GatewayError(400, "invalid_value", "'instructions' must be a string", param="instructions")
-    request["metadata"] = parse_metadata(request.get("metadata"))
+    background = background and ctx.background is not None  # --max-background-responses 0: in the foreground
+    parse_metadata(request.metadata)
     tenant = tenant_of(ex)
-    raw_input = request.get("input")
-    if isinstance(raw_input, str):
-        raw_input = [{"type": "message", "role": "user", "content": raw_input}]
-    if raw_input is None:
+    if request.input is None:
         raise missing_parameter("input")
-    if not isinstance(raw_input, list):
-        raise GatewayError(400, "invalid_value", "'input' must be a string or a list of items", param="input")
-    input_items = [normalize_item(item, f"input[{index}]") for index, item in enumerate(raw_input)]
+    if isinstance(request.input, str):
+        data = {"type": "message", "role": "user", "content": request.input}
+        input_items = [normalize_item(InputItem(type="message", role="user", content=request.input), data, "input[0]")]
+    else:  # each item typed for its checks, stored as the JSON it came as
+        input_items = [
+            normalize_item(item, data, f"input[{index}]")
+            for index, (item, data) in enumerate(zip(request.input, body["input"], strict=True))
+        ]
 
     history: list[dict[str, Any]] = []
     needs_storage = store or previous is not None or conversation is not None
@@ -134,20 +131,34 @@ async def _plan(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> P
     elif conversation is not None:
         history = await _conversation_items(ctx, tenant, conversation)
 
-    chat: dict[str, Any] = {"model": model, "messages": chat_messages(instructions, history + input_items), "stream": stream}
+    chat: dict[str, Any] = {
+        "model": model,
+        "messages": chat_messages(request.instructions, history + input_items),
+        "stream": stream,
+    }
     if stream:
         chat["stream_options"] = {"include_usage": True}
-    if isinstance(request.get("max_output_tokens"), int):
-        chat["max_tokens"] = request["max_output_tokens"]
-    for name in PASSED_THROUGH:
-        if name in request:
-            chat[name] = request[name]
-    tools = chat_tools(request.get("tools"))
+    if request.max_output_tokens is not None:
+        chat["max_tokens"] = request.max_output_tokens
+    given = request.model_fields_set
+    passed = {"temperature": request.temperature, "top_p": request.top_p, "user": request.user,
+              "parallel_tool_calls": request.parallel_tool_calls, "seed": request.seed, "stop": request.stop}  # fmt: skip
+    chat.update((name, value) for name, value in passed.items() if name in given)  # given, even as null
+    tools = chat_tools(request.tools)
     if tools:
         chat["tools"] = tools
-        if "tool_choice" in request:
-            chat["tool_choice"] = chat_tool_choice(request["tool_choice"])
-    shell = ResponseShell(new_id("response"), model, request, previous_response_id=previous, conversation_id=conversation)
+        if "tool_choice" in given:
+            chat["tool_choice"] = chat_tool_choice(request.tool_choice)
+    shell = ResponseShell(
+        new_id("response"),
+        model,
+        request,
+        previous_response_id=previous,
+        conversation_id=conversation,
+        background=background,
+        tools=body.get("tools") or [],
+        tool_choice=body.get("tool_choice", "auto"),
+    )
     return Plan(shell, tenant, input_items, chat, store, stream, background)
 
 

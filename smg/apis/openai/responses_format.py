@@ -4,6 +4,10 @@ response objects, chat stream chunks to Responses stream events.
 The gateway serves the Responses API on any OpenAI-compatible worker by
 sending it a chat completion: stored history and the new input become
 `messages`, and the answer becomes the response's `output` items.
+
+The request arrives typed (`smg.http.schemas.ResponsesRequest`). Items stay JSON: stored
+history and new input alike are kept and replayed as the client sent them, so
+`chat_messages` reads the stored form, whichever request it came from.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from smg.http.schemas import ResponsesRequest, ResponsesTool, ResponsesToolChoice
 from smg.storage.records import new_id
 
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "refusal")
@@ -23,7 +28,8 @@ TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "refusal")
 
 def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages for a chat completion: the instructions as the system message, then every
-    item in order (consecutive function calls join one assistant message)."""
+    item in order (consecutive function calls join one assistant message). `items` are in
+    their stored JSON form (`conversations.normalize_item`)."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}] if instructions else []
     for item in items:
         kind = item.get("type")
@@ -72,22 +78,28 @@ def _chat_content(content: Any) -> Any:
     return out
 
 
-def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
-    """Responses function tools (`{"type": "function", "name", ...}`) as chat tools."""
-    if not isinstance(tools, list) or not tools:
+def chat_tools(tools: list[ResponsesTool] | None) -> list[dict[str, Any]] | None:
+    """Responses function tools (`{"type": "function", "name", ...}`) as chat tools: the fields
+    the client gave (a null one too), as the chat API spells them."""
+    if not tools:
         return None
     out = []
     for tool in tools:
-        if isinstance(tool, dict) and tool.get("type") == "function":
-            function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
-            out.append({"type": "function", "function": function})
+        if tool.type == "function":
+            given = tool.model_fields_set
+            function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters, "strict": tool.strict}
+            out.append({"type": "function", "function": {k: v for k, v in function.items() if k in given}})
     return out or None
 
 
-def chat_tool_choice(choice: Any) -> Any:
-    if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
-        return {"type": "function", "function": {"name": choice["name"]}}
-    return choice
+def chat_tool_choice(choice: str | ResponsesToolChoice | None) -> str | dict[str, Any] | None:
+    """A named function in the chat API's shape; any other choice goes to the worker as given
+    (an object with the fields it came with, the unknown ones too)."""
+    if not isinstance(choice, ResponsesToolChoice):
+        return choice
+    if choice.type == "function" and "name" in choice.model_fields_set:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.model_dump(exclude_unset=True)
 
 
 # -- output: chat answers -> response objects ------------------------------------------------
@@ -165,14 +177,20 @@ def error_object(code: str, message: str) -> dict[str, Any]:
 
 @dataclass
 class ResponseShell:
-    """What a response object repeats from its request; `object_with` fills in the rest."""
+    """What a response object repeats from its request; `object_with` fills in the rest.
+
+    `tools` and `tool_choice` are repeated as the client sent them (JSON: the unknown fields of
+    a tool too), so they come from the parsed body rather than the typed request."""
 
     id: str
     model: str
-    request: dict[str, Any]
+    request: ResponsesRequest
     created_at: int = field(default_factory=lambda: int(time.time()))
     previous_response_id: str | None = None
     conversation_id: str | None = None
+    background: bool = False  # runs after answering (asked for, and this node runs background responses)
+    tools: list[Any] = field(default_factory=list)
+    tool_choice: Any = "auto"
 
     def object_with(
         self,
@@ -188,26 +206,26 @@ class ResponseShell:
             "object": "response",
             "created_at": self.created_at,
             "status": status,
-            "background": bool(r.get("background")),
+            "background": self.background,
             "error": error,
             "incomplete_details": incomplete_details,
-            "instructions": r.get("instructions"),
-            "max_output_tokens": r.get("max_output_tokens"),
-            "metadata": r.get("metadata") or {},
+            "instructions": r.instructions,
+            "max_output_tokens": r.max_output_tokens,
+            "metadata": r.metadata or {},
             "model": self.model,
             "output": output,
-            "parallel_tool_calls": r.get("parallel_tool_calls", True),
+            "parallel_tool_calls": r.parallel_tool_calls,
             "previous_response_id": self.previous_response_id,
             "conversation": {"id": self.conversation_id} if self.conversation_id else None,
-            "store": r.get("store", True),
-            "temperature": r.get("temperature"),
+            "store": r.store,
+            "temperature": r.temperature,
             "text": {"format": {"type": "text"}},
-            "tool_choice": r.get("tool_choice", "auto"),
-            "tools": r.get("tools") or [],
-            "top_p": r.get("top_p"),
+            "tool_choice": self.tool_choice,
+            "tools": self.tools,
+            "top_p": r.top_p,
             "truncation": "disabled",
             "usage": usage,
-            "user": r.get("user"),
+            "user": r.user,
         }
 
 
