@@ -11,14 +11,16 @@ the concurrency bound.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import trio
 
 from smg.http.errors import GatewayError
 
 RETRY_AFTER = [(b"retry-after", b"1")]
+# A refill of exactly one token can land a rounding error short of 1.0 (0.9999999999999998): the
+# wait left would be ~1e-16 s, below the clock's resolution, and a waiter would spin without time
+# moving. It waits at least this long instead (well above the spacing of floats near any uptime).
+MIN_WAIT = 1e-6
 
 
 class TokenBucket:
@@ -45,7 +47,9 @@ class TokenBucket:
 
     def wait_time(self, now: float) -> float:
         self._refill(now)
-        return max(0.0, (1.0 - self.tokens) / self.rate)
+        if self.tokens >= 1.0:
+            return 0.0
+        return max(MIN_WAIT, (1.0 - self.tokens) / self.rate)
 
 
 class _Waiter:
@@ -139,11 +143,3 @@ class Admission:
             return
         if was_head:
             self._wake_head()
-
-    @asynccontextmanager
-    async def permit(self) -> AsyncIterator[str]:
-        how = await self.acquire()
-        try:
-            yield how
-        finally:
-            self.release()
