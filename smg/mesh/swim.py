@@ -55,6 +55,7 @@ from smg.mesh.messages import (
     Suspect,
     Update,
 )
+from smg.mesh.queue import TransmitQueue, update_size
 
 INF = math.inf
 
@@ -133,54 +134,9 @@ class _Relay:
     deadline: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Topic:
-    """What a queued update is news of: the queue holds one entry per topic.
-
-    Newer news of a member replaces older (only the latest claim is worth
-    spreading); every broadcast is its own topic, so none displaces another.
-    """
-
-    name: str  # the member, or the broadcast's origin
-    broadcast: int | None = None  # the broadcast's sequence number; None: news of the member
-
-
-@dataclass(slots=True)
-class _Queued:
-    """An update waiting to ride on packets until it was sent the retransmit limit's number of times."""
-
-    topic: _Topic
-    update: Update
-    transmits: int = 0
-
-
 MAX_BROADCAST = 512
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 SEEN_BROADCASTS = 10_000
-
-
-def _update_size(update: Update) -> int:
-    """An estimate of the encoded size, for the packet budget."""
-    match update:
-        case Broadcast():
-            return 24 + len(update.origin) + len(update.data)
-        case Alive():
-            return 24 + len(update.name) + len(update.address)
-        case Suspect() | Dead():
-            return 24 + len(update.name) + len(update.by)
-        case _:
-            assert_never(update)
-
-
-def _topic(update: Update) -> _Topic:
-    """The queue entry an update takes (or replaces): see `_Topic`."""
-    match update:
-        case Broadcast():
-            return _Topic(update.origin, update.seq)
-        case Alive() | Suspect() | Dead():
-            return _Topic(update.name)
-        case _:
-            assert_never(update)
 
 
 class Swim:
@@ -205,7 +161,7 @@ class Swim:
         self.left = False
         self._seq = 0
         self._events: list[MemberEvent] = []
-        self._queue: dict[_Topic, _Queued] = {}  # insertion order: the older topic first among equals
+        self._queue = TransmitQueue()
         self._broadcast_seq = 0
         self._seen_broadcasts: dict[tuple[str, int], None] = {}  # bounded, oldest first
         self._delivered: list[Broadcast] = []
@@ -618,8 +574,7 @@ class Swim:
     # -- dissemination ----------------------------------------------------------------
 
     def _enqueue(self, update: Update) -> None:
-        topic = _topic(update)
-        self._queue[topic] = _Queued(topic, update)
+        self._queue.put(update)
 
     def broadcast(self, data: bytes) -> None:
         """Spread a small message (at most 512 bytes) to every member, best effort."""
@@ -659,27 +614,9 @@ class Swim:
             # every packet to a suspect tells it so, for as long as the suspicion lasts, not
             # only the retransmit limit's few copies: losing them all must not kill it
             chosen.append(Suspect(destination, suspicion.incarnation, min(suspicion.confirmations)))
-            budget -= _update_size(chosen[0])
-        if not self._queue:
-            return tuple(chosen)
-        limit = self._retransmit_limit()
-
-        def order(entry: _Queued) -> tuple[bool, int]:
-            """The destination's own suspicion first (buddy system), then the least sent; ties keep queue order."""
-            update = entry.update
-            return (not (isinstance(update, Suspect) and update.name == destination), entry.transmits)
-
-        for entry in sorted(self._queue.values(), key=order):
-            if chosen and entry.update == chosen[0]:
-                continue
-            size = _update_size(entry.update)
-            if size > budget:
-                break
-            budget -= size
-            chosen.append(entry.update)
-            entry.transmits += 1
-            if entry.transmits >= limit:
-                del self._queue[entry.topic]
+            budget -= update_size(chosen[0])
+        if self._queue:
+            chosen += self._queue.take(destination, budget, self._retransmit_limit(), skip=chosen[0] if chosen else None)
         return tuple(chosen)
 
     def _gossip_targets(self, count: int, now: float) -> list[Member]:
