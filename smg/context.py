@@ -77,7 +77,7 @@ class GatewayContext:
                 health_timeout=config.health_check_timeout_secs,
                 health_endpoint=config.health_check_endpoint,
                 health_checks=not config.disable_health_check,
-                remove_failed=config.remove_unhealthy_workers,
+                remove_failed=bool(config.remove_unhealthy_workers),  # None: as discovery wants; none here: off
                 load_interval=config.load_monitor_interval if config.load_monitoring else None,
                 api_key=config.api_key,
             ),

@@ -13,6 +13,7 @@ can declare its settings beside its code and refuse a bad value the same way.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import os
 import types
@@ -46,6 +47,14 @@ class Flag:
     many: str = "+"
     checks: tuple[Check, ...] = ()
     hidden: bool = False
+    # spellings that set a switch back to False (`--no-x`): a tri-state switch, None by default
+    negations: tuple[str, ...] = ()
+    # a reference flag smg does not offer: parsed, then refused at start with "FLAG: <refuse>"
+    refuse: str | None = None
+    # how smg's meaning differs from the reference's, for the README's switching table
+    differs: str | None = None
+    # values the reference accepts and smg refuses at start: value -> why (and the alternative)
+    refused_choices: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -63,16 +72,49 @@ def setting(
     many: str = "+",
     check: Check | Sequence[Check] = (),
     hidden: bool = False,
+    negations: Sequence[str] = (),
+    differs: str | None = None,
+    refused_choices: dict[str, str] | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line flag (see the module docstring)."""
-    if not names or not all(name.startswith("--") for name in names):
+    if not names or not all(name.startswith("--") for name in (*names, *negations)):
         raise ValueError(f"a setting needs --flag spellings, got {names!r}")
     if not help:
         raise ValueError(f"setting {names[0]}: say what it does in help")
     if many not in ("+", "*", "append", "csv"):
         raise ValueError(f"unknown list style '{many}'")
     checks = (check,) if callable(check) else tuple(check)
-    flag = Flag(tuple(names), help, group, tuple(choices) if choices else None, metavar, env, many, checks, hidden)
+    flag = Flag(
+        tuple(names),
+        help,
+        group,
+        tuple(choices) if choices else None,
+        metavar,
+        env,
+        many,
+        checks,
+        hidden,
+        tuple(negations),
+        None,
+        differs,
+        tuple((refused_choices or {}).items()),
+    )
+    return field(default=default, metadata={SETTING: flag})
+
+
+def refused(*names: str, why: str, takes: str = "1", group: str = "") -> Any:
+    """A reference flag smg does not offer. It parses as the reference's does (`takes`: "0" a
+    switch, "1" one value, "*" or "+" a list), so a command line written for the reference is
+    understood, and given any value it stops the gateway at start with one line,
+    `FLAG: <why>`, which names what is missing and the alternative. Declare the field with the
+    matching type: `bool` for "0", `str | None` for "1", `tuple[str, ...]` for a list."""
+    if not names or not all(name.startswith("--") for name in names):
+        raise ValueError(f"a setting needs --flag spellings, got {names!r}")
+    if not why:
+        raise ValueError(f"refused {names[0]}: say why, and what to use instead")
+    default: Any = {"0": False, "1": None, "*": (), "+": ()}[takes]
+    many = takes if takes in ("*", "+") else "+"
+    flag = Flag(tuple(names), f"not supported: {why}", group, many=many, hidden=True, refuse=why)
     return field(default=default, metadata={SETTING: flag})
 
 
@@ -105,8 +147,14 @@ class Shape:
     optional: bool
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A class's resolved annotations (resolving them compiles each one: do it once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def shape_of(cls: type, name: str) -> Shape:
-    hint = typing.get_type_hints(cls)[name]
+    hint = _hints(cls)[name]
     optional = False
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -181,9 +229,23 @@ def add_arguments(
         if flag.metavar:
             kwargs["metavar"] = flag.metavar
         if shape.item is bool and not shape.is_list:
-            if f.default is not False:
+            if flag.negations:
+                if f.default is not None:
+                    raise TypeError(f"setting {f.name}: a switch with --no- spellings defaults to None")
+                kwargs.update(action="store_const", const=True)
+                names = [f"--{flag_prefix}{name[2:]}" for name in flag.negations]
+                target.add_argument(
+                    *names,
+                    dest=kwargs["dest"],
+                    action="store_const",
+                    const=False,
+                    default=argparse.SUPPRESS,
+                    help=argparse.SUPPRESS,
+                )
+            elif f.default is not False:
                 raise TypeError(f"setting {f.name}: a switch must default to False")
-            kwargs["action"] = "store_true"
+            else:
+                kwargs["action"] = "store_true"
         elif shape.is_list:
             if flag.many == "append":
                 kwargs.update(action="append", type=shape.item)
@@ -196,7 +258,7 @@ def add_arguments(
         else:
             kwargs["type"] = shape.item
             if flag.choices:
-                kwargs["choices"] = list(flag.choices)
+                kwargs["choices"] = [*flag.choices, *(value for value, _ in flag.refused_choices)]
         names = [f"--{flag_prefix}{name[2:]}" for name in flag.names]
         target.add_argument(*names, **kwargs)
 
@@ -234,9 +296,17 @@ def _from_text(item: type, text: str) -> Any:
 
 
 def check_fields(settings: object) -> None:
-    """Each setting's choices and declared checks, in declaration order."""
+    """Refused flags that were given, then each setting's choices and declared checks, in
+    declaration order."""
     for f, flag in settings_of(type(settings)):
         value = getattr(settings, f.name)
+        if flag.refuse is not None:
+            if value != f.default:
+                raise ConfigError(f"{flag.name}: {flag.refuse}")
+            continue
+        for refused_value, why in flag.refused_choices:
+            if value == refused_value:
+                raise ConfigError(f"{flag.name} {value}: {why}")
         if flag.choices is not None:
             for item in value if isinstance(value, tuple) else (value,):
                 if item not in flag.choices:

@@ -16,6 +16,7 @@ from smg.config.admission import G_ADMISSION, AdmissionSettings
 from smg.config.mesh import G_MESH, MeshSettings
 from smg.config.observability import G_LOGS, LOG_LEVELS, ObservabilitySettings
 from smg.config.policy import G_POLICY, PolicySettings
+from smg.config.reference import ReferenceRefusals
 from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettings
 from smg.config.workers import (
     G_BREAKER,
@@ -36,6 +37,7 @@ GROUPS = (G_SERVER, G_WORKERS, G_POLICY, G_HEALTH, G_BREAKER, G_RETRIES, G_ADMIS
 
 @dataclass(frozen=True)
 class GatewayConfig(
+    ReferenceRefusals,
     HistorySettings,
     MeshSettings,
     ObservabilitySettings,

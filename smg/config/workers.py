@@ -46,7 +46,29 @@ class WorkerSettings:
         check=_worker_urls,
         help="worker base URLs, e.g. http://127.0.0.1:8000",
     )
-    policy: str = setting("cache_aware", "--policy", choices=list(POLICIES), help="load-balancing policy")
+    policy: str = setting(
+        "cache_aware",
+        "--policy",
+        choices=list(POLICIES),
+        refused_choices={
+            "passthrough": "the passthrough policy is not supported by smg; use round_robin, or consistent_hashing "
+            "with the X-SMG-Routing-Key header to pin requests"
+        },
+        help="load-balancing policy",
+        differs="adds bucket (the reference has it for prefill only); passthrough is refused",
+    )
+    backend: str = setting(
+        "sglang",
+        "--backend",
+        choices=("sglang", "vllm"),
+        refused_choices={
+            "openai": "hosted providers are not supported by smg yet; run an OpenAI-compatible server as a worker",
+            "anthropic": "hosted providers are not supported by smg yet",
+            "tokenspeed": "TokenSpeed's ZMQ protocol is not supported by smg; use its HTTP server as a worker",
+        },
+        help="the workers' engine: sglang or vllm over HTTP (the engine of each HTTP worker is also read from its /v1/models)",
+        differs="HTTP workers only; gRPC and provider backends come later",
+    )
     connect_timeout_secs: float = setting(
         10.0,
         "--connect-timeout-secs",
@@ -110,10 +132,13 @@ class HealthSettings:
     disable_health_check: bool = setting(
         False, "--disable-health-check", help="no periodic probes: a worker is ready once discovered"
     )
-    remove_unhealthy_workers: bool = setting(
-        False,
+    remove_unhealthy_workers: bool | None = setting(
+        None,
         "--remove-unhealthy-workers",
-        help="remove workers that reach 'failed' (default: keep probing them)",
+        "--worker-auto-recovery",
+        negations=("--no-remove-unhealthy-workers", "--no-worker-auto-recovery"),
+        help="remove workers that reach 'failed'; the --no- forms keep probing them (the default, with no service "
+        "discovery to add them back)",
     )
 
     def health_config(self) -> HealthConfig:

@@ -30,6 +30,8 @@ class HistorySettings:
         "sqlite",
         "--history-backend",
         choices=HISTORY_BACKENDS,
+        refused_choices={"oracle": "Oracle history is not supported by smg; use --history-backend postgres"},
+        differs="adds sqlite, the default (the reference's default is memory); oracle is refused",
         help="where conversations and stored responses live: sqlite (an embedded file; the default), memory (bounded, lost on restart), postgres (shared by a cluster), redis, none (APIs off)",
     )
     history_db_path: str = setting(

@@ -89,29 +89,34 @@ def test_every_flag_of_every_spelling_round_trips(files: dict[str, str], monkeyp
         monkeypatch.delenv(env, raising=False)
     special = examples(files)
     parser = build_parser("launch")
+    defaults = GatewayConfig()
     checked = 0
     for f, flag in settings_of(GatewayConfig):
+        if flag.refuse is not None:
+            continue  # the reference's flags smg refuses: tests/unit/test_reference_flags.py
         shape = shape_of(GatewayConfig, f.name)
         value, companions = special.get(f.name, (None, []))
         if value is None:
             assert not shape.is_list, f"{f.name}: add an example value to this test"
             value = generic(f.default, flag, shape.item)
+        for spelling in flag.negations:
+            assert getattr(gateway_config_from(parser.parse_args([spelling])), f.name) is False, spelling
         for spelling in flag.names:
             config = gateway_config_from(parser.parse_args([*argv_for(spelling, value, flag.many), *companions]))
             assert getattr(config, f.name) == value, (spelling, value)
             others = {g.name for g in fields(GatewayConfig)} - {f.name}
-            differing = [g for g in others if getattr(config, g) != getattr(GatewayConfig(), g)]
+            differing = [g for g in others if getattr(config, g) != getattr(defaults, g)]
             assert set(differing) <= {name for name in special if name != f.name}, (spelling, differing)
             checked += 1
-    assert checked >= len(fields(GatewayConfig))
+    assert checked >= len([f for f, flag in settings_of(GatewayConfig) if flag.refuse is None])
 
 
 def test_every_field_is_a_setting_and_no_spelling_is_used_twice() -> None:
     assert len(settings_of(GatewayConfig)) == len(fields(GatewayConfig))
-    spellings = [name for _, flag in settings_of(GatewayConfig) for name in flag.names]
+    spellings = [name for _, flag in settings_of(GatewayConfig) for name in (*flag.names, *flag.negations)]
     assert len(spellings) == len(set(spellings))
     for _, flag in settings_of(GatewayConfig):
-        assert flag.help and flag.group, flag.name
+        assert flag.help and (flag.group or flag.refuse), flag.name
 
 
 def test_no_flag_gives_the_dataclass_defaults() -> None:
