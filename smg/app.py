@@ -1,4 +1,17 @@
-"""The gateway's ASGI app: route table, auth, and per-request bookkeeping."""
+"""The gateway's ASGI app: route table, auth, and per-request bookkeeping.
+
+Whom a data-plane request acts for (its tenant: tenant rate limits, history scoping):
+
+- a `--tenant-api-key` key: that key's tenant, whatever headers say (a tenant's key cannot act
+  for another tenant, as with the reference gateway, where an authenticated key always wins);
+- with `--trust-tenant-header`, a caller without a tenant key (the `--api-key` key, or anyone
+  when the gateway checks no key): the tenant named by `--tenant-header-name`, set by a trusted
+  proxy in front. (The reference lets the shared `--api-key` win over the header too, which
+  leaves the flag nothing to do behind a proxy holding that key; here the key holder, who can
+  already change every worker, may say for whom it calls.) Without the header, or with it empty:
+- the `--api-key` key: the `admin` tenant; no key checked at all: no tenant (records stored
+  without a tenant identity, readable by every caller; the `default` tenant's limits).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +22,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from smg import control
 from smg.apis.anthropic import messages
+from smg.apis.anthropic.messages_format import error_body as anthropic_error
 from smg.apis.openai import conversations, responses
 from smg.cluster import routes as mesh
 from smg.context import GatewayContext
@@ -32,13 +47,19 @@ from smg.http.asgi import (
 )
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
+from smg.limits.tenants import DEFAULT_TENANT
 from smg.observability.request_id import request_id_for
 
 log = logging.getLogger("smg.router")
 
 OPEN, DATA, CONTROL = "open", "data", "control"
 ADMIN_TENANT = "admin"  # the tenant of the shared --api-key
+# Names a tenant header may not claim: the tenant of callers with no identity (whose records
+# every caller reads) and the `--api-key` key's own.
+RESERVED_TENANTS = frozenset({DEFAULT_TENANT, ADMIN_TENANT})
+MAX_TENANT_CHARS = 256  # the history stores' tenant column
 Handler = Callable[[GatewayContext, Exchange], Awaitable[None]]
+ErrorShape = Callable[[GatewayError], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +67,7 @@ class Route:
     handler: Handler
     template: str  # the `path` label: never a raw path with ids in it
     auth: str
+    error_shape: ErrorShape | None = None  # another API's error body, from the first check on
 
 
 async def health(ctx: GatewayContext, ex: Exchange) -> None:
@@ -77,13 +99,15 @@ def _static_routes() -> dict[tuple[str, str], Route]:
         ("GET", "/get_loads"): Route(control.get_loads, "/get_loads", CONTROL),
         ("GET", "/v1/loads"): Route(control.get_loads, "/v1/loads", CONTROL),
         ("POST", "/flush_cache"): Route(control.flush_cache, "/flush_cache", CONTROL),
+        ("POST", "/start_profile"): Route(control.start_profile, "/start_profile", CONTROL),
+        ("POST", "/stop_profile"): Route(control.stop_profile, "/stop_profile", CONTROL),
         ("GET", "/mesh/status"): Route(mesh.mesh_status, "/mesh/status", CONTROL),
         ("GET", "/mesh/health"): Route(mesh.mesh_health, "/mesh/health", CONTROL),
         ("GET", "/mesh/workers"): Route(mesh.mesh_workers, "/mesh/workers", CONTROL),
         ("GET", "/mesh/rate-limits"): Route(mesh.mesh_rate_limits, "/mesh/rate-limits", CONTROL),
         ("POST", "/mesh/keys"): Route(mesh.mesh_keys, "/mesh/keys", CONTROL),
         ("POST", "/mesh/faults"): Route(mesh.mesh_faults, "/mesh/faults", CONTROL),
-        ("POST", "/v1/messages"): Route(messages.create_message, "/v1/messages", DATA),
+        ("POST", "/v1/messages"): Route(messages.create_message, "/v1/messages", DATA, anthropic_error),
     }
     for path, inference in ROUTES.items():
         routes[("POST", path)] = Route(partial(handle_inference, route=inference), path, DATA)
@@ -116,6 +140,7 @@ class GatewayApp:
         config = ctx.config
         self._api_key = f"Bearer {config.api_key}".encode() if config.api_key else None
         self._tenant_keys = {f"Bearer {key}".encode(): tenant for key, tenant in ctx.tenant_keys.items()}
+        self._tenant_header = config.tenant_header_name.strip().lower().encode() if config.trust_tenant_header else None
         self._cors_any = "*" in config.cors_allowed_origins
         self._cors_origins = {origin.encode() for origin in config.cors_allowed_origins}
         if self._api_key is None and not self._tenant_keys and not is_loopback(config.host):
@@ -125,6 +150,20 @@ class GatewayApp:
                 "it can add, change or remove workers; set --api-key",
                 config.host,
             )
+        if self._tenant_header is not None:
+            if self._api_key is None and self._tenant_keys:
+                log.warning(
+                    "--trust-tenant-header has no effect: every data-plane request needs a --tenant-api-key key, "
+                    "and a key's tenant is never overridden by the %s header",
+                    config.tenant_header_name,
+                )
+            elif self._api_key is None and not is_loopback(config.host):
+                log.warning(
+                    "--trust-tenant-header without --api-key on %s: any client that reaches the gateway chooses its "
+                    "tenant with the %s header; let only a proxy that sets (or strips) it reach the gateway",
+                    config.host,
+                    config.tenant_header_name,
+                )
 
     def _route(self, method: str, path: str) -> Route:
         route = self.routes.get((method, path))
@@ -147,21 +186,53 @@ class GatewayApp:
         raise GatewayError(404, "not_found", f"no route for {method} {path}")
 
     def _authenticate(self, scope: Scope, auth: str) -> str | None:
-        """The tenant a request acts for; raises 401 when its key does not open `auth` routes."""
+        """The tenant a request acts for (the rules are in the module's docstring); raises 401
+        when its key does not open `auth` routes."""
         if self._api_key is None and not self._tenant_keys:
-            return None
+            return self._header_tenant(scope, auth)
         presented = header(scope, b"authorization")
         if presented is None:  # Anthropic's clients send `x-api-key: KEY`
             api_key = header(scope, b"x-api-key")
             presented = b"Bearer " + api_key if api_key else b""
         if self._api_key is not None and hmac.compare_digest(presented, self._api_key):
-            return ADMIN_TENANT
+            return self._header_tenant(scope, auth) or ADMIN_TENANT
         tenant = self._tenant_keys.get(presented)
         if tenant is not None:
             if auth == DATA:
                 return tenant
             raise GatewayError(401, "invalid_api_key", "tenant keys cannot use control-plane routes; use the --api-key key")
         raise GatewayError(401, "invalid_api_key", "missing or invalid API key (send 'Authorization: Bearer <key>')")
+
+    def _header_tenant(self, scope: Scope, auth: str) -> str | None:
+        """The tenant the trusted header names on a data-plane route (None: not trusted, not
+        sent, or blank). A value that could not be a tenant id is refused rather than mapped
+        to another tenant: 400, naming the header."""
+        if self._tenant_header is None or auth != DATA:
+            return None
+        raw = header(scope, self._tenant_header)
+        if raw is None:
+            return None
+        tenant = raw.strip()
+        if not tenant:
+            return None
+        name = self._tenant_header.decode()
+        if len(tenant) > MAX_TENANT_CHARS or not all(0x21 <= byte <= 0x7E for byte in tenant):
+            raise GatewayError(
+                400,
+                "invalid_tenant_header",
+                f"the {name} header must be a tenant id of 1 to {MAX_TENANT_CHARS} printable ASCII characters without spaces",
+                param=name,
+            )
+        text = tenant.decode("ascii")
+        if text in RESERVED_TENANTS:
+            raise GatewayError(
+                400,
+                "invalid_tenant_header",
+                f"the {name} header cannot name the tenant '{text}': it is reserved "
+                f"({DEFAULT_TENANT!r} for requests without a tenant, {ADMIN_TENANT!r} for the --api-key key)",
+                param=name,
+            )
+        return text
 
     def _cors(self, scope: Scope, ex: Exchange) -> bool:
         """Add CORS headers for an allowed origin; True when this was a preflight, answered here."""
@@ -198,6 +269,7 @@ class GatewayApp:
                 return
             route = self._route(method, scope["path"])
             ex.route = route.template
+            ex.error_shape = route.error_shape
             if route.auth != OPEN:
                 ex.tenant = self._authenticate(scope, route.auth)
             is_data = route.auth == DATA

@@ -113,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_mesh_status(args.url, args.api_key)
     try:
         runner, logging = _runner(command, args)
+        setup_logging(*logging)  # before anything starts: an unusable --log-dir is one line too
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
-    setup_logging(*logging)
     try:
         result = trio.run(runner)
     except KeyboardInterrupt:
@@ -165,11 +165,11 @@ def _checked(config: GatewayConfig) -> GatewayConfig:
     return config
 
 
-def _runner(command: str, args: argparse.Namespace) -> tuple[Any, tuple[str, bool]]:
-    """What to run, and the log level and format it runs with."""
+def _runner(command: str, args: argparse.Namespace) -> tuple[Any, tuple[str, bool, str | None]]:
+    """What to run, and the log level, format and directory (`setup_logging`'s arguments) it runs with."""
     if command == "launch":
         config = _checked(gateway_config_from(args))
-        return partial(run_gateway, config, handle_signals=True), (config.log_level, config.log_json)
+        return partial(run_gateway, config, handle_signals=True), (config.log_level, config.log_json, config.log_dir)
     sim = sim_config_from(args)
     if command == "serve":
         if args.sim_workers < 1:
@@ -180,10 +180,11 @@ def _runner(command: str, args: argparse.Namespace) -> tuple[Any, tuple[str, boo
         return partial(run_serve, config, sim, args.sim_workers, args.sim_host, args.sim_port), (
             config.log_level,
             config.log_json,
+            config.log_dir,
         )
     if args.count < 1:
         raise ConfigError("--count must be at least 1")
     if not 0 <= args.port <= 65536 - args.count:
         raise ConfigError(f"--port {args.port} leaves no room for {args.count} workers")
     run = run_supervised if args.supervised else run_fleet
-    return partial(run, sim, args.host, args.port, args.count), (args.log_level, args.log_json)
+    return partial(run, sim, args.host, args.port, args.count), (args.log_level, args.log_json, None)

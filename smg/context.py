@@ -57,7 +57,7 @@ class GatewayContext:
     @classmethod
     def create(cls, config: GatewayConfig) -> GatewayContext:
         registry = WorkerRegistry()
-        metrics = GatewayMetrics()
+        metrics = GatewayMetrics(duration_buckets=config.prometheus_duration_buckets or None)
         ctx = cls(
             config=config,
             registry=registry,
@@ -66,6 +66,7 @@ class GatewayContext:
                 config.upstream_client,
                 connect_timeout=config.connect_timeout_secs,
                 max_idle_per_origin=config.upstream_max_idle_per_worker,
+                idle_timeout=config.upstream_pool_idle_timeout_secs,
                 max_response_size=config.max_upstream_response_size,
             ),
             metrics=metrics,
@@ -73,6 +74,7 @@ class GatewayContext:
                 registry,
                 startup_timeout=config.worker_startup_timeout_secs,
                 check_interval=config.worker_startup_check_interval,
+                startup_delay=config.worker_startup_delay,
                 health_interval=config.health_check_interval_secs,
                 health_timeout=config.health_check_timeout_secs,
                 health_endpoint=config.health_check_endpoint,

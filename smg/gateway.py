@@ -1,7 +1,7 @@
 """Start-up and shutdown of one gateway node.
 
 The node's root nursery owns the registrar (worker probes), the data-plane
-server and the metrics server. Shutdown is cancellation after a drain:
+server, the metrics server and, with `--health-check-port`, the probe listener. Shutdown is cancellation after a drain:
 SIGTERM/SIGINT (or `GatewayHandle.shutdown`) flips readiness to `draining`,
 keeps accepting for a settle window while balancers notice, then stops
 accepting and waits for in-flight requests up to the grace period, leaves
@@ -23,18 +23,23 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from smg.app import GatewayApp
+from smg.app import GatewayApp, health, readiness
 from smg.background import Background
 from smg.cluster.node import ClusterNode, advertise_host
 from smg.config import GatewayConfig
 from smg.context import GatewayContext
-from smg.http.asgi import ASGIApp
+from smg.discovery.file import Callbacks, FileDiscovery
+from smg.discovery.manifest import WorkerSpec
+from smg.http.asgi import ASGIApp, Receive, Scope, Send, serve_lifespan
+from smg.http.errors import GatewayError
+from smg.http.exchange import Exchange
 from smg.http.server import BindError, ServeError, hypercorn_config, serve_app
 from smg.observability.metrics import MetricsApp
+from smg.observability.request_id import request_id_for
 from smg.simworker.engine import SimConfig
 from smg.storage import open_backend
 from smg.storage.service import History
-from smg.workers.registry import DuplicateWorker
+from smg.workers.registry import DuplicateWorker, worker_id_for
 
 log = logging.getLogger("smg.server")
 
@@ -52,6 +57,7 @@ class GatewayHandle:
     ctx: GatewayContext
     urls: list[str]
     metrics_urls: list[str]
+    probe_urls: list[str] = field(default_factory=list)  # --health-check-port's listener, if any
     _stop: trio.Event = field(default_factory=trio.Event)
 
     def shutdown(self) -> None:
@@ -115,9 +121,17 @@ async def _run_gateway(
                 config.metrics_host, config.prometheus_port, graceful_timeout=0.5, port_flag="--prometheus-port"
             )
             metrics_urls = await nursery.start(serve_app, MetricsApp(ctx.metrics), metrics_config)
+        probe_urls: list[str] = []
+        if config.health_check_port is not None:
+            probe_urls = await nursery.start(serve_probes, ctx, config)
         if config.ha_mesh:
             ctx.cluster = await nursery.start(ClusterNode(config, ctx).run, advertised_url(config, urls[0]))
-        handle = GatewayHandle(ctx, urls, metrics_urls)
+        if config.discovery_provider == "file" and config.discovery_file:
+            discovery = FileDiscovery(config.discovery_file, config.discovery_check_interval_secs, discovered_by(ctx))
+            await nursery.start(discovery.run)
+        handle = GatewayHandle(ctx, urls, metrics_urls, probe_urls)
+        if probe_urls:
+            log.info("health probes (/health, /liveness, /readiness) also served on %s", ", ".join(probe_urls))
         log.info(
             "smg gateway listening on %s (policy %s, %d workers, metrics %s)",
             ", ".join(urls),
@@ -139,6 +153,84 @@ async def _run_gateway(
         nursery.cancel_scope.cancel()
 
 
+PROBE_HANDLERS = {"/health": health, "/liveness": health, "/readiness": readiness}
+PROBE_GRACEFUL_SECS = 0.5  # a probe's answer is a few bytes: nothing to wait for at exit
+
+
+class ProbeApp:
+    """`--health-check-port`: `/health`, `/liveness` and `/readiness`, and nothing else.
+
+    The handlers are the main port's own (`smg.app`), so the answers are the
+    same on both ports: readiness 503 `draining` from the first moment of a
+    shutdown, liveness 200 throughout. Like the reference's probe router it
+    has no middleware: no API key (probes are open on the main port too), no
+    CORS, no access log or HTTP metrics; the less a probe shares with the
+    request path, the less can slow it. Anything else answers 404, in the
+    gateway's error shape, naming what this port serves (the reference's empty
+    404 leaves an operator guessing).
+    """
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await serve_lifespan(receive, send)
+            return
+        path = scope["path"]
+        ex = Exchange(scope, receive, send, request_id_for(scope, self.ctx.request_id_headers), path)
+        handler = PROBE_HANDLERS.get(path)
+        if handler is None:
+            await ex.fail(
+                GatewayError(
+                    404,
+                    "not_found",
+                    f"no route for {scope['method']} {path}: this port (--health-check-port) serves "
+                    "only GET /health, /liveness and /readiness",
+                )
+            )
+        elif scope["method"] != "GET":
+            await ex.fail(GatewayError(405, "method_not_allowed", f"{scope['method']} is not allowed on {path}"))
+        else:
+            await handler(self.ctx, ex)
+
+
+async def serve_probes(
+    ctx: GatewayContext, config: GatewayConfig, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The dedicated probe listener, until the node's nursery is cancelled at the very end.
+
+    The reference serves these probes from a tokio runtime on an OS thread of
+    its own, so a starved request runtime cannot delay them. The honest
+    equivalent in one trio process is a listener of its own: its own socket
+    and listen backlog, no connection cap shared with the data plane (a main
+    port at `--max-client-connections`, its new connections waiting in the
+    kernel's backlog, does not hold back one probe), its own per-connection
+    deadlines, and an answer that never touches a worker, the admission queue
+    or the history store. What it cannot do is run while the event loop itself
+    is blocked: a CPU-bound stretch in the process delays probes as much as
+    requests (there is no such stretch by design; trio's loop is shared).
+
+    It stays open through the whole drain, so an orchestrator sees readiness
+    503 `draining` rather than a refused connection, and closes with the node.
+    Plain HTTP, as the reference's (`--tls-cert-path` is the main port's); it
+    binds `--host`, and a port already taken ends start-up with one line.
+    """
+    assert config.health_check_port is not None
+    probe_config = hypercorn_config(
+        config.host,
+        config.health_check_port,
+        graceful_timeout=PROBE_GRACEFUL_SECS,
+        header_read_timeout=config.header_read_timeout_secs,
+        keep_alive_timeout=config.idle_connection_timeout_secs,
+        write_timeout=config.idle_connection_timeout_secs,
+        body_timeout=config.header_read_timeout_secs,  # probes carry no body: a body gets as long as a head
+        port_flag="--health-check-port",
+    )
+    await serve_app(ProbeApp(ctx), probe_config, task_status=task_status)
+
+
 def add_workers(ctx: GatewayContext, urls: Iterable[str]) -> None:
     """Register workers the operator named at start (`--worker-urls`, `smg serve`'s own)."""
     for url in urls:
@@ -147,6 +239,33 @@ def add_workers(ctx: GatewayContext, urls: Iterable[str]) -> None:
         except DuplicateWorker:
             log.warning("ignoring duplicate worker URL %s", url)
     ctx.publish_worker_metrics()
+
+
+def discovered_by(ctx: GatewayContext) -> Callbacks:
+    """How a discovery source changes the registry: as `POST /workers`, `PATCH` and `DELETE` do (and
+    so the cluster hears of it). A worker already registered (by a flag, an operator, or another
+    gateway's discovery through the cluster) is adopted rather than refused."""
+
+    def add(spec: WorkerSpec) -> None:
+        try:
+            ctx.add_worker(spec.url, **spec.settings)
+        except DuplicateWorker:
+            update(spec)
+        ctx.publish_worker_metrics()
+
+    def update(spec: WorkerSpec) -> None:
+        worker = ctx.registry.get(worker_id_for(spec.url))
+        if worker is not None and spec.settings:
+            for key, value in spec.settings.items():
+                setattr(worker, key, value)
+            ctx.worker_settings_changed(worker)
+
+    def remove(url: str) -> None:
+        worker = ctx.registry.get(worker_id_for(url))
+        if worker is not None:
+            ctx.remove_worker(worker)
+
+    return Callbacks(add=add, update=update, remove=remove)
 
 
 def _op_timeout(config: GatewayConfig) -> float:

@@ -307,7 +307,7 @@ def check_fields(settings: object) -> None:
         for refused_value, why in flag.refused_choices:
             if value == refused_value:
                 raise ConfigError(f"{flag.name} {value}: {why}")
-        if flag.choices is not None:
+        if flag.choices is not None and value is not None:
             for item in value if isinstance(value, tuple) else (value,):
                 if item not in flag.choices:
                     raise ConfigError(f"{flag.name} must be one of {', '.join(flag.choices)}, got '{item}'")

@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from smg.context import GatewayContext
+from smg.dataplane.attempts import KEEPALIVE_COMMENT
 from smg.dataplane.dispatch import dispatch
 from smg.dataplane.routes import ROUTES
 from smg.http.asgi import ClientDisconnected, Message, Receive
@@ -28,6 +29,7 @@ from smg.http.sse import SseReader
 
 CHAT = ROUTES["/v1/chat/completions"]
 BUFFER = 8  # messages (each a run of whole events) between the worker's stream and the reader
+KEEPALIVE: dict[str, Any] = {"type": "keep-alive"}  # `InnerAnswer.events(keepalives=True)`'s marker; never changed
 
 
 def answer_error(status: int, body: Any) -> GatewayError:
@@ -49,10 +51,14 @@ class InnerAnswer:
     drained: bool = False  # the last body message was read: the inner request is over
     client_left: bool = False  # the inner request ended without its last body message: its client left
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, keepalives: bool = False) -> AsyncIterator[dict[str, Any]]:
         """A chat stream's chunks, parsed, as they arrive. A stream counts as answered only
         when it finished (a `finish_reason`, or `[DONE]`): one that ends with an error event,
-        sends an event that is not JSON, or just stops, leaves its reason in `failure`."""
+        sends an event that is not JSON, or just stops, leaves its reason in `failure`.
+
+        With `keepalives`, each keep-alive comment the relay sent after `--sse-keepalive-secs`
+        of worker silence comes out as `KEEPALIVE` (compare with `is`), so a handler whose own
+        stream has another shape sends its own keep-alive then; otherwise they are skipped."""
         reader = SseReader()
         finished = False
         chunks = self.chunks()
@@ -60,6 +66,10 @@ class InnerAnswer:
             async for chunk in chunks:
                 if self.failure is not None:
                     continue  # after the error event, the stream's last: read to its end
+                if chunk == KEEPALIVE_COMMENT:  # the relay sends each one as a message of its own
+                    if keepalives:
+                        yield KEEPALIVE
+                    continue
                 for data in reader.feed(chunk):
                     if data == b"[DONE]":
                         finished = True

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smg.config.admission import G_ADMISSION, AdmissionSettings
+from smg.config.discovery import G_DISCOVERY, DiscoverySettings
 from smg.config.mesh import G_MESH, MeshSettings
 from smg.config.observability import G_LOGS, LOG_LEVELS, ObservabilitySettings
-from smg.config.policy import G_POLICY, PolicySettings
+from smg.config.policy import G_POLICY, G_TOKENIZER, PolicySettings
 from smg.config.reference import ReferenceRefusals
 from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettings
 from smg.config.workers import (
@@ -32,7 +33,20 @@ from smg.settings import ConfigError, check_fields
 from smg.storage.settings import G_HISTORY, HistorySettings
 
 # the groups of `smg --help`, in this order
-GROUPS = (G_SERVER, G_WORKERS, G_POLICY, G_HEALTH, G_BREAKER, G_RETRIES, G_ADMISSION, G_LOGS, G_MESH, G_HISTORY)
+GROUPS = (
+    G_SERVER,
+    G_WORKERS,
+    G_POLICY,
+    G_TOKENIZER,
+    G_HEALTH,
+    G_BREAKER,
+    G_RETRIES,
+    G_ADMISSION,
+    G_LOGS,
+    G_MESH,
+    G_DISCOVERY,
+    G_HISTORY,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class GatewayConfig(
     ReferenceRefusals,
     HistorySettings,
     MeshSettings,
+    DiscoverySettings,
     ObservabilitySettings,
     AdmissionSettings,
     RetrySettings,
@@ -66,6 +81,10 @@ class GatewayConfig(
             self.policy_config()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if (self.discovery_provider == "file") != bool(self.discovery_file):
+            raise ConfigError("--discovery-provider file and --discovery-file go together")
+        if self.tenant_rate_limit_enabled and self.tenant_rate_limit_config is None:
+            raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config")
         self.tenant_limits()
         self.validate_history()
 

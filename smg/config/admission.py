@@ -24,6 +24,11 @@ def _tenant_keys(flag: str, entries: tuple[str, ...]) -> None:
             raise ConfigError(f"{flag} must look like TENANT:KEY, got '{entry}'")
 
 
+def _header_name(flag: str, name: str) -> None:
+    if not name or not name.isascii() or any(c in name for c in " :\t\r\n") or not name.isprintable():
+        raise ConfigError(f"{flag}: invalid header name '{name}'")
+
+
 def _origins(flag: str, origins: tuple[str, ...]) -> None:
     for origin in origins:
         if origin != "*" and "://" not in origin:
@@ -85,6 +90,27 @@ class AdmissionSettings:
         check=non_negative("0 runs background requests in the foreground"),
         help="Responses API requests with background: true in flight at once; one more answers 429; 0 runs them in the foreground",
         group=G_HISTORY,
+    )
+
+    trust_tenant_header: bool = setting(
+        False,
+        "--trust-tenant-header",
+        help="take the tenant from the header named by --tenant-header-name (set by a trusted proxy in front); "
+        "stored responses and conversations are scoped to their tenant",
+        differs="the header also applies to callers with the shared --api-key (the reference ignores it for them); "
+        "a tenant key still wins",
+    )
+    tenant_header_name: str = setting(
+        "x-smg-tenant-id",
+        "--tenant-header-name",
+        check=_header_name,
+        help="the tenant header read with --trust-tenant-header",
+    )
+    tenant_rate_limit_enabled: bool = setting(
+        False,
+        "--tenant-rate-limit-enabled",
+        help="turn on per-tenant limits (needs --tenant-rate-limit-config)",
+        differs="--tenant-rate-limit-config alone also turns them on",
     )
 
     def tenant_limits(self) -> TenantLimits | None:

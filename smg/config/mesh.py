@@ -43,8 +43,9 @@ class MeshSettings:
         metavar="HOST:PORT,...",
         many="csv",
         check=_seeds,
-        help="mesh addresses of other gateways; every one is tried, and retried until one answers "
-        "(--mesh-peer-urls: the same, space-separated)",
+        help="mesh addresses of other gateways; every one is tried, and retried until one answers; a DNS name "
+        "stands for every address it resolves to, resolved again on each rejoin attempt (a headless Service "
+        "finds the whole cluster) (--mesh-peer-urls: the same, space-separated)",
     )
     mesh_host: str = setting("0.0.0.0", "--mesh-host", help="address the mesh binds, UDP and TCP")
     mesh_port: int = setting(39527, "--mesh-port", check=port_number, help="mesh port, UDP and TCP; 0 picks one")

@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from smg.settings import port_number, setting
+from smg.settings import ConfigError, port_number, setting
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
 G_LOGS = "logs and metrics"
+
+
+def _ascending(flag: str, bounds: tuple[float, ...]) -> None:
+    if any(b <= 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
+        raise ConfigError(f"{flag} must be positive and increasing, got {' '.join(map(str, bounds))}")
 
 
 @dataclass(frozen=True)
@@ -25,4 +30,18 @@ class ObservabilitySettings:
     )
     prometheus_port: int | None = setting(
         29000, "--prometheus-port", check=port_number, help="port of the /metrics server; 0 picks a free port"
+    )
+    log_dir: str | None = setting(
+        None,
+        "--log-dir",
+        metavar="DIR",
+        help="also write the log to rotating files in this directory (created when missing); without it the log "
+        "goes to stderr only",
+    )
+    prometheus_duration_buckets: tuple[float, ...] = setting(
+        (),
+        "--prometheus-duration-buckets",
+        metavar="SECONDS",
+        check=_ascending,
+        help="bucket bounds, in seconds, of the duration histograms (default: the built-in ones)",
     )

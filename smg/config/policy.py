@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
 from smg.routing.policies import PolicyConfig
-from smg.routing.tokenizer import load_tokenizer
-from smg.settings import positive, setting
+from smg.routing.tokenizer import Tokenize, load_tokenizer
+from smg.settings import ConfigError, positive, setting
 
 G_POLICY = "policy tuning"
+G_TOKENIZER = "tokenizer"
+
+
+def _local_model(flag: str, path: str) -> None:
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"{flag}: {path} is not a local directory; smg downloads nothing at run time, so give the path of a "
+            "Hugging Face model directory (one holding tokenizer.json)"
+        )
+
+
+def _template_file(flag: str, path: str) -> None:
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise ConfigError(f"{flag}: {path} is not a non-empty template file")
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,34 @@ class PolicySettings:
         help="cache_aware: seconds between evictions down to --max-tree-size",
     )
     tokenizer_path: str | None = setting(
-        None, "--tokenizer-path", help="cache_aware in token mode: a tokenizer.json (or a directory holding one)"
+        None,
+        "--tokenizer-path",
+        help="cache_aware in token mode: a tokenizer.json (or a directory holding one)",
+        group=G_TOKENIZER,
+    )
+    model_path: str | None = setting(
+        None,
+        "--model-path",
+        "--model",
+        check=_local_model,
+        help="a local Hugging Face model directory: its tokenizer.json puts cache_aware in token mode (unless "
+        "--tokenizer-path names another, or --disable-tokenizer-autoload)",
+        differs="a local directory only: smg downloads nothing, so a hub model id is refused",
+        group=G_TOKENIZER,
+    )
+    chat_template: str | None = setting(
+        None,
+        "--chat-template",
+        check=_template_file,
+        help="a chat template file, checked at start; HTTP workers apply their own template, so it has no "
+        "effect on them (as in the reference)",
+        group=G_TOKENIZER,
+    )
+    disable_tokenizer_autoload: bool = setting(
+        False,
+        "--disable-tokenizer-autoload",
+        help="do not load the tokenizer of --model-path (pure load balancing: cache_aware matches characters)",
+        group=G_TOKENIZER,
     )
     prefix_token_count: int = setting(
         256, "--prefix-token-count", help="prefix_hash: tokens hashed (4 characters each, untokenised)"
@@ -75,13 +117,21 @@ class PolicySettings:
         False, "--disable-load-monitoring", help="load-aware policies use the gateway's in-flight counts only"
     )
 
+    def tokenizer(self) -> Tokenize | None:
+        """--tokenizer-path, else the tokenizer of --model-path unless --disable-tokenizer-autoload."""
+        if self.tokenizer_path:
+            return load_tokenizer(self.tokenizer_path)
+        if self.model_path and not self.disable_tokenizer_autoload:
+            return load_tokenizer(self.model_path, "--model-path")
+        return None
+
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig(
             cache_threshold=self.cache_threshold,
             balance_abs_threshold=self.balance_abs_threshold,
             balance_rel_threshold=self.balance_rel_threshold,
             max_tree_size=self.max_tree_size,
-            tokenize=load_tokenizer(self.tokenizer_path) if self.tokenizer_path else None,
+            tokenize=self.tokenizer(),
             prefix_token_count=self.prefix_token_count,
             prefix_hash_load_factor=self.prefix_hash_load_factor,
             max_idle_secs=self.max_idle_secs,

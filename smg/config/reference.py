@@ -37,15 +37,9 @@ STICKY = (
     "X-SMG-Routing-Key header"
 )
 REQUEST_BUFFERING = "request body buffering bounds are not supported by smg; it bounds bodies with --max-payload-size"
-SSE_KEEPALIVE = "SSE keep-alive comments are not supported by smg yet"
 DISCOVERY = "service discovery is not supported by smg yet; list workers with --worker-urls or add them with POST /workers"
-MODEL_ALIAS = "model aliases are not supported by smg yet; use the model ids the workers report"
-LOG_DIR = "log files are not supported by smg yet; it logs to stderr (capture it with your supervisor)"
-DURATION_BUCKETS = "custom latency buckets are not supported by smg yet"
 JEMALLOC = "allocator profiling belongs to the reference's Rust build; it does not apply to smg"
 STORAGE_CONTEXT = "storage context headers are not supported by smg"
-TENANT_HEADER = "tenant headers are not supported by smg yet; identify tenants with --tenant-api-key"
-TOKENIZER = "gateway-side tokenizers and chat templates are not supported by smg yet (cache_aware's token mode: --tokenizer-path)"
 GRPC_PIPELINE = (
     "tokenizing, parsing and detokenizing at the gateway come with gRPC workers, not supported by smg yet; "
     "HTTP workers do their own"
@@ -64,12 +58,8 @@ CONTROL_PLANE_AUTH = (
 )
 RL = "the RL control plane is not supported by smg"
 PRIORITY = "the priority scheduler is not supported by smg; per-tenant limits are --tenant-rate-limit-config"
-TENANT_LIMIT_SWITCH = "not supported by smg yet: tenant limits are on when --tenant-rate-limit-config is given"
 MESH_TLS = "mesh TLS is not supported by smg; its mesh is sealed with AES-GCM keys (--mesh-key)"
 HTTP2 = "HTTP/2 toward workers is not supported by smg; it keeps HTTP/1.1 keep-alive connections"
-POOL_IDLE = "not supported by smg yet: idle connections to workers are dropped after 4 s"
-PROBE_PORT = "a separate probe listener is not supported by smg yet; probes are served on --port"
-STARTUP_DELAY = "a start-up delay is not supported by smg yet"
 
 
 @dataclass(frozen=True)
@@ -93,8 +83,6 @@ class ReferenceRefusals:
     log_mm_timing: bool = refused("--log-mm-timing", why=MULTIMODAL, takes="0")
     # Worker Configuration
     upstream_http2: bool = refused("--upstream-http2", why=HTTP2, takes="0")
-    upstream_pool_idle_timeout_secs: str | None = refused("--upstream-pool-idle-timeout-secs", why=POOL_IDLE)
-    health_check_port: str | None = refused("--health-check-port", why=PROBE_PORT)
     # Routing Policy
     encode_policy: str | None = refused("--encode-policy", why=DISAGGREGATION)
     prefill_policy: str | None = refused("--prefill-policy", why=DISAGGREGATION)
@@ -133,7 +121,6 @@ class ReferenceRefusals:
     max_buffered_request_bytes: str | None = refused("--max-buffered-request-bytes", why=REQUEST_BUFFERING)
     pd_admission_wait_secs: str | None = refused("--pd-admission-wait-secs", why=DISAGGREGATION)
     stream_body_stall_timeout_secs: str | None = refused("--stream-body-stall-timeout-secs", why=REQUEST_BUFFERING)
-    sse_keepalive_secs: str | None = refused("--sse-keepalive-secs", why=SSE_KEEPALIVE)
     dp_aware: bool = refused("--dp-aware", why=DATA_PARALLEL, takes="0")
     routing_key_override: bool = refused("--routing-key-override", "--sticky-sessions", why=STICKY, takes="0")
     routing_key_headers: tuple[str, ...] = refused("--routing-key-headers", why=STICKY, takes="*")
@@ -149,10 +136,8 @@ class ReferenceRefusals:
     )
     prefill_queue_size: str | None = refused("--prefill-queue-size", why=DISAGGREGATION)
     prefill_queue_timeout_secs: str | None = refused("--prefill-queue-timeout-secs", why=DISAGGREGATION)
-    worker_startup_delay: str | None = refused("--worker-startup-delay", why=STARTUP_DELAY)
     # Service Discovery (Kubernetes)
     service_discovery: bool = refused("--service-discovery", why=DISCOVERY, takes="0")
-    discovery_provider: str | None = refused("--discovery-provider", why=DISCOVERY)
     selector: tuple[str, ...] = refused("--selector", why=DISCOVERY, takes="+")
     service_discovery_port: str | None = refused("--service-discovery-port", why=DISCOVERY)
     service_discovery_namespace: str | None = refused("--service-discovery-namespace", why=DISCOVERY)
@@ -163,24 +148,14 @@ class ReferenceRefusals:
     decode_selector: tuple[str, ...] = refused("--decode-selector", why=DISAGGREGATION, takes="+")
     router_selector: tuple[str, ...] = refused("--router-selector", why=DISCOVERY, takes="+")
     model_id_from: str | None = refused("--model-id-from", why=DISCOVERY)
-    model_alias: str | None = refused("--model-alias", why=MODEL_ALIAS)
     # Service Discovery (File)
-    discovery_file: str | None = refused("--discovery-file", why=DISCOVERY)
-    discovery_check_interval_secs: str | None = refused("--discovery-check-interval-secs", why=DISCOVERY)
     # Logging
-    log_dir: str | None = refused("--log-dir", why=LOG_DIR)
     # Prometheus Metrics
-    prometheus_duration_buckets: tuple[str, ...] = refused("--prometheus-duration-buckets", why=DURATION_BUCKETS, takes="+")
     # Profiling
     jemalloc_prof_dir: str | None = refused("--jemalloc-prof-dir", why=JEMALLOC)
     # Request Handling
     storage_context_headers: tuple[str, ...] = refused("--storage-context-headers", why=STORAGE_CONTEXT, takes="*")
-    trust_tenant_header: bool = refused("--trust-tenant-header", why=TENANT_HEADER, takes="0")
-    tenant_header_name: str | None = refused("--tenant-header-name", why=TENANT_HEADER)
     # Tokenizer
-    model_path: str | None = refused("--model-path", "--model", why=TOKENIZER)
-    chat_template: str | None = refused("--chat-template", why=TOKENIZER)
-    disable_tokenizer_autoload: bool = refused("--disable-tokenizer-autoload", why=TOKENIZER, takes="0")
     parser: str | None = refused("--parser", why=GRPC_PIPELINE)
     tokenizer_cache_enable_l0: bool = refused("--tokenizer-cache-enable-l0", why=GRPC_PIPELINE, takes="0")
     tokenizer_cache_l0_max_entries: str | None = refused("--tokenizer-cache-l0-max-entries", why=GRPC_PIPELINE)
@@ -230,7 +205,6 @@ class ReferenceRefusals:
     priority_scheduler_config: str | None = refused("--priority-scheduler-config", why=PRIORITY)
     priority_scheduler_tenant_metric_top_n: str | None = refused("--priority-scheduler-tenant-metric-top-n", why=PRIORITY)
     # Tenant Rate Limit
-    tenant_rate_limit_enabled: bool = refused("--tenant-rate-limit-enabled", why=TENANT_LIMIT_SWITCH, takes="0")
     # Mesh Server
     mesh_tls_ca_cert: str | None = refused("--mesh-tls-ca-cert", why=MESH_TLS)
     mesh_tls_cert: str | None = refused("--mesh-tls-cert", why=MESH_TLS)

@@ -82,3 +82,17 @@ class ServerSettings:
         check=at_least(1),
         help="open client connections this process accepts at once; more wait in the listen backlog, with a warning in the log",
     )
+    health_check_port: int | None = setting(
+        None,
+        "--health-check-port",
+        check=port_number,
+        help="also serve /health, /liveness and /readiness on this port, on a listener of their own, so probes "
+        "are answered while the main port is busy",
+    )
+    sse_keepalive_secs: float = setting(
+        15.0,
+        "--sse-keepalive-secs",
+        check=non_negative("0 sends none"),
+        help="after this many seconds of silence from the worker, an open stream carries a keep-alive frame (an "
+        "SSE comment; a ping event on /v1/messages) so an idle-timeout proxy does not cut it; 0 sends none",
+    )

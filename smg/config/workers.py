@@ -24,6 +24,17 @@ def _path(flag: str, value: str) -> None:
         raise ConfigError(f"{flag} must start with '/'")
 
 
+def _aliases(flag: str, aliases: tuple[str, ...]) -> None:
+    seen: set[str] = set()
+    for entry in aliases:
+        alias, sep, canonical = entry.partition("=")
+        if not sep or not alias or not canonical or alias == canonical:
+            raise ConfigError(f"{flag} must look like ALIAS=CANONICAL, got '{entry}'")
+        if alias in seen:
+            raise ConfigError(f"{flag}: '{alias}' is given twice")
+        seen.add(alias)
+
+
 def _worker_urls(flag: str, urls: tuple[str, ...]) -> None:
     for url in urls:
         try:
@@ -57,6 +68,23 @@ class WorkerSettings:
         help="load-balancing policy",
         differs="adds bucket (the reference has it for prefill only); passthrough is refused",
     )
+    model_alias: tuple[str, ...] = setting(
+        (),
+        "--model-alias",
+        metavar="ALIAS=CANONICAL",
+        many="append",
+        check=_aliases,
+        help="accept another client-facing name for a served model (repeatable; case-sensitive); the worker "
+        "gets the canonical name, and answers carry it",
+        differs="/v1/models lists the aliases too",
+    )
+    upstream_pool_idle_timeout_secs: float = setting(
+        3.0,
+        "--upstream-pool-idle-timeout-secs",
+        check=non_negative("0 keeps idle connections forever"),
+        help="close a pooled connection to a worker idle this long; keep it below the workers' keep-alive "
+        "timeout (vLLM and SGLang: 5); 0 keeps them",
+    )
     backend: str = setting(
         "sglang",
         "--backend",
@@ -85,6 +113,12 @@ class WorkerSettings:
         "--worker-startup-timeout-secs",
         check=positive,
         help="how long a new worker may take to pass its first health check",
+    )
+    worker_startup_delay: float = setting(
+        0.0,
+        "--worker-startup-delay",
+        check=non_negative(),
+        help="seconds to wait before the first start-up probe of a new worker",
     )
     worker_startup_check_interval: float = setting(
         1.0,

@@ -17,7 +17,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,7 +26,7 @@ import trio
 
 from smg.context import GatewayContext
 from smg.dataplane.routes import InferenceRoute
-from smg.http.asgi import dump_json, send_bytes
+from smg.http.asgi import Message, Send, dump_json, send_bytes
 from smg.http.errors import GatewayError, model_not_found
 from smg.http.exchange import REQUEST_ID_HEADER, Exchange
 from smg.http.sse import EventFramer, EventTooLarge
@@ -43,6 +44,12 @@ ROUTED_WORKER_HEADER = b"x-smg-routed-worker-id"
 FORWARDED_HEADERS = frozenset({b"x-correlation-id", b"traceparent", b"tracestate", b"x-smg-routing-key"})
 JSON_TYPE = b"application/json"
 USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
+# --sse-keepalive-secs: an SSE comment on the OpenAI-shaped routes (clients skip it), and on
+# the Messages API the `ping` event Anthropic's own API sends (its clients skip that), in the
+# compact JSON of the gateway's other Messages events (the ping after `message_start` too).
+KEEPALIVE_COMMENT = b": keep-alive\n\n"
+MESSAGES_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+MESSAGES_ROUTE = "/v1/messages"  # `Exchange.route` of the Messages API (relayed as-is to workers that speak it)
 
 
 @dataclass(slots=True)
@@ -283,7 +290,15 @@ async def relay_events(
 
     Every complete event that arrived goes out at once (a chunk of many events in one send);
     only a trailing incomplete event waits for its end, so a worker dying mid-event never
-    leaves the client a fragment for the error event to be glued onto."""
+    leaves the client a fragment for the error event to be glued onto.
+
+    After each `--sse-keepalive-secs` in which the client got no event, a keep-alive frame goes
+    out (`_KeepAlive`), so a proxy with an idle timeout does not cut a stream waiting on a
+    long prefill. It starts once the response head went out: before the worker's head the
+    client gets nothing, since committing to a 200 early would rule out retrying elsewhere
+    (`--worker-first-byte-timeout-secs` bounds that wait; vLLM and SGLang send a stream's head
+    before its prefill). Keep-alives do not move the stall deadline, which measures the
+    worker's silence."""
     ex.event_stream = True
     send = ex.send
     await send(
@@ -297,6 +312,11 @@ async def relay_events(
             ],
         }
     )
+    every = ctx.config.sse_keepalive_secs
+    keepalive: _KeepAlive | None = None
+    if every > 0:
+        keepalive = _KeepAlive(send, MESSAGES_PING if ex.route == MESSAGES_ROUTE else KEEPALIVE_COMMENT, every)
+        send = keepalive.send  # the relay's events go out through it: the two take turns
     stall = ctx.config.stream_stall_timeout_secs
     framer = EventFramer(ctx.config.max_sse_event_size)
     first = True
@@ -305,20 +325,21 @@ async def relay_events(
     with trio.CancelScope(deadline=trio.current_time() + stall) as stall_scope:
         chunks = response.aiter_body()
         try:
-            async for chunk in chunks:
-                if first:
-                    ctx.metrics.ttft(ex.model or "").observe(time.perf_counter() - ex.started_at)
-                    first = False
-                stall_scope.deadline = trio.current_time() + stall
-                events = framer.feed(chunk)
-                if not events:
-                    continue
-                if ex.want_usage:
-                    tail = (tail + events)[-USAGE_TAIL:]
-                await send({"type": "http.response.body", "body": events, "more_body": True})
-            rest = framer.rest()  # the worker ended cleanly without closing its last event: as it sent it
-            if rest:
-                await send({"type": "http.response.body", "body": rest, "more_body": True})
+            async with _keeping_alive(keepalive):
+                async for chunk in chunks:
+                    if first:
+                        ctx.metrics.ttft(ex.model or "").observe(time.perf_counter() - ex.started_at)
+                        first = False
+                    stall_scope.deadline = trio.current_time() + stall
+                    events = framer.feed(chunk)
+                    if not events:
+                        continue
+                    if ex.want_usage:
+                        tail = (tail + events)[-USAGE_TAIL:]
+                    await send({"type": "http.response.body", "body": events, "more_body": True})
+                rest = framer.rest()  # the worker ended cleanly without closing its last event: as it sent it
+                if rest:
+                    await send({"type": "http.response.body", "body": rest, "more_body": True})
         except UpstreamError as exc:  # a broken connection, or bytes that break HTTP/1.1 framing
             code = "upstream_protocol_error" if exc.code == "upstream_protocol_error" else "upstream_stream_error"
             error = GatewayError(502, code, f"worker {worker.url} failed mid-stream: {exc}")
@@ -340,7 +361,91 @@ async def relay_events(
     if error is not None:
         await _end_stream_with(ex, error)
         return
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _KeepAlive:
+    """The keep-alive frames of one relayed stream: `run` (a task beside the relay) sends `frame`
+    whenever `every` seconds passed since the client last got something, and `send` is the
+    relay's way out, so the two never send at once (an ASGI server may not interleave sends
+    safely) and every relayed event counts as a sign of life. While the relay is stuck sending
+    to a slow client, bytes are on their way: no keep-alive then."""
+
+    __slots__ = ("_lock", "_send", "every", "frame", "heard")
+
+    def __init__(self, send: Send, frame: bytes, every: float) -> None:
+        self._send = send
+        self.frame = frame
+        self.every = every
+        self.heard = trio.current_time()  # when the client last got a frame (the head counts)
+        self._lock = trio.Lock()
+
+    async def send(self, message: Message) -> None:
+        lock = self._lock
+        if lock.locked():  # a keep-alive is going out: after it
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # the usual case, without a checkpoint
+        try:
+            self.heard = trio.current_time()
+            await self._send(message)
+        finally:
+            lock.release()
+
+    async def run(self) -> None:
+        while True:
+            due = self.heard + self.every
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue  # an event may have gone out meanwhile
+            self.heard = due
+            if self._lock.locked():
+                continue
+            async with self._lock:
+                await self._send({"type": "http.response.body", "body": self.frame, "more_body": True})
+
+
+@asynccontextmanager
+async def _keeping_alive(keepalive: _KeepAlive | None) -> AsyncIterator[None]:
+    """Runs `keepalive` (if any) for the duration of the block. Exceptions leave as they would
+    without the task: the relay's callers (and the pool's context) expect a bare `Cancelled`
+    or `UpstreamError`, not the group a nursery wraps them in."""
+    if keepalive is None:
+        yield
+        return
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keepalive.run)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that matters in a nursery's group: the one that is not `Cancelled` (the
+    other task was cancelled because of it), else one `Cancelled` for the scope that was
+    cancelled to catch; several real errors stay a group."""
+    cancelled, rest = group.split(trio.Cancelled)
+    if rest is None:
+        assert cancelled is not None
+        return _first_leaf(cancelled)
+    leaves = list(_leaves(rest))
+    return leaves[0] if len(leaves) == 1 else rest
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    return next(_leaves(error))
 
 
 async def _end_stream_with(ex: Exchange, error: GatewayError) -> None:

@@ -1,15 +1,26 @@
-"""Inference requests: parse just enough, admit, and hand the unchanged body to the attempt loop."""
+"""Inference requests: parse just enough, admit, and hand the body to the attempt loop, as sent
+(unless an alias or a tenant's token limit must change it).
+
+Model aliases (`--model-alias ALIAS=CANONICAL`) are resolved here, in `dispatch`, the one path
+every inference request takes (clients' and the Responses and Messages APIs' inner chat
+completions alike). A request naming an alias is routed, counted and limited as the canonical
+model, and its body is rewritten to name the canonical model: the workers were registered
+under that name and have never heard of the alias. Their answers pass through unchanged, so
+the `model` a client reads back names the model that ran, as with the reference gateway (which
+also rewrites only the request). Only a request that used an alias pays for the rewrite (a
+parse was done anyway, a dump is added); every other request keeps its original bytes.
+"""
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from typing import Any
 
 from smg.context import GatewayContext
 from smg.dataplane.attempts import proxy, text_of
 from smg.dataplane.routes import InferenceRoute
-from smg.http.asgi import read_body, send_json
+from smg.http.asgi import dump_json, read_body, send_json
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
 from smg.http.exchange import Exchange
 from smg.http.schemas import check_inference
@@ -34,11 +45,17 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
     """Count, hold to the tenant's limits, admit and proxy one parsed request (`ex.model` set).
     The gateway's own APIs (Responses, Messages) send the requests they build through here too."""
     model = ex.model
+    rewrite = False  # the body no longer matches `request`: dump it again before it leaves
+    if model is not None:
+        canonical = canonical_model(ctx, model)
+        if canonical is not None:
+            ex.model = model = request["model"] = canonical
+            rewrite = True
     stream = request.get("stream") is True
     ctx.metrics.router_requests(route.name, model or "", "true" if stream else "false").inc()
     limiter = ctx.limiter
     if limiter is None:
-        await _admitted(ctx, ex, route, request, body)
+        await _admitted(ctx, ex, route, request, dump_json(request) if rewrite else body)
         return
     tenant = ex.tenant or DEFAULT_TENANT
     counts_tokens = limiter.limits.for_tenant(tenant).tokens_per_minute is not None
@@ -60,12 +77,38 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
             # so the stream reports its tokens; the options may be null (or anything on /v1/messages, not its field)
             options = request.get("stream_options")
             request["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-            body = json.dumps(request, separators=(",", ":")).encode()
+            rewrite = True
+    if rewrite:
+        body = dump_json(request)
     try:
         await _admitted(ctx, ex, route, request, body)
     finally:
         if ex.completion_tokens:
             limiter.charge_tokens(tenant, ex.completion_tokens, time.time())
+
+
+@functools.cache
+def alias_table(entries: tuple[str, ...]) -> dict[str, str]:
+    """`--model-alias` entries (`ALIAS=CANONICAL`, checked when the flags were read) as a dict,
+    built once per configuration rather than on every request."""
+    return {alias: canonical for alias, _, canonical in (entry.partition("=") for entry in entries)}
+
+
+def canonical_model(ctx: GatewayContext, model: str) -> str | None:
+    """The served model that `model` (as a client named it) is an alias of, or None to route
+    `model` as it is.
+
+    Matching is exact (case-sensitive). A name that some worker serves under its own name is
+    never treated as an alias: a real model is not shadowed by a flag. Nor is an alias whose
+    canonical model no worker serves now: the client's error then names the model it asked for.
+    """
+    canonical = alias_table(ctx.config.model_alias).get(model)
+    if canonical is None:
+        return None
+    registry = ctx.registry
+    if registry.serving(model) or not registry.serving(canonical):
+        return None
+    return canonical
 
 
 def _asks_usage(request: dict[str, Any]) -> bool:
@@ -91,8 +134,18 @@ async def _admitted(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, re
 
 
 async def handle_models(ctx: GatewayContext, ex: Exchange) -> None:
+    """The served models, then the aliases of served models (as OpenAI lists its aliases beside
+    the models they name), each alias owned as its model is. Aliases come last so that a client
+    taking the first entry still gets a model a worker serves under that name."""
+    served = ctx.registry.models()
     data = [
         {"id": model, "object": "model", "created": 0, "owned_by": worker.runtime_type}
-        for model, worker in sorted(ctx.registry.models().items())
+        for model, worker in sorted(served.items())
+    ]
+    aliases = alias_table(ctx.config.model_alias)
+    data += [
+        {"id": alias, "object": "model", "created": 0, "owned_by": served[canonical].runtime_type}
+        for alias, canonical in sorted(aliases.items())
+        if canonical in served and not ctx.registry.serving(alias)  # as `canonical_model` routes it
     ]
     await send_json(ex.send, 200, {"object": "list", "data": data})

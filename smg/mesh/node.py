@@ -25,6 +25,7 @@ import trio
 from smg.mesh.diagnostics import JOIN_WARN_AFTER, Rejections, SeedWatch
 from smg.mesh.keyring import Keyring
 from smg.mesh.messages import AppMessage, Message, State
+from smg.mesh.seeds import Resolve, has_names, resolve_host, resolve_seeds
 from smg.mesh.streams import PeerStreams
 from smg.mesh.swim import MemberEvent, Send, Swim, SwimConfig
 from smg.mesh.transport import MeshTransport
@@ -47,12 +48,14 @@ class MeshNode:
         config: SwimConfig | None = None,
         meta: dict[str, Any] | None = None,
         seed_warn_after: float = JOIN_WARN_AFTER,
+        resolve: Resolve = resolve_host,
     ) -> None:
         if keyring is None:
             log.warning("mesh runs unencrypted: set a mesh key outside development")
         self.name = name or ""  # empty: named after its address once bound
         self.advertise_host = advertise_host or host
-        self.seeds = list(seeds or [])
+        self.seeds = list(seeds or [])  # as given: DNS names stand for all their addresses
+        self.resolve = resolve
         self.config = config or SwimConfig()
         self.meta = dict(meta or {})
         self.transport = MeshTransport(host, port, keyring, self._on_message)
@@ -92,12 +95,14 @@ class MeshNode:
             now = trio.current_time()
             self.swim = Swim(self.name, self.address, self.config, random.Random(), now, self.meta)
             self.swim.app_state, self.swim.merge_app_state = self.app_state, self.merge_app_state
-            sends = self.swim.join(self.seeds, now)
+            sends = self.swim.join(await resolve_seeds(self.seeds, self.resolve), now)
             if self.swim.seeds:
                 self.seed_watch = SeedWatch(self.swim.seeds, self.address, now, self.seed_warn_after)
                 nursery.start_soon(self._watch_seeds, self.swim, self.seed_watch)
             self._dispatch(sends)
             nursery.start_soon(self._timer)
+            if has_names(self.seeds):
+                nursery.start_soon(self._re_resolve, self.swim)
             log.info("mesh node %s listening on %s (seeds: %s)", self.name, self.address, ", ".join(self.seeds) or "none")
             task_status.started(self)
 
@@ -142,6 +147,13 @@ class MeshNode:
             report["seeds"] = self.seed_watch.report()
             report["reason"] = self.seed_watch.reason(now)
         return report
+
+    async def _re_resolve(self, swim: Swim) -> None:
+        """Seeds named by DNS are resolved again every reconnect interval: the rejoin attempts
+        then reach gateways that appeared after the start (a headless Service growing)."""
+        while True:
+            await trio.sleep(self.config.reconnect_interval)
+            swim.set_seeds(await resolve_seeds(self.seeds, self.resolve))
 
     async def _timer(self) -> None:
         swim = self.swim

@@ -232,13 +232,17 @@ class Swim:
 
     def join(self, seeds: list[str], now: float) -> list[Send]:
         """Push-pull with every seed; retried with backoff until one answers."""
-        self.seeds = [s for s in seeds if s != self.address]
+        self.set_seeds(seeds)
         if not self.seeds:
             return []
         self.joined = False
         self._join_backoff = 0.5
         self._next_join = now + self._join_backoff
         return [self._push_pull(seed, reply=False) for seed in self.seeds]
+
+    def set_seeds(self, seeds: list[str]) -> None:
+        """New seed addresses (DNS names resolved again); the next rejoin attempts use them."""
+        self.seeds = [s for s in seeds if s != self.address]
 
     def leave(self, now: float) -> list[Send]:
         """Announce a graceful leave; the shell keeps gossiping briefly, then stops."""

@@ -5,17 +5,24 @@ on the hot path, so `AccessLog` formats it directly and buffers it, flushing
 every `FLUSH_SECS` from a task in the node's nursery (and at shutdown),
 instead of paying a LogRecord and a write() per request. Both paths share
 the same line formats.
+
+With `--log-dir` both paths also go to a `LogFile` in that directory (see
+its docstring for the naming and rotation), in the console's format.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from logging.handlers import TimedRotatingFileHandler
 from typing import Any, TextIO
 
 import trio
+
+from smg.settings import ConfigError
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 FLUSH_SECS = 0.1
@@ -53,16 +60,97 @@ class _Formatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info", json_format: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(json_format))
+class LogFile(TimedRotatingFileHandler):
+    """The log file of `--log-dir`: `smg.log`, rotated daily at midnight UTC.
+
+    The reference (tracing-appender, daily) writes one file per UTC day, named
+    `smg.YYYY-MM-DD`, and keeps them all. Here the live file has a fixed name, so `tail -F DIR/smg.log` follows
+    it across days; a finished day is renamed `smg.YYYY-MM-DD.log` (the UTC day its
+    lines belong to, the reference's date in its name) and only the newest
+    `KEEP_DAYS` of those are kept, so the directory cannot fill a disk over the
+    months. A restart on a later day rotates the previous day's file at its first
+    line (the stdlib handler dates the live file by its modification time).
+    """
+
+    NAME = "smg.log"
+    KEEP_DAYS = 14
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(
+            os.path.join(directory, self.NAME), when="midnight", utc=True, backupCount=self.KEEP_DAYS, encoding="utf-8"
+        )
+        self.namer = _dated_name
+
+    def write_lines(self, text: str) -> None:
+        """Lines already formatted (`AccessLog`'s batch): one rollover check and one write per batch."""
+        record = logging.LogRecord(AccessLog.LOGGER, logging.INFO, __file__, 0, text, None, None)
+        self.acquire()
+        try:
+            if self.shouldRollover(record):
+                self.doRollover()
+            if self.stream is None:  # a rollover that failed to reopen
+                self.stream = self._open()
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
+        finally:
+            self.release()
+
+
+def _dated_name(default: str) -> str:
+    """`DIR/smg.log.2024-01-15` (the stdlib's name) -> `DIR/smg.2024-01-15.log` (the reference's date, a `.log` suffix)."""
+    head, _, day = default.rpartition(".")
+    return head.removesuffix(".log") + f".{day}.log"
+
+
+def open_log_dir(directory: str) -> LogFile:
+    """The `LogFile` in `directory`, created when missing; a path that cannot hold it is a `ConfigError`.
+
+    Checked before anything starts, so a typo or a read-only volume stops the gateway
+    with one line instead of a gateway that runs while its file log is silently lost.
+    """
+    path = os.path.abspath(directory)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--log-dir: {directory} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--log-dir: cannot create {directory}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):  # rotation renames files: the directory itself must be writable
+        raise ConfigError(f"--log-dir: {directory} is not writable")
+    try:
+        return LogFile(path)
+    except OSError as exc:
+        raise ConfigError(f"--log-dir: cannot write {os.path.join(directory, LogFile.NAME)}: {exc.strerror or exc}") from None
+
+
+def setup_logging(level: str = "info", json_format: bool = False, log_dir: str | None = None) -> None:
+    """stderr always; with `log_dir` also the rotating `LogFile` there, in the same format.
+
+    Raises `ConfigError` (one line) when `log_dir` cannot be used; nothing is changed then.
+    """
+    formatter = _Formatter(json_format)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_dir is not None:
+        handlers.append(open_log_dir(log_dir))
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        if isinstance(old, LogFile):
+            old.close()
+    root.handlers[:] = handlers
     root.setLevel(LEVELS[level])
     # hypercorn's own error log repeats what we log; keep only its warnings.
     logging.getLogger("hypercorn.error").setLevel(max(LEVELS[level], logging.WARNING))
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def log_files() -> list[LogFile]:
+    """The `LogFile`s `setup_logging` installed (none without `--log-dir`)."""
+    return [h for h in logging.getLogger().handlers if isinstance(h, LogFile)]
 
 
 class AccessLog:
@@ -92,10 +180,13 @@ class AccessLog:
 
     def flush(self) -> None:
         if self._pending:
-            stream = self._stream or sys.stderr
-            stream.write("\n".join(self._pending) + "\n")
-            stream.flush()
+            text = "\n".join(self._pending)
             self._pending.clear()
+            stream = self._stream or sys.stderr
+            stream.write(text + "\n")
+            stream.flush()
+            for log_file in log_files():
+                log_file.write_lines(text)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Flush `FLUSH_SECS` after the first pending line, until cancelled, then once more.

@@ -7,6 +7,7 @@ per metric instead of prometheus-client's label validation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -40,15 +41,19 @@ class _Cached:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, duration_buckets: Sequence[float] | None = None) -> None:
+        """`duration_buckets` (`--prometheus-duration-buckets`, seconds) replace `LATENCY_BUCKETS`
+        in every histogram of a duration, so a deployment can put its bounds where its SLOs are;
+        ratios keep their own buckets. prometheus-client adds the `+Inf` bucket itself."""
         self.registry = r = CollectorRegistry(auto_describe=True)
+        seconds = tuple(duration_buckets) if duration_buckets else LATENCY_BUCKETS
         self.http_requests = _Cached(Counter("smg_http_requests_total", "HTTP requests received", ["method", "path"], registry=r))
         self.http_duration = _Cached(
             Histogram(
                 "smg_http_request_duration_seconds",
                 "Time from request start to the end of the response",
                 ["method", "path"],
-                buckets=LATENCY_BUCKETS,
+                buckets=seconds,
                 registry=r,
             )
         )
@@ -74,7 +79,7 @@ class GatewayMetrics:
                 "smg_router_ttft_seconds",
                 "Time to the first streamed byte from the worker",
                 ["model"],
-                buckets=LATENCY_BUCKETS,
+                buckets=seconds,
                 registry=r,
             )
         )
@@ -122,7 +127,7 @@ class GatewayMetrics:
                 "smg_storage_operation_duration_seconds",
                 "History storage operation time, waiting for a connection included",
                 ["backend", "operation"],
-                buckets=LATENCY_BUCKETS,
+                buckets=seconds,
                 registry=r,
             )
         )

@@ -17,22 +17,35 @@ from smg.upstream.base import (
     UpstreamResponse,
 )
 from smg.upstream.httpx_client import HttpxUpstream
-from smg.upstream.pool import PoolUpstream
+from smg.upstream.pool import DEFAULT_IDLE_TIMEOUT, PoolUpstream
 
 UPSTREAM_CLIENTS = ("pool", "httpx")
 
 
 def make_upstream(
-    kind: str, *, connect_timeout: float, max_idle_per_origin: int, max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+    kind: str,
+    *,
+    connect_timeout: float,
+    max_idle_per_origin: int,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
 ) -> Upstream:
-    """`max_response_size`: the largest body `read` returns (streams read with `aiter_body` are not capped here)."""
+    """`idle_timeout`: seconds a pooled connection may stay idle (`--upstream-pool-idle-timeout-secs`,
+    0 keeps it); `max_response_size`: the largest body `read` returns (streams read with
+    `aiter_body` are not capped here)."""
     if kind == "pool":
         return PoolUpstream(
-            connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin, max_response_size=max_response_size
+            connect_timeout=connect_timeout,
+            max_idle_per_origin=max_idle_per_origin,
+            idle_timeout=idle_timeout,
+            max_response_size=max_response_size,
         )
     if kind == "httpx":
         return HttpxUpstream(
-            connect_timeout=connect_timeout, max_idle_per_origin=max_idle_per_origin, max_response_size=max_response_size
+            connect_timeout=connect_timeout,
+            max_idle_per_origin=max_idle_per_origin,
+            idle_timeout=idle_timeout,
+            max_response_size=max_response_size,
         )
     raise ValueError(f"unknown upstream client '{kind}'")
 

@@ -15,6 +15,7 @@ from smg.upstream.base import (
     read_capped,
     response_too_large,
 )
+from smg.upstream.pool import DEFAULT_IDLE_TIMEOUT
 from smg.workers.registry import Origin
 
 
@@ -43,13 +44,23 @@ class HttpxResponse:
 
 class HttpxUpstream:
     def __init__(
-        self, *, connect_timeout: float = 10.0, max_idle_per_origin: int = 256, max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+        self,
+        *,
+        connect_timeout: float = 10.0,
+        max_idle_per_origin: int = 256,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
+        """`idle_timeout` 0 keeps idle connections forever, as the pool does: httpx's
+        `keepalive_expiry=None` (its 0 would expire every connection as soon as it went idle)."""
         self.max_response_size = max_response_size
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=max_idle_per_origin),
+        self.idle_timeout = idle_timeout
+        limits = httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=max_idle_per_origin,
+            keepalive_expiry=idle_timeout if idle_timeout > 0 else None,
         )
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), limits=limits)
 
     @asynccontextmanager
     async def request(

@@ -10,7 +10,12 @@ anything that breaks RFC 9112: the client then gets 502 `upstream_protocol_error
 
 One request per connection at a time; idle connections are kept per origin (LIFO, so the
 warmest socket is reused first) and dropped after an idle timeout shorter than typical
-server keep-alive limits. A request that fails on a reused connection before any response
+server keep-alive limits (`--upstream-pool-idle-timeout-secs`; 0 keeps them). No timer task
+does it: every take and every return trims the origin's whole stack (LIFO order is also age
+order, so the expired ones are a slice at its bottom, not just the top a request looks at),
+and at most once per idle timeout a take or return sweeps every origin, so the connections
+of a worker nobody calls any more close too, at most one timeout late while the gateway
+serves anything. A request that fails on a reused connection before any response
 byte arrived is retried once on a fresh connection: the server closed the idle socket
 under us. A connection goes back to the pool only when its response ended cleanly, allowed
 keep-alive and nothing followed it.
@@ -22,6 +27,7 @@ removed), so a burst of SSE events costs one downstream send instead of one per 
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +48,7 @@ from smg.upstream.http1 import Data, IncompleteResponse, ProtocolViolation, Resp
 from smg.workers.registry import Origin
 
 RECEIVE_SIZE = 65536
+DEFAULT_IDLE_TIMEOUT = 3.0  # --upstream-pool-idle-timeout-secs's default: below vLLM's and SGLang's 5 s
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -119,16 +126,19 @@ class PoolUpstream:
         *,
         connect_timeout: float = 10.0,
         max_idle_per_origin: int = 256,
-        idle_timeout: float = 4.0,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
+        """`idle_timeout`: seconds an idle connection may wait for reuse; 0 keeps it forever."""
         self.connect_timeout = connect_timeout
         self.max_idle_per_origin = max_idle_per_origin
         self.idle_timeout = idle_timeout
         self.max_response_size = max_response_size
         self._ssl_context = ssl_context
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}  # per origin, oldest first (the bottom of the stack)
+        self._max_idle = idle_timeout if idle_timeout > 0 else math.inf  # inf: nothing ever expires
+        self._next_sweep = -math.inf  # trio time from which the next take or return sweeps every origin
 
     async def _connect(self, origin: Origin) -> _Connection:
         try:
@@ -146,24 +156,37 @@ class PoolUpstream:
         return _Connection(stream)  # trio sets TCP_NODELAY on its socket streams
 
     def _pop_idle(self, origin: Origin) -> _Connection | None:
+        now = trio.current_time()
+        if now >= self._next_sweep:
+            self._sweep(now)
         idle = self._idle.get(origin)
         if not idle:
             return None
-        cutoff = trio.current_time() - self.idle_timeout
-        while idle:
-            conn = idle.pop()
-            if conn.idle_since >= cutoff:
-                return conn
-            _close_now(conn)
-        return None
+        _expire(idle, now - self._max_idle)
+        return idle.pop() if idle else None  # what is left is within its idle time, the top warmest
 
     def _release(self, origin: Origin, conn: _Connection) -> None:
+        now = trio.current_time()
+        if now >= self._next_sweep:
+            self._sweep(now)
         idle = self._idle.setdefault(origin, [])
+        _expire(idle, now - self._max_idle)  # so the cap counts live connections only
         if len(idle) >= self.max_idle_per_origin:
             _close_now(conn)
             return
-        conn.idle_since = trio.current_time()
+        conn.idle_since = now
         idle.append(conn)
+
+    def _sweep(self, now: float) -> None:
+        """Close every origin's expired connections and forget origins left with none: the
+        per-origin trimming only reaches origins that still get requests, so a removed or
+        unused worker's sockets would otherwise stay open until the gateway stops."""
+        self._next_sweep = now + self._max_idle
+        cutoff = now - self._max_idle
+        for origin, idle in list(self._idle.items()):
+            _expire(idle, cutoff)
+            if not idle:
+                del self._idle[origin]
 
     async def _start(self, conn: _Connection, method: bytes, request: bytes, reused: bool) -> PoolResponse:
         parser = ResponseParser(method)
@@ -228,6 +251,19 @@ class PoolUpstream:
             for conn in idle:
                 _close_now(conn)
         self._idle.clear()
+
+
+def _expire(idle: list[_Connection], cutoff: float) -> None:
+    """Close the connections of one origin's stack idle since before `cutoff`. Releases push on
+    top in time order, so they are a slice at the bottom: usually one comparison finds none."""
+    if not idle or idle[0].idle_since >= cutoff:
+        return
+    count = 1
+    while count < len(idle) and idle[count].idle_since < cutoff:
+        count += 1
+    for conn in idle[:count]:
+        _close_now(conn)
+    del idle[:count]
 
 
 def _close_now(conn: _Connection) -> None:

@@ -1,8 +1,8 @@
 """Worker discovery, health probing and removal, plus control-plane calls (httpx).
 
-A new worker is discovered by `GET /health` and `GET /v1/models` (which
-names what it serves), retrying with backoff up to
-`--worker-startup-timeout-secs`; its health machine then needs
+A new worker is discovered, after `--worker-startup-delay` seconds, by
+`GET /health` and `GET /v1/models` (which names what it serves), retrying
+with backoff up to `--worker-startup-timeout-secs`; its health machine then needs
 `--health-success-threshold` good probes to become ready. A worker that is
 not ready yet is logged at its first failure and then once a minute, with the
 error: the start-up timeout is 30 minutes by default, and an unreachable URL
@@ -38,6 +38,7 @@ class Registrar:
         *,
         startup_timeout: float,
         check_interval: float,
+        startup_delay: float = 0.0,
         health_interval: float = 10.0,
         health_timeout: float = 5.0,
         health_endpoint: str = "/health",
@@ -49,9 +50,17 @@ class Registrar:
         startup_log_secs: float = STARTUP_LOG_SECS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport` (default: httpx's own) lets tests fake the workers without sockets."""
+        """`transport` (default: httpx's own) lets tests fake the workers without sockets.
+
+        `startup_delay` (`--worker-startup-delay`): seconds each registration waits
+        before its first probe, for engines known to take a while to open their port
+        (model loading): probing them at once only fills the log with refused
+        connections. The start-up timeout counts from the end of the delay, as the
+        reference's does (its delay sits on the registration workflow's first step).
+        """
         self.registry = registry
         self.startup_timeout = startup_timeout
+        self.startup_delay = startup_delay
         self.check_interval = check_interval
         self.health_interval = health_interval
         self.health_timeout = health_timeout
@@ -110,6 +119,8 @@ class Registrar:
     async def _start_up(self, worker: Worker) -> None:
         with trio.CancelScope() as scope:
             self._probes[worker.id] = scope
+            if self.startup_delay > 0:  # inside the scope: a removal or a new registration cancels the wait too
+                await trio.sleep(self.startup_delay)
             deadline = trio.current_time() + self.startup_timeout
             delay = FIRST_RETRY_SECS
             attempt = 0
@@ -259,13 +270,22 @@ class Registrar:
 
     # -- fan-out ------------------------------------------------------------
 
-    async def fan_out(self, method: str, path: str, workers: list[Worker]) -> list[tuple[Worker, httpx.Response | Exception]]:
-        """Call `path` on every worker concurrently; results in worker order."""
+    async def fan_out(
+        self, method: str, path: str, workers: list[Worker], *, json: Any = None, timeout: float | None = None
+    ) -> list[tuple[Worker, httpx.Response | Exception]]:
+        """Call `path` on every worker concurrently; results in worker order.
+
+        `json`: a body for each call; `timeout`: seconds instead of the probes' 5 s, for
+        calls a worker may take long to answer (stopping a profile writes its traces).
+        """
         results: list[httpx.Response | Exception | None] = [None] * len(workers)
+        bound = self.client.timeout if timeout is None else httpx.Timeout(timeout)
 
         async def call(i: int, worker: Worker) -> None:
             try:
-                results[i] = await self.client.request(method, worker.url + path, headers=self.headers_for(worker))
+                results[i] = await self.client.request(
+                    method, worker.url + path, headers=self.headers_for(worker), json=json, timeout=bound
+                )
             except httpx.HTTPError as exc:
                 results[i] = exc
 

@@ -127,6 +127,7 @@ class Route:
     path: str  # with {worker_id} / {conversation_id}
     valid: dict[str, Any]
     anthropic: bool = False
+    control: bool = False  # the control plane answers errors as the reference does: {"error": msg, "code": CODE}
     ok: tuple[int, ...] = (200,)
     id: str = field(default="", compare=False)
 
@@ -173,9 +174,16 @@ ROUTES = [
         id="messages",
     ),
     Route("POST", "/v1/messages", {**CHAT, "model": "claude-sim"}, anthropic=True, id="messages-native"),
-    Route("POST", "/workers", {"url": JUNK_WORKER + "/fuzz", "priority": 5, "labels": {"a": "b"}}, ok=(202, 409), id="workers"),
-    Route("PATCH", "/workers/{worker_id}", {"priority": 5, "cost": 1.5, "labels": {"a": "b"}}, id="workers-patch"),
-    Route("PUT", "/workers/{worker_id}", {"url": JUNK_WORKER, "priority": 5}, ok=(202,), id="workers-put"),
+    Route(
+        "POST",
+        "/workers",
+        {"url": JUNK_WORKER + "/fuzz", "priority": 5, "labels": {"a": "b"}},
+        ok=(202, 409),
+        control=True,
+        id="workers",
+    ),
+    Route("PATCH", "/workers/{worker_id}", {"priority": 5, "cost": 1.5, "labels": {"a": "b"}}, control=True, id="workers-patch"),
+    Route("PUT", "/workers/{worker_id}", {"url": JUNK_WORKER, "priority": 5}, ok=(202,), control=True, id="workers-put"),
 ]
 
 
@@ -198,6 +206,9 @@ def assert_well_answered(r: httpx.Response, route: Route) -> None:
         assert isinstance(body, dict) and "error" in body, r.text[:500]
         return
     code = r.headers["x-smg-error-code"]
+    if route.control:
+        assert set(body) == {"error", "code"} and body["code"] == code and isinstance(body["error"], str), r.text
+        return
     if route.anthropic:
         assert set(body) == {"type", "error"} and body["type"] == "error", r.text
         assert set(body["error"]) == {"type", "message"}, r.text
@@ -226,7 +237,8 @@ def test_deep_nan_and_at_the_limit(route: Route, gateway: Proc, client: httpx.Cl
     assert len(deep) > 2000
     for body in (deep, splice(route.valid, "temperature", b"NaN"), splice(route.valid, "x", b"-Infinity")):
         r = send(client, gateway, ids, route, body)
-        assert r.status_code == 400 and r.headers["x-smg-error-code"] == "invalid_json", r.text
+        expected = "BAD_REQUEST" if route.control else "invalid_json"
+        assert r.status_code == 400 and r.headers["x-smg-error-code"] == expected, r.text
         assert_well_answered(r, route)
     for key in [*route.valid, "extra"]:
         r = send(client, gateway, ids, route, splice(route.valid, key, at_depth(MAX_JSON_DEPTH - 1)))
@@ -287,6 +299,9 @@ def test_a_wrong_type_is_a_400_naming_the_field(
 ) -> None:
     r = client.post(gateway.url + path, json=body)
     assert r.status_code == 400, r.text
+    if path == "/workers":  # the control plane's shape, as the reference's: {"error": msg, "code": CODE}
+        assert r.json()["code"] == "BAD_REQUEST" and f"'{param}'" in r.json()["error"], r.text
+        return
     assert error_of(r)["param"] == param and error_of(r)["type"] == "invalid_request_error", r.text
     assert f"'{param}'" in error_of(r)["message"]
 
@@ -460,7 +475,8 @@ def test_fuzz(route: Route, gateway: Proc, client: httpx.Client, ids: dict[str, 
         r = send(client, gateway, ids, route, body)
         assert_well_answered(r, route)
         if kind == "refused":
-            assert r.status_code == 400 and r.headers["x-smg-error-code"] == "invalid_json", r.text
+            expected = "BAD_REQUEST" if route.control else "invalid_json"
+            assert r.status_code == 400 and r.headers["x-smg-error-code"] == expected, r.text
 
     logged = len(gateway.log())
     one()

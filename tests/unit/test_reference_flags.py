@@ -60,6 +60,7 @@ def test_the_fact_list_is_the_reference_help() -> None:
 CHOICE_NEEDS = {  # a choice that is refused alone: what it needs beside it
     "postgres": ["--postgres-db-url", "postgresql://u@127.0.0.1/db"],
     "redis": ["--redis-url", "redis://127.0.0.1:6379/0"],
+    "file": ["--discovery-file", "/nonexistent/workers.json"],  # may appear after the start
 }
 
 
@@ -86,7 +87,7 @@ def test_every_refused_flag_stops_the_start_with_one_line_naming_it() -> None:
             assert message.startswith(f"{row.names[0]}: ") and "\n" not in message, message
             assert re.search(r"not supported|does not apply|has no|not offer", message), message
             refused += 1
-    assert refused >= 130
+    assert refused >= 100  # a floor: the test must have checked something
 
 
 def test_every_implemented_flag_takes_a_value_of_the_reference_arity(

@@ -215,6 +215,43 @@ async def test_registering_again_restarts_the_start_up_from_scratch(autojump_clo
     assert fleet.times("/health") == pytest.approx([0.0, 0.1, 0.3, 0.7, 1.5, 2.0, 2.1, 2.3, 2.7, 3.5, 4.5])
 
 
+async def test_the_startup_delay_defers_the_first_probe_and_the_timeout_counts_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fleet = Fleet()
+    fleet.add("w1", down=True)
+    fleet.add("w2")
+    registrar = make_registrar(fleet, startup_delay=30.0, startup_timeout=5.0, check_interval=1.0)
+    down, late = make_worker("w1"), make_worker("w2", success=1)
+    async with running(registrar, down):
+        await trio.sleep_until(29.9)
+        assert fleet.calls == [] and down.health.state is HealthState.PENDING
+        await trio.sleep_until(40.0)
+        assert down.health.state is HealthState.FAILED
+        registrar.registry.add(late)  # added later: its own delay, from its own registration
+        registrar.register(late)
+        await trio.sleep_until(69.9)
+        assert fleet.times("/health", "w2") == [] and late.health.state is HealthState.PENDING
+        await trio.sleep_until(70.5)
+        assert late.health.state is HealthState.READY
+    # the first probe exactly at the delay; then the usual back-off, given up 5 s after the delay
+    assert fleet.times("/health", "w1") == pytest.approx([30.0, 30.1, 30.3, 30.7, 31.5, 32.5, 33.5, 34.5])
+    assert fleet.times("/health", "w2") == [70.0]
+
+
+async def test_removing_a_worker_during_its_startup_delay_cancels_the_probe(autojump_clock: trio.testing.MockClock) -> None:
+    fleet = Fleet()
+    fleet.add("w1")
+    registrar = make_registrar(fleet, startup_delay=10.0)
+    worker = make_worker()
+    async with running(registrar, worker):
+        await trio.sleep_until(5.0)
+        registrar.drain_and_remove(worker, grace=1.0)
+        await trio.sleep_until(20.0)
+        assert registrar.registry.get(worker.id) is None
+    assert fleet.calls == []
+
+
 # -- periodic health rounds ------------------------------------------------------------
 
 

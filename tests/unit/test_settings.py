@@ -29,9 +29,11 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "key.pem").write_text("key")
     (tmp_path / "limits.json").write_text(json.dumps({"default": {"requests_per_minute": 5}}))
     (tmp_path / "keyring").write_text(base64.b64encode(b"k" * 16).decode() + "\n")
+    (tmp_path / "template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
     return {k: str(tmp_path / v) for k, v in {"tok": "", "cert": "cert.pem", "key": "key.pem"}.items()} | {
         "limits": str(tmp_path / "limits.json"),
         "keyring": str(tmp_path / "keyring"),
+        "template": str(tmp_path / "template.jinja"),
         "db": str(tmp_path / "history.db"),
     }
 
@@ -51,12 +53,19 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "tenant_rate_limit_config": (files["limits"], []),
         "mesh_keyring_file": (files["keyring"], []),
         "tokenizer_path": (files["tok"], []),
+        "model_path": (files["tok"], []),
+        "chat_template": (files["template"], []),
         "health_check_endpoint": ("/healthz", []),
         "history_db_path": (files["db"], []),
         "max_concurrent_requests": (8, []),
         "mesh_server_name": ("node-a", []),
         "postgres_db_url": ("postgresql://u@127.0.0.1/db", []),
         "redis_url": ("redis://127.0.0.1:6379/0", []),
+        "model_alias": (("fast=sim-model", "big=other-model"), []),
+        "prometheus_duration_buckets": ((0.01, 0.5, 2.0), []),
+        "tenant_rate_limit_enabled": (True, ["--tenant-rate-limit-config", files["limits"]]),
+        "discovery_provider": ("file", ["--discovery-file", files["db"]]),
+        "discovery_file": (files["db"], ["--discovery-provider", "file"]),
     }
 
 
@@ -149,6 +158,11 @@ BAD = {  # a value each check must refuse, where the check's kind does not say i
     "mesh_server_name": "a#b",
     "mesh_keys": ("not base64!",),
     "redis_retention_days": 0,
+    "model_alias": ("no-equals",),
+    "model_path": "org/hub-model-id",
+    "tenant_header_name": "bad header",
+    "chat_template": "/nonexistent/template.jinja",
+    "prometheus_duration_buckets": (2.0, 1.0),
 }
 
 

@@ -150,7 +150,10 @@ class Scenario:
         self.limiter = TenantRateLimiter(TenantLimits(Limit(), {"acme": limit}))
         self.metrics = GatewayMetrics()
         self.ctx: Any = SimpleNamespace(
-            limiter=self.limiter, metrics=self.metrics, admission=Admission(None, queue_size=0, queue_timeout=1.0)
+            limiter=self.limiter,
+            metrics=self.metrics,
+            admission=Admission(None, queue_size=0, queue_timeout=1.0),
+            config=SimpleNamespace(model_alias=()),
         )
         self.answers: list[dict[str, Any]] = []
         self.answer: Any = None  # what the stub answer does: (exchange, request, body) -> None

@@ -6,6 +6,10 @@ inference route. For every other worker the gateway translates: the
 request becomes a chat completion (`messages_format.chat_request`), sent
 through the normal routing, and its answer (or stream) comes back as a
 message object (or Messages events). Errors answer in Anthropic's shape.
+
+`--sse-keepalive-secs`: a stream carries Anthropic's `ping` event after that much worker
+silence, on both ways (relayed: `attempts.relay_events` sends it; translated: the inner
+chat stream's keep-alive comment becomes one here).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from smg.apis.anthropic.messages_format import MessagesStream, chat_request, error_body, message_from_chat
-from smg.apis.chat import answer_error, chat_completion
+from smg.apis.chat import KEEPALIVE, answer_error, chat_completion
 from smg.context import GatewayContext
-from smg.dataplane.dispatch import dispatch
+from smg.dataplane.attempts import MESSAGES_PING
+from smg.dataplane.dispatch import canonical_model, dispatch
 from smg.dataplane.routes import InferenceRoute
 from smg.http.asgi import read_body, send_json
 from smg.http.errors import GatewayError, load_json_object
@@ -35,6 +40,7 @@ async def create_message(ctx: GatewayContext, ex: Exchange) -> None:
     model = request.model
     if not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
+    model = canonical_model(ctx, model) or model  # an alias: the served model's workers, and its name
     ex.model = model
     if _native(ctx, model):
         await dispatch(ctx, ex, NATIVE, sent, body)
@@ -63,8 +69,8 @@ async def _stream(ctx: GatewayContext, ex: Exchange, chat: dict[str, Any], model
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
         await ex.send({"type": "http.response.body", "body": state.start(), "more_body": True})
-        async for event in answer.events():
-            out = state.chunk(event)
+        async for event in answer.events(keepalives=True):  # the inner relay times the worker's silence
+            out = MESSAGES_PING if event is KEEPALIVE else state.chunk(event)
             if out:
                 await ex.send({"type": "http.response.body", "body": out, "more_body": True})
     failure = answer.failure

@@ -2,15 +2,18 @@
 
 OpenAI's shapes: `conv_...` conversations with string metadata, items in
 the order they were added, paginated with `limit`, `order` and `after`.
-Every record belongs to the tenant of the API key that wrote it; another
-tenant's id answers 404 like an unknown one.
+Every record belongs to the tenant that wrote it (a tenant key's, or the trusted tenant
+header's: see `smg.app`); another tenant's id answers 404 like an unknown one. Records stored
+without a tenant identity (by callers that had none: no key checked and no tenant header) stay
+readable by every caller, tenants included, but only callers without a tenant may change them:
+a tenant trying to gets 403, not 404, since it can read the record it is refused.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -48,6 +51,36 @@ async def stored(operation: Awaitable[T]) -> T:
 
 def tenant_of(ex: Exchange) -> str:
     return ex.tenant or DEFAULT_TENANT
+
+
+async def lookup(history: History, operation: Callable[..., T | None], tenant: str, *args: object) -> T | None:
+    """`operation(tenant, *args)`, a read, among the caller's records, then (for a caller with a
+    tenant that found nothing) among those stored without one, which every caller may read. The
+    second call is made only on a miss: reading one's own records costs one call as before."""
+    found = await stored(history.run(operation, tenant, *args))
+    if found is None and tenant != DEFAULT_TENANT:
+        found = await stored(history.run(operation, DEFAULT_TENANT, *args))
+    return found
+
+
+def read_only(what: str, param: str) -> GatewayError:
+    """A tenant's change to a record stored without a tenant identity."""
+    return GatewayError(
+        403,
+        "permission_denied",
+        f"{what} was stored without a tenant: every caller can read it, only callers without a tenant can change it",
+        param=param,
+    )
+
+
+async def _refusal(history: History, tenant: str, conversation_id: str, missing: GatewayError) -> GatewayError:
+    """Why a change found no conversation of the caller's: 403 when it is one stored without a
+    tenant (the caller can read it), else `missing` (404)."""
+    if tenant != DEFAULT_TENANT:
+        shared = await stored(history.run(history.backend.get_conversation, DEFAULT_TENANT, conversation_id))
+        if shared is not None:
+            return read_only(f"conversation '{conversation_id}'", "conversation_id")
+    return missing
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -171,7 +204,7 @@ async def create_conversation(ctx: GatewayContext, ex: Exchange) -> None:
 
 async def get_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    found = await stored(history.run(history.backend.get_conversation, tenant_of(ex), conversation_id))
+    found = await lookup(history, history.backend.get_conversation, tenant_of(ex), conversation_id)
     if found is None:
         raise _not_found(conversation_id)
     await send_json(ex.send, 200, found.to_json())
@@ -183,16 +216,18 @@ async def update_conversation(ctx: GatewayContext, ex: Exchange, conversation_id
     if "metadata" not in body.model_fields_set:
         raise GatewayError(400, "missing_required_parameter", "'metadata' is required", param="metadata")
     metadata = parse_metadata(body.metadata)
-    found = await stored(history.run(history.backend.update_conversation, tenant_of(ex), conversation_id, metadata))
+    tenant = tenant_of(ex)
+    found = await stored(history.run(history.backend.update_conversation, tenant, conversation_id, metadata))
     if found is None:
-        raise _not_found(conversation_id)
+        raise await _refusal(history, tenant, conversation_id, _not_found(conversation_id))
     await send_json(ex.send, 200, found.to_json())
 
 
 async def delete_conversation(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> None:
     history = history_of(ctx)
-    if not await stored(history.run(history.backend.delete_conversation, tenant_of(ex), conversation_id)):
-        raise _not_found(conversation_id)
+    tenant = tenant_of(ex)
+    if not await stored(history.run(history.backend.delete_conversation, tenant, conversation_id)):
+        raise await _refusal(history, tenant, conversation_id, _not_found(conversation_id))
     await send_json(ex.send, 200, {"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
 
@@ -201,9 +236,10 @@ async def add_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) -> 
     body, sent = await _body(ctx, ex)
     if "items" not in body.model_fields_set:
         raise GatewayError(400, "missing_required_parameter", "'items' is required", param="items")
-    items = new_items(body.items, sent["items"], conversation_id, tenant_of(ex), int(time.time()))
-    if not await stored(history.run(history.backend.add_items, tenant_of(ex), conversation_id, items)):
-        raise _not_found(conversation_id)
+    tenant = tenant_of(ex)
+    items = new_items(body.items, sent["items"], conversation_id, tenant, int(time.time()))
+    if not await stored(history.run(history.backend.add_items, tenant, conversation_id, items)):
+        raise await _refusal(history, tenant, conversation_id, _not_found(conversation_id))
     await send_json(ex.send, 200, item_list([i.data for i in items], has_more=False))
 
 
@@ -211,7 +247,7 @@ async def list_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) ->
     history = history_of(ctx)
     limit, order, after = pagination(ex)
     try:
-        page = await stored(history.run(history.backend.list_items, tenant_of(ex), conversation_id, limit, order, after))
+        page = await lookup(history, history.backend.list_items, tenant_of(ex), conversation_id, limit, order, after)
     except UnknownCursor:
         raise GatewayError(400, "invalid_value", f"'after': no item '{after}' in this conversation", param="after") from None
     if page is None:
@@ -221,7 +257,7 @@ async def list_items(ctx: GatewayContext, ex: Exchange, conversation_id: str) ->
 
 async def get_item(ctx: GatewayContext, ex: Exchange, conversation_id: str, item_id: str) -> None:
     history = history_of(ctx)
-    item = await stored(history.run(history.backend.get_item, tenant_of(ex), conversation_id, item_id))
+    item = await lookup(history, history.backend.get_item, tenant_of(ex), conversation_id, item_id)
     if item is None:
         raise GatewayError(404, "not_found", f"no item '{item_id}' in conversation '{conversation_id}'", param="item_id")
     await send_json(ex.send, 200, item.data)
@@ -232,7 +268,8 @@ async def delete_item(ctx: GatewayContext, ex: Exchange, conversation_id: str, i
     history = history_of(ctx)
     tenant = tenant_of(ex)
     if not await stored(history.run(history.backend.delete_item, tenant, conversation_id, item_id)):
-        raise GatewayError(404, "not_found", f"no item '{item_id}' in conversation '{conversation_id}'", param="item_id")
+        missing = GatewayError(404, "not_found", f"no item '{item_id}' in conversation '{conversation_id}'", param="item_id")
+        raise await _refusal(history, tenant, conversation_id, missing)
     found = await stored(history.run(history.backend.get_conversation, tenant, conversation_id))
     if found is None:
         raise _not_found(conversation_id)

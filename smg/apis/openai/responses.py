@@ -7,6 +7,11 @@ answers as a response object or as the Responses stream events. With
 `store` (the default) the response and its input are saved, and appended
 to the conversation if one was named. `background` runs it after
 answering (`queued`); `POST /v1/responses/{id}/cancel` stops it.
+
+Stored responses are scoped like conversations (`conversations`' docstring): a caller reads
+its tenant's and those stored without a tenant identity (also as `previous_response_id` or as
+a `conversation` to continue); a tenant may not change the latter (delete, cancel, or add to
+such a conversation by storing a response in it): 403.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ from typing import Any
 
 import trio
 
-from smg.apis.chat import answer_error, chat_completion, never_disconnects
+from smg.apis.chat import KEEPALIVE, answer_error, chat_completion, never_disconnects
 from smg.apis.openai.conversations import (
     history_of,
     item_list,
+    lookup,
     normalize_item,
     pagination,
     parse_metadata,
+    read_only,
     stored,
     tenant_of,
 )
@@ -41,10 +48,13 @@ from smg.apis.openai.responses_format import (
     usage_of,
 )
 from smg.context import GatewayContext
+from smg.dataplane.attempts import KEEPALIVE_COMMENT
+from smg.dataplane.dispatch import canonical_model
 from smg.http.asgi import Receive, read_body, send_json
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
 from smg.http.exchange import Exchange
 from smg.http.schemas import ConversationRef, InputItem, ResponsesRequest, validate
+from smg.limits.tenants import DEFAULT_TENANT
 from smg.storage.records import Item, StoredResponse, new_id
 
 log = logging.getLogger("smg.router")
@@ -88,6 +98,9 @@ async def _plan(ctx: GatewayContext, ex: Exchange, request: ResponsesRequest, bo
         raise missing_parameter("model")
     if not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
+    # an alias (--model-alias) is the canonical model's name from here on: the response object
+    # names the model that ran, as a chat completion's answer (from the worker) does
+    model = canonical_model(ctx, model) or model
     previous, conversation = request.previous_response_id, request.conversation
     if isinstance(conversation, ConversationRef):
         conversation = conversation.id
@@ -129,7 +142,9 @@ async def _plan(ctx: GatewayContext, ex: Exchange, request: ResponsesRequest, bo
     if previous is not None:
         history = await _chain(ctx, tenant, previous)
     elif conversation is not None:
-        history = await _conversation_items(ctx, tenant, conversation)
+        history, owner = await _conversation_items(ctx, tenant, conversation)
+        if store and owner != tenant:  # storing the response adds its items to the conversation
+            raise read_only(f"conversation '{conversation}'", "conversation")
 
     chat: dict[str, Any] = {
         "model": model,
@@ -170,7 +185,7 @@ async def _chain(ctx: GatewayContext, tenant: str, response_id: str) -> list[dic
     for _ in range(MAX_CHAIN):
         if next_id is None:
             return items
-        found = await stored(history.run(history.backend.get_response, tenant, next_id))
+        found = await lookup(history, history.backend.get_response, tenant, next_id)
         if found is None:
             raise GatewayError(404, "not_found", f"no response with id '{next_id}'", param="previous_response_id")
         items = found.input_items + list(found.data.get("output") or []) + items
@@ -178,17 +193,23 @@ async def _chain(ctx: GatewayContext, tenant: str, response_id: str) -> list[dic
     raise GatewayError(400, "invalid_request", f"the response chain is longer than {MAX_CHAIN}", param="previous_response_id")
 
 
-async def _conversation_items(ctx: GatewayContext, tenant: str, conversation_id: str) -> list[dict[str, Any]]:
+async def _conversation_items(ctx: GatewayContext, tenant: str, conversation_id: str) -> tuple[list[dict[str, Any]], str]:
+    """The conversation's items, oldest first, and the tenant it is stored under (the caller's,
+    or none's when it was stored without a tenant identity)."""
     history = history_of(ctx)
     items: list[dict[str, Any]] = []
     after = None
+    owner = tenant
     while True:
-        page = await stored(history.run(history.backend.list_items, tenant, conversation_id, 100, "asc", after))
+        page = await stored(history.run(history.backend.list_items, owner, conversation_id, 100, "asc", after))
+        if page is None and after is None and owner != DEFAULT_TENANT:  # maybe one every caller may read
+            owner = DEFAULT_TENANT
+            page = await stored(history.run(history.backend.list_items, owner, conversation_id, 100, "asc", after))
         if page is None:
             raise GatewayError(404, "not_found", f"no conversation with id '{conversation_id}'", param="conversation")
         items += [i.data for i in page.items]
         if not page.has_more:
-            return items
+            return items, owner
         after = page.items[-1].id
 
 
@@ -248,8 +269,11 @@ async def _stream(ctx: GatewayContext, ex: Exchange, plan: Plan) -> None:
             }
         )
         await _write(ex, state.start())
-        async for event in answer.events():
-            await _write(ex, state.chunk(event))
+        async for event in answer.events(keepalives=True):
+            if event is KEEPALIVE:  # --sse-keepalive-secs of worker silence: a comment, as on chat streams
+                await _write(ex, [KEEPALIVE_COMMENT])
+            else:
+                await _write(ex, state.chunk(event))
     failure = answer.failure  # the stream broke off: the response failed, and is stored so
     error = None
     if failure is not None:
@@ -310,7 +334,7 @@ async def _run_background(ctx: GatewayContext, ex: Exchange, plan: Plan, scope: 
 
 async def _found(ctx: GatewayContext, ex: Exchange, response_id: str) -> StoredResponse:
     history = history_of(ctx)
-    found = await stored(history.run(history.backend.get_response, tenant_of(ex), response_id))
+    found = await lookup(history, history.backend.get_response, tenant_of(ex), response_id)
     if found is None:
         raise GatewayError(404, "not_found", f"no response with id '{response_id}'", param="response_id")
     return found
@@ -322,13 +346,20 @@ async def get_response(ctx: GatewayContext, ex: Exchange, response_id: str) -> N
 
 async def delete_response(ctx: GatewayContext, ex: Exchange, response_id: str) -> None:
     history = history_of(ctx)
-    if not await stored(history.run(history.backend.delete_response, tenant_of(ex), response_id)):
+    tenant = tenant_of(ex)
+    if not await stored(history.run(history.backend.delete_response, tenant, response_id)):
+        if tenant != DEFAULT_TENANT:
+            shared = await stored(history.run(history.backend.get_response, DEFAULT_TENANT, response_id))
+            if shared is not None:
+                raise read_only(f"response '{response_id}'", "response_id")
         raise GatewayError(404, "not_found", f"no response with id '{response_id}'", param="response_id")
     await send_json(ex.send, 200, {"id": response_id, "object": "response.deleted", "deleted": True})
 
 
 async def cancel_response(ctx: GatewayContext, ex: Exchange, response_id: str) -> None:
     found = await _found(ctx, ex, response_id)
+    if found.tenant != tenant_of(ex):  # stored without a tenant: readable, not the caller's to stop
+        raise read_only(f"response '{response_id}'", "response_id")
     if not found.data.get("background"):
         raise GatewayError(400, "invalid_request", "only background responses can be cancelled", param="response_id")
     if ctx.background is None or not await ctx.background.cancel(response_id):

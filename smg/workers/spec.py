@@ -1,0 +1,46 @@
+"""The settings of a worker as JSON gives them: `POST /workers` bodies and discovery manifests.
+
+One place checks their types, so a worker described by an operator's request and one
+listed in a discovery file mean the same thing. Errors name the field (`param`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+MAX_PRIORITY = 2**32 - 1  # a u32, as the reference's: the replicated record is msgpack, whose integers stop at 64 bits
+
+
+class SpecError(ValueError):
+    """A worker setting of the wrong type or range; `param` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def worker_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """The mutable worker settings in `body` (labels, priority, cost, api_key), type-checked."""
+    out: dict[str, Any] = {}
+    if "labels" in body:
+        labels = body["labels"]
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise SpecError("labels", "'labels' must map strings to strings")
+        out["labels"] = dict(labels)
+    if "priority" in body:
+        priority = body["priority"]
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
+            raise SpecError("priority", f"'priority' must be an integer from 0 to {MAX_PRIORITY}")
+        out["priority"] = priority
+    if "cost" in body:
+        cost = body["cost"]
+        # bounded by the largest float: 1e999 parses as infinity, and 10**400 has no float
+        if not isinstance(cost, (int, float)) or isinstance(cost, bool) or not 0 <= cost <= sys.float_info.max:
+            raise SpecError("cost", "'cost' must be a finite non-negative number")
+        out["cost"] = float(cost)
+    if "api_key" in body:
+        if body["api_key"] is not None and not isinstance(body["api_key"], str):
+            raise SpecError("api_key", "'api_key' must be a string")
+        out["api_key"] = body["api_key"] or None
+    return out
