@@ -150,20 +150,13 @@ class GatewayApp:
                 "it can add, change or remove workers; set --api-key",
                 config.host,
             )
-        if self._tenant_header is not None:
-            if self._api_key is None and self._tenant_keys:
-                log.warning(
-                    "--trust-tenant-header has no effect: every data-plane request needs a --tenant-api-key key, "
-                    "and a key's tenant is never overridden by the %s header",
-                    config.tenant_header_name,
-                )
-            elif self._api_key is None and not is_loopback(config.host):
-                log.warning(
-                    "--trust-tenant-header without --api-key on %s: any client that reaches the gateway chooses its "
-                    "tenant with the %s header; let only a proxy that sets (or strips) it reach the gateway",
-                    config.host,
-                    config.tenant_header_name,
-                )
+        if self._tenant_header is not None and self._api_key is None and not is_loopback(config.host):
+            log.warning(
+                "--trust-tenant-header without --api-key on %s: any client that reaches the gateway chooses its "
+                "tenant with the %s header; let only a proxy that sets (or strips) it reach the gateway",
+                config.host,
+                config.tenant_header_name,
+            )
 
     def _route(self, method: str, path: str) -> Route:
         route = self.routes.get((method, path))
@@ -209,7 +202,15 @@ class GatewayApp:
         to another tenant: 400, naming the header."""
         if self._tenant_header is None or auth != DATA:
             return None
-        raw = header(scope, self._tenant_header)
+        values: list[bytes] = [value for key, value in scope["headers"] if key == self._tenant_header]
+        if len(values) > 1:  # a proxy that appends its header must not let the client's own copy win
+            raise GatewayError(
+                400,
+                "invalid_tenant_header",
+                f"the {self._tenant_header.decode()} header appears {len(values)} times; send it once",
+                param=self._tenant_header.decode(),
+            )
+        raw = values[0] if values else None
         if raw is None:
             return None
         tenant = raw.strip()

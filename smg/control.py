@@ -21,7 +21,7 @@ from smg.http.asgi import read_body, send_json
 from smg.http.errors import GatewayError, load_json_object
 from smg.http.exchange import Exchange
 from smg.workers.registry import DuplicateWorker, Worker, normalize_url, worker_id_for
-from smg.workers.spec import SpecError, worker_settings
+from smg.workers.spec import SpecError, replaced_settings, worker_settings
 
 CONTROL_BODY_LIMIT = 1024 * 1024
 
@@ -175,7 +175,10 @@ async def put_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
             "URL changes are not supported via PUT. Use DELETE + POST instead.",
             param="url",
         )
-    replacement = {"labels": {}, "priority": 50, "cost": 1.0, "api_key": None, **_settings(body)}
+    try:
+        replacement = replaced_settings(body)
+    except SpecError as exc:
+        raise _bad_request(str(exc), param=exc.param) from None
     for key, value in replacement.items():
         setattr(worker, key, value)
     ctx.worker_settings_changed(worker)

@@ -40,6 +40,7 @@ from smg.simworker.engine import SimConfig
 from smg.storage import open_backend
 from smg.storage.service import History
 from smg.workers.registry import DuplicateWorker, worker_id_for
+from smg.workers.spec import replaced_settings
 
 log = logging.getLogger("smg.server")
 
@@ -154,6 +155,7 @@ async def _run_gateway(
 
 
 PROBE_HANDLERS = {"/health": health, "/liveness": health, "/readiness": readiness}
+PROBE_MAX_CONNECTIONS = 64  # orchestrators and balancers: a few probes at a time
 PROBE_GRACEFUL_SECS = 0.5  # a probe's answer is a few bytes: nothing to wait for at exit
 
 
@@ -226,6 +228,7 @@ async def serve_probes(
         keep_alive_timeout=config.idle_connection_timeout_secs,
         write_timeout=config.idle_connection_timeout_secs,
         body_timeout=config.header_read_timeout_secs,  # probes carry no body: a body gets as long as a head
+        max_connections=PROBE_MAX_CONNECTIONS,  # a flood here must not take the descriptors the main port needs
         port_flag="--health-check-port",
     )
     await serve_app(ProbeApp(ctx), probe_config, task_status=task_status)
@@ -247,25 +250,32 @@ def discovered_by(ctx: GatewayContext) -> Callbacks:
     gateway's discovery through the cluster) is adopted rather than refused."""
 
     def add(spec: WorkerSpec) -> None:
+        worker = ctx.registry.get(worker_id_for(spec.url))
+        if worker is not None and worker.draining:
+            raise ValueError("it is still draining after its removal; added at the next reread")
         try:
             ctx.add_worker(spec.url, **spec.settings)
         except DuplicateWorker:
-            update(spec)
+            update(spec)  # listed by the manifest: discovery's now, whoever registered it first
         ctx.publish_worker_metrics()
 
     def update(spec: WorkerSpec) -> None:
         worker = ctx.registry.get(worker_id_for(spec.url))
-        if worker is not None and spec.settings:
-            for key, value in spec.settings.items():
+        if worker is not None:
+            for key, value in replaced_settings(spec.settings).items():  # a setting the entry dropped: its default
                 setattr(worker, key, value)
             ctx.worker_settings_changed(worker)
+
+    def present(url: str) -> bool:
+        worker = ctx.registry.get(worker_id_for(url))
+        return worker is not None and not worker.draining
 
     def remove(url: str) -> None:
         worker = ctx.registry.get(worker_id_for(url))
         if worker is not None:
             ctx.remove_worker(worker)
 
-    return Callbacks(add=add, update=update, remove=remove)
+    return Callbacks(add=add, update=update, remove=remove, present=present)
 
 
 def _op_timeout(config: GatewayConfig) -> float:

@@ -337,7 +337,7 @@ def non_negative(note: str = "") -> Check:
     """`note` says what 0 (or the edge) means, e.g. "0 disables it"."""
 
     def check(flag: str, value: float) -> None:
-        if value < 0:
+        if not value >= 0:  # NaN too
             detail = f" ({note})" if note else ""
             raise ConfigError(f"{flag} must not be negative{detail}, got {value}")
 

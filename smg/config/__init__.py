@@ -83,6 +83,15 @@ class GatewayConfig(
             raise ConfigError(str(exc)) from None
         if (self.discovery_provider == "file") != bool(self.discovery_file):
             raise ConfigError("--discovery-provider file and --discovery-file go together")
+        if self.trust_tenant_header and self.tenant_api_keys and not self.api_key:
+            raise ConfigError(
+                "--trust-tenant-header has no effect when every request needs a --tenant-api-key key (a key's tenant "
+                "is never overridden); give the proxy in front --api-key"
+            )
+        if self.tenant_header_name != "x-smg-tenant-id" and not self.trust_tenant_header:
+            raise ConfigError("--tenant-header-name is read only with --trust-tenant-header")
+        if self.discovery_check_interval_secs != 30.0 and self.discovery_provider != "file":
+            raise ConfigError("--discovery-check-interval-secs is for --discovery-provider file")
         if self.tenant_rate_limit_enabled and self.tenant_rate_limit_config is None:
             raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config")
         self.tenant_limits()

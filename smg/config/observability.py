@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -13,7 +14,7 @@ G_LOGS = "logs and metrics"
 
 
 def _ascending(flag: str, bounds: tuple[float, ...]) -> None:
-    if any(b <= 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
+    if not all(0 < b < math.inf for b in bounds) or list(bounds) != sorted(set(bounds)):
         raise ConfigError(f"{flag} must be positive and increasing, got {' '.join(map(str, bounds))}")
 
 

@@ -22,11 +22,6 @@ def _local_model(flag: str, path: str) -> None:
         )
 
 
-def _template_file(flag: str, path: str) -> None:
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise ConfigError(f"{flag}: {path} is not a non-empty template file")
-
-
 @dataclass(frozen=True)
 class PolicySettings:
     GROUP: ClassVar[str] = G_POLICY
@@ -74,14 +69,6 @@ class PolicySettings:
         help="a local Hugging Face model directory: its tokenizer.json puts cache_aware in token mode (unless "
         "--tokenizer-path names another, or --disable-tokenizer-autoload)",
         differs="a local directory only: smg downloads nothing, so a hub model id is refused",
-        group=G_TOKENIZER,
-    )
-    chat_template: str | None = setting(
-        None,
-        "--chat-template",
-        check=_template_file,
-        help="a chat template file, checked at start; HTTP workers apply their own template, so it has no "
-        "effect on them (as in the reference)",
         group=G_TOKENIZER,
     )
     disable_tokenizer_autoload: bool = setting(

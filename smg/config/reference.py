@@ -40,6 +40,9 @@ REQUEST_BUFFERING = "request body buffering bounds are not supported by smg; it 
 DISCOVERY = "service discovery is not supported by smg yet; list workers with --worker-urls or add them with POST /workers"
 JEMALLOC = "allocator profiling belongs to the reference's Rust build; it does not apply to smg"
 STORAGE_CONTEXT = "storage context headers are not supported by smg"
+CHAT_TEMPLATE = (
+    "applying chat templates at the gateway comes with gRPC workers, not supported by smg yet; HTTP workers apply their own"
+)
 GRPC_PIPELINE = (
     "tokenizing, parsing and detokenizing at the gateway come with gRPC workers, not supported by smg yet; "
     "HTTP workers do their own"
@@ -156,6 +159,7 @@ class ReferenceRefusals:
     # Request Handling
     storage_context_headers: tuple[str, ...] = refused("--storage-context-headers", why=STORAGE_CONTEXT, takes="*")
     # Tokenizer
+    chat_template: str | None = refused("--chat-template", why=CHAT_TEMPLATE)
     parser: str | None = refused("--parser", why=GRPC_PIPELINE)
     tokenizer_cache_enable_l0: bool = refused("--tokenizer-cache-enable-l0", why=GRPC_PIPELINE, takes="0")
     tokenizer_cache_l0_max_entries: str | None = refused("--tokenizer-cache-l0-max-entries", why=GRPC_PIPELINE)

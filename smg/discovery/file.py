@@ -32,6 +32,9 @@ class Callbacks:
     add: Callable[[WorkerSpec], None]
     update: Callable[[WorkerSpec], None]
     remove: Callable[[str], None]
+    # registered and not draining: a listed worker removed behind discovery's back (DELETE
+    # /workers, --remove-unhealthy-workers) is added again at the next reread
+    present: Callable[[str], bool] = lambda url: True
 
 
 @dataclass
@@ -89,6 +92,7 @@ class FileDiscovery:
         self.apply(wanted)
 
     def apply(self, wanted: list[WorkerSpec]) -> None:
+        self.discovered = {url: spec for url, spec in self.discovered.items() if self.callbacks.present(url)}
         changes = diff(wanted, self.discovered)
         for spec in changes.add:
             try:

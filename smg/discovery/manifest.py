@@ -8,10 +8,10 @@ registry keeps what it had), with one line naming the entry.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from smg.http.errors import parse_json
 from smg.workers.registry import normalize_url
 from smg.workers.spec import SpecError, worker_settings
 
@@ -28,8 +28,8 @@ class WorkerSpec:
 
 def parse(data: bytes) -> list[WorkerSpec]:
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = parse_json(data)
+    except ValueError as exc:
         raise ManifestError(f"not JSON: {exc}") from None
     if isinstance(doc, dict):
         doc = doc.get("workers")

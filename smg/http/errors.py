@@ -110,12 +110,21 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     jiter is also faster than `json.loads`: 3.6 µs against 6.2 µs for a 2 KB chat body.
     """
     try:
-        obj = from_json(body, allow_inf_nan=False)
+        obj = parse_json(body)
     except ValueError as exc:
-        raise invalid_json(_json_problem(str(exc), body)) from None
+        raise invalid_json(str(exc)) from None
     if not isinstance(obj, dict):
         raise invalid_json("expected a JSON object")
     return obj
+
+
+def parse_json(data: bytes) -> Any:
+    """Any JSON value under the same rules (depth, no NaN/Infinity, strict UTF-8); raises
+    ValueError saying which rule was broken. For JSON that is not a request body (manifests)."""
+    try:
+        return from_json(data, allow_inf_nan=False)
+    except ValueError as exc:
+        raise ValueError(_json_problem(str(exc), data)) from None
 
 
 def _json_problem(detail: str, body: bytes) -> str:

@@ -56,7 +56,7 @@ async def resolve_seeds(seeds: list[str], resolve: Resolve = resolve_host) -> li
         else:
             try:
                 addresses = [join_address(ip, port) for ip in await resolve(host, port)]
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # trio raises UnicodeError for a name like "a..b"
                 log.warning("mesh seed %s does not resolve (%s); trying the name as given", seed, exc)
                 addresses = [seed]
         out += [a for a in addresses if a not in out]

@@ -20,6 +20,15 @@ class SpecError(ValueError):
         self.param = param
 
 
+# what a worker's mutable settings are when nobody set them (a PUT or a manifest entry replaces them all)
+DEFAULTS: dict[str, Any] = {"labels": {}, "priority": 50, "cost": 1.0, "api_key": None}
+
+
+def replaced_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """Every mutable setting: those `body` gives, the defaults for the rest."""
+    return {**DEFAULTS, "labels": {}, **worker_settings(body)}
+
+
 def worker_settings(body: dict[str, Any]) -> dict[str, Any]:
     """The mutable worker settings in `body` (labels, priority, cost, api_key), type-checked."""
     out: dict[str, Any] = {}

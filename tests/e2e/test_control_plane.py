@@ -148,8 +148,6 @@ def test_profile_routes(igw: tuple[Proc, Proc]) -> None:
     sim, gateway = igw
     httpx.post(gateway.url + "/workers", json={"url": sim.urls[0]})  # 202, or 409 when an earlier test added it
     r = httpx.post(gateway.url + "/start_profile", json={"url": "http://127.0.0.1:9"})
-    if r.status_code == 404 and "error" in r.json() and isinstance(r.json()["error"], dict):
-        pytest.skip("smg.app does not route /start_profile and /stop_profile yet")
     assert r.status_code == 404 and r.json()["status"] == "error" and r.json()["workers_profiled"] == 0
     r = httpx.post(gateway.url + "/start_profile", content=b"{not json", headers={"content-type": "application/json"})
     assert bad_request(r, "not valid JSON")

@@ -30,6 +30,10 @@ def write(path: Path, workers: list[object]) -> None:
     os.replace(tmp, path)  # as a config-map update lands: whole, at once
 
 
+def labels(gateway: Proc, url: str) -> dict[str, str]:
+    return next(w["labels"] for w in httpx.get(gateway.url + "/workers").json()["workers"] if w["url"] == url)
+
+
 def worker_urls(gateway: Proc) -> set[str]:
     return {w["url"] for w in httpx.get(gateway.url + "/workers").json()["workers"]}
 
@@ -37,7 +41,16 @@ def worker_urls(gateway: Proc) -> set[str]:
 def test_a_manifest_written_after_the_start_registers_and_removes_workers(sim: Proc, tmp_path: Path) -> None:
     manifest = tmp_path / "workers.json"
     gateway = start_gateway(
-        [], "--discovery-provider", "file", "--discovery-file", str(manifest), "--health-check-interval-secs", "1", ready=False
+        [],
+        "--discovery-provider",
+        "file",
+        "--discovery-file",
+        str(manifest),
+        "--discovery-check-interval-secs",
+        "2",
+        "--health-check-interval-secs",
+        "1",
+        ready=False,
     )
     try:
         assert worker_urls(gateway) == set()
@@ -53,6 +66,13 @@ def test_a_manifest_written_after_the_start_registers_and_removes_workers(sim: P
         write(manifest, [sim.urls[1]])
         wait_until(lambda: worker_urls(gateway) == {sim.urls[1]}, "the unlisted worker removed")
         assert httpx.post(gateway.url + "/v1/chat/completions", json=CHAT).headers["x-smg-routed-worker-id"] == sim.urls[1]
+        assert labels(gateway, sim.urls[1]) == {}  # the entry no longer sets labels: back to none
+
+        # removed behind discovery's back while still listed: added again at the next reread
+        worker_id = next(w["id"] for w in httpx.get(gateway.url + "/workers").json()["workers"])
+        assert httpx.delete(gateway.url + f"/workers/{worker_id}").status_code == 202
+        wait_until(lambda: worker_urls(gateway) == set(), "the deleted worker gone")
+        wait_until(lambda: worker_urls(gateway) == {sim.urls[1]}, "the listed worker registered again", deadline=30)
     finally:
         gateway.stop()
 

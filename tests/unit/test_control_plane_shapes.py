@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import trio
 
-from smg import control
-from smg.app import CONTROL, GatewayApp, Route
+from smg.app import GatewayApp
 from smg.context import GatewayContext
 from tests.fakes import FakeClient, FakeUpstream, Reply, UpstreamCall, gateway, worker_url
 
@@ -44,8 +43,6 @@ def setup(workers: int = 2) -> tuple[GatewayApp, GatewayContext, Workers]:
     fake = Workers()
     ctx.registrar.client = httpx.AsyncClient(transport=httpx.MockTransport(fake.handle))
     app = GatewayApp(ctx)
-    app.routes.setdefault(("POST", "/start_profile"), Route(control.start_profile, "/start_profile", CONTROL))
-    app.routes.setdefault(("POST", "/stop_profile"), Route(control.stop_profile, "/stop_profile", CONTROL))
     return app, ctx, fake
 
 

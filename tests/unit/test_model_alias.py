@@ -167,3 +167,24 @@ async def test_an_alias_follows_its_model_as_workers_come_and_go(autojump_clock:
     add_ready_worker(ctx, "http://later.test:8000", models=["later-model"])
     assert (await call(ctx, "/v1/chat/completions", CHAT)).status == 200
     assert json.loads(upstream.calls[0].body)["model"] == "later-model"
+
+
+async def test_an_alias_of_a_native_messages_model_reaches_its_worker_by_the_canonical_name(
+    autojump_clock: MockClock,
+) -> None:
+    """A worker that speaks the Messages API itself gets the body passed through, with the
+    canonical name in place of the alias (it was registered under that name only)."""
+    sent: list[dict[str, Any]] = []
+
+    def native(call: UpstreamCall) -> Reply:
+        sent.append(json.loads(call.body))
+        return json_reply(200, {"id": "msg_1", "type": "message", "role": "assistant", "model": sent[-1]["model"],
+                                "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+                                "usage": {"input_tokens": 3, "output_tokens": 1}})  # fmt: skip
+
+    ctx = gateway(FakeUpstream(native), 0, model_alias=("fast-claude=claude-sim",))
+    add_ready_worker(ctx, "http://127.0.0.1:9100", models=["claude-sim"], runtime_type="anthropic")
+    body = {"model": "fast-claude", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    client = await call(ctx, "/v1/messages", body)
+    assert client.status == 200, client.body
+    assert sent and sent[0]["model"] == "claude-sim" and sent[0]["messages"] == body["messages"]

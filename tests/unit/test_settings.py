@@ -54,7 +54,6 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "mesh_keyring_file": (files["keyring"], []),
         "tokenizer_path": (files["tok"], []),
         "model_path": (files["tok"], []),
-        "chat_template": (files["template"], []),
         "health_check_endpoint": ("/healthz", []),
         "history_db_path": (files["db"], []),
         "max_concurrent_requests": (8, []),
@@ -66,6 +65,9 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "tenant_rate_limit_enabled": (True, ["--tenant-rate-limit-config", files["limits"]]),
         "discovery_provider": ("file", ["--discovery-file", files["db"]]),
         "discovery_file": (files["db"], ["--discovery-provider", "file"]),
+        "discovery_check_interval_secs": (5.0, ["--discovery-provider", "file", "--discovery-file", files["db"]]),
+        "tenant_header_name": ("x-tenant", ["--trust-tenant-header"]),
+        "trust_tenant_header": (True, []),
     }
 
 
@@ -161,7 +163,6 @@ BAD = {  # a value each check must refuse, where the check's kind does not say i
     "model_alias": ("no-equals",),
     "model_path": "org/hub-model-id",
     "tenant_header_name": "bad header",
-    "chat_template": "/nonexistent/template.jinja",
     "prometheus_duration_buckets": (2.0, 1.0),
 }
 

@@ -1,4 +1,4 @@
-"""--model-path, --tokenizer-path, --disable-tokenizer-autoload and --chat-template: which tokenizer
+"""--model-path, --tokenizer-path and --disable-tokenizer-autoload: which tokenizer
 cache_aware uses, and the one-line refusals (smg downloads nothing, so a hub id is refused)."""
 
 from __future__ import annotations
@@ -43,12 +43,3 @@ def test_a_hub_id_or_a_directory_without_a_tokenizer_is_one_line(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"^--model-path: no tokenizer\.json at "):
         GatewayConfig(model_path=str(tmp_path / "empty"))
     GatewayConfig(model_path=str(tmp_path / "empty"), disable_tokenizer_autoload=True)  # pure load balancing
-
-
-def test_the_chat_template_must_be_a_non_empty_file(tmp_path: Path) -> None:
-    template = tmp_path / "t.jinja"
-    template.write_text("")
-    with pytest.raises(ConfigError, match=r"^--chat-template: .* is not a non-empty template file$"):
-        GatewayConfig(chat_template=str(template))
-    template.write_text("{{ messages }}")
-    assert GatewayConfig(chat_template=str(template)).chat_template == str(template)

@@ -40,11 +40,14 @@ async def create_message(ctx: GatewayContext, ex: Exchange) -> None:
     model = request.model
     if not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
-    model = canonical_model(ctx, model) or model  # an alias: the served model's workers, and its name
-    ex.model = model
-    if _native(ctx, model):
+    canonical = canonical_model(ctx, model)  # an alias: the served model's workers, and its name
+    if _native(ctx, canonical or model):
+        ex.model = model  # as the client named it: `dispatch` puts the canonical name in the body it sends
         await dispatch(ctx, ex, NATIVE, sent, body)
-    elif request.stream is True:
+        return
+    model = canonical or model
+    ex.model = model
+    if request.stream is True:
         await _stream(ctx, ex, chat, model)
     else:
         async with chat_completion(ctx, ex, chat) as answer:
