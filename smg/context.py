@@ -18,6 +18,7 @@ from smg.routing.policies import Policy, make_policy
 from smg.storage.service import History
 from smg.upstream import Upstream, make_upstream
 from smg.workers.breaker import STATE_GAUGE
+from smg.workers.overload import OverloadLimits
 from smg.workers.registrar import Registrar
 from smg.workers.registry import Worker, WorkerRegistry
 from smg.workers.retry import RetryConfig
@@ -50,6 +51,7 @@ class GatewayContext:
     health_sink: Callable[[Worker], None] | None = None  # an owner's probe result, for the cluster
     cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
     limiter: TenantRateLimiter | None = None  # --tenant-rate-limit-config
+    overload: OverloadLimits | None = None  # None: --disable-worker-overload-protection
     history: History | None = None  # --history-backend (None: none)
     background: Background | None = None  # background responses (None: --max-background-responses 0)
     _known_worker_urls: set[str] = field(default_factory=set)
@@ -93,6 +95,7 @@ class GatewayContext:
             ),
             tenant_keys=config.tenant_keys(),
         )
+        ctx.overload = config.overload_limits()
         limits = config.tenant_limits()
         if limits is not None:
             ctx.limiter = TenantRateLimiter(limits)

@@ -22,10 +22,12 @@ from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettin
 from smg.config.workers import (
     G_BREAKER,
     G_HEALTH,
+    G_OVERLOAD,
     G_RETRIES,
     G_WORKERS,
     BreakerSettings,
     HealthSettings,
+    OverloadSettings,
     RetrySettings,
     WorkerSettings,
 )
@@ -41,6 +43,7 @@ GROUPS = (
     G_HEALTH,
     G_BREAKER,
     G_RETRIES,
+    G_OVERLOAD,
     G_ADMISSION,
     G_LOGS,
     G_MESH,
@@ -57,6 +60,7 @@ class GatewayConfig(
     DiscoverySettings,
     ObservabilitySettings,
     AdmissionSettings,
+    OverloadSettings,
     RetrySettings,
     BreakerSettings,
     HealthSettings,
@@ -92,6 +96,8 @@ class GatewayConfig(
             raise ConfigError("--tenant-header-name is read only with --trust-tenant-header")
         if self.discovery_check_interval_secs != 30.0 and self.discovery_provider != "file":
             raise ConfigError("--discovery-check-interval-secs is for --discovery-provider file")
+        if self.worker_overload_protection and self.disable_worker_overload_protection:
+            raise ConfigError("--worker-overload-protection and --disable-worker-overload-protection contradict each other")
         if self.tenant_rate_limit_enabled and self.tenant_rate_limit_config is None:
             raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config")
         self.tenant_limits()
@@ -108,8 +114,9 @@ class GatewayConfig(
 
     @property
     def load_monitoring(self) -> bool:
-        """Poll workers' /v1/loads for the policies that weigh load."""
-        return not self.disable_load_monitoring and self.policy in (
+        """Poll workers' /v1/loads: always, as the reference; with --disable-load-monitoring only when a
+        load-aware policy or overload protection needs the reports."""
+        load_aware = self.policy in (
             "power_of_two",
             "least_load",
             "prefix_hash",
@@ -117,6 +124,7 @@ class GatewayConfig(
             "cache_aware",
             "bucket",
         )
+        return not self.disable_load_monitoring or load_aware or self.overload_limits() is not None
 
 
 __all__ = ["DEFAULT_REQUEST_ID_HEADERS", "GROUPS", "LOG_LEVELS", "ConfigError", "GatewayConfig"]

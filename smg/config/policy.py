@@ -101,7 +101,10 @@ class PolicySettings:
         help="seconds between polls of workers' /v1/loads for load-aware policies",
     )
     disable_load_monitoring: bool = setting(
-        False, "--disable-load-monitoring", help="load-aware policies use the gateway's in-flight counts only"
+        False,
+        "--disable-load-monitoring",
+        help="poll workers' loads only when a load-aware policy or overload protection needs them (by default "
+        "every worker is polled from registration on)",
     )
 
     def tokenizer(self) -> Tokenize | None:

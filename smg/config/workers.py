@@ -10,6 +10,7 @@ from smg.settings import ConfigError, at_least, non_negative, positive, setting
 from smg.upstream import UPSTREAM_CLIENTS
 from smg.workers.breaker import BreakerConfig
 from smg.workers.health import HealthConfig
+from smg.workers.overload import OverloadLimits
 from smg.workers.registry import normalize_url
 from smg.workers.retry import RetryConfig
 
@@ -264,3 +265,54 @@ class RetrySettings:
             multiplier=self.retry_backoff_multiplier,
             jitter=self.retry_jitter_factor,
         )
+
+
+G_OVERLOAD = "worker overload protection"
+
+
+def _fraction(flag: str, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{flag} must be in (0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class OverloadSettings:
+    """When a worker's own load report takes it out of routing (on by default, as the reference)."""
+
+    GROUP: ClassVar[str] = G_OVERLOAD
+
+    worker_overload_waiting_requests: int = setting(
+        8,
+        "--worker-overload-waiting-requests",
+        check=at_least(1),
+        help="a worker reporting at least this many waiting requests (over its DP ranks) leaves routing while "
+        "another worker is under the thresholds",
+    )
+    worker_overload_token_usage: float = setting(
+        0.8,
+        "--worker-overload-token-usage",
+        check=_fraction,
+        help="likewise for its mean KV-cache token usage, from 0 (excluded) to 1",
+    )
+    worker_overload_protection: bool = setting(
+        False,
+        "--worker-overload-protection",
+        help="protection is on by default; this flag keeps it on (accepted so older command lines parse)",
+    )
+    disable_worker_overload_protection: bool = setting(
+        False,
+        "--disable-worker-overload-protection",
+        help="switch overload protection off: no worker leaves routing for its queue or KV usage",
+    )
+    worker_overload_shed: bool = setting(
+        False,
+        "--worker-overload-shed",
+        help="when every worker a request could use is overloaded, refuse it with 503 "
+        "worker_overload_protection_shed (Retry-After: the load poll interval) instead of sending it to the "
+        "least-loaded one",
+    )
+
+    def overload_limits(self) -> OverloadLimits | None:
+        if self.disable_worker_overload_protection:
+            return None
+        return OverloadLimits(self.worker_overload_waiting_requests, self.worker_overload_token_usage, self.worker_overload_shed)

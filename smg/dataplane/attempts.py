@@ -30,7 +30,7 @@ from smg.http.asgi import Message, Send, dump_json, send_bytes
 from smg.http.errors import GatewayError, model_not_found
 from smg.http.exchange import REQUEST_ID_HEADER, Exchange
 from smg.http.sse import EventFramer, EventTooLarge
-from smg.routing.policies import NoEligibleWorker, RequestInfo
+from smg.routing.policies import NoEligibleWorker, RequestInfo, load_of
 from smg.routing.text import routing_text
 from smg.upstream import UpstreamConnectError, UpstreamError, UpstreamResponse
 from smg.workers.breaker import STATE_GAUGE, Transition
@@ -123,6 +123,18 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
     if tried:
         fresh = [w for w in workers if w.id not in tried]
         workers = fresh or workers
+    if ctx.overload is not None:
+        workers = ctx.overload.choose(workers, load_of)
+        if not workers:
+            ctx.metrics.rate_limit("worker_overload_shed").inc()
+            interval = f"{math.ceil(ctx.config.load_monitor_interval)}"
+            raise GatewayError(
+                503,
+                "worker_overload_protection_shed",
+                "every worker that could serve this request is overloaded (waiting requests or KV-cache usage over "
+                "the --worker-overload-* thresholds); try again shortly",
+                headers=[(b"retry-after", interval.encode())],
+            )
     try:
         worker = ctx.policy.select(workers, replace(info, now=now))
     except NoEligibleWorker as exc:

@@ -292,6 +292,7 @@ class SimWorker:
         finally:
             engine.waiting -= 1
         engine.running += 1
+        engine.running_tokens += prompt_tokens + count
         try:
             async with trio.open_nursery() as nursery:  # a real engine aborts when its client leaves
                 nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
@@ -299,6 +300,7 @@ class SimWorker:
                 nursery.cancel_scope.cancel()
         finally:
             engine.running -= 1
+            engine.running_tokens -= prompt_tokens + count
             self._slots.release()
 
     async def _run(

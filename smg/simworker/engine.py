@@ -137,6 +137,7 @@ class SimEngine:
         self._faults = random.Random(config.seed)
         self.running = 0
         self.waiting = 0
+        self.running_tokens = 0  # KV held by the running requests (prompt + output), as token_usage reports
         self.requests = 0
         self.completion_tokens = 0
         self.failures_injected = 0
@@ -181,7 +182,9 @@ class SimEngine:
     def load_report(self) -> dict[str, Any]:
         """Engine load in the SGLang `/v1/loads` shape (one data-parallel rank)."""
         capacity = self.config.cache_blocks * self.cache.block_tokens
-        used = len(self.cache) * self.cache.block_tokens
+        # as SGLang counts it: tokens the running requests hold; cached prefixes nobody uses are
+        # evictable, not in use (a full prefix cache is not an overloaded engine)
+        used = min(capacity, self.running_tokens)
         return {
             "dp_rank": 0,
             "num_running_reqs": self.running,

@@ -22,6 +22,7 @@ import httpx
 import trio
 
 from smg.workers.health import HealthState
+from smg.workers.overload import LoadReport, parse_load_report
 from smg.workers.registry import Worker, WorkerRegistry
 
 log = logging.getLogger("smg.workers")
@@ -240,7 +241,10 @@ class Registrar:
         while True:
             workers = self.registry.available_any()
             for worker, result in await self.fan_out("GET", "/v1/loads", workers):
-                worker.reported_load = reported_load(result)
+                report = load_report(result)
+                worker.reported_load = report.load
+                worker.reported_waiting = report.waiting
+                worker.reported_token_usage = report.token_usage
             await trio.sleep(interval)
 
     # -- removal ------------------------------------------------------------
@@ -295,12 +299,11 @@ class Registrar:
         return [(w, r) for w, r in zip(workers, results, strict=True) if r is not None]
 
 
-def reported_load(result: httpx.Response | Exception) -> int:
-    """Running + waiting requests over all data-parallel ranks of an SGLang-style load report."""
+def load_report(result: httpx.Response | Exception) -> LoadReport:
+    """A worker's `/v1/loads` answer; one that fails or does not parse reports nothing (zeros)."""
     if isinstance(result, Exception) or result.status_code != 200:
-        return 0
+        return LoadReport()
     try:
-        ranks = result.json().get("loads", [])
-        return sum(int(r.get("num_running_reqs", 0)) + int(r.get("num_waiting_reqs", 0)) for r in ranks if isinstance(r, dict))
-    except (ValueError, TypeError, AttributeError):
-        return 0
+        return parse_load_report(result.json())
+    except ValueError:
+        return LoadReport()

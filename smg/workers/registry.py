@@ -79,6 +79,8 @@ class Worker:
     discovered: bool = False  # /v1/models answered: the worker's models are known
     draining: bool = False
     reported_load: int = 0  # running + waiting from the worker's /v1/loads (load monitor), else 0
+    reported_waiting: int = 0  # waiting requests in that report (overload protection)
+    reported_token_usage: float | None = None  # its mean KV-cache usage; None: not reported
     peer_in_flight: int = 0  # HA mesh: requests other gateways have in flight on it
     cluster_down: bool = False  # HA mesh: the majority of its health owners report it unhealthy
 

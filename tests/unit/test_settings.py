@@ -68,6 +68,7 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "discovery_check_interval_secs": (5.0, ["--discovery-provider", "file", "--discovery-file", files["db"]]),
         "tenant_header_name": ("x-tenant", ["--trust-tenant-header"]),
         "trust_tenant_header": (True, []),
+        "worker_overload_token_usage": (0.5, []),
     }
 
 
@@ -163,6 +164,7 @@ BAD = {  # a value each check must refuse, where the check's kind does not say i
     "model_alias": ("no-equals",),
     "model_path": "org/hub-model-id",
     "tenant_header_name": "bad header",
+    "worker_overload_token_usage": 1.5,
     "prometheus_duration_buckets": (2.0, 1.0),
 }
 
