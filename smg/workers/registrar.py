@@ -122,41 +122,66 @@ class Registrar:
             self._probes[worker.id] = scope
             if self.startup_delay > 0:  # inside the scope: a removal or a new registration cancels the wait too
                 await trio.sleep(self.startup_delay)
-            deadline = trio.current_time() + self.startup_timeout
-            delay = FIRST_RETRY_SECS
-            attempt = 0
-            next_log = -float("inf")
-            while True:
-                attempt += 1
-                ok = await self._start_up_step(worker)
-                if not self.health_checks:
-                    if worker.discovered:
-                        worker.health.reset(HealthState.READY)
-                else:
-                    worker.health.observe_startup(ok)
-                if worker.health.state is HealthState.READY:
-                    worker.last_error = None
-                    log.info("worker %s ready: models %s (%s)", worker.url, ", ".join(worker.models), worker.runtime_type)
+            while not await self._start_up_phase(worker):
+                self.changed()
+                if self.remove_failed and self.should_check(worker):  # with the mesh: its health owners decide
+                    self.registry.remove(worker.id)
+                    log.warning("worker %s removed: it never became ready (--remove-unhealthy-workers)", worker.url)
+                    self.on_removed(worker)
                     break
-                now = trio.current_time()
-                if now + delay > deadline:
-                    worker.health.reset(HealthState.FAILED)
-                    log.error("worker %s failed to become ready after %d attempts: %s", worker.url, attempt, worker.last_error)
-                    break
-                if not ok and now >= next_log:
-                    next_log = now + self.startup_log_secs
-                    log.warning(
-                        "worker %s not ready after %d attempts: %s (retrying until --worker-startup-timeout-secs, %.0fs left)",
-                        worker.url,
-                        attempt,
-                        worker.last_error,
-                        deadline - now,
-                    )
-                await trio.sleep(delay)
-                delay = min(self.check_interval, delay * 2)
+                # keep looking, slowly: a worker registered before its engine was up is found
+                # once it answers, instead of staying failed for good
+                while True:
+                    await trio.sleep(self.health_interval)
+                    if await self._start_up_step(worker):
+                        break
+                log.info("worker %s answers after failing its start-up; starting it again", worker.url)
+                worker.health.reset()
             self.changed()
         if self._probes.get(worker.id) is scope:
             del self._probes[worker.id]
+
+    async def _start_up_phase(self, worker: Worker) -> bool:
+        """Probe with back-off until ready (True) or until the next attempt would pass the
+        start-up timeout (False: the worker is `failed`)."""
+        deadline = trio.current_time() + self.startup_timeout
+        delay = FIRST_RETRY_SECS
+        attempt = 0
+        next_log = -float("inf")
+        while True:
+            attempt += 1
+            ok = await self._start_up_step(worker)
+            if not self.health_checks:
+                if worker.discovered:
+                    worker.health.reset(HealthState.READY)
+            else:
+                worker.health.observe_startup(ok)
+            if worker.health.state is HealthState.READY:
+                worker.last_error = None
+                log.info("worker %s ready: models %s (%s)", worker.url, ", ".join(worker.models), worker.runtime_type)
+                return True
+            now = trio.current_time()
+            if now + delay > deadline:
+                worker.health.reset(HealthState.FAILED)
+                log.error(
+                    "worker %s failed to become ready after %d attempts: %s (%s)",
+                    worker.url,
+                    attempt,
+                    worker.last_error,
+                    "removing it" if self.remove_failed else f"retrying every {self.health_interval:g}s",
+                )
+                return False
+            if not ok and now >= next_log:
+                next_log = now + self.startup_log_secs
+                log.warning(
+                    "worker %s not ready after %d attempts: %s (retrying until --worker-startup-timeout-secs, %.0fs left)",
+                    worker.url,
+                    attempt,
+                    worker.last_error,
+                    deadline - now,
+                )
+            await trio.sleep(delay)
+            delay = min(self.check_interval, delay * 2)
 
     async def _start_up_step(self, worker: Worker) -> bool:
         """Discover the models first; after that, probe health."""

@@ -180,7 +180,9 @@ async def test_models_without_an_id_keep_the_worker_pending_and_retrying(autojum
         assert worker.models == ["m-late"] and worker.health.state is HealthState.READY
 
 
-async def test_start_up_gives_up_when_the_next_attempt_would_pass_the_timeout(autojump_clock: trio.testing.MockClock) -> None:
+async def test_start_up_gives_up_when_the_next_attempt_would_pass_the_timeout_then_retries_slowly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     fleet = Fleet()
     fleet.add("w1", down=True)
     changes: list[float] = []
@@ -194,9 +196,40 @@ async def test_start_up_gives_up_when_the_next_attempt_would_pass_the_timeout(au
         await trio.sleep_until(100.0)
         assert worker.health.state is HealthState.FAILED and not worker.is_routable
         assert worker.last_error is not None and "ConnectError" in worker.last_error
-    # the attempt at 4.5 is the last: the next one (5.5) would be past the 5 s deadline
-    assert fleet.times("/health") == pytest.approx([0.0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5, 4.5])
+    # the attempt at 4.5 is the last of the start-up: the next one (5.5) would be past the 5 s
+    # deadline; then one attempt every health interval (10 s), until the worker answers
+    startup = [0.0, 0.1, 0.3, 0.7, 1.5, 2.5, 3.5, 4.5]
+    assert fleet.times("/health") == pytest.approx(startup + [4.5 + 10 * i for i in range(1, 10)])
     assert changes == [0.0, 4.5]  # registered, then given up
+
+
+async def test_a_worker_that_failed_its_start_up_is_found_once_it_answers(autojump_clock: trio.testing.MockClock) -> None:
+    fleet = Fleet()
+    w1 = fleet.add("w1", down=True)
+    registrar = make_registrar(fleet, startup_timeout=5.0, check_interval=1.0)
+    worker = make_worker(success=2)
+    async with running(registrar, worker):
+        await trio.sleep_until(30.0)
+        assert worker.health.state is HealthState.FAILED
+        w1.down = False  # the engine finished loading
+        await trio.sleep_until(35.0)  # found at 34.5, then the usual start-up: ready at its second probe
+        assert worker.health.state is HealthState.READY and worker.is_routable
+        assert worker.models == ["m-a"]
+
+
+async def test_with_remove_unhealthy_workers_a_failed_start_up_removes_the_worker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fleet = Fleet()
+    fleet.add("w1", down=True)
+    removed: list[float] = []
+    registrar = make_registrar(fleet, startup_timeout=5.0, check_interval=1.0, remove_failed=True)
+    registrar.on_removed = lambda worker: removed.append(trio.current_time())
+    worker = make_worker()
+    async with running(registrar, worker):
+        await trio.sleep_until(60.0)
+    assert removed == [4.5] and registrar.registry.get(worker.id) is None
+    assert fleet.times("/health")[-1] == pytest.approx(4.5)  # and no probe after
 
 
 async def test_registering_again_restarts_the_start_up_from_scratch(autojump_clock: trio.testing.MockClock) -> None:
@@ -235,7 +268,8 @@ async def test_the_startup_delay_defers_the_first_probe_and_the_timeout_counts_a
         await trio.sleep_until(70.5)
         assert late.health.state is HealthState.READY
     # the first probe exactly at the delay; then the usual back-off, given up 5 s after the delay
-    assert fleet.times("/health", "w1") == pytest.approx([30.0, 30.1, 30.3, 30.7, 31.5, 32.5, 33.5, 34.5])
+    startup = [30.0, 30.1, 30.3, 30.7, 31.5, 32.5, 33.5, 34.5]
+    assert fleet.times("/health", "w1") == pytest.approx([*startup, 44.5, 54.5, 64.5])  # then every health interval
     assert fleet.times("/health", "w2") == [70.0]
 
 
