@@ -52,6 +52,7 @@ class GatewayContext:
     cluster: Any = None  # the ClusterNode with --ha-mesh (for /mesh/*), else None
     limiter: TenantRateLimiter | None = None  # --tenant-rate-limit-config
     overload: OverloadLimits | None = None  # None: --disable-worker-overload-protection
+    routing_key_headers: tuple[bytes, ...] = (b"x-smg-routing-key",)  # --routing-key-headers, in order
     history: History | None = None  # --history-backend (None: none)
     background: Background | None = None  # background responses (None: --max-background-responses 0)
     _known_worker_urls: set[str] = field(default_factory=set)
@@ -96,6 +97,8 @@ class GatewayContext:
             tenant_keys=config.tenant_keys(),
         )
         ctx.overload = config.overload_limits()
+        if config.routing_key_headers:
+            ctx.routing_key_headers = tuple(h.strip().lower().encode() for h in config.routing_key_headers)
         limits = config.tenant_limits()
         if limits is not None:
             ctx.limiter = TenantRateLimiter(limits)

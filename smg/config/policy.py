@@ -14,6 +14,12 @@ G_POLICY = "policy tuning"
 G_TOKENIZER = "tokenizer"
 
 
+def _header_names(flag: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not name or not name.isascii() or not name.isprintable() or any(c in name for c in " :"):
+            raise ConfigError(f"{flag}: invalid header name '{name}'")
+
+
 def _local_model(flag: str, path: str) -> None:
     if not os.path.exists(path):
         raise ConfigError(
@@ -91,6 +97,27 @@ class PolicySettings:
         "--sticky-key-idle-secs",
         help="manual: an unused routing key is forgotten after this",
     )
+    assignment_mode: str | None = setting(
+        None,
+        "--assignment-mode",
+        choices=("random", "min_load", "min_group"),
+        refused_choices={
+            "delegate": "delegate assigns keys for the routing-key override, not supported by smg yet; use the "
+            "manual policy's min_load, min_group or random"
+        },
+        help="manual: how a new routing key gets its worker: min_load (the least loaded), min_group (the one "
+        "holding fewest keys) or random",
+        differs="manual's default is min_load (the reference: random); delegate is refused",
+    )
+    routing_key_headers: tuple[str, ...] = setting(
+        (),
+        "--routing-key-headers",
+        metavar="HEADER",
+        many="*",
+        check=_header_names,
+        help="headers read, in order, for the routing key of the manual and consistent_hashing policies; the "
+        "first present with a value wins (default: x-smg-routing-key)",
+    )
     bucket_adjust_interval_secs: float = setting(
         60.0, "--bucket-adjust-interval-secs", help="bucket: seconds between boundary adjustments"
     )
@@ -126,4 +153,5 @@ class PolicySettings:
             prefix_hash_load_factor=self.prefix_hash_load_factor,
             max_idle_secs=self.max_idle_secs,
             bucket_adjust_interval_secs=self.bucket_adjust_interval_secs,
+            assignment_mode=self.assignment_mode or "min_load",
         )

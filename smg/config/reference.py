@@ -115,13 +115,11 @@ class ReferenceRefusals:
     cache_boundaries: str | None = refused("--cache-boundaries", why=KV_INDEX)
     cache_index: str | None = refused("--cache-index", why=KV_INDEX)
     cache_ttl_secs: str | None = refused("--cache-ttl-secs", why=KV_INDEX)
-    assignment_mode: str | None = refused("--assignment-mode", why=STICKY)
     max_buffered_request_bytes: str | None = refused("--max-buffered-request-bytes", why=REQUEST_BUFFERING)
     pd_admission_wait_secs: str | None = refused("--pd-admission-wait-secs", why=DISAGGREGATION)
     stream_body_stall_timeout_secs: str | None = refused("--stream-body-stall-timeout-secs", why=REQUEST_BUFFERING)
     dp_aware: bool = refused("--dp-aware", why=DATA_PARALLEL, takes="0")
     routing_key_override: bool = refused("--routing-key-override", "--sticky-sessions", why=STICKY, takes="0")
-    routing_key_headers: tuple[str, ...] = refused("--routing-key-headers", why=STICKY, takes="*")
     dp_minimum_tokens_scheduler: bool = refused("--dp-minimum-tokens-scheduler", why=DATA_PARALLEL, takes="0")
     # PD/EPD Disaggregation
     pd_disaggregation: bool = refused("--pd-disaggregation", why=DISAGGREGATION, takes="0")

@@ -80,9 +80,12 @@ def text_of(ex: Exchange, request: dict[str, Any]) -> str:
 def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> RequestInfo:
     """What the policy may know of this request, gathered once for all attempts."""
     routing_key = target = client_key = None
+    key_headers = ctx.routing_key_headers
+    keys: dict[bytes, str] = {}
     for name, value in ex.scope["headers"]:
-        if name == b"x-smg-routing-key":
-            routing_key = value.decode("latin-1")
+        if name in key_headers:
+            if name not in keys and value.strip():  # the first non-blank value of each header
+                keys[name] = value.decode("latin-1").strip()
         elif name == b"x-smg-target-worker":
             try:
                 target = int(value)
@@ -95,6 +98,7 @@ def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> 
                 ) from None
         elif name == b"authorization" or (name == b"x-forwarded-for" and client_key is None):
             client_key = value.decode("latin-1").split(",")[0].strip()
+    routing_key = next((keys[name] for name in key_headers if name in keys), None)  # the first header, in order
     model = ex.model or ""
     return RequestInfo(
         model=model,

@@ -69,6 +69,7 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "tenant_header_name": ("x-tenant", ["--trust-tenant-header"]),
         "trust_tenant_header": (True, []),
         "worker_overload_token_usage": (0.5, []),
+        "routing_key_headers": (("x-session-id", "x-user-id"), []),
     }
 
 
@@ -165,6 +166,7 @@ BAD = {  # a value each check must refuse, where the check's kind does not say i
     "model_path": "org/hub-model-id",
     "tenant_header_name": "bad header",
     "worker_overload_token_usage": 1.5,
+    "routing_key_headers": ("bad header",),
     "prometheus_duration_buckets": (2.0, 1.0),
 }
 

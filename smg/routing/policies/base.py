@@ -27,6 +27,9 @@ class RequestInfo:
     pool: Sequence[Worker] = ()  # every worker of the model, in registration order
 
 
+ASSIGNMENT_MODES = ("random", "min_load", "min_group")  # of a new routing key to a worker (manual)
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     seed: int | None = None
@@ -41,8 +44,11 @@ class PolicyConfig:
     max_tree_size: int = 64 * 1024 * 1024
     tokenize: Callable[[str], tuple[int, ...]] | None = None  # token mode when set
     bucket_adjust_interval_secs: float = 60.0
+    assignment_mode: str = "min_load"  # manual: how a new routing key gets its worker
 
     def __post_init__(self) -> None:
+        if self.assignment_mode not in ASSIGNMENT_MODES:
+            raise ValueError(f"--assignment-mode must be one of {', '.join(ASSIGNMENT_MODES)}, got '{self.assignment_mode}'")
         if self.virtual_nodes < 1:  # no flag sets it (the reference fixes 160): name the field
             raise ValueError(f"virtual_nodes must be at least 1, got {self.virtual_nodes}")
         if self.prefix_token_count < 1:

@@ -1,8 +1,10 @@
 """Sticky routing: a routing key stays on the worker it was first given.
 
-The key is `X-SMG-Routing-Key` (else the caller's Authorization or
-X-Forwarded-For). A new key goes to the least-loaded worker; a key moves
-only when its worker is no longer available. Keys unused for
+The key is the first of `--routing-key-headers` present (default
+`X-SMG-Routing-Key`; else the caller's Authorization or X-Forwarded-For). A new
+key goes to a worker chosen by `--assignment-mode`: `min_load` (the least
+loaded, the default), `min_group` (the one holding fewest keys) or `random`;
+a key moves only when its worker is no longer available. Keys unused for
 `--max-idle-secs` are forgotten, and at most `max_sticky_keys` are kept
 (least recently used first out). Requests without a key go to the
 least-loaded worker.
@@ -10,7 +12,8 @@ least-loaded worker.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import random
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 from smg.routing.policies.base import PolicyConfig, RequestInfo, load_of
@@ -24,6 +27,8 @@ class ManualPolicy:
     def __init__(self, config: PolicyConfig) -> None:
         self.max_idle = config.max_idle_secs
         self.max_keys = config.max_sticky_keys
+        self.mode = config.assignment_mode
+        self.rng = random.Random(config.seed)
         self._pins: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (worker id, last used)
 
     def __len__(self) -> int:
@@ -41,12 +46,20 @@ class ManualPolicy:
                     self._pins[key] = (worker.id, request.now)
                     self._pins.move_to_end(key)
                     return worker
-        worker = min(workers, key=load_of)
+        worker = self._assign(workers)
         self._pins[key] = (worker.id, request.now)
         self._pins.move_to_end(key)
         while len(self._pins) > self.max_keys:
             self._pins.popitem(last=False)
         return worker
+
+    def _assign(self, workers: Sequence[Worker]) -> Worker:
+        if self.mode == "random":
+            return self.rng.choice(workers)
+        if self.mode == "min_group":
+            held = Counter(worker_id for worker_id, _ in self._pins.values())
+            return min(workers, key=lambda w: (held[w.id], load_of(w)))
+        return min(workers, key=load_of)
 
     def _expire(self, now: float) -> None:
         """Oldest-used first: stop at the first key still in use."""
