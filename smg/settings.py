@@ -349,6 +349,13 @@ def port_number(flag: str, value: int) -> None:
         raise ConfigError(f"{flag} must be between 0 and 65535, got {value}")
 
 
+def header_names(flag: str, value: str | tuple[str, ...]) -> None:
+    """HTTP header names (one, or a list): printable ASCII, no space or colon."""
+    for name in (value,) if isinstance(value, str) else value:
+        if not name or not name.isascii() or not name.isprintable() or any(c in name for c in " :"):
+            raise ConfigError(f"{flag}: invalid header name '{name}'")
+
+
 def existing_file(flag: str, value: str) -> None:
     if value and not os.path.isfile(value):
         raise ConfigError(f"{flag}: no such file: {value}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from smg.limits.tenants import TenantLimits
-from smg.settings import ConfigError, non_negative, positive, setting
+from smg.settings import ConfigError, header_names, non_negative, positive, setting
 from smg.storage.settings import G_HISTORY
 
 G_ADMISSION = "admission and auth"
@@ -22,11 +22,6 @@ def _tenant_keys(flag: str, entries: tuple[str, ...]) -> None:
         tenant, sep, key = entry.partition(":")
         if not sep or not tenant or not key:
             raise ConfigError(f"{flag} must look like TENANT:KEY, got '{entry}'")
-
-
-def _header_name(flag: str, name: str) -> None:
-    if not name or not name.isascii() or any(c in name for c in " :\t\r\n") or not name.isprintable():
-        raise ConfigError(f"{flag}: invalid header name '{name}'")
 
 
 def _origins(flag: str, origins: tuple[str, ...]) -> None:
@@ -103,7 +98,7 @@ class AdmissionSettings:
     tenant_header_name: str = setting(
         "x-smg-tenant-id",
         "--tenant-header-name",
-        check=_header_name,
+        check=header_names,
         help="the tenant header read with --trust-tenant-header",
     )
     tenant_rate_limit_enabled: bool = setting(

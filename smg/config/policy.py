@@ -8,16 +8,10 @@ from typing import ClassVar
 
 from smg.routing.policies import PolicyConfig
 from smg.routing.tokenizer import Tokenize, load_tokenizer
-from smg.settings import ConfigError, positive, setting
+from smg.settings import ConfigError, header_names, positive, setting
 
 G_POLICY = "policy tuning"
 G_TOKENIZER = "tokenizer"
-
-
-def _header_names(flag: str, names: tuple[str, ...]) -> None:
-    for name in names:
-        if not name or not name.isascii() or not name.isprintable() or any(c in name for c in " :"):
-            raise ConfigError(f"{flag}: invalid header name '{name}'")
 
 
 def _local_model(flag: str, path: str) -> None:
@@ -114,7 +108,7 @@ class PolicySettings:
         "--routing-key-headers",
         metavar="HEADER",
         many="*",
-        check=_header_names,
+        check=header_names,
         help="headers read, in order, for the routing key of the manual and consistent_hashing policies; the "
         "first present with a value wins (default: x-smg-routing-key)",
     )

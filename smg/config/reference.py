@@ -31,10 +31,13 @@ WORKER_STATES = (
     "stall, wedge and warm-up detection are not supported by smg; health checks and circuit breakers take a failing "
     "worker out (--health-*, --cb-*)"
 )
-OVERLOAD = "worker overload protection is not supported by smg yet; bound the load with --max-concurrent-requests"
+OVERLOAD = (
+    "cache_aware's de-ranking of the hottest backend is not supported by smg; worker overload protection "
+    "(--worker-overload-token-usage) takes a saturated worker out of routing"
+)
 STICKY = (
-    "routing keys and sticky sessions are not supported by smg yet; --policy consistent_hashing routes by the "
-    "X-SMG-Routing-Key header"
+    "sticky sessions on any policy are not supported by smg yet; --policy manual pins routing keys "
+    "(--routing-key-headers) and consistent_hashing routes by them"
 )
 REQUEST_BUFFERING = "request body buffering bounds are not supported by smg; it bounds bodies with --max-payload-size"
 DISCOVERY = "service discovery is not supported by smg yet; list workers with --worker-urls or add them with POST /workers"

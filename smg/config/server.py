@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from smg.settings import ConfigError, at_least, existing_file, non_negative, port_number, positive, setting
+from smg.settings import ConfigError, at_least, existing_file, header_names, non_negative, port_number, positive, setting
 
 DEFAULT_REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id")
 
@@ -15,12 +15,6 @@ G_SERVER = "server"
 def _not_empty(flag: str, value: str) -> None:
     if not value:
         raise ConfigError(f"{flag} must not be empty")
-
-
-def _header_names(flag: str, names: tuple[str, ...]) -> None:
-    for name in names:
-        if not name or not name.isascii() or " " in name:
-            raise ConfigError(f"{flag}: invalid header name '{name}'")
 
 
 @dataclass(frozen=True)
@@ -61,7 +55,7 @@ class ServerSettings:
         DEFAULT_REQUEST_ID_HEADERS,
         "--request-id-headers",
         metavar="HEADER",
-        check=_header_names,
+        check=header_names,
         help="headers whose value is taken as the request id, first match wins",
     )
     header_read_timeout_secs: float = setting(

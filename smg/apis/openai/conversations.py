@@ -73,14 +73,20 @@ def read_only(what: str, param: str) -> GatewayError:
     )
 
 
-async def _refusal(history: History, tenant: str, conversation_id: str, missing: GatewayError) -> GatewayError:
-    """Why a change found no conversation of the caller's: 403 when it is one stored without a
-    tenant (the caller can read it), else `missing` (404)."""
+async def refusal(
+    history: History, tenant: str, get: Callable[[str, str], Any], record_id: str, what: str, missing: GatewayError
+) -> GatewayError:
+    """Why a change found no record of the caller's: 403 when `get` finds one stored without a
+    tenant (the caller can read it, not change it), else `missing` (404)."""
     if tenant != DEFAULT_TENANT:
-        shared = await stored(history.run(history.backend.get_conversation, DEFAULT_TENANT, conversation_id))
+        shared = await stored(history.run(get, DEFAULT_TENANT, record_id))
         if shared is not None:
-            return read_only(f"conversation '{conversation_id}'", "conversation_id")
+            return read_only(f"{what} '{record_id}'", f"{what}_id")
     return missing
+
+
+async def _refusal(history: History, tenant: str, conversation_id: str, missing: GatewayError) -> GatewayError:
+    return await refusal(history, tenant, history.backend.get_conversation, conversation_id, "conversation", missing)
 
 
 # -- validation ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from smg.apis.openai.conversations import (
     pagination,
     parse_metadata,
     read_only,
+    refusal,
     stored,
     tenant_of,
 )
@@ -348,11 +349,8 @@ async def delete_response(ctx: GatewayContext, ex: Exchange, response_id: str) -
     history = history_of(ctx)
     tenant = tenant_of(ex)
     if not await stored(history.run(history.backend.delete_response, tenant, response_id)):
-        if tenant != DEFAULT_TENANT:
-            shared = await stored(history.run(history.backend.get_response, DEFAULT_TENANT, response_id))
-            if shared is not None:
-                raise read_only(f"response '{response_id}'", "response_id")
-        raise GatewayError(404, "not_found", f"no response with id '{response_id}'", param="response_id")
+        missing = GatewayError(404, "not_found", f"no response with id '{response_id}'", param="response_id")
+        raise await refusal(history, tenant, history.backend.get_response, response_id, "response", missing)
     await send_json(ex.send, 200, {"id": response_id, "object": "response.deleted", "deleted": True})
 
 
