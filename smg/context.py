@@ -14,7 +14,7 @@ from smg.limits.admission import Admission
 from smg.limits.tenants import TenantRateLimiter
 from smg.observability.logs import AccessLog
 from smg.observability.metrics import GatewayMetrics
-from smg.routing.policies import Policy, make_policy
+from smg.routing.policies import Policy, base_policy, make_policy
 from smg.storage.service import History
 from smg.upstream import Upstream, make_upstream
 from smg.workers.breaker import STATE_GAUGE
@@ -105,8 +105,9 @@ class GatewayContext:
         ctx.registrar.on_change = ctx.workers_changed
         ctx.registrar.on_removed = ctx.worker_failed
         ctx.registrar.on_checked = ctx.worker_checked
-        if hasattr(ctx.policy, "on_match"):
-            ctx.policy.on_match = metrics.cache_match_ratio.observe
+        policy = base_policy(ctx.policy)
+        if hasattr(policy, "on_match"):
+            policy.on_match = metrics.cache_match_ratio.observe
         ctx.access_log.configure(config.log_json)
         return ctx
 
@@ -149,20 +150,21 @@ class GatewayContext:
             self.worker_sink.removed(worker.id)
 
     def workers_changed(self) -> None:
-        forget = getattr(self.policy, "forget_workers", None)
+        forget = getattr(base_policy(self.policy), "forget_workers", None)
         if forget is not None:
             forget({w.id for w in self.registry})
         self.publish_worker_metrics()
 
     async def maintain_policy(self) -> None:
         """Tick the policy's periodic upkeep (cache_aware eviction) from the node's nursery."""
-        maintain = getattr(self.policy, "maintain", None)
+        policy = base_policy(self.policy)
+        maintain = getattr(policy, "maintain", None)
         if maintain is None:
             return
         while True:
             await trio.sleep(self.config.eviction_interval_secs)
             maintain(trio.current_time())
-            for model, size in self.policy.tree_sizes().items():  # type: ignore[attr-defined]
+            for model, size in policy.tree_sizes().items():  # type: ignore[attr-defined]
                 self.metrics.cache_tree_size(model).set(size)
 
     def publish_worker_metrics(self) -> None:

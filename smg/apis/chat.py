@@ -207,7 +207,7 @@ async def chat_completion(
     send_channel, messages = trio.open_memory_channel[Message](buffer)
     scope = {**outer.scope, "path": "/v1/chat/completions"}
     inner = Exchange(scope, receive or outer.receive, send_channel.send, outer.request_id, CHAT.name)
-    inner.tenant, inner.model = outer.tenant, request.get("model")
+    inner.tenant, inner.model, inner.lineage = outer.tenant, request.get("model"), outer.lineage
     body = json.dumps(request, separators=(",", ":")).encode()
 
     async def run() -> None:

@@ -24,6 +24,7 @@ from smg.cluster.health_store import ReplicatedHealth
 from smg.cluster.load_store import STORE as LOAD
 from smg.cluster.load_store import ReplicatedLoad
 from smg.cluster.metrics import ClusterCollector
+from smg.cluster.pin_store import ReplicatedPins
 from smg.cluster.prefix_store import SharedPrefixes
 from smg.cluster.replication import ACK, CHANNELS, Replication, ReplicationError
 from smg.cluster.worker_store import ReplicatedWorkers, wall_ms
@@ -36,6 +37,8 @@ from smg.mesh.keyring import Keyring
 from smg.mesh.messages import State
 from smg.mesh.metrics import MeshCollector
 from smg.mesh.node import MeshNode
+from smg.routing.policies import StickyPolicy, base_policy
+from smg.routing.policies.sticky import LocalPins
 from smg.settings import ConfigError
 
 log = logging.getLogger("smg.cluster")
@@ -88,6 +91,7 @@ class ClusterNode:
         self.health: ReplicatedHealth | None = None
         self.load: ReplicatedLoad | None = None
         self.prefixes: SharedPrefixes | None = None
+        self.pins: ReplicatedPins | None = None
         self._synced = not config.mesh_seeds  # the first node has nothing to catch up with
         self._started = trio.current_time()  # built inside the gateway's trio run
         self.replication_errors = 0
@@ -155,11 +159,18 @@ class ClusterNode:
             limiter.sequence = partial(self.replication.sequence, RATE_LIMITS)
             limiter.confirmed = self._limits_confirmed
             limiter.admitters = self._admitters
-        if hasattr(self.ctx.policy, "shared"):  # cache_aware: match and record over every gateway's choices
+        policy = base_policy(self.ctx.policy)
+        if hasattr(policy, "shared"):  # cache_aware: match and record over every gateway's choices
             self.prefixes = SharedPrefixes(
                 self.replication, self.config.mesh_prefix_budget, int(self.config.mesh_prefix_ttl_secs * 1000)
             )
-            self.ctx.policy.shared = self.prefixes
+            policy.shared = self.prefixes
+        sticky = self.ctx.policy
+        if isinstance(sticky, StickyPolicy):  # manual, --routing-key-override: a key's pin holds on every gateway
+            self.pins = ReplicatedPins(self.replication, self.config.max_idle_secs, sticky.pins.max_keys)
+            if isinstance(sticky.pins, LocalPins):
+                self.pins.adopt(sticky.pins)
+            sticky.pins = self.pins
         self.ctx.worker_sink = self.workers
         self.ctx.health_sink = self.health.checked
         self.ctx.registrar.should_check = self.health.should_check
@@ -315,6 +326,8 @@ class ClusterNode:
         while True:
             await trio.sleep(GC_SECS)
             self._forget_removed_workers()
+            if self.pins is not None:
+                self.pins.sweep()
             if self.replication is not None:
                 for store, count in self.replication.collect(self.known_members()).items():
                     if count:

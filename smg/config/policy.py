@@ -89,19 +89,27 @@ class PolicySettings:
         14400.0,
         "--max-idle-secs",
         "--sticky-key-idle-secs",
-        help="manual: an unused routing key is forgotten after this",
+        check=positive,
+        help="sticky routing keys (manual, --routing-key-override): a key unused this long is forgotten",
+    )
+    routing_key_override: bool = setting(
+        False,
+        "--routing-key-override",
+        "--sticky-sessions",
+        help="sticky sessions on any policy: a request with a routing key (--routing-key-headers, else its "
+        "conversation: the first response of a previous_response_id chain, or the conversation id) goes to the "
+        "worker its key is pinned to; with --ha-mesh the pins are shared by every gateway",
+        differs="the lineage is the Responses API's chain or conversation; a pinned worker that is healthy but "
+        "cannot take one request (breaker open, overloaded) gets a detour and keeps its pin",
     )
     assignment_mode: str | None = setting(
         None,
         "--assignment-mode",
-        choices=("random", "min_load", "min_group"),
-        refused_choices={
-            "delegate": "delegate assigns keys for the routing-key override, not supported by smg yet; use the "
-            "manual policy's min_load, min_group or random"
-        },
-        help="manual: how a new routing key gets its worker: min_load (the least loaded), min_group (the one "
-        "holding fewest keys) or random",
-        differs="manual's default is min_load (the reference: random); delegate is refused",
+        choices=("random", "min_load", "min_group", "delegate"),
+        help="how a new routing key gets its worker: min_load (the least loaded), min_group (the one holding "
+        "fewest keys), random, or delegate (the policy's choice, then pinned); default min_load for manual, "
+        "delegate for --routing-key-override",
+        differs="manual's default is min_load (the reference: random)",
     )
     routing_key_headers: tuple[str, ...] = setting(
         (),
@@ -109,8 +117,8 @@ class PolicySettings:
         metavar="HEADER",
         many="*",
         check=header_names,
-        help="headers read, in order, for the routing key of the manual and consistent_hashing policies; the "
-        "first present with a value wins (default: x-smg-routing-key)",
+        help="headers read, in order, for the routing key (manual, consistent_hashing, --routing-key-override); "
+        "the first present with a value wins (default: x-smg-routing-key)",
     )
     bucket_adjust_interval_secs: float = setting(
         60.0, "--bucket-adjust-interval-secs", help="bucket: seconds between boundary adjustments"
@@ -147,5 +155,6 @@ class PolicySettings:
             prefix_hash_load_factor=self.prefix_hash_load_factor,
             max_idle_secs=self.max_idle_secs,
             bucket_adjust_interval_secs=self.bucket_adjust_interval_secs,
-            assignment_mode=self.assignment_mode or "min_load",
+            assignment_mode=self.assignment_mode,
+            sticky=self.routing_key_override,
         )

@@ -35,10 +35,6 @@ OVERLOAD = (
     "cache_aware's de-ranking of the hottest backend is not supported by smg; worker overload protection "
     "(--worker-overload-token-usage) takes a saturated worker out of routing"
 )
-STICKY = (
-    "sticky sessions on any policy are not supported by smg yet; --policy manual pins routing keys "
-    "(--routing-key-headers) and consistent_hashing routes by them"
-)
 REQUEST_BUFFERING = "request body buffering bounds are not supported by smg; it bounds bodies with --max-payload-size"
 DISCOVERY = "service discovery is not supported by smg yet; list workers with --worker-urls or add them with POST /workers"
 JEMALLOC = "allocator profiling belongs to the reference's Rust build; it does not apply to smg"
@@ -122,7 +118,6 @@ class ReferenceRefusals:
     pd_admission_wait_secs: str | None = refused("--pd-admission-wait-secs", why=DISAGGREGATION)
     stream_body_stall_timeout_secs: str | None = refused("--stream-body-stall-timeout-secs", why=REQUEST_BUFFERING)
     dp_aware: bool = refused("--dp-aware", why=DATA_PARALLEL, takes="0")
-    routing_key_override: bool = refused("--routing-key-override", "--sticky-sessions", why=STICKY, takes="0")
     dp_minimum_tokens_scheduler: bool = refused("--dp-minimum-tokens-scheduler", why=DATA_PARALLEL, takes="0")
     # PD/EPD Disaggregation
     pd_disaggregation: bool = refused("--pd-disaggregation", why=DISAGGREGATION, takes="0")

@@ -107,6 +107,7 @@ def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> 
         routing_key=routing_key,
         target_index=target,
         client_key=client_key,
+        lineage_key=ex.lineage,
         pool=ctx.registry.serving(model) if ex.model is not None else (),
     )
 

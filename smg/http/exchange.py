@@ -30,6 +30,7 @@ class Exchange:
         "event_stream",
         "extra_headers",
         "finished",
+        "lineage",
         "model",
         "receive",
         "request_id",
@@ -66,6 +67,7 @@ class Exchange:
         self.routing_text: str | None = None  # computed once, by whoever needs it first
         self.want_usage = False  # per-tenant token limits: read the answer's usage
         self.completion_tokens = 0
+        self.lineage: str | None = None  # the conversation this request continues (sticky sessions' key)
 
     async def send(self, message: Message) -> None:
         kind = message["type"]

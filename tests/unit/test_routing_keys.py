@@ -50,10 +50,13 @@ def test_assignment_modes_for_new_keys() -> None:
     assert {policy.select(pool, RequestInfo(model="m", routing_key="sticky", now=t)).url for t in range(1, 20)} == {first}
 
 
-def test_the_flags_reach_the_policy_and_delegate_is_refused() -> None:
+def test_the_flags_reach_the_policy() -> None:
     assert GatewayConfig(policy="manual", assignment_mode="min_group").policy_config().assignment_mode == "min_group"
-    assert GatewayConfig(policy="manual").policy_config().assignment_mode == "min_load"
-    with pytest.raises(ConfigError, match=r"^--assignment-mode delegate: delegate assigns keys for the routing-key"):
-        GatewayConfig(assignment_mode="delegate")
+    assert ManualPolicy(GatewayConfig(policy="manual").policy_config()).mode == "min_load"
+    assert ManualPolicy(GatewayConfig(policy="manual", assignment_mode="delegate").policy_config()).mode == "delegate"
+    with pytest.raises(
+        ConfigError, match=r"^--assignment-mode must be one of random, min_load, min_group, delegate, got 'fewest'$"
+    ):
+        GatewayConfig(assignment_mode="fewest")
     with pytest.raises(ConfigError, match=r"^--routing-key-headers: invalid header name 'bad header'$"):
         GatewayConfig(routing_key_headers=("bad header",))

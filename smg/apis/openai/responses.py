@@ -74,6 +74,7 @@ class Plan:
     store: bool
     stream: bool
     background: bool
+    lineage: str | None  # the conversation's key for sticky sessions: its first response, or the conversation id
 
 
 # -- POST /v1/responses ---------------------------------------------------------------------
@@ -82,7 +83,7 @@ class Plan:
 async def create_response(ctx: GatewayContext, ex: Exchange) -> None:
     body = load_json_object(await read_body(ex.scope, ex.receive, ctx.config.max_payload_size))
     plan = await _plan(ctx, ex, validate(ResponsesRequest, body), body)
-    ex.model = plan.shell.model
+    ex.model, ex.lineage = plan.shell.model, plan.lineage
     if plan.background:
         await _start_background(ctx, ex, plan)
     elif plan.stream:
@@ -140,8 +141,9 @@ async def _plan(ctx: GatewayContext, ex: Exchange, request: ResponsesRequest, bo
     needs_storage = store or previous is not None or conversation is not None
     if needs_storage:
         history_of(ctx)  # 501 when history is off
+    lineage = conversation
     if previous is not None:
-        history = await _chain(ctx, tenant, previous)
+        history, lineage = await _chain(ctx, tenant, previous)
     elif conversation is not None:
         history, owner = await _conversation_items(ctx, tenant, conversation)
         if store and owner != tenant:  # storing the response adds its items to the conversation
@@ -175,22 +177,26 @@ async def _plan(ctx: GatewayContext, ex: Exchange, request: ResponsesRequest, bo
         tools=body.get("tools") or [],
         tool_choice=body.get("tool_choice", "auto"),
     )
-    return Plan(shell, tenant, input_items, chat, store, stream, background)
+    if lineage is None and store:  # a new chain: its follow-ups name this response as their first
+        lineage = shell.id
+    return Plan(shell, tenant, input_items, chat, store, stream, background, lineage)
 
 
-async def _chain(ctx: GatewayContext, tenant: str, response_id: str) -> list[dict[str, Any]]:
-    """The items of a response chain, oldest first: each response's input, then its output."""
+async def _chain(ctx: GatewayContext, tenant: str, response_id: str) -> tuple[list[dict[str, Any]], str]:
+    """The items of a response chain, oldest first (each response's input, then its output),
+    and the chain's first response id."""
     history = history_of(ctx)
     items: list[dict[str, Any]] = []
     next_id: str | None = response_id
+    first = response_id
     for _ in range(MAX_CHAIN):
         if next_id is None:
-            return items
+            return items, first
         found = await lookup(history, history.backend.get_response, tenant, next_id)
         if found is None:
             raise GatewayError(404, "not_found", f"no response with id '{next_id}'", param="previous_response_id")
         items = found.input_items + list(found.data.get("output") or []) + items
-        next_id = found.previous_response_id
+        first, next_id = next_id, found.previous_response_id
     raise GatewayError(400, "invalid_request", f"the response chain is longer than {MAX_CHAIN}", param="previous_response_id")
 
 

@@ -12,6 +12,7 @@ from smg.routing.policies.power_of_two import PowerOfTwoPolicy
 from smg.routing.policies.prefix_hash import PrefixHashPolicy
 from smg.routing.policies.random import RandomPolicy
 from smg.routing.policies.round_robin import RoundRobinPolicy
+from smg.routing.policies.sticky import StickyPolicy, sticky
 
 POLICIES: dict[str, type[Policy]] = {
     "cache_aware": CacheAwarePolicy,
@@ -27,11 +28,32 @@ POLICIES: dict[str, type[Policy]] = {
 
 
 def make_policy(name: str, config: PolicyConfig | None = None) -> Policy:
+    """The policy `name`; with `config.sticky` (--routing-key-override), wrapped so routing keys
+    stick to their worker (`manual` always does: it is not wrapped twice)."""
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy '{name}'") from None
-    return cls(config or PolicyConfig())  # type: ignore[call-arg]
+    config = config or PolicyConfig()
+    policy: Policy = cls(config)  # type: ignore[call-arg]
+    if config.sticky and not isinstance(policy, StickyPolicy):
+        policy = sticky(policy, config, config.assignment_mode or "delegate")
+    return policy
 
 
-__all__ = ["POLICIES", "NoEligibleWorker", "Policy", "PolicyConfig", "RequestInfo", "load_of", "make_policy"]
+def base_policy(policy: Policy) -> Policy:
+    """The policy under a sticky wrapper (where cache_aware's tree and hooks live)."""
+    return getattr(policy, "inner", policy)
+
+
+__all__ = [
+    "POLICIES",
+    "NoEligibleWorker",
+    "Policy",
+    "PolicyConfig",
+    "RequestInfo",
+    "StickyPolicy",
+    "base_policy",
+    "load_of",
+    "make_policy",
+]

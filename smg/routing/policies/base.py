@@ -24,10 +24,11 @@ class RequestInfo:
     routing_key: str | None = None  # X-SMG-Routing-Key
     target_index: int | None = None  # X-SMG-Target-Worker
     client_key: str | None = None  # from Authorization or X-Forwarded-For
+    lineage_key: str | None = None  # the conversation: first response of a previous_response_id chain, or `conversation`
     pool: Sequence[Worker] = ()  # every worker of the model, in registration order
 
 
-ASSIGNMENT_MODES = ("random", "min_load", "min_group")  # of a new routing key to a worker (manual)
+ASSIGNMENT_MODES = ("random", "min_load", "min_group", "delegate")  # of a new routing key to a worker
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,11 @@ class PolicyConfig:
     max_tree_size: int = 64 * 1024 * 1024
     tokenize: Callable[[str], tuple[int, ...]] | None = None  # token mode when set
     bucket_adjust_interval_secs: float = 60.0
-    assignment_mode: str = "min_load"  # manual: how a new routing key gets its worker
+    assignment_mode: str | None = None  # how a new routing key gets its worker (None: the policy's default)
+    sticky: bool = False  # --routing-key-override: pin routing keys on any policy
 
     def __post_init__(self) -> None:
-        if self.assignment_mode not in ASSIGNMENT_MODES:
+        if self.assignment_mode is not None and self.assignment_mode not in ASSIGNMENT_MODES:
             raise ValueError(f"--assignment-mode must be one of {', '.join(ASSIGNMENT_MODES)}, got '{self.assignment_mode}'")
         if self.virtual_nodes < 1:  # no flag sets it (the reference fixes 160): name the field
             raise ValueError(f"virtual_nodes must be at least 1, got {self.virtual_nodes}")
