@@ -28,6 +28,9 @@ from smg import control
 from smg.apis.anthropic import messages
 from smg.apis.anthropic.messages_format import error_body as anthropic_error
 from smg.apis.openai import conversations, responses
+from smg.auth.audit import AuditLog
+from smg.auth.guard import ControlAuthError, ControlPlaneGuard, JwtSettings
+from smg.auth.keys import ANONYMOUS, SHARED_KEY, Principal, parse_api_keys, parse_role_mapping
 from smg.cluster import routes as mesh
 from smg.context import GatewayContext
 from smg.dataplane.dispatch import handle_inference, handle_models
@@ -48,6 +51,7 @@ from smg.http.asgi import (
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
 from smg.limits.tenants import DEFAULT_TENANT
+from smg.observability import tracing
 from smg.observability.request_id import request_id_for
 
 log = logging.getLogger("smg.router")
@@ -122,6 +126,25 @@ _WORKER_ITEM = {
 }
 
 
+def control_plane_guard(ctx: GatewayContext) -> ControlPlaneGuard | None:
+    """The control plane's own credential check when `--control-plane-api-keys` or `--jwt-issuer`
+    is given (with `--jwt-issuer`, its JWKS cache must run in the node's nursery)."""
+    config = ctx.config
+    if not config.control_plane_api_keys and config.jwt_issuer is None:
+        return None
+    jwt = None
+    if config.jwt_issuer is not None:
+        mapping = parse_role_mapping(config.jwt_role_mapping)
+        jwt = JwtSettings(config.jwt_issuer, config.jwt_audience, config.jwt_jwks_uri, mapping)
+    return ControlPlaneGuard(
+        parse_api_keys(config.control_plane_api_keys),
+        shared_key=config.api_key,
+        tenant_keys=ctx.tenant_keys,
+        jwt=jwt,
+        on_result=lambda result: ctx.metrics.control_plane_auth(result).inc(),
+    )
+
+
 def is_loopback(host: str) -> bool:
     """Only this machine can connect: `localhost` or a loopback address (a name that resolves elsewhere is not)."""
     if host.lower() == "localhost":
@@ -143,11 +166,13 @@ class GatewayApp:
         self._tenant_header = config.tenant_header_name.strip().lower().encode() if config.trust_tenant_header else None
         self._cors_any = "*" in config.cors_allowed_origins
         self._cors_origins = {origin.encode() for origin in config.cors_allowed_origins}
-        if self._api_key is None and not self._tenant_keys and not is_loopback(config.host):
+        self.guard = control_plane_guard(ctx)  # None: the control plane takes --api-key, as the data plane
+        self._audit = AuditLog(config.log_json) if config.control_plane_audit_enabled else None
+        if self._api_key is None and not self._tenant_keys and self.guard is None and not is_loopback(config.host):
             # tenant keys alone close the control plane to everyone; no key at all opens it to the network
             log.warning(
                 "the control plane (/workers, /flush_cache, /mesh/*) is unauthenticated on %s: anyone who reaches "
-                "it can add, change or remove workers; set --api-key",
+                "it can add, change or remove workers; set --api-key or --control-plane-api-keys",
                 config.host,
             )
         if self._tenant_header is not None and self._api_key is None and not is_loopback(config.host):
@@ -264,6 +289,10 @@ class GatewayApp:
         # the metrics label stays "unmatched" for unknown paths: raw paths would grow without bound
         ex = Exchange(scope, receive, send, request_id_for(scope, ctx.request_id_headers), "unmatched")
         is_data = False
+        traced: tracing.RequestSpan | None = None  # --enable-trace: the request's server span
+        auth = OPEN
+        caller: Principal | None = None  # who called a control-plane route, for the audit log
+        denied = False
         try:
             if self._cors_origins and self._cors(scope, ex):
                 await send_bytes(ex.send, 204, b"", content_type=TEXT_CONTENT)
@@ -271,11 +300,22 @@ class GatewayApp:
             route = self._route(method, scope["path"])
             ex.route = route.template
             ex.error_shape = route.error_shape
-            if route.auth != OPEN:
-                ex.tenant = self._authenticate(scope, route.auth)
+            auth = route.auth
+            if auth == CONTROL and self.guard is not None:
+                try:
+                    caller = await self.guard.check(scope, method)
+                except ControlAuthError as error:
+                    caller, denied, ex.error_shape = error.caller, True, control.control_error_body
+                    raise
+            elif auth != OPEN:
+                ex.tenant = self._authenticate(scope, auth)
+                if auth == CONTROL:
+                    caller = SHARED_KEY if self._api_key is not None else ANONYMOUS
             is_data = route.auth == DATA
             if is_data:
                 ctx.in_flight += 1
+                if tracing.ENABLED:
+                    traced = tracing.request_started(ex)
             await route.handler(ctx, ex)
         except GatewayError as error:
             await ex.fail(error)
@@ -289,7 +329,14 @@ class GatewayApp:
         finally:
             if is_data:
                 ctx.in_flight -= 1
+            if traced is not None:
+                tracing.request_ended(traced, ex)
             self._record(ex, method)
+            if auth == CONTROL and self._audit is not None:
+                denied = denied or caller is None
+                self._audit.record(
+                    caller, method, scope["path"], ex.status, ex.request_id, denied=denied, detail=ex.error_message
+                )
 
     def _record(self, ex: Exchange, method: str) -> None:
         elapsed = time.perf_counter() - ex.started_at

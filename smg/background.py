@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from smg.observability import tracing
+
 
 @dataclass
 class _Running:
@@ -51,7 +53,8 @@ class Background:
 
         async def run() -> None:
             try:
-                await work(running.scope)
+                with tracing.detached():
+                    await work(running.scope)
             finally:
                 del self.running[key]
                 running.done.set()

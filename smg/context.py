@@ -12,6 +12,7 @@ from smg.background import Background
 from smg.config import GatewayConfig
 from smg.limits.admission import Admission
 from smg.limits.tenants import TenantRateLimiter
+from smg.observability import tracing
 from smg.observability.logs import AccessLog
 from smg.observability.metrics import GatewayMetrics
 from smg.routing.policies import Policy, base_policy, make_policy
@@ -60,6 +61,7 @@ class GatewayContext:
     @classmethod
     def create(cls, config: GatewayConfig) -> GatewayContext:
         registry = WorkerRegistry()
+        worker_tls = config.worker_tls()  # one context for every connection to workers
         metrics = GatewayMetrics(duration_buckets=config.prometheus_duration_buckets or None)
         ctx = cls(
             config=config,
@@ -71,6 +73,7 @@ class GatewayContext:
                 max_idle_per_origin=config.upstream_max_idle_per_worker,
                 idle_timeout=config.upstream_pool_idle_timeout_secs,
                 max_response_size=config.max_upstream_response_size,
+                ssl_context=worker_tls,
             ),
             metrics=metrics,
             registrar=Registrar(
@@ -82,9 +85,10 @@ class GatewayContext:
                 health_timeout=config.health_check_timeout_secs,
                 health_endpoint=config.health_check_endpoint,
                 health_checks=not config.disable_health_check,
-                remove_failed=bool(config.remove_unhealthy_workers),  # None: as discovery wants; none here: off
+                remove_failed=bool(config.remove_unhealthy_workers),  # None: off; gateway.py turns it on for Kubernetes discovery
                 load_interval=config.load_monitor_interval if config.load_monitoring else None,
                 api_key=config.api_key,
+                ssl_context=worker_tls,
             ),
             request_id_headers=tuple(h.lower().encode() for h in config.request_id_headers),
             retry=config.retry_config(),
@@ -107,7 +111,8 @@ class GatewayContext:
         ctx.registrar.on_checked = ctx.worker_checked
         policy = base_policy(ctx.policy)
         if hasattr(policy, "on_match"):
-            policy.on_match = metrics.cache_match_ratio.observe
+            observe = metrics.cache_match_ratio.observe
+            policy.on_match = tracing.noting_match(observe) if config.enable_trace else observe
         ctx.access_log.configure(config.log_json)
         return ctx
 

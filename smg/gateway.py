@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -28,12 +29,16 @@ from smg.background import Background
 from smg.cluster.node import ClusterNode, advertise_host
 from smg.config import GatewayConfig
 from smg.context import GatewayContext
-from smg.discovery.file import Callbacks, FileDiscovery
+from smg.discovery.apply import Callbacks
+from smg.discovery.file import FileDiscovery
+from smg.discovery.kubernetes import KubernetesApi, KubernetesDiscovery, api_access
 from smg.discovery.manifest import WorkerSpec
+from smg.discovery.pods import WorkerRules, parse_selector
 from smg.http.asgi import ASGIApp, Receive, Scope, Send, serve_lifespan
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
 from smg.http.server import BindError, ServeError, hypercorn_config, serve_app
+from smg.observability import tracing
 from smg.observability.metrics import MetricsApp
 from smg.observability.request_id import request_id_for
 from smg.simworker.engine import SimConfig
@@ -83,6 +88,9 @@ async def run_gateway(
             await ctx.upstream.aclose()
             if ctx.history is not None:
                 await ctx.history.close()
+        if config.enable_trace:  # the last spans, after the last requests ended (within tracing.FLUSH_SECS)
+            with trio.CancelScope(shield=True):
+                await tracing.stop()
     log.info("smg gateway stopped")
 
 
@@ -101,6 +109,8 @@ async def _run_gateway(
                 await nursery.start(ctx.background.run)
         await nursery.start(ctx.registrar.run)
         await nursery.start(ctx.access_log.run)
+        if app.guard is not None and app.guard.jwks is not None:
+            await nursery.start(app.guard.jwks.run)  # --jwt-issuer's keys: fetched now, then kept fresh
         nursery.start_soon(ctx.maintain_policy)
         add_workers(ctx, config.worker_urls)
         main = hypercorn_config(
@@ -130,6 +140,10 @@ async def _run_gateway(
         if config.discovery_provider == "file" and config.discovery_file:
             discovery = FileDiscovery(config.discovery_file, config.discovery_check_interval_secs, discovered_by(ctx))
             await nursery.start(discovery.run)
+        elif config.kubernetes_discovery:
+            await nursery.start(kubernetes_discovery(ctx, config).run)
+        if config.enable_trace:  # now that the mesh node, if any, has its name
+            tracing.start(config.otlp_traces_endpoint, ctx.cluster.name if ctx.cluster is not None else None)
         handle = GatewayHandle(ctx, urls, metrics_urls, probe_urls)
         if probe_urls:
             log.info("health probes (/health, /liveness, /readiness) also served on %s", ", ".join(probe_urls))
@@ -244,6 +258,25 @@ def add_workers(ctx: GatewayContext, urls: Iterable[str]) -> None:
     ctx.publish_worker_metrics()
 
 
+def kubernetes_discovery(ctx: GatewayContext, config: GatewayConfig) -> KubernetesDiscovery:
+    """Worker pods into the registry and, with --ha-mesh and --router-selector, gateway pods into the
+    mesh's seeds. Under discovery --remove-unhealthy-workers defaults to on, as the reference's: a
+    worker removed for failing comes back with the next list while its pod stands, and is probed afresh."""
+    if config.remove_unhealthy_workers is None:
+        ctx.registrar.remove_failed = True
+    cluster = ctx.cluster
+    on_routers = cluster.router_seeds.set if cluster is not None and cluster.router_seeds is not None else None
+    return KubernetesDiscovery(
+        KubernetesApi(api_access(config.kubernetes_api_url, config.kubernetes_service_account_dir, os.environ)),
+        WorkerRules(parse_selector(config.selector), config.service_discovery_port, config.model_id_from),
+        discovered_by(ctx),
+        namespace=config.service_discovery_namespace,
+        resync=config.discovery_check_interval_secs,
+        router_selector=parse_selector(config.router_selector) if on_routers is not None else None,
+        on_routers=on_routers,
+    )
+
+
 def discovered_by(ctx: GatewayContext) -> Callbacks:
     """How a discovery source changes the registry: as `POST /workers`, `PATCH` and `DELETE` do (and
     so the cluster hears of it). A worker already registered (by a flag, an operator, or another
@@ -254,7 +287,7 @@ def discovered_by(ctx: GatewayContext) -> Callbacks:
         if worker is not None and worker.draining:
             raise ValueError("it is still draining after its removal; added at the next reread")
         try:
-            ctx.add_worker(spec.url, **spec.settings)
+            ctx.add_worker(spec.url, model_id=spec.model_id, **spec.settings)
         except DuplicateWorker:
             update(spec)  # listed by the manifest: discovery's now, whoever registered it first
         ctx.publish_worker_metrics()
@@ -264,6 +297,9 @@ def discovered_by(ctx: GatewayContext) -> Callbacks:
         if worker is not None:
             for key, value in replaced_settings(spec.settings).items():  # a setting the entry dropped: its default
                 setattr(worker, key, value)
+            if worker.model_id != spec.model_id:  # a pod's model id (--model-id-from) changed: serve the new one
+                worker.model_id = spec.model_id
+                ctx.registry.refresh()
             ctx.worker_settings_changed(worker)
 
     def present(url: str) -> bool:

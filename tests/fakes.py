@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from smg.app import GatewayApp
 from smg.config import GatewayConfig
 from smg.context import GatewayContext
 from smg.http.asgi import Message
@@ -272,3 +273,25 @@ def exchange(
     ex = Exchange(scope, client.receive, client.send, request_id, path)
     ex.model = model
     return ex
+
+
+async def call(
+    ctx: GatewayContext, path: str, body: Any = None, *, method: str = "POST", headers: Iterable[tuple[bytes, bytes]] = ()
+) -> FakeClient:
+    """One request through the whole `GatewayApp` (auth, routes, handlers), as hypercorn would hand
+    it over; `body` is bytes as sent, or JSON to encode."""
+    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+    client = FakeClient(raw)
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 50000),
+    }
+    await GatewayApp(ctx)(scope, client.receive, client.send)
+    return client

@@ -37,6 +37,7 @@ from smg.mesh.keyring import Keyring
 from smg.mesh.messages import State
 from smg.mesh.metrics import MeshCollector
 from smg.mesh.node import MeshNode
+from smg.mesh.seeds import DiscoveredSeeds, resolve_host
 from smg.routing.policies import StickyPolicy, base_policy
 from smg.routing.policies.sticky import LocalPins
 from smg.settings import ConfigError
@@ -78,13 +79,17 @@ class ClusterNode:
         if config.mesh_cluster_label and keyring is None:
             # the label is AES-GCM's associated data: unencrypted frames carry none, so it separates nothing
             log.warning("--mesh-cluster-label has no effect without --mesh-key: clusters with different labels would merge")
+        # with Kubernetes discovery, the gateway pods --router-selector matches are seeds too (fed by discovery)
+        self.router_seeds = DiscoveredSeeds(config.mesh_port) if config.router_selector and config.kubernetes_discovery else None
+        seeds = list(config.mesh_seeds) + ([self.router_seeds.seed] if self.router_seeds is not None else [])
         self.mesh = MeshNode(
             config.mesh_server_name,
             config.mesh_host,
             config.mesh_port,
             advertise_host=host,
-            seeds=list(config.mesh_seeds),
+            seeds=seeds,
             keyring=keyring,
+            resolve=self.router_seeds.resolver() if self.router_seeds is not None else resolve_host,
         )
         self.replication: Replication | None = None
         self.workers: ReplicatedWorkers | None = None
@@ -92,7 +97,7 @@ class ClusterNode:
         self.load: ReplicatedLoad | None = None
         self.prefixes: SharedPrefixes | None = None
         self.pins: ReplicatedPins | None = None
-        self._synced = not config.mesh_seeds  # the first node has nothing to catch up with
+        self._synced = not seeds  # the first node has nothing to catch up with
         self._started = trio.current_time()  # built inside the gateway's trio run
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
@@ -115,6 +120,8 @@ class ClusterNode:
             nursery.start_soon(self._watch_members)
             nursery.start_soon(self._collect_garbage)
             nursery.start_soon(self._publish_load)
+            if self.router_seeds is not None:
+                nursery.start_soon(self._follow_router_seeds, self.router_seeds)
             try:
                 await nursery.start(self._run_mesh)
             except* OSError as group:  # the bind failed: a start-up error, one line naming the flag (exit 2)
@@ -304,6 +311,13 @@ class ClusterNode:
         if differing:
             log.debug("cluster %s: stores %s differ from %s's: full state next", self.name, differing, source)
             self._kick.set()
+
+    async def _follow_router_seeds(self, seeds: DiscoveredSeeds) -> None:
+        """Gateway pods found by discovery are tried at once (the node may have started alone)."""
+        while True:
+            await seeds.changed.wait()
+            seeds.changed = trio.Event()
+            await self.mesh.reseed()
 
     async def _publish_load(self) -> None:
         while True:

@@ -49,7 +49,8 @@ class ReplicatedPins:
         self.idle_ms = int(max_idle_secs * 1000)
         self.refresh_ms = max(1000, self.idle_ms // 8)
         self.max_keys = max_keys
-        replication.add_store(STORE, LWWMap(), vet=self._vet)
+        self._held: Counter[str] | None = None  # keys per worker; None: count again (a merge or sweep changed many)
+        replication.add_store(STORE, LWWMap(), on_merge=self._forget_counts, vet=self._vet)
 
     @property
     def map(self) -> LWWMap:
@@ -69,12 +70,23 @@ class ReplicatedPins:
         pin = _pin(self.map.get(key))
         if pin is not None and pin[0] == worker_id and now_ms - pin[1] < self.refresh_ms:
             return  # pinned there, and its use was shared recently enough
+        held = self._held
+        if held is not None and (pin is None or pin[0] != worker_id):
+            if pin is not None:
+                held[pin[0]] -= 1
+            held[worker_id] += 1
         self.replication.changed(STORE, self.map.set(key, [worker_id, now_ms], self.replication.stamp(now_ms)))
 
     def held(self) -> Counter[str]:
-        """Keys per worker over the live pins (a scan: `min_group` pays it once per new key)."""
-        oldest = wall_ms() - self.idle_ms
-        return Counter(pin[0] for _, value in self.map.items() if (pin := _pin(value)) is not None and pin[1] >= oldest)
+        """Keys per worker (for `min_group`): counted over the map after a merge or sweep, kept up
+        to date by local pins in between, so a stream of new keys does not scan the map each time.
+        Idle pins count until the next sweep deletes them."""
+        if self._held is None:
+            self._held = Counter(pin[0] for _, value in self.map.items() if (pin := _pin(value)) is not None)
+        return +self._held
+
+    def _forget_counts(self) -> None:
+        self._held = None
 
     def adopt(self, local: LocalPins) -> None:
         """Publish the pins this gateway made before it joined (its own clock converted to wall time)."""
@@ -102,6 +114,8 @@ class ReplicatedPins:
             doomed += [key for _, key in heapq.nsmallest(len(live) - self.max_keys, live)]
         for key in doomed:
             self.replication.changed(STORE, records.delete(key, self.replication.stamp(now_ms)))
+        if doomed:
+            self._held = None
         return len(doomed)
 
     def _vet(self, remote: CRDT, now_ms: int) -> None:

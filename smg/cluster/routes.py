@@ -41,7 +41,8 @@ async def mesh_health(ctx: GatewayContext, ex: Exchange) -> None:
     live = [m for m in members if m["status"] in (State.ALIVE.value, State.SUSPECT.value)]
     troubled = [m["name"] for m in members if m["status"] in (State.SUSPECT.value, State.DEAD.value)]
     lagging = cluster.replication.lagging(cluster.live_peers(), trio.current_time()) if cluster.replication else []
-    alone = bool(cluster.config.mesh_seeds) and len(live) <= 1
+    swim = cluster.mesh.swim  # its seeds are the resolved addresses other than ours (flags, DNS, --router-selector)
+    alone = swim is not None and bool(swim.seeds) and len(live) <= 1
     body: dict[str, Any] = {
         "status": "degraded" if troubled or lagging or alone or cluster.error else "healthy",
         "node_name": cluster.name,

@@ -24,7 +24,7 @@ from smg.workers.registry import DuplicateWorker, Worker
 log = logging.getLogger("smg.cluster")
 
 STORE = "workers"
-SETTINGS = ("labels", "priority", "cost", "api_key")
+SETTINGS = ("labels", "priority", "cost", "api_key", "model_id")
 
 
 def wall_ms() -> int:
@@ -70,6 +70,9 @@ class ReplicatedWorkers:
         for worker_id, record in records.items():
             worker = ctx.registry.get(worker_id)
             settings = {key: record.get(key) for key in SETTINGS if key in record}
+            if not isinstance(settings.get("model_id"), str | None):
+                log.warning("ignoring replicated worker record %s: its model_id is not a string", worker_id)
+                continue
             if worker is None:
                 try:
                     ctx.add_worker(record["url"], publish=False, **settings)
@@ -77,8 +80,11 @@ class ReplicatedWorkers:
                 except (DuplicateWorker, ValueError, KeyError, TypeError) as exc:
                     log.warning("ignoring replicated worker record %s: %s", worker_id, exc)
             elif not worker.draining and any(getattr(worker, k) != v for k, v in settings.items()):
+                model_id = worker.model_id
                 for key, value in settings.items():
                     setattr(worker, key, value)
+                if worker.model_id != model_id:  # the models it serves changed: re-index them
+                    ctx.registry.refresh()
                 log.info("worker %s settings changed by a peer", worker.url)
         for worker in list(ctx.registry):
             if worker.id not in records and not worker.draining:

@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smg.config.admission import G_ADMISSION, AdmissionSettings
+from smg.config.auth import G_AUTH, AuthSettings
 from smg.config.discovery import G_DISCOVERY, DiscoverySettings
 from smg.config.mesh import G_MESH, MeshSettings
 from smg.config.observability import G_LOGS, LOG_LEVELS, ObservabilitySettings
 from smg.config.policy import G_POLICY, G_TOKENIZER, PolicySettings
 from smg.config.reference import ReferenceRefusals
 from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettings
+from smg.config.tracing import G_TRACING, TracingSettings
 from smg.config.workers import (
     G_BREAKER,
     G_HEALTH,
@@ -46,6 +48,8 @@ GROUPS = (
     G_OVERLOAD,
     G_ADMISSION,
     G_LOGS,
+    G_TRACING,
+    G_AUTH,
     G_MESH,
     G_DISCOVERY,
     G_HISTORY,
@@ -58,6 +62,8 @@ class GatewayConfig(
     HistorySettings,
     MeshSettings,
     DiscoverySettings,
+    AuthSettings,
+    TracingSettings,
     ObservabilitySettings,
     AdmissionSettings,
     OverloadSettings,
@@ -77,7 +83,10 @@ class GatewayConfig(
         """Each field's own checks, then the ones that involve several fields or build objects."""
         if bool(self.tls_cert_path) != bool(self.tls_key_path):  # before the files: the pair is the first mistake
             raise ConfigError("--tls-cert-path and --tls-key-path must be given together")
+        if bool(self.client_cert_path) != bool(self.client_key_path):
+            raise ConfigError("--client-cert-path and --client-key-path must be given together")
         check_fields(self)
+        self.worker_tls()  # a certificate or key that does not load: one line now, not a failed handshake later
         try:
             self.health_config()
             self.breaker_config()
@@ -85,8 +94,13 @@ class GatewayConfig(
             self.policy_config()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if (self.discovery_provider == "file") != bool(self.discovery_file):
-            raise ConfigError("--discovery-provider file and --discovery-file go together")
+        self.validate_discovery()
+        if self.router_selector and not self.ha_mesh:
+            raise ConfigError("--router-selector finds the gateway pods of a mesh: it needs --ha-mesh")
+        if self.assignment_mode is not None and self.policy != "manual" and not self.routing_key_override:
+            raise ConfigError("--assignment-mode places new routing keys: it needs --policy manual or --routing-key-override")
+        self.validate_auth()
+        self.validate_tracing()
         if self.trust_tenant_header and self.tenant_api_keys and not self.api_key:
             raise ConfigError(
                 "--trust-tenant-header has no effect when every request needs a --tenant-api-key key (a key's tenant "
@@ -94,8 +108,6 @@ class GatewayConfig(
             )
         if self.tenant_header_name != "x-smg-tenant-id" and not self.trust_tenant_header:
             raise ConfigError("--tenant-header-name is read only with --trust-tenant-header")
-        if self.discovery_check_interval_secs != 30.0 and self.discovery_provider != "file":
-            raise ConfigError("--discovery-check-interval-secs is for --discovery-provider file")
         if self.worker_overload_protection and self.disable_worker_overload_protection:
             raise ConfigError("--worker-overload-protection and --disable-worker-overload-protection contradict each other")
         if self.tenant_rate_limit_enabled and self.tenant_rate_limit_config is None:

@@ -36,7 +36,6 @@ OVERLOAD = (
     "(--worker-overload-token-usage) takes a saturated worker out of routing"
 )
 REQUEST_BUFFERING = "request body buffering bounds are not supported by smg; it bounds bodies with --max-payload-size"
-DISCOVERY = "service discovery is not supported by smg yet; list workers with --worker-urls or add them with POST /workers"
 JEMALLOC = "allocator profiling belongs to the reference's Rust build; it does not apply to smg"
 STORAGE_CONTEXT = "storage context headers are not supported by smg"
 CHAT_TEMPLATE = (
@@ -50,14 +49,6 @@ MCP = "MCP tools are not supported by smg"
 WASM = "WASM modules are not supported by smg"
 SCHEMA = "storage schema remapping is not supported by smg; its SQL schema is migrated at start"
 ORACLE = "Oracle history is not supported by smg; use --history-backend postgres"
-WORKER_TLS = (
-    "client certificates toward workers are not supported by smg yet; it verifies https:// workers against the system CAs"
-)
-TRACING = "tracing is not supported by smg yet"
-CONTROL_PLANE_AUTH = (
-    "control-plane keys and JWT are not supported by smg yet; protect the control plane with --api-key "
-    "(tenant keys cannot reach it)"
-)
 RL = "the RL control plane is not supported by smg"
 PRIORITY = "the priority scheduler is not supported by smg; per-tenant limits are --tenant-rate-limit-config"
 MESH_TLS = "mesh TLS is not supported by smg; its mesh is sealed with AES-GCM keys (--mesh-key)"
@@ -131,17 +122,11 @@ class ReferenceRefusals:
     prefill_queue_size: str | None = refused("--prefill-queue-size", why=DISAGGREGATION)
     prefill_queue_timeout_secs: str | None = refused("--prefill-queue-timeout-secs", why=DISAGGREGATION)
     # Service Discovery (Kubernetes)
-    service_discovery: bool = refused("--service-discovery", why=DISCOVERY, takes="0")
-    selector: tuple[str, ...] = refused("--selector", why=DISCOVERY, takes="+")
-    service_discovery_port: str | None = refused("--service-discovery-port", why=DISCOVERY)
-    service_discovery_namespace: str | None = refused("--service-discovery-namespace", why=DISCOVERY)
     kv_connector_annotation: str | None = refused("--kv-connector-annotation", why=DISAGGREGATION)
     kv_engine_id_annotation: str | None = refused("--kv-engine-id-annotation", why=DISAGGREGATION)
     encode_selector: tuple[str, ...] = refused("--encode-selector", why=DISAGGREGATION, takes="+")
     prefill_selector: tuple[str, ...] = refused("--prefill-selector", why=DISAGGREGATION, takes="+")
     decode_selector: tuple[str, ...] = refused("--decode-selector", why=DISAGGREGATION, takes="+")
-    router_selector: tuple[str, ...] = refused("--router-selector", why=DISCOVERY, takes="+")
-    model_id_from: str | None = refused("--model-id-from", why=DISCOVERY)
     # Service Discovery (File)
     # Logging
     # Prometheus Metrics
@@ -177,19 +162,6 @@ class ReferenceRefusals:
     oracle_pool_max: str | None = refused("--oracle-pool-max", why=ORACLE)
     oracle_pool_timeout_secs: str | None = refused("--oracle-pool-timeout-secs", why=ORACLE)
     # TLS/mTLS Security
-    client_cert_path: str | None = refused("--client-cert-path", why=WORKER_TLS)
-    client_key_path: str | None = refused("--client-key-path", why=WORKER_TLS)
-    ca_cert_paths: tuple[str, ...] = refused("--ca-cert-paths", why=WORKER_TLS, takes="*")
-    # Tracing (OpenTelemetry)
-    enable_trace: bool = refused("--enable-trace", why=TRACING, takes="0")
-    otlp_traces_endpoint: str | None = refused("--otlp-traces-endpoint", why=TRACING)
-    # Control Plane Authentication
-    control_plane_api_keys: tuple[str, ...] = refused("--control-plane-api-keys", why=CONTROL_PLANE_AUTH, takes="*")
-    control_plane_audit_enabled: bool = refused("--control-plane-audit-enabled", why=CONTROL_PLANE_AUTH, takes="0")
-    jwt_issuer: str | None = refused("--jwt-issuer", why=CONTROL_PLANE_AUTH)
-    jwt_audience: str | None = refused("--jwt-audience", why=CONTROL_PLANE_AUTH)
-    jwt_jwks_uri: str | None = refused("--jwt-jwks-uri", why=CONTROL_PLANE_AUTH)
-    jwt_role_mapping: tuple[str, ...] = refused("--jwt-role-mapping", why=CONTROL_PLANE_AUTH, takes="*")
     # RL Control Plane
     enable_rl: bool = refused("--enable-rl", why=RL, takes="0")
     rl_control_timeout_secs: str | None = refused("--rl-control-timeout-secs", why=RL)

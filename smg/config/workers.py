@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import ClassVar
 
 from smg.routing.policies import POLICIES
-from smg.settings import ConfigError, at_least, non_negative, positive, setting
+from smg.settings import ConfigError, at_least, existing_file, non_negative, positive, setting
 from smg.upstream import UPSTREAM_CLIENTS
 from smg.workers.breaker import BreakerConfig
 from smg.workers.health import HealthConfig
@@ -34,6 +35,11 @@ def _aliases(flag: str, aliases: tuple[str, ...]) -> None:
         if alias in seen:
             raise ConfigError(f"{flag}: '{alias}' is given twice")
         seen.add(alias)
+
+
+def _existing_files(flag: str, paths: tuple[str, ...]) -> None:
+    for path in paths:
+        existing_file(flag, path)
 
 
 def _worker_urls(flag: str, urls: tuple[str, ...]) -> None:
@@ -85,6 +91,28 @@ class WorkerSettings:
         check=non_negative("0 keeps idle connections forever"),
         help="close a pooled connection to a worker idle this long; keep it below the workers' keep-alive "
         "timeout (vLLM and SGLang: 5); 0 keeps them",
+    )
+    client_cert_path: str | None = setting(
+        None,
+        "--client-cert-path",
+        metavar="PEM",
+        check=existing_file,
+        help="the client certificate presented to https:// workers (mutual TLS), with --client-key-path",
+    )
+    client_key_path: str | None = setting(
+        None,
+        "--client-key-path",
+        metavar="PEM",
+        check=existing_file,
+        help="the private key of --client-cert-path (PEM, unencrypted)",
+    )
+    ca_cert_paths: tuple[str, ...] = setting(
+        (),
+        "--ca-cert-paths",
+        metavar="PEM",
+        many="*",
+        check=_existing_files,
+        help="CA certificates that https:// workers' certificates may chain to, besides the system's",
     )
     backend: str = setting(
         "sglang",
@@ -140,6 +168,28 @@ class WorkerSettings:
         help="idle keep-alive connections kept per worker",
     )
 
+    def worker_tls(self) -> ssl.SSLContext | None:
+        """The TLS context for https:// workers (data plane, health checks, control fan-out), or None for
+        the system defaults. Built from --ca-cert-paths (added to the system CAs, as the reference adds
+        them to its client's roots) and the --client-cert-path/--client-key-path pair."""
+        if not self.ca_cert_paths and not self.client_cert_path:
+            return None
+        context = ssl.create_default_context()
+        for path in self.ca_cert_paths:
+            try:
+                context.load_verify_locations(cafile=path)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigError(f"--ca-cert-paths: {path} holds no PEM certificate ({exc})") from None
+        if self.client_cert_path and self.client_key_path:
+            try:
+                context.load_cert_chain(self.client_cert_path, self.client_key_path)
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigError(
+                    f"--client-cert-path: {self.client_cert_path} and --client-key-path {self.client_key_path} "
+                    f"are not a PEM certificate and its unencrypted key ({exc})"
+                ) from None
+        return context
+
 
 @dataclass(frozen=True)
 class HealthSettings:
@@ -172,8 +222,8 @@ class HealthSettings:
         "--remove-unhealthy-workers",
         "--worker-auto-recovery",
         negations=("--no-remove-unhealthy-workers", "--no-worker-auto-recovery"),
-        help="remove workers that reach 'failed'; the --no- forms keep probing them (the default, with no service "
-        "discovery to add them back)",
+        help="remove workers that reach 'failed'; the --no- forms keep probing them (the default is on with "
+        "Kubernetes discovery, which adds a worker back when its pod is ready again, and off otherwise)",
     )
 
     def health_config(self) -> HealthConfig:

@@ -30,7 +30,9 @@ from smg.http.asgi import Message, Send, dump_json, send_bytes
 from smg.http.errors import GatewayError, model_not_found
 from smg.http.exchange import REQUEST_ID_HEADER, Exchange
 from smg.http.sse import EventFramer, EventTooLarge
+from smg.observability import tracing
 from smg.routing.policies import NoEligibleWorker, RequestInfo, load_of
+from smg.routing.policies.sticky import credential_key
 from smg.routing.text import routing_text
 from smg.upstream import UpstreamConnectError, UpstreamError, UpstreamResponse
 from smg.workers.breaker import STATE_GAUGE, Transition
@@ -42,6 +44,8 @@ log = logging.getLogger("smg.router")
 ROUTED_WORKER_HEADER = b"x-smg-routed-worker-id"
 # Client headers passed on to workers; everything else stays at the gateway.
 FORWARDED_HEADERS = frozenset({b"x-correlation-id", b"traceparent", b"tracestate", b"x-smg-routing-key"})
+# With --enable-trace the worker gets the attempt span's trace context instead of the client's.
+FORWARDED_WHEN_TRACED = FORWARDED_HEADERS - {b"traceparent", b"tracestate"}
 JSON_TYPE = b"application/json"
 USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
 # --sse-keepalive-secs: an SSE comment on the OpenAI-shaped routes (clients skip it), and on
@@ -96,7 +100,9 @@ def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> 
                     "X-SMG-Target-Worker must be a worker index (an integer)",
                     param="x-smg-target-worker",
                 ) from None
-        elif name == b"authorization" or (name == b"x-forwarded-for" and client_key is None):
+        elif name == b"authorization":
+            client_key = credential_key(value)  # never the credential itself: keys may be pinned and replicated
+        elif name == b"x-forwarded-for" and client_key is None:
             client_key = value.decode("latin-1").split(",")[0].strip()
     routing_key = next((keys[name] for name in key_headers if name in keys), None)  # the first header, in order
     model = ex.model or ""
@@ -140,6 +146,8 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
                 "the --worker-overload-* thresholds); try again shortly",
                 headers=[(b"retry-after", interval.encode())],
             )
+    if tracing.ENABLED:
+        tracing.note("smg.candidates", len(workers))
     try:
         worker = ctx.policy.select(workers, replace(info, now=now))
     except NoEligibleWorker as exc:
@@ -152,12 +160,25 @@ def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker) -> list[
     headers = [(b"content-type", JSON_TYPE), (REQUEST_ID_HEADER, ex.request_id.encode())]
     key = worker.api_key or ctx.config.api_key
     pass_authorization = key is None and ctx.forward_client_authorization
+    forwarded = FORWARDED_HEADERS
+    if tracing.ENABLED and tracing.inject(headers):
+        forwarded = FORWARDED_WHEN_TRACED
     for name, value in ex.scope["headers"]:
-        if name in FORWARDED_HEADERS or (pass_authorization and name == b"authorization"):
+        if name in forwarded or (pass_authorization and name == b"authorization"):
             headers.append((name, value))
     if key:
         headers.append((b"authorization", b"Bearer " + key.encode()))
     return headers
+
+
+def body_for(worker: Worker, request: dict[str, Any], body: bytes) -> bytes:
+    """The body for a worker discovered under a pod's model id (`--model-id-from`): a request for
+    that id names the model the worker itself reports, whatever other workers of the id report
+    (during a rolling upgrade two versions may serve one id); any other request goes as it is."""
+    model = request.get("model")
+    if model != worker.model_id or model in worker.models or not worker.models:
+        return body
+    return dump_json({**request, "model": worker.models[0]})
 
 
 async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:
@@ -173,14 +194,18 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
                 if attempt > 1:
                     await trio.sleep(retry.delay(attempt - 1, random.random()))
                 try:
-                    worker = choose_worker(ctx, info, tried)
+                    worker = _choose_traced(ctx, info, tried, attempt) if tracing.ENABLED else choose_worker(ctx, info, tried)
                 except GatewayError as error:
                     if outcome is None:  # nothing tried yet: this is the answer
                         outcome = Failed(error)
                     break
                 tried.append(worker.id)
                 ex.worker = worker
-                outcome = await attempt_once(ctx, ex, route, worker, body)
+                sent = body if worker.model_id is None else body_for(worker, request, body)
+                if tracing.ENABLED:
+                    outcome = await _attempt_traced(ctx, ex, route, worker, sent, attempt, outcome)
+                else:
+                    outcome = await attempt_once(ctx, ex, route, worker, sent)
                 if outcome is None or isinstance(outcome, Answer):
                     break  # answered (or streamed) to the client, or a final worker answer
                 if attempt < retry.max_attempts:
@@ -206,6 +231,46 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
         await ex.fail(outcome.error)
     elif isinstance(outcome, Answer):
         await _send_answer(ex, route, request, outcome)
+
+
+def _choose_traced(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str], attempt: int) -> Worker:
+    """`choose_worker` in an `smg.route` span: the policy, the candidates it chose among and,
+    from cache_aware, the matched share of the prompt are noted on it from inside."""
+    with tracing.span("smg.route", {"smg.policy": ctx.policy.name, "smg.attempt": attempt}) as span:
+        worker = choose_worker(ctx, info, tried)
+        span.set_attribute("smg.worker", worker.url)
+        return worker
+
+
+async def _attempt_traced(
+    ctx: GatewayContext,
+    ex: Exchange,
+    route: InferenceRoute,
+    worker: Worker,
+    body: bytes,
+    attempt: int,
+    previous: Answer | Failed | None,
+) -> Answer | Failed | None:
+    """`attempt_once` in an `smg.attempt` CLIENT span, current while it runs, so the worker's
+    `traceparent` names it (`upstream_headers`). A stream's attempt ends with the stream."""
+    attributes: dict[str, str | int] = {"smg.worker": worker.url, "smg.attempt": attempt}
+    if isinstance(previous, Failed):
+        attributes["smg.retry_reason"] = previous.error.code
+    with tracing.span("smg.attempt", attributes, tracing.CLIENT) as span:
+        outcome = await attempt_once(ctx, ex, route, worker, body)
+        if isinstance(outcome, Failed):
+            if outcome.answer is not None:
+                span.set_attribute("http.response.status_code", outcome.answer.status)
+            tracing.failed(span, outcome.error.code, outcome.error.message)
+        elif isinstance(outcome, Answer):
+            span.set_attribute("http.response.status_code", outcome.status)
+            if outcome.status >= 400:  # a final answer, passed through: still the worker's error
+                tracing.failed(span, str(outcome.status))
+        else:  # a stream, relayed: its head said 200; it may have failed after
+            span.set_attribute("http.response.status_code", 200)
+            if ex.error_code:
+                tracing.failed(span, ex.error_code, ex.error_message)
+        return outcome
 
 
 async def _send_answer(ex: Exchange, route: InferenceRoute, request: dict[str, Any], answer: Answer) -> None:
@@ -345,7 +410,10 @@ async def relay_events(
             async with _keeping_alive(keepalive):
                 async for chunk in chunks:
                     if first:
-                        ctx.metrics.ttft(ex.model or "").observe(time.perf_counter() - ex.started_at)
+                        ttft = time.perf_counter() - ex.started_at
+                        ctx.metrics.ttft(ex.model or "").observe(ttft)
+                        if tracing.ENABLED:
+                            tracing.first_token(ttft)
                         first = False
                     stall_scope.deadline = trio.current_time() + stall
                     events = framer.feed(chunk)

@@ -25,6 +25,7 @@ from smg.http.errors import GatewayError, load_json_object, missing_parameter
 from smg.http.exchange import Exchange
 from smg.http.schemas import check_inference
 from smg.limits.tenants import DEFAULT_TENANT
+from smg.observability import tracing
 
 
 async def handle_inference(ctx: GatewayContext, ex: Exchange, route: InferenceRoute) -> None:
@@ -122,7 +123,12 @@ async def _admitted(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, re
         await proxy(ctx, ex, route, request, body)
         return
     try:
-        how = await admission.acquire()
+        if tracing.ENABLED:
+            with tracing.span("smg.admission") as waited:  # its length is the queue wait
+                how = await admission.acquire()
+                waited.set_attribute("smg.admission.result", how)
+        else:
+            how = await admission.acquire()
     except GatewayError as error:
         ctx.metrics.rate_limit(error.code).inc()
         raise

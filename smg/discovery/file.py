@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from smg.discovery.manifest import ManifestError, WorkerSpec, diff, parse
+from smg.discovery.apply import Callbacks, Discovered
+from smg.discovery.manifest import ManifestError, WorkerSpec, parse
+
+__all__ = ["POLL_SECS", "Callbacks", "FileDiscovery"]
 
 log = logging.getLogger("smg.workers")
 
@@ -26,26 +28,22 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
-class Callbacks:
-    """What discovery asks of the gateway; each may raise ValueError for a worker it refuses."""
-
-    add: Callable[[WorkerSpec], None]
-    update: Callable[[WorkerSpec], None]
-    remove: Callable[[str], None]
-    # registered and not draining: a listed worker removed behind discovery's back (DELETE
-    # /workers, --remove-unhealthy-workers) is added again at the next reread
-    present: Callable[[str], bool] = lambda url: True
-
-
-@dataclass
 class FileDiscovery:
     path: str
     check_interval: float
     callbacks: Callbacks
-    discovered: dict[str, WorkerSpec] = field(default_factory=dict)  # by URL: what this source added
     rereads: int = 0
     _stamp: tuple[int, int, int] | None = None
     _last_problem: str | None = None
+    _applier: Discovered = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._applier = Discovered(self.callbacks, gone="no longer listed")
+
+    @property
+    def discovered(self) -> dict[str, WorkerSpec]:
+        """What this source added, by URL."""
+        return self._applier.by_url
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -92,24 +90,7 @@ class FileDiscovery:
         self.apply(wanted)
 
     def apply(self, wanted: list[WorkerSpec]) -> None:
-        self.discovered = {url: spec for url, spec in self.discovered.items() if self.callbacks.present(url)}
-        changes = diff(wanted, self.discovered)
-        for spec in changes.add:
-            try:
-                self.callbacks.add(spec)
-            except ValueError as exc:
-                log.warning("discovery: worker %s not added: %s", spec.url, exc)
-                continue
-            self.discovered[spec.url] = spec
-            log.info("discovery: added worker %s", spec.url)
-        for spec in changes.update:
-            self.callbacks.update(spec)
-            self.discovered[spec.url] = spec
-            log.info("discovery: updated worker %s", spec.url)
-        for url in changes.remove:
-            self.callbacks.remove(url)
-            del self.discovered[url]
-            log.info("discovery: removing worker %s (no longer listed)", url)
+        self._applier.apply(wanted)
 
     def _problem(self, line: str) -> None:
         if line != self._last_problem:

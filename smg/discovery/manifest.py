@@ -24,6 +24,10 @@ class ManifestError(ValueError):
 class WorkerSpec:
     url: str  # normalized
     settings: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    # the model id the source gives it (Kubernetes --model-id-from): served under that name, the
+    # names it reports kept as aliases; None: it serves what it reports
+    model_id: str | None = None
+    origin: str = field(default="", compare=False)  # where it was found, for the log ("pod ns/name")
 
 
 def parse(data: bytes) -> list[WorkerSpec]:

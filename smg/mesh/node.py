@@ -148,6 +148,20 @@ class MeshNode:
             report["reason"] = self.seed_watch.reason(now)
         return report
 
+    async def reseed(self) -> None:
+        """Seeds changed outside the reconnect cycle (a discovery source found gateway pods): a node
+        still alone joins them now rather than at its next rejoin attempt; a joined one keeps them
+        for later rejoins."""
+        swim = self.swim
+        if swim is None:
+            return
+        addresses = await resolve_seeds(self.seeds, self.resolve)
+        if self._alone(swim):
+            self._dispatch(swim.join(addresses, trio.current_time()))
+            self._kick.set()
+        else:
+            swim.set_seeds(addresses)
+
     async def _re_resolve(self, swim: Swim) -> None:
         """Seeds named by DNS are resolved again every reconnect interval: the rejoin attempts
         then reach gateways that appeared after the start (a headless Service growing)."""

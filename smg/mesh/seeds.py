@@ -6,7 +6,9 @@ whichever address the resolver lists first. Names are resolved at start and
 again every reconnect interval, so gateways that appear later are found by the
 rejoin attempts; an IP literal is used as given. A name that does not resolve
 is kept as it is (the transport will try it, and the seed watch says why it
-does not answer).
+does not answer). Seeds a discovery source finds (the gateway pods Kubernetes
+discovery's `--router-selector` matches) ride the same path: `DiscoveredSeeds`
+stands among the seeds as one more name, which resolves to the pods' addresses.
 """
 
 from __future__ import annotations
@@ -61,3 +63,39 @@ async def resolve_seeds(seeds: list[str], resolve: Resolve = resolve_host) -> li
                 addresses = [seed]
         out += [a for a in addresses if a not in out]
     return out
+
+
+class DiscoveredSeeds:
+    """Seed addresses kept up to date by a discovery source, as one more seed "name".
+
+    `seed` joins the node's seeds; `resolver` answers for it with the addresses `set` last gave
+    (and asks `fallback` for every other name). The node resolves its seeds at start and again
+    every reconnect interval, so pods that appear later are found by the rejoin attempts, as a
+    DNS name's new addresses are, and pods that went away stop being tried.
+    """
+
+    NAME = "(router-selector)"  # never a DNS name: nothing else resolves it
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.hosts: list[str] = []
+        self.changed = trio.Event()  # set when the addresses change: the node tries them at once
+
+    @property
+    def seed(self) -> str:
+        return f"{self.NAME}:{self.port}"
+
+    def set(self, hosts: list[str]) -> None:
+        """The current addresses (IPs: the seed's port applies to each)."""
+        if hosts != self.hosts:
+            log.info("mesh seeds from --router-selector: %s", ", ".join(hosts) or "none")
+            self.changed.set()
+        self.hosts = list(hosts)
+
+    def resolver(self, fallback: Resolve = resolve_host) -> Resolve:
+        async def resolve(host: str, port: int) -> list[str]:
+            if host == self.NAME:
+                return list(self.hosts)
+            return await fallback(host, port)
+
+        return resolve

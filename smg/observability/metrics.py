@@ -114,6 +114,14 @@ class GatewayMetrics:
             Gauge("smg_router_cache_tree_size", "cache_aware: characters or tokens in a model's tree", ["model"], registry=r)
         )
         self.rate_limit = _Cached(Counter("smg_http_rate_limit_total", "Admission decisions", ["result"], registry=r))
+        self.control_plane_auth = _Cached(
+            Counter(
+                "smg_http_control_plane_auth_total",
+                "Control-plane credential checks (allowed, missing, invalid, forbidden, unavailable)",
+                ["result"],
+                registry=r,
+            )
+        )
         self.storage_operations = _Cached(
             Counter(
                 "smg_storage_operations_total",

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import trio
 
+from smg.observability import tracing
 from smg.observability.metrics import GatewayMetrics
 from smg.storage.base import HistoryBackend, StorageError
 from smg.storage.records import StoredResponse
@@ -59,6 +60,8 @@ class History:
         """`operation(*args)` (a method of `backend`); StorageError when it fails or times out."""
         started = time.perf_counter()
         result = "ok"
+        # a leaf span (none outside a request): the call runs in a thread, which needs no context
+        span = tracing.start_span("smg.storage", self._span_attributes(operation)) if tracing.ENABLED else None
         try:
             if check_ready and not self.ready:
                 raise StorageError(f"the {self.backend.name} store is not ready: {self.unready_reason}")
@@ -82,6 +85,12 @@ class History:
                 name = operation.__name__
                 self.metrics.storage_operations(self.backend.name, name, result).inc()
                 self.metrics.storage_duration(self.backend.name, name).observe(time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("smg.storage.result", result)
+                tracing.finish(span, None if result == "ok" else f"storage_{result}")
+
+    def _span_attributes(self, operation: Callable[..., object]) -> dict[str, str]:
+        return {"smg.storage.operation": operation.__name__, "smg.storage.backend": self.backend.name}
 
     async def save_response(self, record: StoredResponse) -> None:
         """Store one response, committed with the others that arrive meanwhile (group commit:
@@ -93,7 +102,13 @@ class History:
         waiter = _Waiter()
         self._saves.append((record, waiter))
         self._saves_waiting.set()
-        await waiter.done.wait()
+        # the commit runs in the committing task, outside any request: the request's span is the wait
+        span = tracing.start_span("smg.storage", self._span_attributes(self.save_response)) if tracing.ENABLED else None
+        try:
+            await waiter.done.wait()
+        finally:
+            if span is not None:
+                tracing.finish(span, None if waiter.error is None else "storage_error")
         if waiter.error is not None:
             raise waiter.error
 

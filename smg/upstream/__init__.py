@@ -7,6 +7,8 @@ hosted providers are further siblings here.
 
 from __future__ import annotations
 
+import ssl
+
 from smg.upstream.base import (
     DEFAULT_MAX_RESPONSE_SIZE,
     Upstream,
@@ -29,16 +31,18 @@ def make_upstream(
     max_idle_per_origin: int,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Upstream:
     """`idle_timeout`: seconds a pooled connection may stay idle (`--upstream-pool-idle-timeout-secs`,
     0 keeps it); `max_response_size`: the largest body `read` returns (streams read with
-    `aiter_body` are not capped here)."""
+    `aiter_body` are not capped here); `ssl_context`: for https:// workers (None: the system's CAs)."""
     if kind == "pool":
         return PoolUpstream(
             connect_timeout=connect_timeout,
             max_idle_per_origin=max_idle_per_origin,
             idle_timeout=idle_timeout,
             max_response_size=max_response_size,
+            ssl_context=ssl_context,
         )
     if kind == "httpx":
         return HttpxUpstream(
@@ -46,6 +50,7 @@ def make_upstream(
             max_idle_per_origin=max_idle_per_origin,
             idle_timeout=idle_timeout,
             max_response_size=max_response_size,
+            ssl_context=ssl_context,
         )
     raise ValueError(f"unknown upstream client '{kind}'")
 

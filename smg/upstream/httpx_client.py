@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -50,6 +51,7 @@ class HttpxUpstream:
         max_idle_per_origin: int = 256,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`idle_timeout` 0 keeps idle connections forever, as the pool does: httpx's
         `keepalive_expiry=None` (its 0 would expire every connection as soon as it went idle)."""
@@ -60,7 +62,9 @@ class HttpxUpstream:
             max_keepalive_connections=max_idle_per_origin,
             keepalive_expiry=idle_timeout if idle_timeout > 0 else None,
         )
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=connect_timeout), limits=limits)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=connect_timeout), limits=limits, verify=ssl_context or True
+        )
 
     @asynccontextmanager
     async def request(

@@ -15,6 +15,7 @@ nursery.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,18 @@ from smg.workers.overload import LoadReport, parse_load_report
 from smg.workers.registry import Worker, WorkerRegistry
 
 log = logging.getLogger("smg.workers")
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` of a failed call, with the cause's message when the error has none of its own
+    (httpx's ConnectError for a failed TLS handshake is empty; its cause names the certificate)."""
+    message, cause = str(exc), exc.__cause__ or exc.__context__
+    for _ in range(8):  # the first message down the chain (httpx -> httpcore -> trio -> ssl)
+        if message or cause is None:
+            break
+        message, cause = str(cause), cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {message}"
+
 
 DISCOVERY_TIMEOUT = httpx.Timeout(5.0)
 FIRST_RETRY_SECS = 0.1
@@ -50,8 +63,10 @@ class Registrar:
         on_change: Callable[[], None] = lambda: None,
         startup_log_secs: float = STARTUP_LOG_SECS,
         transport: httpx.AsyncBaseTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """`transport` (default: httpx's own) lets tests fake the workers without sockets.
+        """`transport` (default: httpx's own) lets tests fake the workers without sockets;
+        `ssl_context`: for https:// workers (None: the system's CAs), as the data plane's.
 
         `startup_delay` (`--worker-startup-delay`): seconds each registration waits
         before its first probe, for engines known to take a while to open their port
@@ -76,7 +91,7 @@ class Registrar:
         # with the HA mesh: only a worker's health owners probe it, and they publish each result
         self.should_check: Callable[[Worker], bool] = lambda worker: True
         self.on_checked: Callable[[Worker, bool], None] = lambda worker, ok: None
-        self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT, transport=transport)
+        self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT, transport=transport, verify=ssl_context or True)
         self._nursery: trio.Nursery | None = None
         self._probes: dict[str, trio.CancelScope] = {}
 
@@ -190,7 +205,7 @@ class Registrar:
         try:
             await self._discover_models(worker)
         except httpx.HTTPError as exc:
-            worker.last_error = f"discovery: {type(exc).__name__}: {exc}"
+            worker.last_error = f"discovery: {describe(exc)}"
             return False
         except ValueError as exc:
             worker.last_error = str(exc)
@@ -219,7 +234,7 @@ class Registrar:
                 worker.url + self.health_endpoint, headers=self.headers_for(worker), timeout=self.health_timeout
             )
         except httpx.HTTPError as exc:
-            worker.last_error = f"health probe: {type(exc).__name__}: {exc}"
+            worker.last_error = f"health probe: {describe(exc)}"
             return False
         if response.status_code != 200:
             worker.last_error = f"health probe answered {response.status_code}"

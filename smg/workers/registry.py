@@ -66,7 +66,10 @@ class Worker:
     url: str
     id: str
     origin: Origin
-    models: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # what it reports (/v1/models)
+    # the model id discovery gave it (Kubernetes --model-id-from): clients ask for that name, its own
+    # names stay aliases, and a request for it names the worker's own model on the way (`dataplane.attempts.body_for`)
+    model_id: str | None = None
     runtime_type: str = "unknown"
     labels: dict[str, str] = field(default_factory=dict)
     priority: int = 50
@@ -102,6 +105,13 @@ class Worker:
         return worker
 
     @property
+    def served_models(self) -> list[str]:
+        """The names clients reach it by: its discovered model id first, then what it reports."""
+        if self.model_id is None:
+            return self.models
+        return [self.model_id, *(m for m in self.models if m != self.model_id)]
+
+    @property
     def status(self) -> str:
         if self.draining:
             return DRAINING
@@ -118,8 +128,8 @@ class Worker:
         return {
             "id": self.id,
             "url": self.url,
-            "model_id": self.models[0] if self.models else None,
-            "models": list(self.models),
+            "model_id": self.served_models[0] if self.served_models else None,
+            "models": list(self.served_models),
             "worker_type": "regular",
             "connection_mode": "http",
             "runtime_type": self.runtime_type,
@@ -172,7 +182,7 @@ class WorkerRegistry:
         available: dict[str, list[Worker]] = {}
         serving: dict[str, list[Worker]] = {}
         for worker in self._by_id.values():
-            for model in worker.models:
+            for model in worker.served_models:
                 serving.setdefault(model, []).append(worker)
                 if worker.is_routable:
                     available.setdefault(model, []).append(worker)
@@ -192,14 +202,14 @@ class WorkerRegistry:
 
     def serves(self, model: str) -> bool:
         """Whether any known worker (available or not) lists `model`."""
-        return any(model in w.models for w in self._by_id.values())
+        return any(model in w.served_models for w in self._by_id.values())
 
     def models(self) -> dict[str, Worker]:
         """Each served model with one worker that serves it (for `/v1/models`)."""
         out: dict[str, Worker] = {}
         for worker in self._by_id.values():
             if worker.is_routable:
-                for model in worker.models:
+                for model in worker.served_models:
                     out.setdefault(model, worker)
         return out
 

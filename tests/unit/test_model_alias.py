@@ -16,16 +16,15 @@ from typing import Any
 
 from trio.testing import MockClock
 
-from smg.app import GatewayApp
 from smg.context import GatewayContext
 from smg.dataplane.dispatch import alias_table
 from tests.fakes import (
     MODEL,
-    FakeClient,
     FakeUpstream,
     Reply,
     UpstreamCall,
     add_ready_worker,
+    call,
     gateway,
     json_reply,
     sse_reply,
@@ -47,27 +46,6 @@ def echo_model(call: UpstreamCall) -> Reply:
 
 def aliased(upstream: FakeUpstream, *aliases: str, **settings: Any) -> GatewayContext:
     return gateway(upstream, 1, model_alias=aliases or (f"{ALIAS}={MODEL}",), **settings)
-
-
-async def call(
-    ctx: GatewayContext, path: str, body: Any = None, *, method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
-) -> FakeClient:
-    """One request through `GatewayApp`, as hypercorn would hand it over."""
-    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
-    client = FakeClient(raw)
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), *(headers or [])],
-        "client": ("127.0.0.1", 50000),
-    }
-    await GatewayApp(ctx)(scope, client.receive, client.send)
-    return client
 
 
 def test_the_flag_entries_become_a_table() -> None:

@@ -30,12 +30,38 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "limits.json").write_text(json.dumps({"default": {"requests_per_minute": 5}}))
     (tmp_path / "keyring").write_text(base64.b64encode(b"k" * 16).decode() + "\n")
     (tmp_path / "template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    _pem_pair(tmp_path / "real-cert.pem", tmp_path / "real-key.pem")
     return {k: str(tmp_path / v) for k, v in {"tok": "", "cert": "cert.pem", "key": "key.pem"}.items()} | {
         "limits": str(tmp_path / "limits.json"),
         "keyring": str(tmp_path / "keyring"),
         "template": str(tmp_path / "template.jinja"),
         "db": str(tmp_path / "history.db"),
+        "real_cert": str(tmp_path / "real-cert.pem"),
+        "real_key": str(tmp_path / "real-key.pem"),
     }
+
+
+def _pem_pair(cert_path: Path, key_path: Path) -> None:
+    """A self-signed certificate and its key, for the settings that load them at start."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
@@ -70,6 +96,27 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "trust_tenant_header": (True, []),
         "worker_overload_token_usage": (0.5, []),
         "routing_key_headers": (("x-session-id", "x-user-id"), []),
+        "client_cert_path": (files["real_cert"], ["--client-key-path", files["real_key"]]),
+        "client_key_path": (files["real_key"], ["--client-cert-path", files["real_cert"]]),
+        "ca_cert_paths": ((files["real_cert"],), []),
+        "service_discovery": (True, []),
+        "selector": (("app=sglang", "tier=gpu"), ["--discovery-provider", "kubernetes"]),
+        "router_selector": (("app=smg",), ["--discovery-provider", "kubernetes", "--ha-mesh"]),
+        "assignment_mode": ("min_group", ["--routing-key-override"]),
+        "routing_key_override": (True, []),
+        "ha_mesh": (True, []),
+        "model_id_from": ("label:model", ["--discovery-provider", "kubernetes"]),
+        "service_discovery_port": (8000, ["--discovery-provider", "kubernetes"]),
+        "service_discovery_namespace": ("inference", ["--discovery-provider", "kubernetes"]),
+        "kubernetes_api_url": ("http://127.0.0.1:8001", ["--discovery-provider", "kubernetes"]),
+        "kubernetes_service_account_dir": ("/tmp/sa", ["--discovery-provider", "kubernetes"]),
+        "control_plane_api_keys": (("k1:Service Account:admin:s1", "k2:Read Only:user:s2"), []),
+        "jwt_issuer": ("https://issuer.example", []),
+        "jwt_audience": ("smg", ["--jwt-issuer", "https://issuer.example"]),
+        "jwt_jwks_uri": ("https://issuer.example/jwks", ["--jwt-issuer", "https://issuer.example"]),
+        "jwt_role_mapping": (("Gateway.Admin=admin", "Gateway.User=user"), ["--jwt-issuer", "https://issuer.example"]),
+        "enable_trace": (True, []),
+        "otlp_traces_endpoint": ("127.0.0.1:4318", ["--enable-trace"]),
     }
 
 
@@ -168,12 +215,24 @@ BAD = {  # a value each check must refuse, where the check's kind does not say i
     "worker_overload_token_usage": 1.5,
     "routing_key_headers": ("bad header",),
     "prometheus_duration_buckets": (2.0, 1.0),
+    "ca_cert_paths": ("/nonexistent/ca.pem",),
+    "selector": ("no-value",),
+    "router_selector": ("no-value",),
+    "model_id_from": "pod",
+    "service_discovery_namespace": "Bad_NS",
+    "kubernetes_api_url": "ftp://k8s.example",
+    "control_plane_api_keys": ("k1:name:root:secret",),
+    "jwt_issuer": "issuer.example",
+    "jwt_jwks_uri": "ftp://issuer.example/jwks",
+    "jwt_role_mapping": ("Gateway.Admin=root",),
 }
 
 
 PAIRED = {  # settings that are refused alone: the other one is given, valid
     "tls_cert_path": {"tls_key_path": __file__},
     "tls_key_path": {"tls_cert_path": __file__},
+    "client_cert_path": {"client_key_path": __file__},
+    "client_key_path": {"client_cert_path": __file__},
 }
 
 

@@ -168,3 +168,30 @@ def test_malformed_pins_from_a_peer_are_refused() -> None:
     with pytest.raises(ValueError, match="pin key of 300"):
         pins._vet(LWWMap().set("k" * 300, ["w", 1], stamp), 0)
     pins._vet(LWWMap().set("k", ["w", 1], stamp), 0)
+
+
+def test_a_callers_credential_is_never_a_routing_key() -> None:
+    """manual pins callers without a routing key by their Authorization; the pin table (replicated
+    with --ha-mesh) and consistent_hashing's ring get a digest, never the credential."""
+    from smg.dataplane.attempts import request_info
+    from tests.fakes import FakeClient, FakeUpstream, exchange, gateway, json_reply
+
+    ctx = gateway(FakeUpstream(lambda call: json_reply(200, {})), 2, policy="manual")
+    secret = b"Bearer sk-tenant-secret-123"
+    info = request_info(ctx, exchange(FakeClient(b"{}"), headers=[(b"authorization", secret)]), {"model": "m"})
+    assert info.client_key is not None and info.client_key.startswith("cred:") and b"secret" not in info.client_key.encode()
+    again = request_info(ctx, exchange(FakeClient(b"{}"), headers=[(b"authorization", secret)]), {"model": "m"})
+    assert again.client_key == info.client_key  # stable: the same caller keeps its worker
+
+
+def test_replicated_pin_counts_follow_local_pins_and_merges() -> None:
+    pair = Pair()
+    a, b = pair.pins
+    a.put("k1", "w1", 0)
+    assert a.held() == {"w1": 1}
+    a.put("k2", "w1", 0)
+    a.put("k1", "w2", 0)  # moved
+    assert a.held() == {"w1": 1, "w2": 1}
+    assert b.held() == {}
+    pair.sync()
+    assert b.held() == {"w1": 1, "w2": 1}  # counted again after the merge

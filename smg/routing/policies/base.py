@@ -23,7 +23,7 @@ class RequestInfo:
     text: str = ""  # the routing text, filled only for policies that set `needs_text`
     routing_key: str | None = None  # X-SMG-Routing-Key
     target_index: int | None = None  # X-SMG-Target-Worker
-    client_key: str | None = None  # from Authorization or X-Forwarded-For
+    client_key: str | None = None  # a digest of Authorization, else the first X-Forwarded-For address
     lineage_key: str | None = None  # the conversation: first response of a previous_response_id chain, or `conversation`
     pool: Sequence[Worker] = ()  # every worker of the model, in registration order
 

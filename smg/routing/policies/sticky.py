@@ -39,6 +39,12 @@ def pin_key(value: str) -> str:
     return "#" + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def credential_key(authorization: bytes) -> str:
+    """A caller's key for routing, from its Authorization header: a digest, so that pins (which
+    the cluster replicates to every gateway) and hash rings never hold a credential."""
+    return "cred:" + hashlib.blake2b(authorization.strip(), digest_size=16, person=b"smg-client-key").hexdigest()
+
+
 class PinTable(Protocol):
     """Routing key -> worker id, with idle expiry; `now` is the caller's monotonic clock."""
 
