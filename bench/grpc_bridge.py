@@ -27,7 +27,7 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
 from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from smg.upstream.grpc_bridge import AioThread
+from smg.aiothread import AioThread
 
 
 class Streamer(pb_grpc.SglangSchedulerServicer):  # type: ignore[misc]

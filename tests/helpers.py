@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 STARTUP_DEADLINE = 20.0
-_SIM_URL = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+_SIM_URL = re.compile(r"listening on ((?:http|grpc)://127\.0\.0\.1:\d+)")
 _MESH_ADDRESS = re.compile(r"mesh node \S+ listening on ([\d.]+:\d+)")
 _GATEWAY_URL = re.compile(r"smg gateway listening on (https?://[\d.]+:\d+) .*metrics (https?://[\d.]+:\d+|off)")
 

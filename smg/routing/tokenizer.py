@@ -19,7 +19,8 @@ def load_tokenizer(path: str, flag: str = "--tokenizer-path") -> Tokenize:
     from smg.tokenization.loader import load_model_tokenizer
 
     try:
-        model = load_model_tokenizer(path)
+        # only tokenizer.json matters for routing's token ids: a broken optional file is ignored
+        model = load_model_tokenizer(path, strict_optional=False)
     except ValueError as exc:
         raise ValueError(f"{flag}: {exc}") from None
     tokenizer = model.tokenizer

@@ -33,6 +33,7 @@ from smg.http.asgi import (
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
 from smg.simworker.engine import Outcome, SimConfig, SimEngine
 from smg.simworker.kvcache import tokenize
+from smg.simworker.slots import running_slot
 
 log = logging.getLogger("smg.sim")
 
@@ -286,22 +287,10 @@ class SimWorker:
             return
         tokens = tokenize(prompt)
         prompt_tokens = max(1, len(tokens))
-        engine.waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            engine.waiting -= 1
-        engine.running += 1
-        engine.running_tokens += prompt_tokens + count
-        try:
-            async with trio.open_nursery() as nursery:  # a real engine aborts when its client leaves
-                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                await self._run(send, body, prompt, tokens, prompt_tokens, count, shape, outcome)
-                nursery.cancel_scope.cancel()
-        finally:
-            engine.running -= 1
-            engine.running_tokens -= prompt_tokens + count
-            self._slots.release()
+        async with running_slot(engine, self._slots, prompt_tokens + count), trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)  # a real engine aborts
+            await self._run(send, body, prompt, tokens, prompt_tokens, count, shape, outcome)  # when its client leaves
+            nursery.cancel_scope.cancel()
 
     async def _run(
         self,

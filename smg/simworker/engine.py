@@ -83,6 +83,15 @@ class SimConfig:
     die_mid_stream_rate: float = setting(
         0.0, "--die-mid-stream-rate", help="fraction of streams cut off half-way (connection dropped)", group=G_SIM
     )
+    grpc: bool = setting(
+        False,
+        "--grpc",
+        help="speak SGLang's gRPC scheduler protocol (token ids in and out, the shipped tokenizer) instead of HTTP",
+        group=G_SIM,
+    )
+    reasoning: bool = setting(
+        False, "--reasoning", help="gRPC mode: the model thinks first (<think>...</think>), then answers", group=G_SIM
+    )
 
     def __post_init__(self) -> None:
         self.validate()

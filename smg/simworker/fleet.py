@@ -32,8 +32,15 @@ async def run_fleet(
 ) -> None:
     """Serve `count` workers on `port`, `port + 1`, ... (port 0: any free ports).
 
-    Reports the workers' base URLs once all of them are listening.
+    Reports the workers' base URLs once all of them are listening (`grpc://host:port` with
+    `--grpc`: the SGLang gRPC scheduler protocol, `smg.simworker.grpc_server`).
     """
+    if base.grpc:  # imported here: grpcio and the tokenizer load only for the gRPC mode
+        from smg.simworker.grpc_server import serve_grpc_fleet
+
+        async with trio.open_nursery() as nursery:
+            task_status.started(await nursery.start(serve_grpc_fleet, worker_configs(base, count), host, port))
+        return
     urls: list[str] = []
     async with trio.open_nursery() as nursery:
         for i, config in enumerate(worker_configs(base, count)):

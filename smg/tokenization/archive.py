@@ -21,13 +21,16 @@ was cut short, and is refused, though the reference accepts it), that the SHA-25
 that the zip is one we are willing to unpack, and returns its files **in memory**, as a mapping of
 safe relative paths to bytes. Decided so: validation is pure and testable without a disk, and the
 caller, which owns the disk cache and runs blocking work in a thread, writes them with
-`extract_archive` (each file written to a temporary name and renamed into place, so a reader never
-sees half a file) and loads the directory with `smg.tokenization.loader`. The member checks:
+`extract_archive` (the whole tree written in a temporary sibling directory and renamed into place,
+replacing what was there, so a reader never sees half a tree) and loads the directory with `smg.tokenization.loader`. The member checks:
 only regular files (no symlinks, devices or encrypted entries), names made of `[A-Za-z0-9._-]`
 components (no absolute paths, drive letters, backslashes, `.` or `..`; at most 4 deep), no
 duplicates, and caps on the archive (`max_archive_bytes`, enforced while receiving), the number
-of files, each file and the total, checked against the zip's declared sizes before anything is
-inflated (and zipfile reads no more than a member declares, then checks its CRC).
+of files (read from the end-of-central-directory record, with the central directory's size,
+before zipfile parses the directory), each file and the total, checked against the zip's
+declared sizes before anything is inflated, and again while inflating: only stored and deflated
+members (zipfile inflates bzip2 and lzma without an output bound), read in bounded pieces and
+refused as soon as they pass a cap, whatever they declared (zipfile then checks the CRC).
 
 Sending (the simulated worker): `build_archive(directory)` zips the tokenizer files of a
 directory deterministically (sorted names, fixed timestamps and modes: the same files give the
@@ -36,12 +39,15 @@ same bytes and checksum), and `archive_chunks` slices it with the checksum on th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
 import os
 import re
+import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -73,6 +79,13 @@ _COMPONENT = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the zip epoch: no build time leaks into the bytes
 _MAX_DEPTH = 4
+_METHODS = frozenset((zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED))
+_READ_SIZE = 1 << 20  # a member is inflated at most this much at a time
+#: Bytes a central directory may hold per allowed entry: the 46-byte header, a name (at most 4
+#: components of 255), and room for the extra fields and comment real writers add.
+_MAX_DIRECTORY_ENTRY = 46 + 1024 + 2048
+_ECD_ENTRIES_TOTAL = 4  # zipfile's indices into its end-of-central-directory record
+_ECD_SIZE = 5
 
 
 class ArchiveError(ValueError):
@@ -140,9 +153,10 @@ class ArchiveAssembler:
 
 def read_archive(data: bytes, limits: ArchiveLimits = DEFAULT_LIMITS) -> dict[str, bytes]:
     """The files of a zip, every member checked (module docstring); ArchiveError otherwise."""
+    _check_directory_size(data, limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OverflowError) as exc:
         raise ArchiveError(f"tokenizer archive is not a valid zip: {exc}") from None
     with archive:
         infos = archive.infolist()
@@ -160,22 +174,63 @@ def read_archive(data: bytes, limits: ArchiveLimits = DEFAULT_LIMITS) -> dict[st
             if total > limits.max_total_bytes:
                 raise ArchiveError(f"tokenizer archive unpacks to more than {limits.max_total_bytes} bytes")
         members: dict[str, bytes] = {}
+        total = 0
         for info in infos:
             if info.is_dir():
                 continue
             if info.filename in members:
                 raise ArchiveError(f"tokenizer archive has {info.filename!r} twice")
-            try:
-                with archive.open(info) as handle:
-                    content = handle.read(limits.max_file_bytes + 1)  # to the end: zipfile then checks the CRC
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
-                raise ArchiveError(f"tokenizer archive member {info.filename!r} cannot be read: {exc}") from None
-            if len(content) > limits.max_file_bytes:
-                raise ArchiveError(f"tokenizer archive member {info.filename!r} is larger than {limits.max_file_bytes} bytes")
+            content = _read_member(archive, info, limits, limits.max_total_bytes - total)
+            total += len(content)
             members[info.filename] = content
     if not members:
         raise ArchiveError("tokenizer archive holds no files")
     return members
+
+
+def _check_directory_size(data: bytes, limits: ArchiveLimits) -> None:
+    """Refuse a zip whose central directory is over the caps, from its end-of-central-directory
+    record (zip64 included), before `ZipFile` parses the directory: it reads every entry the
+    directory's declared size holds, whatever the entry count says, so both are capped."""
+    try:
+        # zipfile's own reading of the record, so the numbers are the ones ZipFile will use
+        end = zipfile._EndRecData(io.BytesIO(data))  # type: ignore[attr-defined]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as exc:
+        raise ArchiveError(f"tokenizer archive is not a valid zip: {exc}") from None
+    if end is None:
+        raise ArchiveError("tokenizer archive is not a valid zip: no end-of-central-directory record")
+    entries, size = end[_ECD_ENTRIES_TOTAL], end[_ECD_SIZE]
+    if entries > limits.max_files:
+        raise ArchiveError(f"tokenizer archive has {entries} entries, more than {limits.max_files}")
+    if size > limits.max_files * _MAX_DIRECTORY_ENTRY:
+        raise ArchiveError(f"tokenizer archive's central directory is {size} bytes, too large for {limits.max_files} entries")
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits, left: int) -> bytes:
+    """A member's content, read in bounded pieces whatever its header declares, refused as soon as
+    it passes the file cap or what is `left` of the total cap. Only stored and deflated members:
+    zipfile inflates bzip2 and lzma data without an output bound."""
+    if info.compress_type not in _METHODS:
+        raise ArchiveError(
+            f"tokenizer archive member {info.filename!r} uses compression method {info.compress_type}; "
+            "only stored and deflated members are accepted"
+        )
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        with archive.open(info) as handle:
+            while piece := handle.read(_READ_SIZE):  # to the end: zipfile then checks the CRC
+                size += len(piece)
+                if size > limits.max_file_bytes:
+                    raise ArchiveError(f"tokenizer archive member {info.filename!r} is larger than {limits.max_file_bytes} bytes")
+                if size > left:
+                    raise ArchiveError(f"tokenizer archive unpacks to more than {limits.max_total_bytes} bytes")
+                pieces.append(piece)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ArchiveError):
+            raise
+        raise ArchiveError(f"tokenizer archive member {info.filename!r} cannot be read: {exc}") from None
+    return b"".join(pieces)
 
 
 def check_member_name(name: str) -> str:
@@ -206,39 +261,81 @@ def _check_member_type(info: zipfile.ZipInfo) -> None:
 
 
 def extract_archive(members: Mapping[str, bytes], directory: str | Path) -> Path:
-    """Write `members` (from `finish`) under `directory`, created if needed; returns it.
+    """Write `members` (from `finish`) as the directory `directory` (its parent created if
+    needed); returns it.
 
-    The local, bounded file writes of registration (run it in a worker thread). Each file goes
-    to a temporary name and is renamed into place, so a concurrent reader sees the old file or
-    the new one; names are checked again, and a symlink on the way (planted in the cache
-    directory) is refused rather than followed."""
+    The local, bounded file writes of registration (run it in a worker thread). All or nothing:
+    the files are written into a fresh temporary sibling directory, which is then renamed to
+    `directory`, so a reader (the loader) sees a complete tree or none, never a mix. An existing
+    `directory` is **replaced** as a whole (its old files do not survive): it is renamed aside,
+    the new tree renamed into place, and the old one removed; in between, for a moment, the path
+    does not exist. Of concurrent extracts into one directory the last rename wins, whole. Names
+    are checked again, and names that collide (a file also used as a directory, or the same path
+    twice) are refused before anything is written. A symlink at `directory` itself is replaced,
+    never followed."""
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    real_root = root.resolve()
+    files = _plan_extraction(members)
+    parent = root.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{root.name}.part-"))
+    try:
+        for parts, content in files:
+            target = staging.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "xb") as handle:  # a fresh tree: nothing there to follow or replace
+                handle.write(content)
+            os.chmod(target, 0o644)
+        os.chmod(staging, 0o755)
+        _swap_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
+def _plan_extraction(members: Mapping[str, bytes]) -> list[tuple[list[str], bytes]]:
+    """The files to write, as path components; ArchiveError on an unsafe or colliding name."""
+    files: list[tuple[list[str], bytes]] = []
+    file_paths: set[tuple[str, ...]] = set()
+    dir_paths: set[tuple[str, ...]] = set()
     for name, content in members.items():
         check_member_name(name)
-        if name.endswith("/"):
-            continue
-        target = root.joinpath(*name.split("/"))
-        parent = target.parent
-        for ancestor in [parent, *parent.parents]:
-            if ancestor == root or root not in ancestor.parents:
-                break
-            if ancestor.is_symlink():
-                raise ArchiveError(f"{ancestor} is a symlink; refusing to write {name!r} through it")
-        parent.mkdir(parents=True, exist_ok=True)
-        if not parent.resolve().is_relative_to(real_root):
-            raise ArchiveError(f"{name!r} would be written outside {root}")
-        fd, temporary = tempfile.mkstemp(dir=parent, prefix=".part-")
+        is_dir = name.endswith("/")
+        parts = (name[:-1] if is_dir else name).split("/")
+        ancestors = [tuple(parts[:i]) for i in range(1, len(parts))]
+        key = tuple(parts)
+        if any(a in file_paths for a in ancestors) or key in file_paths or (not is_dir and key in dir_paths):
+            raise ArchiveError(f"tokenizer archive member {name!r} collides with another member's path")
+        dir_paths.update(ancestors)
+        if is_dir:
+            dir_paths.add(key)
+        else:
+            file_paths.add(key)
+            files.append((parts, content))
+    return files
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    for _ in range(8):
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, target)  # replaces a symlink at the target itself, never its referent
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    return root
+            os.rename(staging, root)  # succeeds when `root` is absent (or an empty directory)
+            return
+        except OSError:
+            if not (root.exists() or root.is_symlink()):
+                raise
+        old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
+        with contextlib.suppress(FileNotFoundError):  # a concurrent extract moved it first
+            os.rename(root, old / "tree")  # aside, as a whole (a symlink is moved, not followed)
+        try:
+            os.rename(staging, root)
+            return
+        except OSError:
+            if not (root.exists() or root.is_symlink()):
+                raise
+            # a concurrent extract put its tree there in between: go round again
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    raise ArchiveError(f"could not put the tokenizer files in place at {root}: it keeps being replaced")
 
 
 # -- the sending side (the simulated worker) ------------------------------------------------

@@ -35,14 +35,17 @@ network, and the result is immutable, so it can be shared by every request and t
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenizers import Tokenizer
 from tokenizers.processors import TemplateProcessing
+
+_T = TypeVar("_T")
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -192,11 +195,20 @@ class ModelTokenizer:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_model_tokenizer(path: str | Path, *, chat_template_path: str | Path | None = None) -> ModelTokenizer:
+def load_model_tokenizer(
+    path: str | Path, *, chat_template_path: str | Path | None = None, strict_optional: bool = True
+) -> ModelTokenizer:
     """Load the tokenizer directory `path` (or its `tokenizer.json`); see the module docstring.
 
     `chat_template_path` (a `.jinja` file, or a `.json` file holding one) replaces the model's
-    templates. Raises ValueError naming the path and the file at fault."""
+    templates. Raises ValueError naming the path and the file at fault.
+
+    `strict_optional=False` is for callers that only need token ids (token-mode routing, whose
+    `--tokenizer-path` may name a `tokenizer.json` in a directory of unrelated files): a
+    malformed `special_tokens_map.json`, `config.json`, `generation_config.json` or model chat
+    template file is then ignored, as if absent, instead of failing the load.
+    `tokenizer.json`, `tokenizer_config.json` (its own configuration) and `chat_template_path`
+    must be sound either way."""
     given = Path(path)
     if given.is_dir():
         directory, tokenizer_file = given, given / TOKENIZER_FILE
@@ -209,26 +221,42 @@ def load_model_tokenizer(path: str | Path, *, chat_template_path: str | Path | N
     except Exception as exc:  # the library raises a bare Exception on bad JSON or an unknown model
         raise ValueError(f"cannot load {tokenizer_file}: {exc}") from None
 
-    config = _read_json_object(directory / CONFIG_FILE)
+    def optional(read: Callable[[], _T], default: _T) -> _T:
+        try:
+            return read()
+        except ValueError:
+            if strict_optional:
+                raise
+            return default
+
+    config_file = directory / CONFIG_FILE
+    config = _read_json_object(config_file)
     special_tokens: dict[str, str] = {}
     additional: list[str] = []
-    _take_special_tokens(config, directory / CONFIG_FILE, special_tokens, additional)
-    # HF lets special_tokens_map.json override what tokenizer_config.json says.
-    special_map = _read_json_object(directory / SPECIAL_TOKENS_MAP_FILE)
-    _take_special_tokens(special_map, directory / SPECIAL_TOKENS_MAP_FILE, special_tokens, additional)
+    _take_special_tokens(config, config_file, special_tokens, additional)
 
-    add_bos = _optional_bool(config, "add_bos_token", directory / CONFIG_FILE)
-    add_eos = _optional_bool(config, "add_eos_token", directory / CONFIG_FILE)
+    def read_special_map() -> tuple[dict[str, str], list[str]]:
+        # HF lets special_tokens_map.json override what tokenizer_config.json says.
+        tokens, extra = dict(special_tokens), list(additional)
+        file = directory / SPECIAL_TOKENS_MAP_FILE
+        _take_special_tokens(_read_json_object(file), file, tokens, extra)
+        return tokens, extra
+
+    special_tokens, additional = optional(read_special_map, (special_tokens, additional))
+
+    add_bos = _optional_bool(config, "add_bos_token", config_file)
+    add_eos = _optional_bool(config, "add_eos_token", config_file)
     _configure_post_processor(tokenizer, add_bos, add_eos, special_tokens)
 
     if chat_template_path is not None:
         templates = {"default": read_chat_template_file(chat_template_path)}
     else:
-        templates = _model_chat_templates(directory, config)
+        templates = optional(lambda: _model_chat_templates(directory, config), {})
 
     eos_ids: set[int] = set()
     for name in (MODEL_CONFIG_FILE, GENERATION_CONFIG_FILE):
-        eos_ids.update(_eos_token_ids(_read_json_object(directory / name), directory / name))
+        file = directory / name
+        eos_ids.update(optional(functools.partial(_read_eos_token_ids, file), []))
 
     return ModelTokenizer(
         path=str(directory),
@@ -238,7 +266,7 @@ def load_model_tokenizer(path: str | Path, *, chat_template_path: str | Path | N
         chat_templates=templates,
         add_bos_token=add_bos,
         add_eos_token=add_eos,
-        model_max_length=_model_max_length(config.get("model_max_length"), directory / CONFIG_FILE),
+        model_max_length=_model_max_length(config.get("model_max_length"), config_file),
         eos_token_ids=eos_ids,
     )
 
@@ -376,6 +404,10 @@ def _configure_post_processor(
     )
 
 
+def _read_eos_token_ids(file: Path) -> list[int]:
+    return _eos_token_ids(_read_json_object(file), file)
+
+
 def _read_text(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8")
@@ -386,7 +418,9 @@ def _read_text(file: Path) -> str:
 def _read_json(file: Path) -> Any:
     try:
         return json.loads(_read_text(file))
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise ValueError(f"{file} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
         raise ValueError(f"{file} is not valid JSON: {exc}") from None
 
 

@@ -12,6 +12,7 @@ index, id and name, indices count up from 0, and later deltas of a call only add
 from __future__ import annotations
 
 import itertools
+import unittest.mock
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from smg.parsers.output import OutputParser
 from smg.parsers.reasoning import REASONING_CONFIGS, ReasoningParser
 from smg.parsers.registry import TOOL_PARSERS, tool_parser_for
+from smg.parsers.tool_calls import base as tool_calls_base
 from smg.parsers.types import Delta, ParsedOutput, ToolCallDelta, fold
 
 DS_BEGIN, DS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"  # noqa: RUF001
@@ -233,6 +235,19 @@ def test_random_texts_of_the_formats_pieces_fold_alike_under_any_chunking(name: 
     text = "".join(data.draw(st.lists(st.sampled_from(pieces), max_size=14)))
     cuts = data.draw(cut_lists)
     _same_under(lambda: _tool_output(name), text, cuts)
+
+
+@pytest.mark.parametrize("name", sorted(PIECES))
+@settings(max_examples=60)
+@given(data=st.data())
+def test_setting_held_text_aside_early_changes_nothing(name: str, data: st.DataObject) -> None:
+    """The same with the buffer compacted and held text set aside after a couple of characters
+    (normally 4096), so texts this short go through it."""
+    pieces = PIECES[name] + _JSON_BITS + _TEXT_BITS
+    text = data.draw(st.sampled_from(SAMPLES[name]) | st.lists(st.sampled_from(pieces), max_size=14).map("".join))
+    cuts = data.draw(cut_lists)
+    with unittest.mock.patch.object(tool_calls_base, "_SPILL", data.draw(st.integers(min_value=0, max_value=3))):
+        _same_under(lambda: _tool_output(name), text, cuts)
 
 
 def test_every_implemented_tool_parser_is_fuzzed() -> None:

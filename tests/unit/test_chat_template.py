@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import tracemalloc
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -448,3 +449,98 @@ def test_template_selection() -> None:
     assert select_chat_template({"default": "d", "tool_use": "t"}, tools=False) == "d"
     assert select_chat_template({"default": "d"}, tools=True) == "d"
     assert select_chat_template({"default": "d"}, name="{{ 1 }}") == "{{ 1 }}"
+
+
+# -- review fixes: bytes and time bounded, errors mapped -----------------------------------------
+
+BIG = "{% set s = 'x' * 16000000 %}"  # one value just under the default 16 Mi cap
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ [s] * 64 }}",
+        "{{ (['a'] * 64) | join(s) }}",
+        "{{ s ~ [s] * 63 }}",
+        "{{ s ~ s ~ s }}",
+        "{{ ([1] * 64) | tojson(indent=16000000) }}",
+        "{{ [s, s, s] | tojson }}",
+        "{{ ('\\t' * 64).expandtabs(16000000) }}",
+        "{{ '{0:{1}}'.format('x', '1000000000') }}",
+        "{{ '{0}{0}{0}'.format(s) }}",
+        "{{ ','.join([s, s]) }}",
+        "{{ ('x' * 1000) | wordwrap(1, wrapstring='y' * 100000) }}",
+        "{{ s | wordwrap(1) }}",
+        "{% set ns = namespace(l=[]) %}{% for i in range(3000) %}{% set ns.l = ns.l + [[i] * 1000] %}{% endfor %}"
+        "{{ ns.l | sum(start=[]) | length }}",
+        "{{ [1] | batch(100000000, 0) | list }}",
+        "{{ [1] | slice(100000000) | list }}",
+        "{{ s | list | length }}",
+        "{{ (s ~ ' ').split() | length }}{{ (('a ') * 8000000).split() | length }}",
+        "{% set ns = namespace(l=[]) %}{% for i in range(100) %}{% set ns.l = ns.l + [s ~ i] %}{% endfor %}",
+        "{{ range(1000) | map('center', 16000000) | list | length }}",
+        "{{ s + s }}",
+        "{% set l = [s] * 2 %}{{ l | string }}",
+    ],
+)
+def test_values_are_sized_in_bytes_before_they_are_built(source: str) -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(ChatTemplateError, match=r"longer than|exceed|more than|format field"):
+            render(BIG + source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 1024 * 1024  # each used 1-2 GB when only lengths were checked, after the fact
+
+
+def test_a_render_has_a_deadline_on_the_clock_it_is_given() -> None:
+    ticks = iter(range(1_000_000))
+    limits = RenderLimits(max_seconds=100, clock=lambda: float(next(ticks)))
+    with pytest.raises(ChatTemplateError, match="ran longer than 100 seconds"):
+        render("{% for i in range(1000) %}{{ i }}{% endfor %}", limits=limits)
+    assert render("{% for i in range(50) %}{% endfor %}ok", limits=limits) == "ok"
+    start = time.monotonic()
+    with pytest.raises(ChatTemplateError, match=r"ran longer than 0\.2 seconds"):  # 2,000 slow steps took 9 s
+        render(BIG + "{% for i in range(2000) %}{{ s.count('y') }}{% endfor %}", limits=RenderLimits(max_seconds=0.2))
+    assert time.monotonic() - start < 3
+    assert RenderLimits().clock is time.monotonic and RenderLimits().max_seconds == 2.0
+
+
+def test_the_guards_keep_real_uses_working() -> None:
+    assert render("{{ '{0:{1}}'.format('x', '5') }}|") == "x    |"
+    assert render("{{ [[1], [2, 3]] | sum(start=[]) }}") == "[1, 2, 3]"
+    assert render("{{ [(1,), (2,)] | sum(start=()) }}") == "(1, 2)"
+    assert render("{{ [1, 2] | sum }}") == "3"
+    assert render("{{ ['a', 'b'] | join(', ') }}{{ [{'n': 'c'}] | join(attribute='n') }}") == "a, bc"
+    assert render("{{ {'a': [1, 2]} | tojson(indent=2) }}") == '{\n  "a": [\n    1,\n    2\n  ]\n}'
+    assert render("{{ 'a b  c'.split() }}{{ 'a\\nb'.splitlines() }}{{ '-'.join(['x', 'y']) }}") == "['a', 'b', 'c']['a', 'b']x-y"
+    assert render("{{ [1, 2, 3, 4] | batch(3, 0) | list }}{{ [1, 2, 3] | slice(2) | list }}") == (
+        "[[1, 2, 3], [4, 0, 0]][[1, 2], [3]]"
+    )
+    assert render("{{ 'a b' | wordwrap(1) }}{{ '\\t'.expandtabs(2) }}|{{ [1] * 2 ~ 'x' }}") == "a\nb  |[1, 1]x"
+    assert render("{% set ns = namespace(a=[1]) %}{{ ns }}").startswith("<Namespace")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ " + " + ".join(["'a'"] * 500) + " }}",
+        "{{ 'a'" + " | upper" * 500 + " }}",
+        "{{ x" + ".a" * 500 + " }}",
+        "{{ " + "not " * 500 + "x }}",
+    ],
+)
+def test_deeply_nested_templates_are_a_chat_template_error(source: str) -> None:
+    with pytest.raises(ChatTemplateError, match=r"nested too deeply|does not compile") as caught:
+        ChatTemplate(source)
+    assert type(caught.value) is ChatTemplateError
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"), [("[" * 100_000, "nested too deeply"), ('{"n": ' + "1" * 5000 + "}", "not valid JSON")]
+)
+def test_hostile_tool_call_arguments_are_a_messages_error(arguments: str, message: str) -> None:
+    messages = [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": arguments}}]}]
+    with pytest.raises(MessagesError, match=message):
+        render("{{ messages }}", messages)

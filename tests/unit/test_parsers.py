@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable
 
 import pytest
@@ -33,6 +34,12 @@ from smg.parsers.registry import (
     resolve_tool_parser,
     tool_parser_for,
 )
+from smg.parsers.tool_calls import base as base_module
+from smg.parsers.tool_calls import json_calls as json_calls_module
+from smg.parsers.tool_calls import llama as llama_module
+from smg.parsers.tool_calls import mistral as mistral_module
+from smg.parsers.tool_calls import qwen as qwen_module
+from smg.parsers.tool_calls import sequence as sequence_module
 from smg.parsers.tool_calls.base import ToolParser
 from smg.parsers.types import ContentDelta, Delta, ReasoningDelta, ToolCall, ToolCallDelta, fold, new_call_id
 
@@ -525,3 +532,98 @@ def test_resolving_a_parser_for_a_request() -> None:
     assert resolve_reasoning_parser(None, "moonshotai/Kimi-K3") is None
     with pytest.raises(UnsupportedParser):
         resolve_tool_parser("qwen_xml", "x")
+
+
+# -- hostile output: deep nesting, long streams, lone surrogates --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "tail"),
+    [
+        ("qwen", '<tool_call>{"name": "f", "arguments": "', '"}</tool_call>'),
+        ("mistral", '[TOOL_CALLS] [{"name": "f", "arguments": "', '"}]'),
+        ("json", '{"name": "f", "arguments": "', '"}'),
+        ("llama", '<|python_tag|>{"name": "f", "arguments": "', '"}'),
+    ],
+)
+def test_a_string_argument_nested_past_the_stack_is_kept_as_written(name: str, head: str, tail: str) -> None:
+    inner = "[" * 100_000
+    text = head + inner + tail
+    for calls in (parser(name).parse(text)[1], fold(stream(parser(name), [head, inner, tail])).tool_calls):
+        assert [(call.name, call.arguments) for call in calls] == [("f", f'"{inner}"')]
+
+
+_LONG = 20_000
+
+
+@pytest.mark.parametrize(
+    ("name", "chunks"),
+    [
+        ("json", [" "] * _LONG),
+        ("json", ['[{"name": "f"}', *[" "] * _LONG]),
+        ("llama", [" "] * _LONG),
+        ("llama", ["<|python_tag|>", *[" "] * _LONG]),
+        ("mistral", ["[TOOL_CALLS]", *[" "] * _LONG]),
+        ("mistral", ['[TOOL_CALLS][{"name": "f"},', *[" "] * _LONG]),
+        ("qwen", ['<tool_call>{"name": "f"}', *[" "] * _LONG]),
+        ("qwen", ['<tool_call>{"arguments": "', *["xxxxxxxxxxxxxxxxxxxx"] * _LONG]),
+        ("json", ['{"arguments": {"a": "', *["xxxxxxxxxxxxxxxxxxxx"] * _LONG]),
+        ("pythonic", ["[", *[" "] * _LONG]),
+        ("pythonic", ['[f(a="""', *["xxxxxxxxxxxxxxxxxxxx"] * _LONG]),
+        ("deepseek", ["x"] * _LONG),
+    ],
+)
+def test_a_long_stream_of_small_pieces_takes_linear_time(name: str, chunks: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Structurally: whitespace is examined a bounded number of times overall, and held text
+    already scanned is set aside rather than copied on every push; and, loosely, by the clock."""
+    scanned = 0
+    real_skip_ws = base_module.skip_ws
+
+    def counting_skip_ws(buf: str, pos: int) -> int:
+        nonlocal scanned
+        end = real_skip_ws(buf, pos)
+        scanned += end - pos + 1
+        return end
+
+    monkeypatch.setattr(base_module, "skip_ws", counting_skip_ws)
+    for module in (json_calls_module, llama_module, mistral_module, qwen_module, sequence_module):
+        if hasattr(module, "skip_ws"):
+            monkeypatch.setattr(module, "skip_ws", counting_skip_ws)
+    p = parser(name)
+    longest = 0
+    started = time.perf_counter()
+    for chunk in chunks:
+        p.push(chunk)
+        longest = max(longest, len(p._buf))
+    p.finish()
+    elapsed = time.perf_counter() - started
+    total = sum(map(len, chunks))
+    assert scanned <= 3 * (total + len(chunks))
+    if name != "pythonic" and not chunks[-1].isspace():  # held text is set aside; whitespace a format waits on is kept
+        assert longest <= 3 * 4096
+    assert elapsed < 2.0
+
+
+def test_pythonic_one_shot_parse_of_a_long_triple_quoted_argument_is_fast() -> None:
+    value = "x" * 800_000
+    started = time.perf_counter()
+    content, calls = parser("pythonic").parse(f'[f(a="""{value}""")]')
+    assert time.perf_counter() - started < 2.0
+    assert content == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": value})]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("qwen", '<tool_call>{"name": "f", "arguments": "{\\"a\\": \\"x\\\\ud800y\\\\ud83d\\\\ude00\\"}"}</tool_call>'),
+        ("json", '{"name": "f", "arguments": "{\\"a\\": \\"x\\\\ud800y\\\\ud83d\\\\ude00\\"}"}'),
+        ("pythonic", '[f(a="x\\ud800y\\U0001F600")]'),
+    ],
+)
+def test_arguments_with_lone_surrogate_escapes_stay_utf8_encodable(name: str, text: str) -> None:
+    _, calls = parser(name).parse(text)
+    assert [c.name for c in calls] == ["f"]
+    arguments = calls[0].arguments
+    arguments.encode("utf-8")
+    assert json.loads(arguments) == {"a": "x\ud800y\U0001f600"}
+    assert "\\ud800" in arguments and "\U0001f600" in arguments  # the pair is kept as written

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,39 @@ def test_shipped_sim_tokenizer_is_what_the_script_builds() -> None:
     built = script.build()
     assert built == {name: (SIM_MODEL / name).read_text("utf-8") for name in built}
     assert sorted(p.name for p in SIM_MODEL.iterdir()) == sorted(built)
+
+
+# -- review fixes: deep JSON, lenient optional files for routing -----------------------------------
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json"])
+@pytest.mark.parametrize("body", ["[" * 100_000, '{"eos_token_id": ' + "1" * 5000 + "}"])
+def test_deeply_nested_or_huge_number_config_is_a_value_error(tmp_path: Path, name: str, body: str) -> None:
+    write_model(tmp_path / "m", **{name: body})  # e.g. from a worker's GetTokenizer archive
+    with pytest.raises(ValueError, match=re.escape(f"{name} is not valid JSON")) as caught:
+        load_model_tokenizer(tmp_path / "m")
+    assert type(caught.value) is ValueError
+
+
+@pytest.mark.parametrize("name", ["special_tokens_map.json", "config.json", "generation_config.json", "chat_template.json"])
+@pytest.mark.parametrize("body", ["{", "[" * 100_000, '["a list"]', '{"eos_token_id": "x", "bos_token": 5}'])
+def test_routing_ignores_a_broken_optional_file(tmp_path: Path, name: str, body: str) -> None:
+    write_model(tmp_path / "m", **{name: body})
+    with pytest.raises(ValueError):
+        load_model_tokenizer(tmp_path / "m")  # strict by default (the gRPC pipeline)
+    lenient = load_model_tokenizer(tmp_path / "m", strict_optional=False)
+    assert lenient.encode("hello world", add_special_tokens=False) == [1, 2]
+    assert load_tokenizer(str(tmp_path / "m" / "tokenizer.json"))("hello world") == (1, 2)
+    assert load_tokenizer(str(tmp_path / "m"))("hello world") == (1, 2)
+
+
+def test_lenient_mode_keeps_what_the_sound_files_say(tmp_path: Path) -> None:
+    write_model(
+        tmp_path / "m",
+        {"bos_token": "<s>", "chat_template": CHATML},
+        special_tokens_map_json="{",
+        generation_config_json={"eos_token_id": 7},
+        config_json="[",
+    )
+    model = load_model_tokenizer(tmp_path / "m", strict_optional=False)
+    assert model.bos_token == "<s>" and model.chat_templates == {"default": CHATML} and model.eos_token_ids == (7,)

@@ -4,15 +4,18 @@ types, and archives over the caps are refused with a clear ArchiveError."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
+import os
 import random
 import stat
+import struct
 import zipfile
 from pathlib import Path
 
 import pytest
-from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2  # type: ignore[import-untyped]
+from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2
 
 from smg.tokenization.archive import (
     CHUNK_SIZE,
@@ -242,23 +245,138 @@ def test_a_member_whose_data_does_not_match_its_header_is_refused() -> None:
         read_archive(bytes(data))
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_only_stored_and_deflated_members_are_inflated(method: int) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        archive.writestr("tokenizer.json", b"{}")
+    data = buffer.getvalue()
+    with pytest.raises(ArchiveError, match=f"compression method {method}; only stored and deflated"):
+        assemble(data, hashlib.sha256(data).hexdigest())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("tokenizer.json", b"{}")
+    assert read_archive(buffer.getvalue()) == {"tokenizer.json": b"{}"}
+
+
+def _lie_about_size(data: bytes, name: str, size: int) -> bytes:
+    """`data` with `name`'s declared uncompressed size set to `size`, in both of its headers."""
+    out = bytearray(data)
+    local = out.index(b"PK\x03\x04")  # the only member: its local header comes first
+    struct.pack_into("<I", out, local + 22, size)
+    central = out.index(b"PK\x01\x02")
+    assert out[central + 46 : central + 46 + len(name)] == name.encode()
+    struct.pack_into("<I", out, central + 24, size)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_a_member_is_capped_while_inflating_whatever_it_declares(method: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        archive.writestr("tokenizer.json", b"\0" * 3_000_000)
+    data = _lie_about_size(buffer.getvalue(), "tokenizer.json", 10)
+    reads: list[int] = []
+    real_read = zipfile.ZipExtFile.read
+
+    def counting_read(self: zipfile.ZipExtFile, n: int = -1) -> bytes:
+        reads.append(n)
+        return real_read(self, n)
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    # zipfile stops at the declared size and then fails the CRC; either way, bounded reads only
+    with pytest.raises(ArchiveError, match=r"tokenizer\.json"):
+        read_archive(data)  # the default caps: a read of up to the cap at once would be 256 MiB
+    assert reads and all(0 < n <= 1 << 20 for n in reads)
+
+
+def test_the_entry_count_is_read_before_the_central_directory_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    data, _ = zip_files({f"f{i}.json": b"x" for i in range(300)})
+
+    def no_zipfile(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ZipFile was constructed")
+
+    monkeypatch.setattr(zipfile, "ZipFile", no_zipfile)
+    with pytest.raises(ArchiveError, match="300 entries, more than 64"):
+        read_archive(data)
+    # a record that understates the count: the directory's size still gives it away
+    lying = bytearray(data)
+    end = lying.rindex(b"PK\x05\x06")
+    struct.pack_into("<HH", lying, end + 8, 1, 1)
+    with pytest.raises(ArchiveError, match=r"central directory is \d+ bytes, too large for 2 entries"):
+        read_archive(bytes(lying), ArchiveLimits(max_files=2))
+    with pytest.raises(ArchiveError, match="not a valid zip"):
+        read_archive(b"PK\x03\x04 not a zip at all")
+
+
 # -- writing ------------------------------------------------------------------------------------
 
 
-def test_extract_overwrites_atomically_and_refuses_symlinks(tmp_path: Path) -> None:
+def test_extract_replaces_the_directory_whole_and_never_follows_a_symlink(tmp_path: Path) -> None:
     target = tmp_path / "cache"
     extract_archive({"tokenizer.json": b"old", "sub/a.jinja": b"t"}, target)
     extract_archive({"tokenizer.json": b"new"}, target)
-    assert (target / "tokenizer.json").read_bytes() == b"new" and (target / "sub" / "a.jinja").read_bytes() == b"t"
-    assert not [p for p in target.rglob(".part-*")]
+    assert (target / "tokenizer.json").read_bytes() == b"new"
+    assert not (target / "sub").exists()  # replaced as a whole: nothing of the old tree is mixed in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no staging or old tree left behind
     outside = tmp_path / "outside"
     outside.mkdir()
-    (target / "evil").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(ArchiveError, match="is a symlink"):
-        extract_archive({"evil/x.json": b"x"}, target)
-    assert not (outside / "x.json").exists()
-    (target / "link.json").symlink_to(outside / "victim.json")
-    extract_archive({"link.json": b"data"}, target)  # the link itself is replaced, not followed
-    assert not (outside / "victim.json").exists() and (target / "link.json").read_bytes() == b"data"
+    (outside / "victim.json").write_bytes(b"keep")
+    link = tmp_path / "linked"
+    link.symlink_to(outside, target_is_directory=True)
+    extract_archive({"tokenizer.json": b"data"}, link)  # the link itself is replaced, not followed
+    assert not link.is_symlink() and (link / "tokenizer.json").read_bytes() == b"data"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.json"]
     with pytest.raises(ArchiveError, match="not a safe relative path"):
         extract_archive({"../escape": b"x"}, target)
+    assert (target / "tokenizer.json").read_bytes() == b"new"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (extract_archive({"a.json": b"1"}, empty) / "a.json").read_bytes() == b"1"
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"a": b"file", "a/b": b"under it"},
+        {"a/b": b"under it", "a": b"file"},
+        {"a/": b"", "a": b"file"},
+        {"d/a": b"x", "d/a/b/c": b"y"},
+    ],
+)
+def test_extract_refuses_colliding_names_before_writing_anything(tmp_path: Path, members: dict[str, bytes]) -> None:
+    target = tmp_path / "cache"
+    with pytest.raises(ArchiveError, match="collides"):
+        extract_archive(members, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_failing_midway_leaves_the_old_tree_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "cache"
+    extract_archive({"tokenizer.json": b"old", "tokenizer_config.json": b"{}"}, target)
+    real_chmod = os.chmod
+    written: list[str] = []
+
+    def failing_chmod(path: str | Path, mode: int) -> None:
+        written.append(str(path))
+        if len(written) == 2:
+            raise OSError("disk full")
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(os, "chmod", failing_chmod)
+    with pytest.raises(OSError, match="disk full"):
+        extract_archive({"tokenizer.json": b"new", "tokenizer_config.json": b'{"x": 1}'}, target)
+    monkeypatch.undo()
+    assert (target / "tokenizer.json").read_bytes() == b"old" and (target / "tokenizer_config.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_concurrent_extracts_into_one_directory_leave_one_whole_tree(tmp_path: Path) -> None:
+    target = tmp_path / "cache"
+    trees = [{f"f{i}.json": bytes([k]) * 100 for i in range(8)} for k in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        for future in [pool.submit(extract_archive, tree, target) for tree in trees]:
+            future.result()
+    contents = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert contents in trees
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import abc
 import json
+import re
 from collections.abc import Iterable
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from smg.parsers.tool_calls.jsonscan import WS, CallObject, JsonScanner
 from smg.parsers.types import ContentDelta, Delta, IdFactory, ToolCall, ToolCallDelta, fold, merge_into, new_call_id
@@ -71,16 +72,31 @@ def skip_ws(buf: str, pos: int) -> int:
     return pos
 
 
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+#: Held text longer than this, already scanned, is set aside from the buffer (see ``_compact``).
+_SPILL = 4096
+
+
+def dump_arguments(value: Any) -> str:
+    """Compact JSON of ``value``, non-ASCII kept as written, except lone surrogates (which a
+    ``\\ud800`` escape decodes to and UTF-8 cannot encode): those stay ``\\u`` escapes."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if _LONE_SURROGATE.search(text):
+        # only inside strings (JSON's syntax is ASCII); a surrogate pair was decoded to one character
+        text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
+
+
 def coerce_arguments(kind: str | None, text: str) -> str:
     """The arguments string for a value that is not an object: a string holding a JSON object
     is that object; ``null`` is ``{}``; anything else stays as written."""
     if kind == "string":
         try:
             inner = json.loads(json.loads(text))
-        except (ValueError, TypeError):
+            if isinstance(inner, dict):
+                return dump_arguments(inner)
+        except (ValueError, TypeError, RecursionError):  # not JSON, or nested past the stack
             return text
-        if isinstance(inner, dict):
-            return json.dumps(inner, ensure_ascii=False, separators=(",", ":"))
         return text
     if kind == "null":
         return "{}"
@@ -108,8 +124,15 @@ class ToolParser(abc.ABC):
         self._next_index = 0
         self._open: int | None = None
         self._after_call = False
-        self._pending_ws = ""
+        self._pending_ws: list[str] = []
         self._finished = False
+        #: Held text set aside (``_compact``): it precedes ``_buf``, and ``_mark`` is then negative,
+        #: ``-len`` of it (indices stay relative to ``_buf``).
+        self._held: list[str] = []
+        self._held_len = 0
+        #: ``_buf[_ws_from:_ws_to]`` is known to be whitespace (``_skip_ws``), or ``_ws_from`` is -1.
+        self._ws_from = -1
+        self._ws_to = -1
 
     # -- public interface ----------------------------------------------------------------------
 
@@ -127,8 +150,10 @@ class ToolParser(abc.ABC):
             self._finished = True
             self._step(final=True)
             self._close_call()
-            self._pending_ws = ""
+            self._pending_ws.clear()
             self._buf, self._pos, self._mark = "", 0, None
+            self._drop_held()
+            self._ws_from = -1
         return self._take()
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
@@ -158,34 +183,94 @@ class ToolParser(abc.ABC):
         return out
 
     def _compact(self) -> None:
-        cut = self._pos if self._mark is None else min(self._pos, self._mark)
-        if cut > 4096 or cut == len(self._buf):
-            self._buf = self._buf[cut:]
-            self._pos -= cut
+        """Drop what was consumed, so the buffer holds only the text still undecided. Held text
+        (a would-be call) that is long and already scanned is set aside in ``_held``, so each push
+        copies only the short unscanned rest; it is needed again only if given back."""
+        pos, mark = self._pos, self._mark
+        if mark is None:
+            self._drop_held()
+            cut = pos
+        else:
+            start = max(mark, 0)
+            if pos - start > _SPILL:
+                piece = self._buf[start:pos]
+                self._held.append(piece)
+                self._held_len += len(piece)
+                self._shift(pos)
+                self._mark = -self._held_len
+                return
+            cut = min(pos, mark)
+        if cut > 0 and (cut > _SPILL or cut == len(self._buf)):
+            self._shift(cut)
+
+    def _shift(self, cut: int) -> None:
+        """Drop ``_buf[:cut]`` and move the indices into it along (negative ones point into the
+        set-aside text)."""
+        self._buf = self._buf[cut:]
+        self._pos -= cut
+        if self._mark is not None:
+            self._mark -= cut
+        if self._ws_from >= cut:
+            self._ws_from -= cut
+            self._ws_to -= cut
+        else:
+            self._ws_from = -1
+
+    def _drop_held(self) -> None:
+        self._held.clear()
+        self._held_len = 0
+
+    def _restore_held(self) -> int:
+        """Put the set-aside text back in front of the buffer; returns how far indices moved."""
+        size = self._held_len
+        if size:
+            self._buf = "".join(self._held) + self._buf
+            self._drop_held()
+            self._pos += size
             if self._mark is not None:
-                self._mark -= cut
+                self._mark += size
+            if self._ws_from >= 0:
+                self._ws_from += size
+                self._ws_to += size
+        return size
+
+    def _text(self, start: int, end: int) -> str:
+        """``_buf[start:end]``, where ``start`` may point into the set-aside text."""
+        if start >= 0:
+            return self._buf[start:end]
+        return "".join(self._held)[self._held_len + start :] + self._buf[:end]
+
+    def _skip_ws(self, pos: int) -> int:
+        """``skip_ws(self._buf, pos)``, remembering how far it got: asked again from the same
+        ``pos`` after more text came, it goes on from there, so whitespace a format waits on is
+        examined once, not on every push."""
+        start = self._ws_to if self._ws_from == pos else pos
+        end = skip_ws(self._buf, start)
+        self._ws_from, self._ws_to = pos, end
+        return end
 
     def _content(self, text: str) -> None:
         if not text:
             return
         if self._after_call:
             if not text.lstrip(WS):
-                self._pending_ws += text
+                self._pending_ws.append(text)
                 return
-            text = self._pending_ws + text
-            self._pending_ws = ""
+            text = "".join(self._pending_ws) + text
+            self._pending_ws.clear()
             self._after_call = False
         merge_into(self._out, ContentDelta(text))
 
     def _open_call(self, name: str) -> bool:
         if self.tools is not None and name not in self.tools:
             return False
-        self._pending_ws = ""
+        self._pending_ws.clear()
         self._after_call = False
         index = self._next_index
         self._next_index += 1
         self._open = index
         self._mark = None
+        self._drop_held()
         self._out.append(ToolCallDelta(index, "", self._id_factory(), name))
         return True
 
@@ -200,7 +285,10 @@ class ToolParser(abc.ABC):
 
     def _give_back(self, start: int, resume: int) -> None:
         """A would-be call that is not one: ``buf[start:resume]`` is content, reading resumes
-        at ``resume`` (just after the start marker, so a real call inside is still found)."""
+        at ``resume`` (just after the start marker, so a real call inside is still found).
+        ``start`` may point into the set-aside text; it is put back first."""
+        moved = self._restore_held()
+        start, resume = start + moved, resume + moved
         self._content(self._buf[start:resume])
         self._pos = resume
         self._mark = None

@@ -10,7 +10,6 @@ the streaming rule to both. Text after the JSON is content; JSON that is not a c
 
 from __future__ import annotations
 
-from smg.parsers.tool_calls.base import skip_ws
 from smg.parsers.tool_calls.sequence import CONTENT, JsonCallSequence
 
 _START = CONTENT + 1
@@ -23,7 +22,7 @@ class JsonToolParser(JsonCallSequence):
     def _step(self, final: bool) -> None:
         while True:
             if self._state == _START:
-                p = skip_ws(self._buf, self._pos)
+                p = self._skip_ws(self._pos)
                 if p == len(self._buf) and not final:
                     return
                 c = self._buf[p] if p < len(self._buf) else ""

@@ -8,7 +8,7 @@ of the output (after whitespace); after the tag, objects may follow one another 
 
 from __future__ import annotations
 
-from smg.parsers.tool_calls.base import hold_partial, skip_ws
+from smg.parsers.tool_calls.base import hold_partial
 from smg.parsers.tool_calls.sequence import CONTENT, JsonCallSequence
 
 PYTHON_TAG = "<|python_tag|>"
@@ -23,7 +23,7 @@ class LlamaToolParser(JsonCallSequence):
         while True:
             buf = self._buf
             if self._state == _START:
-                p = skip_ws(buf, self._pos)
+                p = self._skip_ws(self._pos)
                 if p == len(buf) and not final:
                     return
                 if p < len(buf) and buf[p] == "{":

@@ -7,7 +7,7 @@ another batch. ``[TOOL_CALLS]`` is a control token: the detokenizer must keep it
 
 from __future__ import annotations
 
-from smg.parsers.tool_calls.base import hold_partial, skip_ws
+from smg.parsers.tool_calls.base import hold_partial
 from smg.parsers.tool_calls.sequence import CONTENT, JsonCallSequence
 
 TOOL_CALLS = "[TOOL_CALLS]"
@@ -33,7 +33,7 @@ class MistralToolParser(JsonCallSequence):
             elif self._state == _OPEN:
                 mark = self._mark
                 assert mark is not None
-                p = skip_ws(buf, self._pos)
+                p = self._skip_ws(self._pos)
                 if p == len(buf) and not final:
                     return
                 c = buf[p] if p < len(buf) else ""

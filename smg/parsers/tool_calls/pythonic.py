@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from smg.parsers.tool_calls.base import ToolParser, find_first, hold_partial
+from smg.parsers.tool_calls.base import ToolParser, dump_arguments, find_first, hold_partial
 from smg.parsers.types import IdFactory
 
 PYTHON_START = "<|python_start|>"
@@ -89,7 +89,7 @@ def parse_call_list(text: str) -> list[tuple[str, str]] | None:
                 if keyword.arg is None:
                     return None  # **kwargs
                 arguments[keyword.arg] = _literal(keyword.value)
-            calls.append((call.func.id, json.dumps(arguments, ensure_ascii=False, separators=(",", ":"), allow_nan=False)))
+            calls.append((call.func.id, dump_arguments(arguments)))
         return calls
     except (_NotLiteral, SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
         return None
@@ -103,6 +103,9 @@ class PythonicToolParser(ToolParser):
         self._state = _CONTENT
         self._depth = 0
         self._quote = ""
+        #: How far past the mark ``_prefix`` has read, and in which phase (it goes on from there).
+        self._prefix_at = 1
+        self._prefix_phase = 0
 
     def _not_a_call(self, resume: int) -> None:
         mark = self._mark
@@ -116,7 +119,7 @@ class PythonicToolParser(ToolParser):
         buf = self._buf
         mark = self._mark
         assert mark is not None
-        i, n, phase = mark + 1, len(buf), 0  # 0: spaces, 1: name, 2: spaces after the name
+        i, n, phase = mark + self._prefix_at, len(buf), self._prefix_phase  # 0: spaces, 1: name, 2: spaces after the name
         while i < n:
             c = buf[i]
             if phase == 0:
@@ -142,6 +145,7 @@ class PythonicToolParser(ToolParser):
             i += 1
         else:
             if not final:
+                self._prefix_at, self._prefix_phase = i - mark, phase
                 return False
         self._not_a_call(mark + 1)
         return True
@@ -164,7 +168,7 @@ class PythonicToolParser(ToolParser):
                     i += len(quote)
                     quote = ""
                     continue
-                if len(quote) == 3 and quote.startswith(buf[i:]) and not final:
+                if len(quote) == 3 and n - i < 3 and quote.startswith(buf[i:]) and not final:
                     break  # a partial closing triple quote
                 i += 1
                 continue
@@ -173,7 +177,7 @@ class PythonicToolParser(ToolParser):
                     quote = c * 3
                     i += 3
                     continue
-                if c * 3 != buf[i : i + 3] and (c * 3).startswith(buf[i:]) and not final:
+                if n - i < 3 and (c * 3).startswith(buf[i:]) and not final:
                     break  # '' at the end: an empty string or a triple quote
                 quote = c
                 i += 1
@@ -187,7 +191,7 @@ class PythonicToolParser(ToolParser):
                 depth -= 1
                 if depth == 0:
                     self._pos = i + 1
-                    self._emit_block(buf[mark : i + 1])
+                    self._emit_block(self._text(mark, i + 1))
                     return True
             i += 1
         if final or i - mark > MAX_BLOCK:
@@ -220,6 +224,7 @@ class PythonicToolParser(ToolParser):
                 self._content(buf[pos:at])
                 if marker == "[":
                     self._mark, self._pos = at, at
+                    self._prefix_at, self._prefix_phase = 1, 0
                     self._state = _PREFIX
                 else:
                     self._pos = at + len(marker)

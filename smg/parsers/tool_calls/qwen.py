@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from smg.parsers.tool_calls.base import BROKEN, DONE, FAILED, MORE, ToolParser, hold_partial, skip_ws
+from smg.parsers.tool_calls.base import BROKEN, DONE, FAILED, MORE, ToolParser, hold_partial
 from smg.parsers.tool_calls.jsonscan import CallObject
 from smg.parsers.types import IdFactory
 
@@ -57,7 +57,7 @@ class QwenToolParser(ToolParser):
                     self._state = _AFTER if outcome == DONE else _SKIP
                     assert outcome in (DONE, BROKEN)
             elif state == _AFTER:
-                p = skip_ws(buf, self._pos)
+                p = self._skip_ws(self._pos)
                 if buf.startswith(END, p):
                     self._pos = p + len(END)
                 elif END.startswith(buf[p:]):

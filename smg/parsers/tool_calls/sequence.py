@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from smg.parsers.tool_calls.base import BROKEN, DONE, FAILED, MORE, ToolParser, skip_ws
+from smg.parsers.tool_calls.base import BROKEN, DONE, FAILED, MORE, ToolParser
 from smg.parsers.tool_calls.jsonscan import CallObject
 from smg.parsers.types import IdFactory
 
@@ -55,7 +55,7 @@ class JsonCallSequence(ToolParser):
         """One move in a sequence state; False when the text so far decides nothing more."""
         buf, state = self._buf, self._state
         if state == ELEM_START:
-            p = skip_ws(buf, self._pos)
+            p = self._skip_ws(self._pos)
             if p == len(buf) and not final:
                 return False
             if p < len(buf) and buf[p] == "{":
@@ -83,7 +83,7 @@ class JsonCallSequence(ToolParser):
                 self._state = CONTENT  # the rest after the breaking character reads as content
             return True
         # NEXT: after a call, a separator, the closing bracket, or the end of the sequence
-        p = skip_ws(buf, self._pos)
+        p = self._skip_ws(self._pos)
         if p == len(buf):
             if not final:
                 return False

@@ -1,5 +1,8 @@
 """grpcio inside trio: `grpc.aio` on one dedicated thread, bridged to trio tasks.
 
+Used by the gateway's gRPC upstream and by the simulated gRPC worker alike, so it sits low in
+the layers (beside the sans-IO cores) and imports only trio and asyncio.
+
 grpcio's asyncio API needs an asyncio event loop, and smg's concurrency is trio's; grpcio's sync
 API would need a thread per stream (a thread hop per streamed message). So one thread runs one
 asyncio loop that owns every gRPC channel of the node, and trio tasks hand it work:
@@ -13,6 +16,13 @@ asyncio loop that owns every gRPC channel of the node, and trio tasks hand it wo
   Leaving the iteration early (the client went away, a stop string matched, a deadline) cancels
   the RPC on the loop.
 
+The other direction, for a gRPC *server* whose handlers run on the loop but whose work lives in
+trio (the simulated gRPC worker's engine): `TrioPortal`, opened in trio, lets loop code start a
+trio task and iterate what it emits (`portal.stream(fn)`), or await its result (`portal.run`).
+The task starts in the portal's nursery with `TrioToken.run_sync_soon`, hands each item back
+with `loop.call_soon_threadsafe`, and cancellation goes both ways: the loop side leaving (the
+RPC cancelled) cancels the trio task's scope; the trio side failing raises in the loop side.
+
 Neither side ever blocks a thread waiting for the other: each wakes the other's loop.
 `bench/grpc_bridge.py` measures this against grpcio's sync API in trio's thread pool.
 """
@@ -25,7 +35,7 @@ import concurrent.futures
 import contextlib
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -110,7 +120,7 @@ class AioThread:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         future = asyncio.run_coroutine_threadsafe(_awaited(fn, args), loop)
-        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        future.add_done_callback(lambda _: _wake(token, done.set))
         try:
             await done.wait()
         except trio.Cancelled:
@@ -146,7 +156,7 @@ class AioThread:
             pending.append(item)
             if not scheduled[0]:
                 scheduled[0] = True
-                token.run_sync_soon(hand_over)
+                _wake(token, hand_over)
 
         state: dict[str, Any] = {}  # the call, made on the loop by `pump`
 
@@ -162,6 +172,8 @@ class AioThread:
                 cancel = getattr(state.get("call"), "cancel", None)
                 if cancel is not None:
                     cancel()
+                # grpc.aio raises this too when its channel closes: a reader still waiting must wake
+                deliver(_End(StreamCancelled("the gRPC call was cancelled")))
                 raise
             except BaseException as exc:  # the RPC's status, given to the reader
                 error = exc
@@ -187,14 +199,102 @@ class AioThread:
         try:
             yield iterator
         finally:
-            await iterator.aclose()  # type: ignore[attr-defined]
             if not task_future.done():
-                task_future.cancel()
+                task_future.cancel()  # first: the close below may be cancelled with its reader
+            with trio.CancelScope(shield=True):
+                await iterator.aclose()  # type: ignore[attr-defined]
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
             raise RuntimeError("the gRPC loop is not running (AioThread.start)")
         return self.loop
+
+
+class PortalClosed(RuntimeError):
+    """The trio side of a `TrioPortal` is gone (the run ended, or the portal was closed)."""
+
+
+class TrioPortal:
+    """Loop-thread code's way into trio: `stream` and `run` are called on the asyncio loop.
+
+    Open it in trio (`async with TrioPortal.open() as portal`); the tasks it starts live in its
+    nursery, and leaving the block cancels those still running. Items are not flow-controlled
+    (an asyncio.Queue without bound): the trio functions it serves pace themselves (the
+    simulated worker sleeps per token), and the loop side reads as fast as gRPC writes."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, nursery: trio.Nursery) -> None:
+        self.token = token
+        self.nursery = nursery
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls) -> AsyncIterator[TrioPortal]:
+        """A portal into the calling trio run, for the duration of the block."""
+        async with trio.open_nursery() as nursery:
+            yield cls(trio.lowlevel.current_trio_token(), nursery)
+            nursery.cancel_scope.cancel()
+
+    async def stream(self, fn: Callable[..., Awaitable[None]], *args: Any) -> AsyncGenerator[Any, None]:
+        """(On the loop.) Run `fn(emit, *args)` as a trio task and iterate what it emits.
+
+        `fn` calls the synchronous `emit(item)` for each item (rather than being an async
+        generator: a trio generator must not yield inside its cancel scopes, and an engine's
+        generation is full of them). An exception of `fn` is raised here after the items
+        before it; closing this iterator or cancelling its reader cancels the trio task (use
+        `contextlib.aclosing` to leave early)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        scope = trio.CancelScope()  # made here, entered there: a cancel may precede the start
+
+        def put(item: Any) -> None:  # on the trio thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        async def task() -> None:  # on the trio thread
+            end = _End(PortalClosed("the trio side stopped"))
+            try:
+                with scope:
+                    await fn(put, *args)
+                    end = _End(None)
+            except Exception as exc:  # given to the loop side
+                end = _End(exc)
+            finally:
+                put(end)
+
+        def start() -> None:  # on the trio thread: must not raise (it would crash the run)
+            try:
+                self.nursery.start_soon(task)
+            except RuntimeError as exc:  # the nursery is closed
+                put(_End(PortalClosed(str(exc))))
+
+        try:
+            self.token.run_sync_soon(start)
+        except trio.RunFinishedError:
+            raise PortalClosed("the trio run has finished") from None
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                self.token.run_sync_soon(scope.cancel)
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """(On the loop.) `await fn(*args)` as a trio task and return its result; cancelling
+        the caller cancels the task."""
+
+        async def one(emit: Callable[[T], None]) -> None:
+            emit(await fn(*args))
+
+        async with contextlib.aclosing(self.stream(one)) as items:
+            async for item in items:
+                result: T = item
+                return result
+        raise PortalClosed("the trio task ended without a result")
 
 
 class _Credits:
@@ -213,6 +313,16 @@ class _Credits:
     def give(self, count: int) -> None:
         self.available += count
         self._more.set()
+
+
+class StreamCancelled(ConnectionError):
+    """A stream's call was cancelled on the loop (its channel closed, or the loop stopping)."""
+
+
+def _wake(token: trio.lowlevel.TrioToken, fn: Callable[[], None]) -> None:
+    """`fn` on the trio thread soon; nothing if trio's run has ended (the loop outlived it)."""
+    with contextlib.suppress(trio.RunFinishedError):
+        token.run_sync_soon(fn)
 
 
 async def _awaited(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
