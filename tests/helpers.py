@@ -132,3 +132,27 @@ def wait_until(predicate, what: str, deadline: float = STARTUP_DEADLINE) -> None
             pass
         time.sleep(0.02)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def routed_chat(gateway: Proc, messages: list[dict] | None = None, *, key: str | None = None, max_tokens: int = 2) -> str:
+    """A chat completion through `gateway` (with `key` as X-SMG-Routing-Key); the worker that served it."""
+    headers = {"x-smg-routing-key": key} if key else {}
+    body = {"model": "sim-model", "messages": messages or [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers["x-smg-routed-worker-id"]
+
+
+def start_mesh_cluster(worker_urls: list[str], size: int, *flags: str, deadline: float = 10.0) -> list[Proc]:
+    """`size` meshed gateways (the first given the workers, the rest seeded by it), each ready and
+    seeing every worker."""
+    first = start_mesh_gateway(worker_urls, *flags)
+    nodes = [first] + [start_mesh_gateway([], *flags, seeds=[first.mesh_address]) for _ in range(size - 1)]
+    count = len(worker_urls)
+    wait_until(
+        lambda: all(len(httpx.get(n.url + "/workers").json()["workers"]) == count for n in nodes),
+        f"{count} workers on every gateway",
+        deadline,
+    )
+    wait_until(lambda: all(httpx.get(n.url + "/readiness").status_code == 200 for n in nodes), "every gateway ready", deadline)
+    return nodes

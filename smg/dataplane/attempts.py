@@ -83,7 +83,7 @@ def text_of(ex: Exchange, request: dict[str, Any]) -> str:
 
 def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> RequestInfo:
     """What the policy may know of this request, gathered once for all attempts."""
-    routing_key = target = client_key = None
+    routing_key = target = authorization = forwarded = None
     key_headers = ctx.routing_key_headers
     keys: dict[bytes, str] = {}
     for name, value in ex.scope["headers"]:
@@ -101,10 +101,16 @@ def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> 
                     param="x-smg-target-worker",
                 ) from None
         elif name == b"authorization":
-            client_key = credential_key(value)  # never the credential itself: keys may be pinned and replicated
-        elif name == b"x-forwarded-for" and client_key is None:
-            client_key = value.decode("latin-1").split(",")[0].strip()
+            authorization = value
+        elif name == b"x-forwarded-for" and forwarded is None:
+            forwarded = value
     routing_key = next((keys[name] for name in key_headers if name in keys), None)  # the first header, in order
+    client_key = None
+    if ctx.policy.needs_client_key:  # a digest, never the credential: keys may be pinned and replicated
+        if authorization is not None:
+            client_key = credential_key(authorization)
+        elif forwarded is not None:
+            client_key = forwarded.decode("latin-1").split(",")[0].strip()
     model = ex.model or ""
     return RequestInfo(
         model=model,

@@ -47,7 +47,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -151,7 +150,9 @@ class RenderLimits:
     - `max_steps` (2 M): loop iterations and calls.
     - `max_seconds` (2 s): a deadline read from `clock` at every step (and while sizing big
       values), so steps that each cost milliseconds (`s.count(...)` on a 16 MB string) stop too.
-      `clock` is a monotonic clock in seconds; `time.monotonic` reads no I/O and is the default.
+      `clock` is a monotonic clock in seconds, given by the shell that renders for requests
+      (`time.monotonic`); without one there is no deadline, only the step and byte budgets,
+      so the core reads no clock of its own.
     - `max_int_bits` (64 Ki): integers made by arithmetic.
     """
 
@@ -160,7 +161,7 @@ class RenderLimits:
     max_int_bits: int = 64 * 1024
     max_total_bytes: int = 128 * 1024 * 1024
     max_seconds: float = 2.0
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] | None = None
 
 
 DEFAULT_LIMITS = RenderLimits()
@@ -194,17 +195,18 @@ class _Budget:
     """What is left of one render's limits; found through a ContextVar by the guards that the
     compiled template calls, so a template compiled once serves concurrent renders."""
 
-    __slots__ = ("deadline", "limits", "output", "steps", "total")
+    __slots__ = ("clock", "deadline", "limits", "output", "steps", "total")
 
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
         self.steps = limits.max_steps
         self.total = 0
         self.output = 0
-        self.deadline = limits.clock() + limits.max_seconds
+        self.clock = limits.clock
+        self.deadline = limits.clock() + limits.max_seconds if limits.clock is not None else 0.0
 
     def check_deadline(self) -> None:
-        if self.limits.clock() > self.deadline:
+        if self.clock is not None and self.clock() > self.deadline:
             raise _LimitExceeded(f"chat template ran longer than {self.limits.max_seconds} seconds")
 
     def step(self) -> None:

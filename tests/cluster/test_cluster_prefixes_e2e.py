@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers import Proc, start_mesh_gateway, start_sim, wait_until
+from tests.helpers import Proc, routed_chat, start_mesh_cluster, start_mesh_gateway, start_sim, wait_until
 
 CONVERGE = 10.0
 
@@ -16,23 +16,10 @@ def status(node: Proc) -> dict:
     return httpx.get(node.url + "/mesh/status").json()
 
 
-def chat(node: Proc, messages: list[dict]) -> str:
-    response = httpx.post(
-        node.url + "/v1/chat/completions", json={"model": "sim-model", "messages": messages, "max_tokens": 8}, timeout=30
-    )
-    assert response.status_code == 200, response.text
-    return response.headers["x-smg-routed-worker-id"]
-
-
 @pytest.fixture(scope="module")
 def setup() -> Iterator[tuple[Proc, list[Proc]]]:
     sim = start_sim(4)
-    first = start_mesh_gateway(sim.urls)
-    nodes = [first] + [start_mesh_gateway([], seeds=[first.mesh_address]) for _ in range(2)]
-    wait_until(
-        lambda: all(len(httpx.get(n.url + "/workers").json()["workers"]) == 4 for n in nodes), "4 workers everywhere", CONVERGE
-    )
-    wait_until(lambda: all(httpx.get(n.url + "/readiness").status_code == 200 for n in nodes), "all ready", CONVERGE)
+    nodes = start_mesh_cluster(sim.urls, 3, deadline=CONVERGE)
     yield sim, nodes
     for node in nodes:
         node.stop()
@@ -45,7 +32,7 @@ def test_the_next_turn_on_another_gateway_goes_to_the_same_worker(setup: tuple[P
     for c in range(8):
         system = {"role": "system", "content": f"You are assistant number {c}. " + f"Background fact {c}. " * 60}
         turn1 = [system, {"role": "user", "content": f"question one of conversation {c}"}]
-        firsts.append(chat(nodes[0], turn1))
+        firsts.append(routed_chat(nodes[0], turn1, max_tokens=8))
     wait_until(lambda: len({status(n)["stores"]["prefixes"]["digest"] for n in nodes}) == 1, "summaries merged", CONVERGE)
     for c in reversed(range(8)):  # another order: node 3's own tie-breaking would not repeat node 1's
         system = {"role": "system", "content": f"You are assistant number {c}. " + f"Background fact {c}. " * 60}
@@ -55,7 +42,7 @@ def test_the_next_turn_on_another_gateway_goes_to_the_same_worker(setup: tuple[P
             {"role": "assistant", "content": "an answer"},
             {"role": "user", "content": "and a follow-up"},
         ]
-        seconds.insert(0, chat(nodes[2], turn2))
+        seconds.insert(0, routed_chat(nodes[2], turn2, max_tokens=8))
     assert len(set(firsts)) > 1  # the conversations spread over the workers
     assert seconds == firsts  # and each followed its prefix to the other gateway
 

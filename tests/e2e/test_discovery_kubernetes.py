@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -358,7 +357,8 @@ def test_an_unreachable_api_server_keeps_the_workers_and_an_expired_watch_relist
         wait_until(
             lambda: "cannot watch worker pods" in gateway.log() or "cannot list worker pods" in gateway.log(), "the outage logged"
         )
-        time.sleep(2)  # a few retries' worth of the outage, bounded
+        refused = len(api.requests)
+        wait_until(lambda: len(api.requests) >= refused + 2, "two more refused calls during the outage")
         assert set(workers(gateway)) == {a}  # kept as it was
         log = gateway.log()
         assert log.count("503 apiserver is shutting down") == 1  # said once, not per retry

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Proc, start_gateway, start_sim
+from tests.helpers import Proc, routed_chat, start_gateway, start_sim
 
 
 @pytest.fixture(scope="module")
@@ -22,25 +22,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc
     sim.stop()
 
 
-def chat(gateway: Proc, key: str | None) -> str:
-    headers = {"x-smg-routing-key": key} if key else {}
-    body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
-    assert response.status_code == 200, response.text
-    return response.headers["x-smg-routed-worker-id"]
-
-
 def received(sim: Proc) -> dict[str, int]:
     return {url: len(httpx.get(url + "/sim/requests").json()["requests"]) for url in sim.urls}
 
 
 def test_a_routing_key_stays_on_its_worker_and_keyless_requests_round_robin(setup: tuple[Proc, Proc]) -> None:
     _sim, gateway = setup
-    homes = {key: chat(gateway, key) for key in ("alpha", "beta", "gamma")}
+    homes = {key: routed_chat(gateway, key=key) for key in ("alpha", "beta", "gamma")}
     assert len(set(homes.values())) == 3  # new keys delegated to round robin: spread
     for _ in range(3):
-        assert {key: chat(gateway, key) for key in homes} == homes
-    assert len({chat(gateway, None) for _ in range(3)}) == 3
+        assert {key: routed_chat(gateway, key=key) for key in homes} == homes
+    assert len({routed_chat(gateway, key=None) for _ in range(3)}) == 3
 
 
 def test_a_response_chain_stays_on_the_worker_of_its_first_response(setup: tuple[Proc, Proc]) -> None:

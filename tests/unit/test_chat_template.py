@@ -500,11 +500,10 @@ def test_a_render_has_a_deadline_on_the_clock_it_is_given() -> None:
     with pytest.raises(ChatTemplateError, match="ran longer than 100 seconds"):
         render("{% for i in range(1000) %}{{ i }}{% endfor %}", limits=limits)
     assert render("{% for i in range(50) %}{% endfor %}ok", limits=limits) == "ok"
-    start = time.monotonic()
-    with pytest.raises(ChatTemplateError, match=r"ran longer than 0\.2 seconds"):  # 2,000 slow steps took 9 s
-        render(BIG + "{% for i in range(2000) %}{{ s.count('y') }}{% endfor %}", limits=RenderLimits(max_seconds=0.2))
-    assert time.monotonic() - start < 3
-    assert RenderLimits().clock is time.monotonic and RenderLimits().max_seconds == 2.0
+    # sans-IO: no clock given, no deadline (the step and byte budgets still bound a render); the
+    # trio shell that renders for requests passes its monotonic clock
+    assert RenderLimits().clock is None and RenderLimits().max_seconds == 2.0
+    assert render("{% for i in range(50) %}{% endfor %}ok", limits=RenderLimits()) == "ok"
 
 
 def test_the_guards_keep_real_uses_working() -> None:

@@ -16,7 +16,8 @@ import trio
 
 from smg.app import GatewayApp
 from smg.context import GatewayContext
-from tests.fakes import FakeClient, FakeUpstream, Reply, UpstreamCall, gateway, worker_url
+from tests import fakes
+from tests.fakes import FakeUpstream, Reply, UpstreamCall, gateway, worker_url
 
 
 def no_upstream(call: UpstreamCall) -> Reply:
@@ -47,19 +48,9 @@ def setup(workers: int = 2) -> tuple[GatewayApp, GatewayContext, Workers]:
 
 
 async def call(app: GatewayApp, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
-    client = FakeClient(body)
-    scope: dict[str, Any] = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json")],
-    }
+    """`tests.fakes.call` on this app's context: the status and the JSON answer."""
     with trio.fail_after(10):
-        await app(scope, client.receive, client.send)
+        client = await fakes.call(app.ctx, path, body, method=method)
     assert client.status is not None
     return client.status, client.json()
 

@@ -195,3 +195,12 @@ def test_replicated_pin_counts_follow_local_pins_and_merges() -> None:
     assert b.held() == {}
     pair.sync()
     assert b.held() == {"w1": 1, "w2": 1}  # counted again after the merge
+
+
+def test_only_policies_that_use_the_caller_pay_for_its_digest() -> None:
+    from smg.dataplane.attempts import request_info
+    from tests.fakes import FakeClient, FakeUpstream, exchange, gateway, json_reply
+
+    ctx = gateway(FakeUpstream(lambda call: json_reply(200, {})), 2, policy="round_robin", routing_key_override=True)
+    ex = exchange(FakeClient(b"{}"), headers=[(b"authorization", b"Bearer k")])
+    assert request_info(ctx, ex, {"model": "m"}).client_key is None

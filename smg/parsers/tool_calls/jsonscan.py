@@ -97,6 +97,13 @@ class JsonScanner:
         else:
             self.done = True
 
+    def _close(self, out: list[str], c: str) -> bool:
+        """`c` closes the innermost container: one value done; True when it was the outermost."""
+        self._stack.pop()
+        out.append(c)
+        self._value_done()
+        return self.done
+
     def feed(self, s: str, i: int) -> int:
         if self.done or self.error:
             return i
@@ -208,11 +215,8 @@ class JsonScanner:
                 continue
             if state == _AF:
                 if c == "]":
-                    self._stack.pop()
-                    out.append(c)
                     i += 1
-                    self._value_done()
-                    if self.done:
+                    if self._close(out, c):
                         return i
                 else:
                     self._state = _V
@@ -223,11 +227,8 @@ class JsonScanner:
                     self._in_key = True
                     self._state = _STR
                 elif c == "}" and state == _OF:
-                    self._stack.pop()
-                    out.append(c)
                     i += 1
-                    self._value_done()
-                    if self.done:
+                    if self._close(out, c):
                         return i
                     continue
                 else:
@@ -249,11 +250,8 @@ class JsonScanner:
                 out.append(c)
                 self._state = _OK if top == "{" else _V
             elif (c == "}" and top == "{") or (c == "]" and top == "["):
-                self._stack.pop()
-                out.append(c)
                 i += 1
-                self._value_done()
-                if self.done:
+                if self._close(out, c):
                     return i
                 continue
             else:

@@ -71,7 +71,8 @@ class PolicyConfig:
 
 class Policy(Protocol):
     name: str
-    needs_text: bool
+    needs_text: bool  # gets `RequestInfo.text` (the routing text costs a walk of the messages)
+    needs_client_key: bool  # gets `RequestInfo.client_key` (a digest of the caller's credential)
 
     def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
         """Pick one of `workers` (never empty), or raise NoEligibleWorker."""

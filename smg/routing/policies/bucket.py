@@ -37,6 +37,7 @@ def equal_work_boundaries(lengths: list[int], buckets: int) -> list[int]:
 class BucketPolicy:
     name = "bucket"
     needs_text = True
+    needs_client_key = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.interval = config.bucket_adjust_interval_secs

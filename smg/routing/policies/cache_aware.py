@@ -45,6 +45,7 @@ class SharedChains(Protocol):
 class CacheAwarePolicy:
     name = "cache_aware"
     needs_text = True
+    needs_client_key = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config

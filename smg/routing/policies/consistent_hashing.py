@@ -32,6 +32,7 @@ def target_worker(workers: Sequence[Worker], request: RequestInfo) -> Worker:
 class ConsistentHashingPolicy:
     name = "consistent_hashing"
     needs_text = False
+    needs_client_key = True  # the caller, when no routing key is given
 
     def __init__(self, config: PolicyConfig) -> None:
         self._rings = RingCache(config.virtual_nodes)

@@ -27,5 +27,6 @@ class ManualPolicy(StickyPolicy):
             config.assignment_mode or "min_load",
             config.seed,
             key_or_client,
+            keys_by_client=True,
         )
         self.name = "manual"

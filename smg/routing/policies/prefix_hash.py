@@ -21,6 +21,7 @@ from smg.workers.registry import Worker
 class PrefixHashPolicy:
     name = "prefix_hash"
     needs_text = True
+    needs_client_key = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self._rings = RingCache(config.virtual_nodes)

@@ -12,6 +12,7 @@ from smg.workers.registry import Worker
 class RandomPolicy:
     name = "random"
     needs_text = False
+    needs_client_key = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self._rng = random.Random(config.seed)

@@ -11,6 +11,7 @@ from smg.workers.registry import Worker
 class RoundRobinPolicy:
     name = "round_robin"
     needs_text = False
+    needs_client_key = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self._next: dict[str, int] = {}

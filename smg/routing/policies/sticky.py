@@ -122,6 +122,7 @@ class StickyPolicy:
     """Wraps `inner`: pinned keys to their worker, new keys assigned by `mode` and pinned."""
 
     needs_text: bool
+    needs_client_key: bool
 
     def __init__(
         self,
@@ -130,6 +131,7 @@ class StickyPolicy:
         mode: str,
         seed: int | None = None,
         key_of: Callable[[RequestInfo], str | None] = header_or_lineage,
+        keys_by_client: bool = False,
     ) -> None:
         self.inner = inner
         self.pins: PinTable = pins  # the cluster may swap in a replicated table
@@ -137,6 +139,7 @@ class StickyPolicy:
         self.key_of = key_of
         self.name = inner.name
         self.needs_text = inner.needs_text
+        self.needs_client_key = keys_by_client or inner.needs_client_key
         self._rng = random.Random(seed)
 
     def __len__(self) -> int:
@@ -171,8 +174,6 @@ class StickyPolicy:
         return min(workers, key=load_of)
 
 
-def sticky(
-    inner: Policy, config: PolicyConfig, mode: str, key_of: Callable[[RequestInfo], str | None] = header_or_lineage
-) -> StickyPolicy:
+def sticky(inner: Policy, config: PolicyConfig, mode: str) -> StickyPolicy:
     """`inner` made sticky with this gateway's own pins (the cluster may replace them)."""
-    return StickyPolicy(inner, LocalPins(config.max_idle_secs, config.max_sticky_keys), mode, config.seed, key_of)
+    return StickyPolicy(inner, LocalPins(config.max_idle_secs, config.max_sticky_keys), mode, config.seed)
