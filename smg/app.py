@@ -84,6 +84,11 @@ async def readiness(ctx: GatewayContext, ex: Exchange) -> None:
         await send_json(ex.send, 503, {"status": "not ready", "reason": "draining"})
     elif ctx.cluster is not None and not ctx.cluster.synced:
         await send_json(ex.send, 503, {"status": "not ready", "reason": "catching up with the cluster's state"})
+    elif healthy and (waiting := ctx.models_without_tokenizer()):
+        reason = f"tokenizer not yet registered for {', '.join(waiting)}"
+        await send_json(
+            ex.send, 503, {"status": "not ready", "reason": reason, "healthy_workers": healthy, "total_workers": total}
+        )
     elif healthy or (ctx.config.enable_igw and not total):
         await send_json(ex.send, 200, {"status": "ready", "healthy_workers": healthy, "total_workers": total})
     else:

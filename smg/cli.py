@@ -174,8 +174,6 @@ def _runner(command: str, args: argparse.Namespace) -> tuple[Any, tuple[str, boo
     if command == "serve":
         if args.sim_workers < 1:
             raise ConfigError("--sim-workers must be at least 1")
-        if sim.grpc:  # --sim-grpc: refused until the gateway has its gRPC upstream
-            raise ConfigError("gRPC workers are not served by the gateway yet (issue 16)")
         config = _checked(gateway_config_from(args))
         if args.sim_port is not None and not 1 <= args.sim_port <= 65536 - args.sim_workers:
             raise ConfigError(f"--sim-port {args.sim_port} leaves no room for {args.sim_workers} workers")

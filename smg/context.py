@@ -10,6 +10,7 @@ import trio
 
 from smg.background import Background
 from smg.config import GatewayConfig
+from smg.generation.requests import PipelineOptions
 from smg.limits.admission import Admission
 from smg.limits.tenants import TenantRateLimiter
 from smg.observability import tracing
@@ -18,6 +19,8 @@ from smg.observability.metrics import GatewayMetrics
 from smg.routing.policies import Policy, base_policy, make_policy
 from smg.storage.service import History
 from smg.upstream import Upstream, make_upstream
+from smg.upstream.grpc.fleet import EngineFleet
+from smg.upstream.grpc.tokenizers import ModelTokenizers
 from smg.workers.breaker import STATE_GAUGE
 from smg.workers.overload import OverloadLimits
 from smg.workers.registrar import Registrar
@@ -56,6 +59,8 @@ class GatewayContext:
     routing_key_headers: tuple[bytes, ...] = (b"x-smg-routing-key",)  # --routing-key-headers, in order
     history: History | None = None  # --history-backend (None: none)
     background: Background | None = None  # background responses (None: --max-background-responses 0)
+    engines: EngineFleet | None = None  # gRPC workers: the clients and the models' tokenizers (run by the gateway)
+    pipeline_options: PipelineOptions = field(default_factory=PipelineOptions)  # gRPC workers: parsers
     _known_worker_urls: set[str] = field(default_factory=set)
 
     @classmethod
@@ -101,6 +106,15 @@ class GatewayContext:
             tenant_keys=config.tenant_keys(),
         )
         ctx.overload = config.overload_limits()
+        tokenizers = ModelTokenizers(
+            tokenizer_path=config.tokenizer_path,
+            model_path=None if config.disable_tokenizer_autoload else config.model_path,
+            cache_dir=config.tokenizer_cache_dir,
+            chat_template_path=config.chat_template,
+        )
+        ctx.engines = EngineFleet(tokenizers, preferred=config.backend)
+        ctx.registrar.engines = ctx.engines
+        ctx.pipeline_options = PipelineOptions(tool_call_parser=config.tool_call_parser, reasoning_parser=config.reasoning_parser)
         if config.routing_key_headers:
             ctx.routing_key_headers = tuple(h.strip().lower().encode() for h in config.routing_key_headers)
         limits = config.tenant_limits()
@@ -158,6 +172,8 @@ class GatewayContext:
         forget = getattr(base_policy(self.policy), "forget_workers", None)
         if forget is not None:
             forget({w.id for w in self.registry})
+        if self.engines is not None:
+            self.engines.retain(w.url for w in self.registry if w.is_grpc)
         self.publish_worker_metrics()
 
     async def maintain_policy(self) -> None:
@@ -171,6 +187,15 @@ class GatewayContext:
             maintain(trio.current_time())
             for model, size in policy.tree_sizes().items():  # type: ignore[attr-defined]
                 self.metrics.cache_tree_size(model).set(size)
+
+    def models_without_tokenizer(self) -> list[str]:
+        """Models that routable gRPC workers serve but whose tokenizer is not loaded yet: the
+        gateway cannot answer for them, so `/readiness` waits (as the reference's)."""
+        if self.engines is None:
+            return []
+        tokenizers = self.engines.tokenizers
+        models = {w.models[0] for w in self.registry.available_any() if w.is_grpc and w.models}
+        return sorted(m for m in models if tokenizers.get(m) is None)
 
     def publish_worker_metrics(self) -> None:
         metrics = self.metrics

@@ -12,14 +12,18 @@ read `body["code"]`; every handler here sets that shape on its exchange
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import trio
 
 from smg.context import GatewayContext
 from smg.http.asgi import read_body, send_json
 from smg.http.errors import GatewayError, load_json_object
 from smg.http.exchange import Exchange
+from smg.upstream.grpc.client import EngineClient
+from smg.upstream.grpc.status import EngineStatusError
 from smg.workers.registry import DuplicateWorker, Worker, normalize_url, worker_id_for
 from smg.workers.spec import SpecError, replaced_settings, worker_settings
 
@@ -29,6 +33,7 @@ BAD_REQUEST = "BAD_REQUEST"  # the reference's code for every 400 of its worker 
 # Stopping a profile can take minutes while the engine writes its traces: the reference
 # waits 630 s for an HTTP worker's /start_profile and /stop_profile (45 s for /flush_cache).
 PROFILE_TIMEOUT_SECS = 630.0
+ENGINE_CALL_SECS = 5.0  # FlushCache and GetLoads, as the HTTP fan-out's 5 s
 # The profile options the reference forwards to an engine's /start_profile, with their JSON types.
 PROFILE_OPTIONS: dict[str, type] = {
     "output_dir": str,
@@ -202,7 +207,11 @@ async def get_loads(ctx: GatewayContext, ex: Exchange) -> None:
     worker's report as it sent it. The other fields are smg's own.
     """
     _control(ex)
-    results = await ctx.registrar.fan_out("GET", "/v1/loads", ctx.registry.available_any())
+    available = ctx.registry.available_any()
+    results: list[tuple[Worker, FanOutResult]] = list(
+        await ctx.registrar.fan_out("GET", "/v1/loads", [w for w in available if not w.is_grpc])
+    )
+    results += await _engine_calls(ctx, [w for w in available if w.is_grpc], _engine_load)
     loads = []
     workers = []
     totals = {"num_running_reqs": 0, "num_waiting_reqs": 0, "num_total_reqs": 0}
@@ -252,9 +261,14 @@ def _number(value: Any) -> float:
 
 async def flush_cache(ctx: GatewayContext, ex: Exchange) -> None:
     _control(ex)
-    results = await ctx.registrar.fan_out("POST", "/flush_cache", ctx.registry.available_any())
+    workers = ctx.registry.available_any()
+    http = [w for w in workers if not w.is_grpc]
+    engines = [w for w in workers if w.is_grpc]
+    results: list[tuple[Worker, FanOutResult]] = list(await ctx.registrar.fan_out("POST", "/flush_cache", http))
+    results += await _engine_calls(ctx, engines, _flush_engine)
     body = _fan_out_body(results, "workers_flushed", "cache flushed")
-    body["total_http_workers"] = len(results)  # the reference counts HTTP and gRPC workers apart; smg's are all HTTP
+    body["total_http_workers"] = len(http)  # as the reference, HTTP and gRPC workers counted apart
+    body["total_grpc_workers"] = len(engines)
     body["failed_workers"] = body.get("failed", [])
     await send_json(ex.send, 200 if body["status"] == "success" else 502, body)
 
@@ -305,19 +319,69 @@ async def _profile(
         what = f"No worker matching url '{url}'" if url is not None else "No workers available for profiling"
         await send_json(ex.send, 404, {"status": "error", "message": what, "workers_profiled": 0, "total_workers": 0})
         return
-    results = await ctx.registrar.fan_out("POST", path, workers, json=options, timeout=PROFILE_TIMEOUT_SECS)
+    http = [w for w in workers if not w.is_grpc]
+    results: list[tuple[Worker, FanOutResult]] = list(
+        await ctx.registrar.fan_out("POST", path, http, json=options, timeout=PROFILE_TIMEOUT_SECS)
+    )
+    unsupported = ValueError("profiling gRPC workers is not supported by smg; profile the engine directly")
+    results += [(w, unsupported) for w in workers if w.is_grpc]
     answer = _fan_out_body(results, "workers_profiled", done)
     await send_json(ex.send, 200 if answer["status"] == "success" else 502, answer)
 
 
-def _fan_out_body(results: list[tuple[Worker, httpx.Response | Exception]], count_field: str, done: str) -> dict[str, Any]:
+FanOutResult = httpx.Response | Exception | dict[str, Any] | None  # a gRPC worker's: its answer, or None for done
+
+
+async def _engine_calls(
+    ctx: GatewayContext, workers: list[Worker], call: Callable[[EngineClient], Awaitable[FanOutResult]]
+) -> list[tuple[Worker, FanOutResult]]:
+    """`call` on every gRPC worker's client at once, as `Registrar.fan_out` does for HTTP workers;
+    a failed call is its exception, in worker order."""
+    fleet = ctx.engines
+    if fleet is None or not workers:
+        return []
+    results: list[FanOutResult] = [None] * len(workers)
+
+    async def one(i: int, worker: Worker) -> None:
+        try:
+            results[i] = await call(fleet.client(worker))
+        except (EngineStatusError, ValueError) as exc:
+            results[i] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i, worker in enumerate(workers):
+            nursery.start_soon(one, i, worker)
+    return list(zip(workers, results, strict=True))
+
+
+async def _flush_engine(client: EngineClient) -> None:
+    flushed, message = await client.flush_cache(ENGINE_CALL_SECS)
+    if not flushed:
+        raise ValueError(f"the engine did not flush its cache{': ' + message if message else ''}")
+
+
+async def _engine_load(client: EngineClient) -> dict[str, Any]:
+    """GetLoads in the shape of an HTTP worker's `/v1/loads` (summed over ranks: the engine's
+    per-rank detail is not kept)."""
+    report = await client.loads(ENGINE_CALL_SECS)
+    rank: dict[str, Any] = {
+        "num_running_reqs": report.running,
+        "num_waiting_reqs": report.waiting,
+        "num_total_reqs": report.running + report.waiting,
+    }
+    if report.token_usage is not None:
+        rank["token_usage"] = report.token_usage
+    return {"loads": [rank]}
+
+
+def _fan_out_body(results: list[tuple[Worker, FanOutResult]], count_field: str, done: str) -> dict[str, Any]:
     """The reference's fan-out answer: `status`, `message` ("<done> on N of M workers"), the count
     that worked, `total_workers`; on a failure also `successful` (URLs) and `failed` (`{worker, error}`).
     Any 2xx from a worker counts as done (SGLang answers some of these with a plain-text 200)."""
     failed = [
         {"worker": worker.url, "error": _describe(result)}
         for worker, result in results
-        if isinstance(result, Exception) or not 200 <= result.status_code < 300
+        if isinstance(result, Exception) or (isinstance(result, httpx.Response) and not 200 <= result.status_code < 300)
     ]
     ok = len(results) - len(failed)
     body: dict[str, Any] = {
@@ -333,14 +397,20 @@ def _fan_out_body(results: list[tuple[Worker, httpx.Response | Exception]], coun
     return body
 
 
-def _describe(result: httpx.Response | Exception) -> str:
+def _describe(result: FanOutResult) -> str:
+    if isinstance(result, EngineStatusError):
+        return f"{result.status}: {result.details}"
     if isinstance(result, Exception):
         return f"{type(result).__name__}: {result}"
-    return f"HTTP {result.status_code}"
+    if isinstance(result, httpx.Response):
+        return f"HTTP {result.status_code}"
+    return "done"
 
 
-def _json_or_error(result: httpx.Response | Exception) -> Any:
-    if isinstance(result, Exception) or result.status_code != 200:
+def _json_or_error(result: FanOutResult) -> Any:
+    if not isinstance(result, httpx.Response):
+        return result if isinstance(result, dict) else _describe(result)
+    if result.status_code != 200:
         return _describe(result)
     try:
         return result.json()

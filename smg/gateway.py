@@ -107,6 +107,8 @@ async def _run_gateway(
             if config.max_background_responses > 0:
                 ctx.background = Background(config.max_background_responses)
                 await nursery.start(ctx.background.run)
+        if ctx.engines is not None:
+            await nursery.start(ctx.engines.run)  # before the registrar: it probes gRPC workers through it
         await nursery.start(ctx.registrar.run)
         await nursery.start(ctx.access_log.run)
         if app.guard is not None and app.guard.jwks is not None:

@@ -19,8 +19,8 @@ from typing import Any
 import trio
 
 from smg.context import GatewayContext
-from smg.dataplane.attempts import KEEPALIVE_COMMENT
 from smg.dataplane.dispatch import dispatch
+from smg.dataplane.relay import KEEPALIVE_COMMENT
 from smg.dataplane.routes import ROUTES
 from smg.http.asgi import ClientDisconnected, Message, Receive
 from smg.http.errors import GatewayError

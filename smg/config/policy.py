@@ -6,9 +6,15 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+from smg.parsers.registry import (
+    REASONING_PARSERS,
+    REFERENCE_REASONING_PARSERS,
+    REFERENCE_TOOL_PARSERS,
+    TOOL_PARSERS,
+)
 from smg.routing.policies import PolicyConfig
 from smg.routing.tokenizer import Tokenize, load_tokenizer
-from smg.settings import ConfigError, header_names, positive, setting
+from smg.settings import ConfigError, existing_file, header_names, positive, setting
 
 G_POLICY = "policy tuning"
 G_TOKENIZER = "tokenizer"
@@ -20,6 +26,17 @@ def _local_model(flag: str, path: str) -> None:
             f"{flag}: {path} is not a local directory; smg downloads nothing at run time, so give the path of a "
             "Hugging Face model directory (one holding tokenizer.json)"
         )
+
+
+def _unsupported(reference: tuple[str, ...], implemented: object) -> dict[str, str]:
+    """The reference's parser names smg does not implement, each refused with what it offers."""
+    offered = ", ".join(sorted(implemented))  # type: ignore[call-overload]
+    return {name: f"not supported by smg; it offers {offered}" for name in reference if name not in implemented}  # type: ignore[operator]
+
+
+def _default_tokenizer_cache() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "smg", "tokenizers")
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,47 @@ class PolicySettings:
         False,
         "--disable-tokenizer-autoload",
         help="do not load the tokenizer of --model-path (pure load balancing: cache_aware matches characters)",
+        group=G_TOKENIZER,
+    )
+    chat_template: str | None = setting(
+        None,
+        "--chat-template",
+        metavar="PATH",
+        check=existing_file,
+        help="gRPC workers: a chat template file (.jinja, or .json holding chat_template) used for every model "
+        "instead of the model's own",
+        group=G_TOKENIZER,
+    )
+    tokenizer_cache_dir: str = setting(
+        _default_tokenizer_cache(),
+        "--tokenizer-cache-dir",
+        metavar="DIR",
+        help="gRPC workers: where tokenizers fetched from workers (GetTokenizer) are kept between runs",
+        group=G_TOKENIZER,
+    )
+    parser: str = setting(
+        "legacy",
+        "--parser",
+        choices=("legacy",),
+        refused_choices={"symphony": "the Symphony parser tables are not supported by smg; use the per-model parsers (legacy)"},
+        help="gRPC workers: how reasoning and tool calls are read from a chat completion: the per-model parsers "
+        "(--tool-call-parser, --reasoning-parser, else the model id's defaults)",
+        group=G_TOKENIZER,
+    )
+    tool_call_parser: str | None = setting(
+        None,
+        "--tool-call-parser",
+        choices=sorted(TOOL_PARSERS),
+        refused_choices=_unsupported(REFERENCE_TOOL_PARSERS, TOOL_PARSERS),
+        help="gRPC workers: the tool-call format models write (default: from the model id, as the reference's table)",
+        group=G_TOKENIZER,
+    )
+    reasoning_parser: str | None = setting(
+        None,
+        "--reasoning-parser",
+        choices=sorted(REASONING_PARSERS),
+        refused_choices=_unsupported(REFERENCE_REASONING_PARSERS, REASONING_PARSERS),
+        help="gRPC workers: how models mark their reasoning (default: from the model id, as the reference's table)",
         group=G_TOKENIZER,
     )
     prefix_token_count: int = setting(

@@ -38,12 +38,8 @@ OVERLOAD = (
 REQUEST_BUFFERING = "request body buffering bounds are not supported by smg; it bounds bodies with --max-payload-size"
 JEMALLOC = "allocator profiling belongs to the reference's Rust build; it does not apply to smg"
 STORAGE_CONTEXT = "storage context headers are not supported by smg"
-CHAT_TEMPLATE = (
-    "applying chat templates at the gateway comes with gRPC workers, not supported by smg yet; HTTP workers apply their own"
-)
 GRPC_PIPELINE = (
-    "tokenizing, parsing and detokenizing at the gateway come with gRPC workers, not supported by smg yet; "
-    "HTTP workers do their own"
+    "the reference's tokenizer result caches are not supported by smg; it tokenizes each request once, for gRPC workers only"
 )
 MCP = "MCP tools are not supported by smg"
 WASM = "WASM modules are not supported by smg"
@@ -135,16 +131,12 @@ class ReferenceRefusals:
     # Request Handling
     storage_context_headers: tuple[str, ...] = refused("--storage-context-headers", why=STORAGE_CONTEXT, takes="*")
     # Tokenizer
-    chat_template: str | None = refused("--chat-template", why=CHAT_TEMPLATE)
-    parser: str | None = refused("--parser", why=GRPC_PIPELINE)
     tokenizer_cache_enable_l0: bool = refused("--tokenizer-cache-enable-l0", why=GRPC_PIPELINE, takes="0")
     tokenizer_cache_l0_max_entries: str | None = refused("--tokenizer-cache-l0-max-entries", why=GRPC_PIPELINE)
     tokenizer_cache_enable_l1: bool = refused("--tokenizer-cache-enable-l1", why=GRPC_PIPELINE, takes="0")
     tokenizer_cache_l0_max_memory: str | None = refused("--tokenizer-cache-l0-max-memory", why=GRPC_PIPELINE)
     tokenizer_cache_l1_max_memory: str | None = refused("--tokenizer-cache-l1-max-memory", why=GRPC_PIPELINE)
     # Parsers
-    reasoning_parser: str | None = refused("--reasoning-parser", why=GRPC_PIPELINE)
-    tool_call_parser: str | None = refused("--tool-call-parser", why=GRPC_PIPELINE)
     mcp_config_path: str | None = refused("--mcp-config-path", why=MCP)
     # Backend
     zmq_engine_count: str | None = refused("--zmq-engine-count", why=DATA_PARALLEL)

@@ -17,16 +17,28 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import trio
 
 from smg.context import GatewayContext
+from smg.dataplane import engine
+from smg.dataplane.relay import (
+    KEEPALIVE_COMMENT,
+    MESSAGES_PING,
+    MESSAGES_ROUTE,
+    ROUTED_WORKER_HEADER,
+    Answer,
+    Failed,
+    KeepAlive,
+    Refused,
+    end_stream_with,
+    keeping_alive,
+)
 from smg.dataplane.routes import InferenceRoute
-from smg.http.asgi import Message, Send, dump_json, send_bytes
+from smg.http.asgi import dump_json, send_bytes
 from smg.http.errors import GatewayError, model_not_found
 from smg.http.exchange import REQUEST_ID_HEADER, Exchange
 from smg.http.sse import EventFramer, EventTooLarge
@@ -41,37 +53,12 @@ from smg.workers.retry import is_retryable
 
 log = logging.getLogger("smg.router")
 
-ROUTED_WORKER_HEADER = b"x-smg-routed-worker-id"
 # Client headers passed on to workers; everything else stays at the gateway.
 FORWARDED_HEADERS = frozenset({b"x-correlation-id", b"traceparent", b"tracestate", b"x-smg-routing-key"})
 # With --enable-trace the worker gets the attempt span's trace context instead of the client's.
 FORWARDED_WHEN_TRACED = FORWARDED_HEADERS - {b"traceparent", b"tracestate"}
 JSON_TYPE = b"application/json"
 USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
-# --sse-keepalive-secs: an SSE comment on the OpenAI-shaped routes (clients skip it), and on
-# the Messages API the `ping` event Anthropic's own API sends (its clients skip that), in the
-# compact JSON of the gateway's other Messages events (the ping after `message_start` too).
-KEEPALIVE_COMMENT = b": keep-alive\n\n"
-MESSAGES_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
-MESSAGES_ROUTE = "/v1/messages"  # `Exchange.route` of the Messages API (relayed as-is to workers that speak it)
-
-
-@dataclass(slots=True)
-class Answer:
-    """A complete non-streaming worker answer, sent after its connection went back to the pool."""
-
-    worker: Worker
-    status: int
-    content_type: bytes
-    payload: bytes
-
-
-@dataclass(slots=True)
-class Failed:
-    """An attempt that may be retried: the error to answer if it was the last one."""
-
-    error: GatewayError
-    answer: Answer | None = None  # the worker's own answer, when it sent one
 
 
 def text_of(ex: Exchange, request: dict[str, Any]) -> str:
@@ -191,7 +178,7 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
     """Answer `ex` from the workers, retrying failed attempts within the request deadline."""
     retry = ctx.retry
     info = request_info(ctx, ex, request)
-    outcome: Answer | Failed | None = None
+    outcome: Answer | Failed | Refused | None = None
     tried: list[str] = []
     with trio.move_on_after(ctx.config.request_timeout_secs) as deadline:
         async with trio.open_nursery() as nursery:
@@ -209,10 +196,10 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
                 ex.worker = worker
                 sent = body if worker.model_id is None else body_for(worker, request, body)
                 if tracing.ENABLED:
-                    outcome = await _attempt_traced(ctx, ex, route, worker, sent, attempt, outcome)
+                    outcome = await _attempt_traced(ctx, ex, route, worker, sent, request, attempt, outcome)
                 else:
-                    outcome = await attempt_once(ctx, ex, route, worker, sent)
-                if outcome is None or isinstance(outcome, Answer):
+                    outcome = await attempt_once(ctx, ex, route, worker, sent, request)
+                if outcome is None or isinstance(outcome, (Answer, Refused)):
                     break  # answered (or streamed) to the client, or a final worker answer
                 if attempt < retry.max_attempts:
                     ctx.metrics.retries(worker.url).inc()
@@ -233,7 +220,7 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
         outcome = Failed(GatewayError(504, "upstream_timeout", f"no answer within {ctx.config.request_timeout_secs:g}s"))
     if isinstance(outcome, Failed) and outcome.answer is not None:
         outcome = outcome.answer  # retries exhausted: pass the worker's last answer through
-    if isinstance(outcome, Failed):
+    if isinstance(outcome, (Failed, Refused)):
         await ex.fail(outcome.error)
     elif isinstance(outcome, Answer):
         await _send_answer(ex, route, request, outcome)
@@ -254,18 +241,19 @@ async def _attempt_traced(
     route: InferenceRoute,
     worker: Worker,
     body: bytes,
+    request: dict[str, Any],
     attempt: int,
-    previous: Answer | Failed | None,
-) -> Answer | Failed | None:
+    previous: Answer | Failed | Refused | None,
+) -> Answer | Failed | Refused | None:
     """`attempt_once` in an `smg.attempt` CLIENT span, current while it runs, so the worker's
     `traceparent` names it (`upstream_headers`). A stream's attempt ends with the stream."""
     attributes: dict[str, str | int] = {"smg.worker": worker.url, "smg.attempt": attempt}
     if isinstance(previous, Failed):
         attributes["smg.retry_reason"] = previous.error.code
     with tracing.span("smg.attempt", attributes, tracing.CLIENT) as span:
-        outcome = await attempt_once(ctx, ex, route, worker, body)
-        if isinstance(outcome, Failed):
-            if outcome.answer is not None:
+        outcome = await attempt_once(ctx, ex, route, worker, body, request)
+        if isinstance(outcome, (Failed, Refused)):
+            if isinstance(outcome, Failed) and outcome.answer is not None:
                 span.set_attribute("http.response.status_code", outcome.answer.status)
             tracing.failed(span, outcome.error.code, outcome.error.message)
         elif isinstance(outcome, Answer):
@@ -315,8 +303,8 @@ def stream_usage(tail: bytes) -> int:
 
 
 async def attempt_once(
-    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, body: bytes
-) -> Answer | Failed | None:
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, body: bytes, request: dict[str, Any]
+) -> Answer | Failed | Refused | None:
     """One try on one worker. None: the response went to the client (a stream)."""
     now = trio.current_time()
     probe, transition = worker.breaker.begin(now)
@@ -326,7 +314,10 @@ async def attempt_once(
     active.inc()
     ok = False
     try:
-        result = await _exchange_with(ctx, ex, route, worker, body)
+        if worker.is_grpc:
+            result = await engine.exchange(ctx, ex, route, worker, request, len(body))
+        else:
+            result = await _exchange_with(ctx, ex, route, worker, body)
         ok = not isinstance(result, Failed) and not ex.error_code
         return result
     finally:
@@ -381,7 +372,7 @@ async def relay_events(
     leaves the client a fragment for the error event to be glued onto.
 
     After each `--sse-keepalive-secs` in which the client got no event, a keep-alive frame goes
-    out (`_KeepAlive`), so a proxy with an idle timeout does not cut a stream waiting on a
+    out (`KeepAlive`), so a proxy with an idle timeout does not cut a stream waiting on a
     long prefill. It starts once the response head went out: before the worker's head the
     client gets nothing, since committing to a 200 early would rule out retrying elsewhere
     (`--worker-first-byte-timeout-secs` bounds that wait; vLLM and SGLang send a stream's head
@@ -401,9 +392,9 @@ async def relay_events(
         }
     )
     every = ctx.config.sse_keepalive_secs
-    keepalive: _KeepAlive | None = None
+    keepalive: KeepAlive | None = None
     if every > 0:
-        keepalive = _KeepAlive(send, MESSAGES_PING if ex.route == MESSAGES_ROUTE else KEEPALIVE_COMMENT, every)
+        keepalive = KeepAlive(send, MESSAGES_PING if ex.route == MESSAGES_ROUTE else KEEPALIVE_COMMENT, every)
         send = keepalive.send  # the relay's events go out through it: the two take turns
     stall = ctx.config.stream_stall_timeout_secs
     framer = EventFramer(ctx.config.max_sse_event_size)
@@ -413,7 +404,7 @@ async def relay_events(
     with trio.CancelScope(deadline=trio.current_time() + stall) as stall_scope:
         chunks = response.aiter_body()
         try:
-            async with _keeping_alive(keepalive):
+            async with keeping_alive(keepalive):
                 async for chunk in chunks:
                     if first:
                         ttft = time.perf_counter() - ex.started_at
@@ -450,104 +441,9 @@ async def relay_events(
     if ex.want_usage:
         ex.completion_tokens = stream_usage(tail)
     if error is not None:
-        await _end_stream_with(ex, error)
+        await end_stream_with(ex, error)
         return
     await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class _KeepAlive:
-    """The keep-alive frames of one relayed stream: `run` (a task beside the relay) sends `frame`
-    whenever `every` seconds passed since the client last got something, and `send` is the
-    relay's way out, so the two never send at once (an ASGI server may not interleave sends
-    safely) and every relayed event counts as a sign of life. While the relay is stuck sending
-    to a slow client, bytes are on their way: no keep-alive then."""
-
-    __slots__ = ("_lock", "_send", "every", "frame", "heard")
-
-    def __init__(self, send: Send, frame: bytes, every: float) -> None:
-        self._send = send
-        self.frame = frame
-        self.every = every
-        self.heard = trio.current_time()  # when the client last got a frame (the head counts)
-        self._lock = trio.Lock()
-
-    async def send(self, message: Message) -> None:
-        lock = self._lock
-        if lock.locked():  # a keep-alive is going out: after it
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()  # the usual case, without a checkpoint
-        try:
-            self.heard = trio.current_time()
-            await self._send(message)
-        finally:
-            lock.release()
-
-    async def run(self) -> None:
-        while True:
-            due = self.heard + self.every
-            if trio.current_time() < due:
-                await trio.sleep_until(due)
-                continue  # an event may have gone out meanwhile
-            self.heard = due
-            if self._lock.locked():
-                continue
-            async with self._lock:
-                await self._send({"type": "http.response.body", "body": self.frame, "more_body": True})
-
-
-@asynccontextmanager
-async def _keeping_alive(keepalive: _KeepAlive | None) -> AsyncIterator[None]:
-    """Runs `keepalive` (if any) for the duration of the block. Exceptions leave as they would
-    without the task: the relay's callers (and the pool's context) expect a bare `Cancelled`
-    or `UpstreamError`, not the group a nursery wraps them in."""
-    if keepalive is None:
-        yield
-        return
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(keepalive.run)
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise _sole(group) from None
-
-
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception that matters in a nursery's group: the one that is not `Cancelled` (the
-    other task was cancelled because of it), else one `Cancelled` for the scope that was
-    cancelled to catch; several real errors stay a group."""
-    cancelled, rest = group.split(trio.Cancelled)
-    if rest is None:
-        assert cancelled is not None
-        return _first_leaf(cancelled)
-    leaves = list(_leaves(rest))
-    return leaves[0] if len(leaves) == 1 else rest
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    return next(_leaves(error))
-
-
-async def _end_stream_with(ex: Exchange, error: GatewayError) -> None:
-    """The stream's last event: the error, in the client's API shape (Anthropic's `error` event
-    for the Messages API, `data: {"error": ...}` for OpenAI's)."""
-    if ex.error_shape is None:
-        await ex.fail(error)
-        return
-    ex.error_code, ex.error_message = error.code, error.message
-    event = b"event: error\ndata: " + dump_json(ex.error_shape(error)) + b"\n\n"
-    await ex.send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:

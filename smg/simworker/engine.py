@@ -44,6 +44,7 @@ VOCABULARY = [
 
 
 G_SIM = "simulated worker"
+GRPC_ENGINES = ("sglang", "vllm")  # --grpc-engine
 
 
 @dataclass
@@ -86,7 +87,14 @@ class SimConfig:
     grpc: bool = setting(
         False,
         "--grpc",
-        help="speak SGLang's gRPC scheduler protocol (token ids in and out, the shipped tokenizer) instead of HTTP",
+        help="speak an engine's gRPC protocol (--grpc-engine; token ids in and out, the shipped tokenizer) instead of HTTP",
+        group=G_SIM,
+    )
+    grpc_engine: str = setting(
+        "sglang",
+        "--grpc-engine",
+        choices=GRPC_ENGINES,
+        help="gRPC mode: the engine service served, SGLang's scheduler or vLLM's engine (never both)",
         group=G_SIM,
     )
     reasoning: bool = setting(
@@ -111,6 +119,8 @@ class SimConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.output_tokens < 0:
             raise ValueError("output_tokens must not be negative")
+        if self.grpc_engine not in GRPC_ENGINES:
+            raise ValueError(f"grpc_engine must be one of {', '.join(GRPC_ENGINES)}, got {self.grpc_engine!r}")
         if not 100 <= self.fail_status <= 599:
             raise ValueError(f"fail_status must be an HTTP status, got {self.fail_status}")
 

@@ -17,7 +17,8 @@ GetTokenizer), and its answers are chosen to exercise those gateway parsers:
 
 Every natural answer ends with the EOS `<|im_end|>`; `plan` applies the request's sampling
 limits (max_new_tokens, stop_token_ids, ignore_eos) to it. Timing and caching are the shell's
-(`smg.simworker.grpc_server`) with `SimEngine`.
+(`smg.simworker.grpc_server`) with `SimEngine`, and so is the protocol: both engine services the
+shell serves (SGLang's, vLLM's) share this model.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from smg.simworker.engine import VOCABULARY
 from smg.tokenization.loader import ModelTokenizer, load_model_tokenizer
 
 EOS_TOKEN = "<|im_end|>"
-DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when the request sets none
+DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when the request sets none (the vLLM mode's too)
 THINK_WORDS = 8
 TOOLS_OPEN, TOOLS_CLOSE = "<tools>", "</tools>"
 TURN_OPEN = "<|im_start|>"

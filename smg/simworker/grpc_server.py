@@ -1,21 +1,30 @@
-"""`smg sim-worker --grpc`: the simulated worker speaking SGLang's gRPC scheduler protocol.
+"""`smg sim-worker --grpc`: the simulated worker speaking an engine's gRPC protocol, SGLang's
+scheduler service (`sglang.grpc.scheduler.SglangScheduler`, the default) or, with
+`--grpc-engine vllm`, vLLM's engine service (`vllm.grpc.engine.VllmEngine`), never both: a
+gateway's detection must find exactly the engine asked for.
 
 What a gateway calls on a gRPC worker, RPC by RPC, is `../shared/reference/smg-grpc-contract.md`;
-the protocol is the `smg-grpc-proto` stubs'. Two halves, bridged by `smg.aiothread`:
+the protocols are the `smg-grpc-proto` stubs'. Two halves, bridged by `smg.aiothread`:
 
-- `GrpcSimWorker` (trio): the engine side. It owns `SimEngine` (queueing, KV-cache model keyed
-  on the prompt's token ids, TTFT/TPOT timing, injected faults) and `SimModel` (what to answer),
-  and yields protobuf responses; running generations are cancel scopes that Abort cancels.
-- `SchedulerServicer` (grpc.aio, on the node's one asyncio loop thread): the thin RPC shell.
-  It answers the immutable RPCs itself (HealthCheck, GetModelInfo, GetServerInfo,
-  GetTokenizer) and asks the trio side for the rest through a `TrioPortal`. A cancelled RPC
-  (the client left) cancels the trio task; a `RpcFailure` from the trio side is the RPC's status.
+- `GrpcSimWorker` (trio): the engine side, protocol-neutral. It owns `SimEngine` (queueing,
+  KV-cache model keyed on the prompt's token ids, TTFT/TPOT timing, injected faults) and
+  `SimModel` (what to answer), and emits `smg.generation.types` outputs; running generations
+  are cancel scopes that Abort cancels.
+- `SchedulerServicer` (SGLang) and `VllmEngineServicer` (grpc.aio, on the node's one asyncio
+  loop thread): the thin RPC shells, which convert requests and outputs to and from their
+  protocol's messages at the edge. They answer the immutable RPCs themselves (HealthCheck,
+  GetModelInfo, GetServerInfo, GetTokenizer) and ask the trio side for the rest through a
+  `TrioPortal`. A cancelled RPC (the client left) cancels the trio task; a `RpcFailure` from
+  the trio side is the RPC's status.
 
 Registration needs nothing else: grpcio answers UNIMPLEMENTED for the other engines' services
-the reference probes (vLLM, TRT-LLM, MLX, TokenSpeed). GetModelInfo reports model_path and
-tokenizer_path empty so a gateway takes the tokenizer from its own --model-path or from
-GetTokenizer (the shipped tokenizer, zipped once at start). SubscribeKvEvents is UNIMPLEMENTED
-for now: the reference then polls GetLoads, which is what it does with an idle KV stream too.
+the reference probes. GetModelInfo reports model_path and tokenizer_path empty so a gateway
+takes the tokenizer from its own --model-path or from GetTokenizer (the shipped tokenizer,
+zipped once at start). SubscribeKvEvents is UNIMPLEMENTED for now: the reference then polls
+GetLoads, which is what it does with an idle KV stream too. The vLLM service differs where
+vLLM's protocol does: the prompt may come as `text` (encoded with the shipped tokenizer),
+`max_tokens` for `max_new_tokens`, Abort takes a list of ids and answers nothing, GetServerInfo
+has vLLM's fields (`max_num_seqs`, `block_size`, ...) instead of a server-args Struct.
 """
 
 from __future__ import annotations
@@ -25,17 +34,19 @@ import datetime
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, TypeVar
 
 import grpc
 import trio
 from google.protobuf import struct_pb2
-from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2_grpc
+from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2_grpc, vllm_engine_pb2, vllm_engine_pb2_grpc
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
 
 from smg.aiothread import AioThread, TrioPortal
+from smg.generation.types import EngineChunk, EngineComplete, EngineOutput
 from smg.http.server import BindError
 from smg.simworker.engine import SimConfig, SimEngine
 from smg.simworker.grpc_model import Sampling, Sequence, SimModel, load_shipped_tokenizer, model_directory
@@ -50,6 +61,7 @@ CONTEXT_LENGTH = 32768
 MAX_N = 64  # sequences per request: more is a client error, not a reason to run out of memory
 MAX_NEW_TOKENS = CONTEXT_LENGTH
 VERSION = "smg-sim"
+ENGINE_LABELS = {"sglang": "SGLang scheduler", "vllm": "vLLM engine"}
 
 # injected failures (--fail-status, an HTTP status) as the gRPC status a failing engine gives
 _FAIL_CODES = {
@@ -73,7 +85,7 @@ class RpcFailure(Exception):
 
 @dataclass(frozen=True)
 class Request:
-    """A validated GenerateRequest: what the trio side needs of it."""
+    """A validated GenerateRequest of either protocol: what the trio side needs of it."""
 
     request_id: str
     prompt_ids: list[int]
@@ -82,8 +94,30 @@ class Request:
 
 
 def parse_generate(request: pb.GenerateRequest, vocab_size: int) -> Request:
-    """Check a GenerateRequest; RpcFailure(INVALID_ARGUMENT) names what is wrong."""
-    ids = list(request.tokenized.input_ids)
+    """Check an SGLang GenerateRequest; RpcFailure(INVALID_ARGUMENT) names what is wrong."""
+    params = request.sampling_params
+    max_new = params.max_new_tokens if params.HasField("max_new_tokens") else None
+    return _checked(
+        request.request_id,
+        list(request.tokenized.input_ids),
+        params,
+        max_new,
+        "max_new_tokens",
+        request.stream,
+        vocab_size,
+    )
+
+
+def parse_vllm_generate(request: Any, vocab_size: int, encode: Callable[[str], list[int]]) -> Request:
+    """Check a vLLM GenerateRequest (its prompt `tokenized`, or `text` that `encode` tokenizes)."""
+    ids = encode(request.text) if request.WhichOneof("input") == "text" else list(request.tokenized.input_ids)
+    params = request.sampling_params
+    max_new = params.max_tokens if params.HasField("max_tokens") else None
+    return _checked(request.request_id, ids, params, max_new, "max_tokens", request.stream, vocab_size)
+
+
+def _checked(rid: str, ids: list[int], params: Any, max_new: int | None, max_name: str, stream: bool, vocab_size: int) -> Request:
+    """The checks both protocols share (their SamplingParams agree on n, stop_token_ids, ignore_eos)."""
     if not ids:
         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "tokenized.input_ids is empty")
     if len(ids) > CONTEXT_LENGTH:
@@ -94,15 +128,13 @@ def parse_generate(request: pb.GenerateRequest, vocab_size: int) -> Request:
     bad = next((i for i in ids if i >= vocab_size), None)
     if bad is not None:
         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"token id {bad} is outside the vocabulary ({vocab_size})")
-    params = request.sampling_params
     n = params.n or 1
     if n > MAX_N:
         raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"n={n} is more than {MAX_N}")
-    max_new = params.max_new_tokens if params.HasField("max_new_tokens") else None
     if max_new is not None and max_new > MAX_NEW_TOKENS:
-        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"max_new_tokens={max_new} is more than {MAX_NEW_TOKENS}")
+        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"{max_name}={max_new} is more than {MAX_NEW_TOKENS}")
     sampling = Sampling(max_new, frozenset(params.stop_token_ids), n, params.ignore_eos)
-    return Request(request.request_id or f"sim-{uuid.uuid4().hex}", ids, sampling, request.stream)
+    return Request(rid or f"sim-{uuid.uuid4().hex}", ids, sampling, stream)
 
 
 class GrpcSimWorker:
@@ -114,11 +146,11 @@ class GrpcSimWorker:
         self.engine = SimEngine(config)
         self._slots = trio.Semaphore(config.max_running)
         self._running: dict[str, trio.CancelScope] = {}
-        self._aborted: set[str] = set()
+        self.rpcs_cancelled = 0  # generations cut short by their RPC's cancellation (the client left)
 
-    async def generate(self, emit: Callable[[pb.GenerateResponse], None], request: Request) -> None:
+    async def generate(self, emit: Callable[[EngineOutput], None], request: Request) -> None:
         """Queue, prefill (TTFT from the uncached prompt tokens), then decode step by step,
-        emitting the responses. Abort ends the unfinished sequences with finish "abort"."""
+        emitting the outputs. Abort ends the unfinished sequences with finish "abort"."""
         rid = request.request_id
         if rid in self._running:
             raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"request_id {rid!r} is already running")
@@ -130,22 +162,26 @@ class GrpcSimWorker:
             code = _FAIL_CODES.get(self.config.fail_status, grpc.StatusCode.INTERNAL)
             raise RpcFailure(code, "simulated worker failure")
         prompt_tokens = len(request.prompt_ids)
-        progress = _Progress(rid, sequences, prompt_tokens, request.stream)
+        progress = _Progress(sequences, prompt_tokens, request.stream)
         held = prompt_tokens + sum(len(s.output_ids) for s in sequences)
-        with trio.CancelScope() as scope:  # Abort cancels it
-            self._running[rid] = scope
-            try:
-                if outcome.hang:
-                    await trio.sleep_forever()  # a stall: no message until the client leaves
-                async with running_slot(engine, self._slots, held):
-                    await self._decode(emit, request, progress, outcome.die_after_tokens)
-            finally:
-                self._running.pop(rid, None)
+        try:
+            with trio.CancelScope() as scope:  # Abort cancels it
+                self._running[rid] = scope
+                try:
+                    if outcome.hang:
+                        await trio.sleep_forever()  # a stall: no message until the client leaves
+                    async with running_slot(engine, self._slots, held):
+                        await self._decode(emit, request, progress, outcome.die_after_tokens)
+                finally:
+                    self._running.pop(rid, None)
+        except trio.Cancelled:
+            self.rpcs_cancelled += 1  # not Abort's scope: the RPC's (the portal cancels it)
+            raise
         if scope.cancelled_caught:
             progress.abort(emit)
 
     async def _decode(
-        self, emit: Callable[[pb.GenerateResponse], None], request: Request, progress: _Progress, die_after: int | None
+        self, emit: Callable[[EngineOutput], None], request: Request, progress: _Progress, die_after: int | None
     ) -> None:
         engine = self.engine
         progress.cached = engine.cache.admit([str(i) for i in request.prompt_ids])
@@ -161,62 +197,30 @@ class GrpcSimWorker:
         first = progress.sequences[0].output_ids
         engine.cache.retain([str(i) for i in [*request.prompt_ids, *first]])
 
-    async def abort(self, request_id: str) -> pb.AbortResponse:
+    async def abort(self, request_id: str) -> bool:
+        """Whether `request_id` was running (it now ends with finish "abort")."""
         scope = self._running.get(request_id)
         if scope is None:
-            return pb.AbortResponse(success=False, message=f"no running request {request_id!r}")
+            return False
         scope.cancel()
-        return pb.AbortResponse(success=True, message="aborted")
+        return True
 
-    async def loads(self, request: pb.GetLoadsRequest) -> pb.GetLoadsResponse:
-        report = self.engine.load_report()
-        load = pb.SchedulerLoad(
-            dp_rank=0,
-            num_running_reqs=report["num_running_reqs"],
-            num_waiting_reqs=report["num_waiting_reqs"],
-            num_total_reqs=report["num_total_reqs"],
-            num_used_tokens=report["num_used_tokens"],
-            max_total_num_tokens=report["max_total_num_tokens"],
-            token_usage=report["token_usage"],
-            cache_hit_rate=report["cache_hit_rate"],
-            utilization=report["num_running_reqs"] / self.config.max_running,
-            max_running_requests=self.config.max_running,
-        )
-        include = set(request.include)
-        if "queues" in include or "all" in include:
-            load.queues.CopyFrom(pb.QueueMetrics(waiting=report["num_waiting_reqs"]))
-        if "memory" in include or "all" in include:
-            load.memory.CopyFrom(pb.MemoryMetrics(token_capacity=report["max_total_num_tokens"]))
-        loads = [load] if not request.HasField("dp_rank") or request.dp_rank == 0 else []
-        return pb.GetLoadsResponse(
-            timestamp=datetime.datetime.now(datetime.UTC).isoformat(),
-            version=VERSION,
-            dp_rank_count=1,
-            loads=loads,
-            aggregate=pb.AggregateMetrics(
-                total_running_reqs=report["num_running_reqs"],
-                total_waiting_reqs=report["num_waiting_reqs"],
-                total_reqs=report["num_total_reqs"],
-                avg_token_usage=report["token_usage"],
-                avg_utilization=load.utilization,
-            ),
-        )
+    async def load_report(self) -> dict[str, Any]:
+        return self.engine.load_report()
 
-    async def flush(self) -> common_pb2.FlushCacheResponse:
+    async def flush(self) -> None:
         self.engine.cache.flush()
-        return common_pb2.FlushCacheResponse(success=True, message="Cache flushed.")
 
-    async def embed(self, ids: list[int]) -> pb.EmbedResponse:
+    async def embed(self, ids: list[int]) -> list[float]:
         self.engine.requests += 1
-        vector = self.engine.embedding(" ".join(map(str, ids)))
-        return pb.EmbedResponse(embedding_dim=len(vector), embedding=vector, prompt_tokens=len(ids))
+        return self.engine.embedding(" ".join(map(str, ids)))
 
 
 class _Progress:
-    """How far each sequence of one request got, and the messages that reports (sans-IO)."""
+    """How far each sequence of one request got, and the outputs that reports (sans-IO)."""
 
-    def __init__(self, rid: str, sequences: list[Sequence], prompt_tokens: int, stream: bool) -> None:
-        self.rid, self.sequences, self.prompt_tokens, self.stream = rid, sequences, prompt_tokens, stream
+    def __init__(self, sequences: list[Sequence], prompt_tokens: int, stream: bool) -> None:
+        self.sequences, self.prompt_tokens, self.stream = sequences, prompt_tokens, stream
         self.cached = 0
         self.produced = [0] * len(sequences)
         self.finished = [False] * len(sequences)
@@ -225,7 +229,7 @@ class _Progress:
     def done(self) -> bool:
         return all(self.finished)
 
-    def step(self, emit: Callable[[pb.GenerateResponse], None]) -> int:
+    def step(self, emit: Callable[[EngineOutput], None]) -> int:
         """One decode step: a token for every unfinished sequence; returns how many."""
         tokens = 0
         for seq in self.sequences:
@@ -237,53 +241,55 @@ class _Progress:
                 self.produced[i] = position + 1
                 tokens += 1
                 if self.stream:
-                    emit(_chunk(self.rid, seq, position, self.prompt_tokens, self.cached))
+                    emit(EngineChunk(i, [seq.output_ids[position]], self.prompt_tokens, position + 1, self.cached))
             if self.produced[i] >= len(seq.output_ids):
                 self.finished[i] = True
-                emit(_complete(self.rid, seq, seq.output_ids, seq.finish_reason, self.prompt_tokens, self.cached))
+                emit(self._complete(seq, seq.output_ids, seq.finish_reason))
         return tokens
 
-    def abort(self, emit: Callable[[pb.GenerateResponse], None]) -> None:
+    def abort(self, emit: Callable[[EngineOutput], None]) -> None:
         for seq in self.sequences:
             if not self.finished[seq.index]:
-                done = seq.output_ids[: self.produced[seq.index]]
-                emit(_complete(self.rid, seq, done, "abort", self.prompt_tokens, self.cached))
+                emit(self._complete(seq, seq.output_ids[: self.produced[seq.index]], "abort"))
+
+    def _complete(self, seq: Sequence, output_ids: list[int], finish: str) -> EngineComplete:
+        matched = seq.matched_token_id if finish == "stop" else None
+        return EngineComplete(seq.index, output_ids, finish, self.prompt_tokens, len(output_ids), self.cached, matched)
 
 
-def _chunk(rid: str, seq: Sequence, step: int, prompt_tokens: int, cached: int) -> pb.GenerateResponse:
-    return pb.GenerateResponse(
-        request_id=rid,
-        chunk=pb.GenerateStreamChunk(
-            token_ids=[seq.output_ids[step]],
-            prompt_tokens=prompt_tokens,
-            completion_tokens=step + 1,
-            cached_tokens=cached,
-            index=seq.index,
-        ),
+def _response(module: ModuleType, output: EngineOutput, **envelope: Any) -> Any:
+    """`output` as a GenerateResponse of `module`'s protocol (both name the fields alike);
+    `envelope`: SGLang's request_id."""
+    if isinstance(output, EngineChunk):
+        chunk = module.GenerateStreamChunk(
+            token_ids=output.token_ids,
+            prompt_tokens=output.prompt_tokens,
+            completion_tokens=output.completion_tokens,
+            cached_tokens=output.cached_tokens,
+            index=output.index,
+        )
+        return module.GenerateResponse(chunk=chunk, **envelope)
+    complete = module.GenerateComplete(
+        output_ids=output.output_ids,
+        finish_reason=output.finish_reason,
+        prompt_tokens=output.prompt_tokens,
+        completion_tokens=output.completion_tokens,
+        cached_tokens=output.cached_tokens,
+        index=output.index,
     )
+    if isinstance(output.matched_stop, int):
+        complete.matched_token_id = output.matched_stop
+    return module.GenerateResponse(complete=complete, **envelope)
 
 
-def _complete(
-    rid: str, seq: Sequence, output_ids: list[int], finish: str, prompt_tokens: int, cached: int
-) -> pb.GenerateResponse:
-    complete = pb.GenerateComplete(
-        output_ids=output_ids,
-        finish_reason=finish,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=len(output_ids),
-        cached_tokens=cached,
-        index=seq.index,
-    )
-    if finish == "stop" and seq.matched_token_id is not None:
-        complete.matched_token_id = seq.matched_token_id
-    return pb.GenerateResponse(request_id=rid, complete=complete)
+# -- the RPC shells, on the asyncio loop thread -----------------------------------------------
 
 
-# -- the RPC shell, on the asyncio loop thread ------------------------------------------------
+class _EngineServicer:
+    """What both protocols' services share over one `GrpcSimWorker` (runs on the loop thread).
+    Listed first among a servicer's bases, so its methods win over the generated UNIMPLEMENTED ones."""
 
-
-class SchedulerServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
-    """SGLang's SglangScheduler service over one `GrpcSimWorker` (runs on the loop thread)."""
+    messages: ModuleType  # the protocol's messages
 
     def __init__(self, worker: GrpcSimWorker, portal: TrioPortal, archive: tuple[bytes, str]) -> None:
         self.worker = worker
@@ -293,6 +299,10 @@ class SchedulerServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
         self.vocab_size = worker.model.tokenizer.total_vocab_size
         self.started = time.time()
 
+    @staticmethod
+    def register(servicer: Any, server: grpc.aio.Server) -> None:
+        raise NotImplementedError
+
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
             return await self.portal.run(fn, *args)
@@ -300,28 +310,32 @@ class SchedulerServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
             await context.abort(failure.code, failure.details)
             raise  # pragma: no cover - abort raises
 
-    async def Generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.GenerateResponse]:
+    def _parse(self, request: Any) -> Request:
+        raise NotImplementedError
+
+    def _envelope(self, request: Request) -> dict[str, Any]:
+        """The GenerateResponse fields beside the chunk or complete."""
+        return {}
+
+    async def Generate(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        # an async generator function, as grpc.aio needs to see for its streaming handlers
         try:
-            parsed = parse_generate(request, self.vocab_size)
-            async with contextlib.aclosing(self.portal.stream(self.worker.generate, parsed)) as responses:
-                async for response in responses:
-                    yield response
+            parsed = self._parse(request)
+            envelope = self._envelope(parsed)
+            async with contextlib.aclosing(self.portal.stream(self.worker.generate, parsed)) as outputs:
+                async for output in outputs:
+                    yield _response(self.messages, output, **envelope)
         except RpcFailure as failure:
             await context.abort(failure.code, failure.details)
 
-    async def HealthCheck(self, request: pb.HealthCheckRequest, context: grpc.aio.ServicerContext) -> pb.HealthCheckResponse:
+    async def HealthCheck(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.config.unhealthy:
-            return pb.HealthCheckResponse(healthy=False, message="unhealthy (--unhealthy)")
-        return pb.HealthCheckResponse(healthy=True, message="OK")
+            return self.messages.HealthCheckResponse(healthy=False, message="unhealthy (--unhealthy)")
+        return self.messages.HealthCheckResponse(healthy=True, message="OK")
 
-    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
-        return await self._call(context, self.worker.abort, request.request_id)
-
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetModelInfoResponse:
+    def _model_info(self, **extra: Any) -> Any:
         tokenizer = self.worker.model.tokenizer
-        return pb.GetModelInfoResponse(
+        return self.messages.GetModelInfoResponse(
             model_path="",  # empty: the gateway loads --model-path or calls GetTokenizer
             tokenizer_path="",
             is_generation=True,
@@ -333,7 +347,73 @@ class SchedulerServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
             pad_token_id=tokenizer.token_to_id("<|endoftext|>") or 0,
             max_req_input_len=CONTEXT_LENGTH,
             architectures=["SimForCausalLM"],
+            **extra,
         )
+
+    async def GetModelInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self._model_info()
+
+    def _rank_load(self, report: dict[str, Any], **extra: Any) -> Any:
+        return self.messages.SchedulerLoad(
+            dp_rank=0,
+            num_running_reqs=report["num_running_reqs"],
+            num_waiting_reqs=report["num_waiting_reqs"],
+            num_total_reqs=report["num_total_reqs"],
+            num_used_tokens=report["num_used_tokens"],
+            max_total_num_tokens=report["max_total_num_tokens"],
+            token_usage=report["token_usage"],
+            cache_hit_rate=report["cache_hit_rate"],
+            utilization=report["num_running_reqs"] / self.config.max_running,
+            max_running_requests=self.config.max_running,
+            **extra,
+        )
+
+    async def FlushCache(
+        self, request: common_pb2.FlushCacheRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.FlushCacheResponse:
+        await self._call(context, self.worker.flush)
+        return common_pb2.FlushCacheResponse(success=True, message="Cache flushed.")
+
+    async def Embed(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ids = list(request.tokenized.input_ids)
+        if not ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tokenized.input_ids is empty")
+        vector = await self._call(context, self.worker.embed, ids)
+        return self.messages.EmbedResponse(embedding_dim=len(vector), embedding=vector, prompt_tokens=len(ids))
+
+    async def GetTokenizer(
+        self, request: common_pb2.GetTokenizerRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.GetTokenizerChunk]:
+        data, sha256 = self.archive
+        for chunk, digest in archive_chunks(data, sha256, CHUNK_SIZE):
+            yield common_pb2.GetTokenizerChunk(data=chunk, sha256=digest)
+
+    async def SubscribeKvEvents(
+        self, request: common_pb2.SubscribeKvEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.KvEventBatch]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KV events are not simulated yet")
+        yield common_pb2.KvEventBatch()  # pragma: no cover - abort raises
+
+
+class SchedulerServicer(_EngineServicer, sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
+    """SGLang's SglangScheduler service."""
+
+    messages = pb
+
+    @staticmethod
+    def register(servicer: Any, server: grpc.aio.Server) -> None:
+        sglang_scheduler_pb2_grpc.add_SglangSchedulerServicer_to_server(servicer, server)
+
+    def _parse(self, request: pb.GenerateRequest) -> Request:
+        return parse_generate(request, self.vocab_size)
+
+    def _envelope(self, request: Request) -> dict[str, Any]:
+        return {"request_id": request.request_id}
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        if await self._call(context, self.worker.abort, request.request_id):
+            return pb.AbortResponse(success=True, message="aborted")
+        return pb.AbortResponse(success=False, message=f"no running request {request.request_id!r}")
 
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
@@ -363,31 +443,76 @@ class SchedulerServicer(sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
         )
 
     async def GetLoads(self, request: pb.GetLoadsRequest, context: grpc.aio.ServicerContext) -> pb.GetLoadsResponse:
-        return await self._call(context, self.worker.loads, request)
+        report = await self._call(context, self.worker.load_report)
+        load = self._rank_load(report)
+        include = set(request.include)
+        if "queues" in include or "all" in include:
+            load.queues.CopyFrom(pb.QueueMetrics(waiting=report["num_waiting_reqs"]))
+        if "memory" in include or "all" in include:
+            load.memory.CopyFrom(pb.MemoryMetrics(token_capacity=report["max_total_num_tokens"]))
+        return pb.GetLoadsResponse(
+            timestamp=_now(),
+            version=VERSION,
+            dp_rank_count=1,
+            loads=_rank_zero(request, load),
+            aggregate=pb.AggregateMetrics(
+                total_running_reqs=report["num_running_reqs"],
+                total_waiting_reqs=report["num_waiting_reqs"],
+                total_reqs=report["num_total_reqs"],
+                avg_token_usage=report["token_usage"],
+                avg_utilization=load.utilization,
+            ),
+        )
 
-    async def FlushCache(
-        self, request: common_pb2.FlushCacheRequest, context: grpc.aio.ServicerContext
-    ) -> common_pb2.FlushCacheResponse:
-        return await self._call(context, self.worker.flush)
 
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        ids = list(request.tokenized.input_ids)
-        if not ids:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tokenized.input_ids is empty")
-        return await self._call(context, self.worker.embed, ids)
+class VllmEngineServicer(_EngineServicer, vllm_engine_pb2_grpc.VllmEngineServicer):
+    """vLLM's VllmEngine service."""
 
-    async def GetTokenizer(
-        self, request: common_pb2.GetTokenizerRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[common_pb2.GetTokenizerChunk]:
-        data, sha256 = self.archive
-        for chunk, digest in archive_chunks(data, sha256, CHUNK_SIZE):
-            yield common_pb2.GetTokenizerChunk(data=chunk, sha256=digest)
+    messages = vllm_engine_pb2
 
-    async def SubscribeKvEvents(
-        self, request: common_pb2.SubscribeKvEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[common_pb2.KvEventBatch]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KV events are not simulated yet")
-        yield common_pb2.KvEventBatch()  # pragma: no cover - abort raises
+    @staticmethod
+    def register(servicer: Any, server: grpc.aio.Server) -> None:
+        vllm_engine_pb2_grpc.add_VllmEngineServicer_to_server(servicer, server)
+
+    def _parse(self, request: Any) -> Request:
+        return parse_vllm_generate(request, self.vocab_size, self.worker.model.tokenizer.encode)
+
+    async def Abort(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        for rid in request.request_ids:  # vLLM answers nothing: an id not running is no error
+            await self._call(context, self.worker.abort, rid)
+        return vllm_engine_pb2.AbortResponse()
+
+    async def GetServerInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return vllm_engine_pb2.GetServerInfoResponse(
+            active_requests=self.worker.engine.running,
+            uptime_seconds=time.time() - self.started,
+            server_type="vllm-grpc",
+            data_parallel_size=1,
+            kv_cache_dtype="auto",
+            block_size=self.worker.engine.cache.block_tokens,
+            max_num_seqs=self.config.max_running,
+        )
+
+    async def GetLoads(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        report = await self._call(context, self.worker.load_report)
+        return vllm_engine_pb2.GetLoadsResponse(
+            timestamp=_now(), version=VERSION, dp_rank_count=1, loads=_rank_zero(request, self._rank_load(report))
+        )
+
+
+SERVICERS: dict[str, type[_EngineServicer]] = {
+    "sglang": SchedulerServicer,
+    "vllm": VllmEngineServicer,
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def _rank_zero(request: Any, load: Any) -> list[Any]:
+    """The one rank's load, unless the request asked for another rank."""
+    return [load] if not request.HasField("dp_rank") or request.dp_rank == 0 else []
 
 
 # -- the fleet's gRPC mode --------------------------------------------------------------------
@@ -407,6 +532,25 @@ async def serve_grpc_fleet(
     """Serve one gRPC simulated worker per config on `port`, `port + 1`, ... (0: free ports),
     all on one grpc.aio loop thread; report their `grpc://` URLs once all listen."""
     tokenizer = load_shipped_tokenizer()
+    workers = [
+        GrpcSimWorker(
+            config, SimModel(tokenizer, seed=config.seed, reasoning=config.reasoning, answer_words=config.output_tokens)
+        )
+        for config in configs
+    ]
+    await serve_grpc_workers(workers, host, port, task_status=task_status)
+
+
+async def serve_grpc_workers(
+    workers: Iterable[GrpcSimWorker],
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve these workers (each with the service of its `--grpc-engine`) as `serve_grpc_fleet`
+    does; tests that look into a worker's state make their own."""
+    workers = list(workers)
     archive = build_archive(model_directory())
     aio = AioThread("smg-sim-grpc")
     aio.start()
@@ -414,17 +558,17 @@ async def serve_grpc_fleet(
     try:
         async with TrioPortal.open() as portal:
             urls = []
-            for i, config in enumerate(configs):
-                model = SimModel(tokenizer, seed=config.seed, reasoning=config.reasoning, answer_words=config.output_tokens)
-                servicer = SchedulerServicer(GrpcSimWorker(config, model), portal, archive)
+            for i, worker in enumerate(workers):
+                servicer = SERVICERS[worker.config.grpc_engine](worker, portal, archive)
                 wanted = port + i if port else 0
                 server, bound = await aio.call(_start_server, servicer, host, wanted)
                 if server is None:
                     raise BindError("--port", wanted, "address already in use or not available", flag_value=port or None)
                 servers.append(server)
                 urls.append(grpc_url(host, bound))
-            for url in urls:
-                log.info("simulated gRPC worker for model %s listening on %s", configs[0].model, url)
+            for worker, url in zip(workers, urls, strict=True):
+                engine = ENGINE_LABELS[worker.config.grpc_engine]
+                log.info("simulated gRPC worker (%s) for model %s listening on %s", engine, worker.config.model, url)
             task_status.started(urls)
             await trio.sleep_forever()
     finally:
@@ -434,11 +578,11 @@ async def serve_grpc_fleet(
         aio.stop()
 
 
-async def _start_server(servicer: SchedulerServicer, host: str, port: int) -> tuple[grpc.aio.Server | None, int]:
+async def _start_server(servicer: _EngineServicer, host: str, port: int) -> tuple[grpc.aio.Server | None, int]:
     """(On the loop.) A started server and its port, or (None, 0) when the port cannot be bound.
     SO_REUSEPORT is off: grpcio's default would let a second worker share a taken port."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    sglang_scheduler_pb2_grpc.add_SglangSchedulerServicer_to_server(servicer, server)
+    servicer.register(servicer, server)
     try:
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     except RuntimeError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import trio
@@ -40,7 +40,26 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-DISCOVERY_TIMEOUT = httpx.Timeout(5.0)
+class EngineProbe(Protocol):
+    """How the registrar reaches `grpc://` workers (implemented by `smg.upstream.grpc.fleet`,
+    a layer above: the registrar only needs these three answers, not the RPCs)."""
+
+    async def discover(self, worker: Worker, timeout: float) -> None:
+        """Find the engine and its model; set `worker.models`, `runtime_type` and engine labels.
+        Raises ValueError with what failed."""
+        ...
+
+    async def probe(self, worker: Worker, timeout: float) -> str | None:
+        """None when the engine reports healthy, else why not."""
+        ...
+
+    async def load(self, worker: Worker, timeout: float) -> LoadReport:
+        """The engine's load report (zeros when it does not answer)."""
+        ...
+
+
+DISCOVERY_SECS = 5.0  # each discovery call (HTTP or gRPC)
+DISCOVERY_TIMEOUT = httpx.Timeout(DISCOVERY_SECS)
 FIRST_RETRY_SECS = 0.1
 STARTUP_LOG_SECS = 60.0  # a worker still starting up is logged this often
 
@@ -88,6 +107,7 @@ class Registrar:
         self.on_change = on_change
         self.startup_log_secs = startup_log_secs
         self.on_removed: Callable[[Worker], None] = lambda worker: None
+        self.engines: EngineProbe | None = None  # gRPC workers (set by the context when it has a fleet)
         # with the HA mesh: only a worker's health owners probe it, and they publish each result
         self.should_check: Callable[[Worker], bool] = lambda worker: True
         self.on_checked: Callable[[Worker, bool], None] = lambda worker, ok: None
@@ -214,6 +234,9 @@ class Registrar:
         return True
 
     async def _discover_models(self, worker: Worker) -> None:
+        if worker.is_grpc:
+            await self._engines().discover(worker, DISCOVERY_SECS)
+            return
         if not await self.probe_health(worker):
             raise ValueError(worker.last_error)
         response = await self.client.get(worker.url + "/v1/models", headers=self.headers_for(worker))
@@ -228,7 +251,17 @@ class Registrar:
         worker.models = models
         worker.runtime_type = str(data[0].get("owned_by") or "unknown")
 
+    def _engines(self) -> EngineProbe:
+        if self.engines is None:
+            raise ValueError("this gateway has no gRPC client (gRPC workers are not enabled)")
+        return self.engines
+
     async def probe_health(self, worker: Worker) -> bool:
+        if worker.is_grpc:
+            error = await self._engines().probe(worker, self.health_timeout)
+            if error is not None:
+                worker.last_error = f"health probe: {error}"
+            return error is None
         try:
             response = await self.client.get(
                 worker.url + self.health_endpoint, headers=self.headers_for(worker), timeout=self.health_timeout
@@ -280,12 +313,27 @@ class Registrar:
         """Poll each routable worker's /v1/loads; a worker that does not answer reports 0."""
         while True:
             workers = self.registry.available_any()
-            for worker, result in await self.fan_out("GET", "/v1/loads", workers):
-                report = load_report(result)
+            http = [w for w in workers if not w.is_grpc]
+            reports = [(worker, load_report(result)) for worker, result in await self.fan_out("GET", "/v1/loads", http)]
+            if self.engines is not None and len(http) < len(workers):
+                reports += await self._engine_loads([w for w in workers if w.is_grpc], self.engines)
+            for worker, report in reports:
                 worker.reported_load = report.load
                 worker.reported_waiting = report.waiting
                 worker.reported_token_usage = report.token_usage
             await trio.sleep(interval)
+
+    async def _engine_loads(self, workers: list[Worker], engines: EngineProbe) -> list[tuple[Worker, LoadReport]]:
+        """GetLoads on every gRPC worker at once (`--load-monitor-interval`, like /v1/loads)."""
+        reports: list[tuple[Worker, LoadReport]] = []
+
+        async def one(worker: Worker) -> None:
+            reports.append((worker, await engines.load(worker, self.health_timeout)))
+
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                nursery.start_soon(one, worker)
+        return reports
 
     # -- removal ------------------------------------------------------------
 

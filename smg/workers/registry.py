@@ -20,18 +20,21 @@ def normalize_url(url: str) -> str:
         raw = "http://" + raw
     parts = urlsplit(raw)
     scheme = parts.scheme.lower()
-    if scheme == "grpc":
-        raise ValueError(f"gRPC workers are not supported yet: '{url}' (use the worker's http:// endpoint)")
-    if scheme not in ("http", "https"):
-        raise ValueError(f"unsupported scheme in worker URL '{url}' (use http or https)")
+    if scheme not in ("http", "https", "grpc"):
+        raise ValueError(f"unsupported scheme in worker URL '{url}' (use http, https or grpc)")
     if not parts.hostname:
         raise ValueError(f"worker URL '{url}' has no host")
     if parts.query or parts.fragment:
         raise ValueError(f"worker URL '{url}' must not have a query or fragment")
     try:
-        port = parts.port or (443 if scheme == "https" else 80)
+        port = parts.port or (443 if scheme == "https" else 80 if scheme == "http" else 0)
     except ValueError:
         raise ValueError(f"worker URL '{url}' has an invalid port") from None
+    if scheme == "grpc":
+        if not port:  # an engine's gRPC port has no conventional default to guess
+            raise ValueError(f"gRPC worker URL '{url}' needs a port (grpc://host:port)")
+        if parts.path.strip("/"):
+            raise ValueError(f"gRPC worker URL '{url}' must not have a path (grpc://host:port)")
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
@@ -105,6 +108,11 @@ class Worker:
         return worker
 
     @property
+    def is_grpc(self) -> bool:
+        """An engine spoken to over gRPC: the gateway tokenizes, templates and detokenizes for it."""
+        return self.origin.scheme == "grpc"
+
+    @property
     def served_models(self) -> list[str]:
         """The names clients reach it by: its discovered model id first, then what it reports."""
         if self.model_id is None:
@@ -131,7 +139,7 @@ class Worker:
             "model_id": self.served_models[0] if self.served_models else None,
             "models": list(self.served_models),
             "worker_type": "regular",
-            "connection_mode": "http",
+            "connection_mode": "grpc" if self.is_grpc else "http",
             "runtime_type": self.runtime_type,
             "labels": dict(self.labels),
             "priority": self.priority,

@@ -213,7 +213,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--cache-threshold", "2"], "--cache-threshold"),
         (["--tenant-api-key", "nocolon"], "TENANT:KEY"),
         (["--health-failure-threshold", "0"], "health thresholds"),
-        (["--worker-urls", "grpc://w:1"], "gRPC workers are not supported"),
+        (["--worker-urls", "grpc://w"], "needs a port"),
         (["--max-concurrent-requests", "0"], "--max-concurrent-requests"),
         (["--tokenizer-path", "/nonexistent"], "--tokenizer-path"),
         (["--history-backend", "postgres"], "--postgres-db-url"),

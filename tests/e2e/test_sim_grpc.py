@@ -11,7 +11,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2, sglang_scheduler_pb2_grpc
+from smg_grpc_proto.generated import (
+    common_pb2,
+    sglang_scheduler_pb2,
+    sglang_scheduler_pb2_grpc,
+    vllm_engine_pb2,
+    vllm_engine_pb2_grpc,
+)
 
 from smg.simworker.grpc_model import load_shipped_tokenizer
 from smg.tokenization.archive import ArchiveAssembler, extract_archive
@@ -217,3 +223,107 @@ def test_reasoning_thinks_first() -> None:
             assert text.split("</think>")[1].strip()
     finally:
         proc.stop()
+
+
+# -- `--grpc-engine vllm`: vLLM's VllmEngine service over the same simulated engine ----------------
+
+
+@pytest.fixture(scope="module")
+def vllm_sim() -> Iterator[tuple[grpc.Channel, vllm_engine_pb2_grpc.VllmEngineStub]]:
+    proc = start_sim(1, "--grpc", "--grpc-engine", "vllm", "--tpot-ms", "2")
+    assert "(vLLM engine)" in proc.log()
+    channel = grpc.insecure_channel(proc.url.removeprefix("grpc://"))
+    grpc.channel_ready_future(channel).result(timeout=DEADLINE)
+    yield channel, vllm_engine_pb2_grpc.VllmEngineStub(channel)
+    channel.close()
+    proc.stop()
+
+
+def vllm_generate(
+    stub, *, stream: bool, rid: str = "v", ids: list[int] | None = None, text: str | None = None, **sampling: object
+) -> list[vllm_engine_pb2.GenerateResponse]:  # type: ignore[no-untyped-def]
+    prompt = {"text": text} if text is not None else {"tokenized": vllm_engine_pb2.TokenizedInput(input_ids=ids or [])}
+    request = vllm_engine_pb2.GenerateRequest(
+        request_id=rid,
+        sampling_params=vllm_engine_pb2.SamplingParams(skip_special_tokens=True, **sampling),  # type: ignore[arg-type]
+        stream=stream,
+        **prompt,  # type: ignore[arg-type]
+    )
+    return list(stub.Generate(request, timeout=DEADLINE))
+
+
+def test_vllm_mode_serves_only_the_vllm_service(vllm_sim) -> None:  # type: ignore[no-untyped-def]
+    channel, stub = vllm_sim
+    assert stub.HealthCheck(vllm_engine_pb2.HealthCheckRequest(), timeout=DEADLINE).healthy
+    others = ("/sglang.grpc.scheduler.SglangScheduler/HealthCheck", *OTHER_ENGINES[1:])
+    for method in others:
+        call = channel.unary_unary(method, request_serializer=lambda _: b"", response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as error:
+            call(None, timeout=DEADLINE)
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    info = stub.GetModelInfo(vllm_engine_pb2.GetModelInfoRequest(), timeout=DEADLINE)
+    assert info.served_model_name == "sim-model" and info.model_path == "" and 3986 in info.eos_token_ids
+    server = stub.GetServerInfo(vllm_engine_pb2.GetServerInfoRequest(), timeout=DEADLINE)
+    assert (server.server_type, server.max_num_seqs, server.block_size, server.data_parallel_size) == ("vllm-grpc", 64, 16, 1)
+    loads = stub.GetLoads(vllm_engine_pb2.GetLoadsRequest(include=["core"]), timeout=DEADLINE)
+    assert loads.dp_rank_count == 1 and loads.loads[0].max_total_num_tokens == 8192 * 16
+    assert not stub.GetLoads(vllm_engine_pb2.GetLoadsRequest(dp_rank=3), timeout=DEADLINE).loads
+    assert stub.FlushCache(common_pb2.FlushCacheRequest(), timeout=DEADLINE).success
+    embedded = stub.Embed(
+        vllm_engine_pb2.EmbedRequest(request_id="e", tokenized=vllm_engine_pb2.TokenizedInput(input_ids=[1, 2])),
+        timeout=DEADLINE,
+    )
+    assert embedded.prompt_tokens == 2 and embedded.embedding_dim == 16 == len(embedded.embedding)
+    chunks = list(stub.GetTokenizer(common_pb2.GetTokenizerRequest(), timeout=DEADLINE))
+    assert chunks[-1].sha256 and all(not c.sha256 for c in chunks[:-1])
+    with pytest.raises(grpc.RpcError) as kv:
+        next(iter(stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest(), timeout=DEADLINE)))
+    assert kv.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_vllm_generate_tokens_or_text(vllm_sim, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    _, stub = vllm_sim
+    ids = chat_ids(tokenizer, [{"role": "user", "content": "say something"}])
+    (whole,) = vllm_generate(stub, ids=ids, stream=False)
+    complete = whole.complete
+    assert complete.finish_reason == "stop" and complete.output_ids[-1] == 3986 and complete.matched_token_id == 3986
+    assert complete.prompt_tokens == len(ids)
+    streamed = vllm_generate(stub, ids=ids, stream=True, rid="v2", max_tokens=5)
+    assert [r.WhichOneof("response") for r in streamed] == ["chunk"] * 5 + ["complete"]
+    assert [t for r in streamed[:-1] for t in r.chunk.token_ids] == list(complete.output_ids[:5])
+    assert streamed[-1].complete.finish_reason == "length"
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    (from_text,) = vllm_generate(stub, text=text, stream=False, rid="v3")
+    assert list(from_text.complete.output_ids) == list(complete.output_ids)  # the same prompt, tokenized there
+    two = vllm_generate(stub, ids=ids, stream=False, rid="v4", n=2, max_tokens=4)
+    assert sorted(r.complete.index for r in two) == [0, 1]
+    for bad in ({"ids": []}, {"ids": [10**6]}, {"ids": ids, "max_tokens": 10**6}):
+        with pytest.raises(grpc.RpcError) as error:
+            vllm_generate(stub, stream=False, rid="bad", **bad)  # type: ignore[arg-type]
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_tokens=1000000" in error.value.details()
+
+
+def test_vllm_abort_takes_a_list_of_ids(vllm_sim, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    _, stub = vllm_sim
+    ids = chat_ids(tokenizer, [{"role": "user", "content": "go on forever"}])
+    got: list[vllm_engine_pb2.GenerateResponse] = []
+
+    def run() -> None:
+        params = vllm_engine_pb2.SamplingParams(max_tokens=5000, ignore_eos=True)
+        request = vllm_engine_pb2.GenerateRequest(
+            request_id="vlong", tokenized=vllm_engine_pb2.TokenizedInput(input_ids=ids), sampling_params=params, stream=True
+        )
+        for response in stub.Generate(request, timeout=DEADLINE):  # each as it arrives
+            got.append(response)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + DEADLINE
+    while not got:  # the generation is running once its first chunk is out
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    stub.Abort(vllm_engine_pb2.AbortRequest(request_ids=["nobody", "vlong"]), timeout=DEADLINE)
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    assert got[-1].complete.finish_reason == "abort" and got[-1].complete.completion_tokens < 5000

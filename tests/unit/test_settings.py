@@ -117,6 +117,9 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "jwt_role_mapping": (("Gateway.Admin=admin", "Gateway.User=user"), ["--jwt-issuer", "https://issuer.example"]),
         "enable_trace": (True, []),
         "otlp_traces_endpoint": ("127.0.0.1:4318", ["--enable-trace"]),
+        "chat_template": (files["template"], []),
+        "tokenizer_cache_dir": ("/tmp/smg-tokenizers", []),
+        "parser": ("legacy", []),  # its only choice (symphony is refused)
     }
 
 

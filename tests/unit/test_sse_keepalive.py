@@ -20,7 +20,8 @@ from trio.testing import MockClock
 
 from smg.apis.anthropic.messages import create_message
 from smg.context import GatewayContext
-from smg.dataplane.attempts import KEEPALIVE_COMMENT, MESSAGES_PING, proxy
+from smg.dataplane.attempts import proxy
+from smg.dataplane.relay import KEEPALIVE_COMMENT, MESSAGES_PING
 from smg.dataplane.routes import ROUTES
 from smg.http.asgi import Message
 from tests.fakes import (

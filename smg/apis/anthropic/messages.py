@@ -19,8 +19,8 @@ from typing import Any
 from smg.apis.anthropic.messages_format import MessagesStream, chat_request, error_body, message_from_chat
 from smg.apis.chat import KEEPALIVE, answer_error, chat_completion
 from smg.context import GatewayContext
-from smg.dataplane.attempts import MESSAGES_PING
 from smg.dataplane.dispatch import canonical_model, dispatch
+from smg.dataplane.relay import MESSAGES_PING
 from smg.dataplane.routes import InferenceRoute
 from smg.http.asgi import read_body, send_json
 from smg.http.errors import GatewayError, load_json_object

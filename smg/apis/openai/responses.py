@@ -49,8 +49,8 @@ from smg.apis.openai.responses_format import (
     usage_of,
 )
 from smg.context import GatewayContext
-from smg.dataplane.attempts import KEEPALIVE_COMMENT
 from smg.dataplane.dispatch import canonical_model
+from smg.dataplane.relay import KEEPALIVE_COMMENT
 from smg.http.asgi import Receive, read_body, send_json
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
 from smg.http.exchange import Exchange

@@ -1,0 +1,301 @@
+"""One attempt on a gRPC worker: the gateway as the full server.
+
+An HTTP worker gets the client's body and its answer is relayed as bytes (`attempts`). A gRPC
+engine runs raw inference only, so here the gateway does the rest, with the sans-IO pipeline of
+`smg.generation`: the request is checked and turned into token ids through the model's chat
+template (`prepare_*`), sent with Generate (`smg.upstream.grpc`), and the engine's token ids come
+back as OpenAI answers and stream chunks (`start_stream`, `complete_response`): detokenized,
+stop strings matched on text, reasoning and tool calls parsed.
+
+What stays as for HTTP workers (`attempts.proxy` calls `exchange` in its attempt loop): the
+first-byte deadline (`--worker-first-byte-timeout-secs`, until the engine's first message), the
+stall deadline between messages, retries on the retryable gRPC statuses (RESOURCE_EXHAUSTED,
+UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED) before anything was sent to the client, keep-alives
+(`--sse-keepalive-secs`), a stream that breaks ending with an error event, and usage counted
+for tenant token limits. A request the pipeline cannot serve (a bad parameter, no chat template,
+the model's tokenizer not loaded) is `Refused`: the same answer from any worker of the model,
+so it is not retried and says nothing about the worker's health.
+
+When the client leaves, the attempt is cancelled, which cancels the RPC; the engine is also
+sent Abort{request_id, "Stream dropped"} as the reference sends it, from the fleet's nursery so
+the cancellation does not cancel the Abort too. A stream whose every choice matched a stop
+string ends early the same way (the engine would otherwise generate to max_tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from smg.context import GatewayContext
+from smg.dataplane.relay import (
+    KEEPALIVE_COMMENT,
+    ROUTED_WORKER_HEADER,
+    Answer,
+    Failed,
+    KeepAlive,
+    Refused,
+    end_stream_with,
+    keeping_alive,
+)
+from smg.dataplane.routes import InferenceRoute
+from smg.generation.outputs import StreamBuilder, complete_response, embedding_response, start_stream
+from smg.generation.requests import Prepared, prepare_chat, prepare_completion, prepare_embedding, prepare_generate
+from smg.generation.types import EngineComplete, EngineOutput
+from smg.http.asgi import dump_json
+from smg.http.errors import GatewayError
+from smg.http.exchange import Exchange
+from smg.observability import tracing
+from smg.tokenization.loader import ModelTokenizer
+from smg.upstream.grpc.fleet import EngineFleet
+from smg.upstream.grpc.status import EngineStatusError
+from smg.workers.registry import Worker
+
+JSON_TYPE = b"application/json"
+DONE_EVENT = b"data: [DONE]\n\n"
+INLINE_BODY_LIMIT = 32 * 1024  # bodies up to this are templated and tokenized on the event loop; larger in a thread
+ID_PREFIX = {"chat": "chatcmpl", "completions": "cmpl", "generate": "gnt", "embeddings": "embd"}
+
+
+async def exchange(
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, request: dict[str, Any], size: int
+) -> Answer | Failed | Refused | None:
+    """One attempt on the gRPC worker `worker`; None when the answer was streamed to the client."""
+    fleet = ctx.engines
+    if fleet is None:  # a grpc:// worker can only be registered when the fleet exists
+        return Refused(GatewayError(500, "internal_error", "this gateway has no gRPC client"))
+    model = worker.models[0] if worker.models else (ex.model or "")
+    tokenizer = fleet.tokenizers.get(model)
+    if tokenizer is None:
+        return Refused(_no_tokenizer(fleet, model))
+    try:
+        if route.name == "embeddings":
+            return await _embed(ctx, fleet, ex, worker, request, tokenizer, model)
+        prepared = await _prepare(ctx, route, request, tokenizer, model, size)
+    except GatewayError as error:
+        return Refused(error)
+    if prepared.engine.request_id:  # the client's own id (/generate's rid)
+        request_id = prepared.engine.request_id
+    else:
+        request_id = f"{ID_PREFIX.get(route.name, 'req')}-{uuid.uuid4().hex}"
+        prepared.engine = dataclasses.replace(prepared.engine, request_id=request_id)
+    client = fleet.client(worker)
+    finished = False
+    result: Answer | Failed | Refused | None
+    try:
+        if prepared.engine.stream:
+            result = await _stream(ctx, ex, worker, prepared, tokenizer, client.generate(prepared.engine))
+        else:
+            result = await _complete(ctx, ex, worker, prepared, tokenizer, client.generate(prepared.engine))
+        finished = True
+        return result
+    finally:
+        if not finished or ex.client_gone:
+            fleet.abort(worker, request_id, "Stream dropped")
+
+
+def _no_tokenizer(fleet: EngineFleet, model: str) -> GatewayError:
+    state, error = fleet.tokenizers.state(model)
+    if state == "failed":
+        return GatewayError(503, "tokenizer_load_failed", f"the tokenizer of model '{model}' failed to load: {error}")
+    return GatewayError(
+        503,
+        "tokenizer_loading",
+        f"the tokenizer of model '{model}' is still loading; try again shortly",
+        headers=[(b"retry-after", b"1")],
+    )
+
+
+async def _prepare(
+    ctx: GatewayContext, route: InferenceRoute, request: dict[str, Any], tokenizer: ModelTokenizer, model: str, size: int
+) -> Prepared:
+    options = ctx.pipeline_options
+    if route.name == "chat":
+
+        def prepare() -> Prepared:
+            return prepare_chat(request, tokenizer, options, model_id=model, clock=time.monotonic)
+
+    elif route.name == "completions":
+
+        def prepare() -> Prepared:
+            return prepare_completion(request, tokenizer, options, model_id=model)
+
+    elif route.name == "generate":
+
+        def prepare() -> Prepared:
+            return prepare_generate(request, tokenizer, options, model_id=model)
+
+    else:
+        raise GatewayError(
+            501, "unsupported_endpoint", f"{route.name} is not served by gRPC workers; register an HTTP worker for it"
+        )
+    if size <= INLINE_BODY_LIMIT:
+        return prepare()
+    return await trio.to_thread.run_sync(prepare)  # a long prompt: keep the event loop free while it renders
+
+
+async def _embed(
+    ctx: GatewayContext,
+    fleet: EngineFleet,
+    ex: Exchange,
+    worker: Worker,
+    request: dict[str, Any],
+    tokenizer: ModelTokenizer,
+    model: str,
+) -> Answer | Failed | Refused:
+    input_ids, text = prepare_embedding(request, tokenizer)
+    deadline = ctx.config.worker_first_byte_timeout_secs
+    try:
+        with trio.fail_after(deadline):
+            embedding, prompt_tokens = await fleet.client(worker).embed(f"embd-{uuid.uuid4().hex}", input_ids, text)
+    except trio.TooSlowError:
+        return Failed(_timeout(worker, deadline))
+    except EngineStatusError as exc:
+        return _status_outcome(worker, exc)
+    payload = dump_json(embedding_response(ex.model or model, embedding, prompt_tokens))
+    return Answer(worker, 200, JSON_TYPE, payload)
+
+
+async def _complete(
+    ctx: GatewayContext,
+    ex: Exchange,
+    worker: Worker,
+    prepared: Prepared,
+    tokenizer: ModelTokenizer,
+    call: Any,
+) -> Answer | Failed | Refused:
+    """A non-streamed answer, built from the engine's Complete messages (one per choice)."""
+    completes: list[EngineComplete] = []
+    deadline = ctx.config.worker_first_byte_timeout_secs
+    try:
+        with trio.fail_after(deadline):
+            async with call as outputs:
+                async for output in outputs:
+                    if isinstance(output, EngineComplete):
+                        completes.append(output)
+    except trio.TooSlowError:
+        return Failed(_timeout(worker, deadline))
+    except EngineStatusError as exc:
+        return _status_outcome(worker, exc)
+    if not completes:  # the reference answers this 500 no_responses_from_server, retried
+        return Failed(GatewayError(500, "no_responses_from_server", f"worker {worker.url} ended Generate without a result"))
+    answer = complete_response(prepared, tokenizer, completes, created=int(time.time()), response_id=prepared.engine.request_id)
+    if ex.want_usage:
+        ex.completion_tokens = _completion_tokens(answer.get("usage") if isinstance(answer, dict) else None)
+    return Answer(worker, 200, JSON_TYPE, dump_json(answer))
+
+
+async def _stream(
+    ctx: GatewayContext,
+    ex: Exchange,
+    worker: Worker,
+    prepared: Prepared,
+    tokenizer: ModelTokenizer,
+    call: Any,
+) -> Failed | Refused | None:
+    """A streamed answer. Until the engine's first message nothing went to the client, so a
+    failure may still be retried elsewhere; after it, a failure ends the stream with an error
+    event."""
+    first_byte = ctx.config.worker_first_byte_timeout_secs
+    builder = start_stream(prepared, tokenizer, created=int(time.time()), response_id=prepared.engine.request_id)
+    error: GatewayError | None = None
+    try:
+        async with call as outputs:
+            iterator = outputs.__aiter__()
+            with trio.move_on_after(first_byte) as waited:
+                first = await _next(iterator)
+            if waited.cancelled_caught:
+                return Failed(_timeout(worker, first_byte))
+            if first is None:
+                return Failed(GatewayError(500, "no_responses_from_server", f"worker {worker.url} ended Generate at once"))
+            error = await _relay(ctx, ex, worker, builder, iterator, first)
+    except EngineStatusError as exc:
+        if not ex.started:
+            return _status_outcome(worker, exc)
+        error = GatewayError(exc.http_status, "upstream_stream_error", f"Stream error: {exc.status}: {exc.details}")
+    if ex.want_usage:
+        ex.completion_tokens = _completion_tokens(builder.usage)
+    if error is not None:
+        await end_stream_with(ex, error)
+        return None
+    await ex.send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
+    return None
+
+
+async def _relay(
+    ctx: GatewayContext,
+    ex: Exchange,
+    worker: Worker,
+    builder: StreamBuilder,
+    iterator: AsyncIterator[EngineOutput],
+    first: EngineOutput,
+) -> GatewayError | None:
+    """Send the head, then every output as it arrives, through keep-alives; the stall deadline
+    restarts with each message. Returns the error that cut the stream, if any."""
+    ttft = time.perf_counter() - ex.started_at
+    ctx.metrics.ttft(ex.model or "").observe(ttft)
+    if tracing.ENABLED:
+        tracing.first_token(ttft)
+    ex.event_stream = True
+    headers = [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-cache"),
+        (ROUTED_WORKER_HEADER, worker.url.encode()),
+    ]
+    await ex.send({"type": "http.response.start", "status": 200, "headers": headers})
+    send = ex.send
+    keepalive: KeepAlive | None = None
+    every = ctx.config.sse_keepalive_secs
+    if every > 0:
+        keepalive = KeepAlive(send, KEEPALIVE_COMMENT, every)
+        send = keepalive.send
+    stall = ctx.config.stream_stall_timeout_secs
+    async with keeping_alive(keepalive):
+        await _send_events(send, builder.feed(first))
+        while not builder.stopped:
+            with trio.move_on_after(stall) as waited:
+                output = await _next(iterator)
+            if waited.cancelled_caught:
+                return GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
+            if output is None:
+                break
+            await _send_events(send, builder.feed(output))
+        await _send_events(send, builder.finish())
+    return None
+
+
+async def _next(iterator: AsyncIterator[EngineOutput]) -> EngineOutput | None:
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _send_events(send: Any, events: list[dict[str, Any]]) -> None:
+    if events:
+        body = b"".join(b"data: " + dump_json(event) + b"\n\n" for event in events)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def _status_outcome(worker: Worker, exc: EngineStatusError) -> Failed | Refused:
+    """A gRPC status before anything went to the client: retried when retryable (as the
+    reference: RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED), else final."""
+    error = GatewayError(exc.http_status, exc.code, f"worker {worker.url}: {exc.status}: {exc.details}")
+    return Failed(error) if exc.retryable else Refused(error)
+
+
+def _timeout(worker: Worker, seconds: float) -> GatewayError:
+    return GatewayError(504, "upstream_timeout", f"worker {worker.url} sent nothing within {seconds:g}s")
+
+
+def _completion_tokens(usage: Any) -> int:
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else 0
+    return tokens if isinstance(tokens, int) and tokens > 0 else 0
+
+
+__all__ = ["exchange"]
