@@ -89,9 +89,9 @@ async def exchange(
     result: Answer | Failed | Refused | None
     try:
         if prepared.engine.stream:
-            result = await _stream(ctx, ex, worker, prepared, tokenizer, client.generate(prepared.engine))
+            result = await _stream(ctx, ex, worker, prepared, tokenizer, client.generate_batches(prepared.engine))
         else:
-            result = await _complete(ctx, ex, worker, prepared, tokenizer, client.generate(prepared.engine))
+            result = await _complete(ctx, ex, worker, prepared, tokenizer, client.generate_batches(prepared.engine))
         finished = True
         return result
     finally:
@@ -174,10 +174,9 @@ async def _complete(
     deadline = ctx.config.worker_first_byte_timeout_secs
     try:
         with trio.fail_after(deadline):
-            async with call as outputs:
-                async for output in outputs:
-                    if isinstance(output, EngineComplete):
-                        completes.append(output)
+            async with call as batches:
+                async for batch in batches:
+                    completes += [output for output in batch if isinstance(output, EngineComplete)]
     except trio.TooSlowError:
         return Failed(_timeout(worker, deadline))
     except EngineStatusError as exc:
@@ -205,8 +204,8 @@ async def _stream(
     builder = start_stream(prepared, tokenizer, created=int(time.time()), response_id=prepared.engine.request_id)
     error: GatewayError | None = None
     try:
-        async with call as outputs:
-            iterator = outputs.__aiter__()
+        async with call as batches:
+            iterator = batches.__aiter__()
             with trio.move_on_after(first_byte) as waited:
                 first = await _next(iterator)
             if waited.cancelled_caught:
@@ -232,11 +231,13 @@ async def _relay(
     ex: Exchange,
     worker: Worker,
     builder: StreamBuilder,
-    iterator: AsyncIterator[EngineOutput],
-    first: EngineOutput,
+    iterator: AsyncIterator[list[EngineOutput]],
+    first: list[EngineOutput],
 ) -> GatewayError | None:
-    """Send the head, then every output as it arrives, through keep-alives; the stall deadline
-    restarts with each message. Returns the error that cut the stream, if any."""
+    """Send the head, then the outputs as they arrive, through keep-alives: the events of all
+    outputs that arrived together in one write (one socket send per batch, not per token; the
+    measured cost of a stream was mostly those sends). The stall deadline restarts with each
+    batch. Returns the error that cut the stream, if any."""
     ttft = time.perf_counter() - ex.started_at
     ctx.metrics.ttft(ex.model or "").observe(ttft)
     if tracing.ENABLED:
@@ -256,20 +257,31 @@ async def _relay(
         send = keepalive.send
     stall = ctx.config.stream_stall_timeout_secs
     async with keeping_alive(keepalive):
-        await _send_events(send, builder.feed(first))
+        await _send_events(send, _feed(builder, first))
         while not builder.stopped:
             with trio.move_on_after(stall) as waited:
-                output = await _next(iterator)
+                batch = await _next(iterator)
             if waited.cancelled_caught:
                 return GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
-            if output is None:
+            if batch is None:
                 break
-            await _send_events(send, builder.feed(output))
+            await _send_events(send, _feed(builder, batch))
         await _send_events(send, builder.finish())
     return None
 
 
-async def _next(iterator: AsyncIterator[EngineOutput]) -> EngineOutput | None:
+def _feed(builder: StreamBuilder, batch: list[EngineOutput]) -> list[dict[str, Any]]:
+    if len(batch) == 1:
+        return builder.feed(batch[0])
+    events: list[dict[str, Any]] = []
+    for output in batch:
+        if builder.stopped:  # every choice ended on a stop string: the rest is not the client's
+            break
+        events += builder.feed(output)
+    return events
+
+
+async def _next(iterator: AsyncIterator[list[EngineOutput]]) -> list[EngineOutput] | None:
     try:
         return await iterator.__anext__()
     except StopAsyncIteration:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -232,16 +233,30 @@ class EngineClient:
         raises EngineStatusError from the iterator; leaving the block early cancels the RPC."""
         return self._generate(request)
 
+    def generate_batches(self, request: EngineRequest) -> AbstractAsyncContextManager[AsyncIterator[list[EngineOutput]]]:
+        """`generate`, iterating the outputs that arrived together as one list: the streaming
+        relay writes once per batch instead of once per token."""
+        return self._generate_batches(request)
+
     @asynccontextmanager
     async def _generate(self, request: EngineRequest) -> AsyncIterator[AsyncIterator[EngineOutput]]:
+        async with self._generate_batches(request) as batches:
+            outputs = _flat(batches)
+            try:
+                yield outputs
+            finally:
+                await outputs.aclose()
+
+    @asynccontextmanager
+    async def _generate_batches(self, request: EngineRequest) -> AsyncIterator[AsyncIterator[list[EngineOutput]]]:
         runtime = await self._engine(DETECT_SECS)
         message = convert.GENERATE_REQUEST[runtime](request)
 
         def open_call() -> Any:  # on the loop
             return self._stub_on_loop(runtime).Generate(message)
 
-        async with self.aio.stream(open_call) as messages:
-            outputs = _outputs(runtime, messages)
+        async with self.aio.stream(open_call, batched=True) as messages:
+            outputs = _output_batches(runtime, messages)
             try:
                 yield outputs
             finally:
@@ -283,18 +298,24 @@ class EngineClient:
             await self.aio.call(self._close_on_loop)
 
 
-async def _outputs(runtime: str, messages: AsyncIterator[Any]) -> AsyncGenerator[EngineOutput, None]:
-    """The stream's messages as neutral outputs; its status as EngineStatusError."""
+async def _output_batches(runtime: str, batches: AsyncIterator[list[Any]]) -> AsyncGenerator[list[EngineOutput], None]:
+    """The stream's batches of messages as neutral outputs; its status as EngineStatusError."""
     engine_output = convert.engine_output
     try:
-        async for message in messages:
-            output = engine_output(runtime, message)
-            if output is not None:
-                yield output
+        async for batch in batches:
+            outputs = [output for output in map(engine_output, itertools.repeat(runtime), batch) if output is not None]
+            if outputs:
+                yield outputs
     except grpc.aio.AioRpcError as exc:
         _raise_status(exc)
     except StreamCancelled as exc:
         raise status_error("CANCELLED", str(exc)) from None
+
+
+async def _flat(batches: AsyncIterator[list[EngineOutput]]) -> AsyncGenerator[EngineOutput, None]:
+    async for batch in batches:
+        for output in batch:
+            yield output
 
 
 def _raise_status(exc: grpc.aio.AioRpcError) -> NoReturn:
