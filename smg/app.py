@@ -84,8 +84,8 @@ async def readiness(ctx: GatewayContext, ex: Exchange) -> None:
         await send_json(ex.send, 503, {"status": "not ready", "reason": "draining"})
     elif ctx.cluster is not None and not ctx.cluster.synced:
         await send_json(ex.send, 503, {"status": "not ready", "reason": "catching up with the cluster's state"})
-    elif healthy and (waiting := ctx.models_without_tokenizer()):
-        reason = f"tokenizer not yet registered for {', '.join(waiting)}"
+    elif healthy and not ctx.servable():  # gRPC workers only, and none of their models' tokenizers loaded yet
+        reason = f"tokenizer not yet registered for {', '.join(ctx.models_without_tokenizer())}"
         await send_json(
             ex.send, 503, {"status": "not ready", "reason": reason, "healthy_workers": healthy, "total_workers": total}
         )

@@ -189,13 +189,24 @@ class GatewayContext:
                 self.metrics.cache_tree_size(model).set(size)
 
     def models_without_tokenizer(self) -> list[str]:
-        """Models that routable gRPC workers serve but whose tokenizer is not loaded yet: the
-        gateway cannot answer for them, so `/readiness` waits (as the reference's)."""
+        """Models that routable gRPC workers serve but whose tokenizer is not loaded yet (the
+        gateway cannot answer for them). A failed model is tried again from here too, so a node
+        that only gets readiness probes still recovers."""
         if self.engines is None:
             return []
         tokenizers = self.engines.tokenizers
         models = {w.models[0] for w in self.registry.available_any() if w.is_grpc and w.models}
-        return sorted(m for m in models if tokenizers.get(m) is None)
+        waiting = sorted(m for m in models if tokenizers.get(m) is None)
+        for model in waiting:
+            tokenizers.retry(model)
+        return waiting
+
+    def servable(self) -> bool:
+        """Some routable worker can answer: an HTTP worker, or a gRPC worker whose model's
+        tokenizer is loaded (`/readiness`: one model without its tokenizer does not take a node
+        serving others out of its balancer)."""
+        waiting = set(self.models_without_tokenizer())
+        return any(not w.is_grpc or (w.models and w.models[0] not in waiting) for w in self.registry.available_any())
 
     def publish_worker_metrics(self) -> None:
         metrics = self.metrics

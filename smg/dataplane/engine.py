@@ -25,6 +25,7 @@ string ends early the same way (the engine would otherwise generate to max_token
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -56,10 +57,14 @@ from smg.upstream.grpc.fleet import EngineFleet
 from smg.upstream.grpc.status import EngineStatusError
 from smg.workers.registry import Worker
 
+log = logging.getLogger("smg.router")
+
 JSON_TYPE = b"application/json"
 DONE_EVENT = b"data: [DONE]\n\n"
 INLINE_BODY_LIMIT = 32 * 1024  # bodies up to this are templated and tokenized on the event loop; larger in a thread
 ID_PREFIX = {"chat": "chatcmpl", "completions": "cmpl", "generate": "gnt", "embeddings": "embd"}
+_KINDS = {"chat": "chat", "completions": "completions", "generate": "generate"}  # route name -> Prepared.kind
+STREAM_ERROR = "stream_error"  # the error event's type after a stream started, as the reference sends it
 
 
 async def exchange(
@@ -72,31 +77,78 @@ async def exchange(
     model = worker.models[0] if worker.models else (ex.model or "")
     tokenizer = fleet.tokenizers.get(model)
     if tokenizer is None:
+        fleet.tokenizers.retry(model)  # a failed load is tried again (after RETRY_SECS) when asked for
         return Refused(_no_tokenizer(fleet, model))
     try:
         if route.name == "embeddings":
             return await _embed(ctx, fleet, ex, worker, request, tokenizer, model)
-        prepared = await _prepare(ctx, route, request, tokenizer, model, size)
+        prepared = await _prepared(ctx, ex, route, request, tokenizer, model, size)
+        _check_context(worker, prepared)
     except GatewayError as error:
         return Refused(error)
-    if prepared.engine.request_id:  # the client's own id (/generate's rid)
-        request_id = prepared.engine.request_id
-    else:
+    except Exception:  # a request the pipeline could not handle: the gateway's bug, not the worker's failure
+        log.exception("request %s: preparing it for the engine failed", ex.request_id)
+        return Refused(GatewayError(500, "internal_error", "the gateway could not prepare this request for the engine"))
+    engine = prepared.engine
+    request_id = engine.request_id  # the client's own id (/generate's rid), else one per attempt
+    if not request_id:
         request_id = f"{ID_PREFIX.get(route.name, 'req')}-{uuid.uuid4().hex}"
-        prepared.engine = dataclasses.replace(prepared.engine, request_id=request_id)
-    client = fleet.client(worker)
-    finished = False
+        engine = dataclasses.replace(engine, request_id=request_id)
+    call = fleet.client(worker).generate_batches(engine)
+    engine_done = False
     result: Answer | Failed | Refused | None
     try:
-        if prepared.engine.stream:
-            result = await _stream(ctx, ex, worker, prepared, tokenizer, client.generate_batches(prepared.engine))
+        if engine.stream:
+            result, engine_done = await _stream(ctx, ex, worker, prepared, tokenizer, call, request_id)
         else:
-            result = await _complete(ctx, ex, worker, prepared, tokenizer, client.generate_batches(prepared.engine))
-        finished = True
+            result, engine_done = await _complete(ctx, worker, prepared, tokenizer, call, request_id)
+        if isinstance(result, Answer):
+            ctx.metrics.upstream_responses(worker.url, "200").inc()
         return result
     finally:
-        if not finished or ex.client_gone:
-            fleet.abort(worker, request_id, "Stream dropped")
+        if not engine_done:  # the client left, a deadline passed, or every choice stopped on a stop string
+            fleet.abort(worker, request_id, "Stream dropped" if ex.client_gone else "Request ended by the gateway")
+
+
+async def _prepared(
+    ctx: GatewayContext,
+    ex: Exchange,
+    route: InferenceRoute,
+    request: dict[str, Any],
+    tokenizer: ModelTokenizer,
+    model: str,
+    size: int,
+) -> Prepared:
+    """The request prepared once (a retry on another worker of the model reuses it: rendering and
+    tokenizing a long prompt again would cost as much as the first time)."""
+    cached = ex.prepared
+    if isinstance(cached, Prepared) and cached.model == model and cached.kind == _KINDS.get(route.name):
+        return cached
+    prepared = await _prepare(ctx, route, request, tokenizer, model, size)
+    ex.prepared = prepared
+    return prepared
+
+
+def _check_context(worker: Worker, prepared: Prepared) -> None:
+    """A prompt longer than the engine's context cannot run there: the client's 400, before it
+    is sent (the engine would refuse it, or its message would pass gRPC's size limit)."""
+    limit = _context_length(worker)
+    prompt = len(prepared.engine.input_ids)
+    if limit and prompt > limit:
+        raise GatewayError(
+            400,
+            "context_length_exceeded",
+            f"This model's maximum context length is {limit} tokens; the prompt has {prompt} tokens.",
+            param="messages" if prepared.kind == "chat" else "prompt",
+        )
+
+
+def _context_length(worker: Worker) -> int:
+    for name in ("max_context_length", "context_length"):  # GetModelInfo's, then SGLang's server_args
+        value = worker.labels.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def _no_tokenizer(fleet: EngineFleet, model: str) -> GatewayError:
@@ -157,36 +209,49 @@ async def _embed(
         return Failed(_timeout(worker, deadline))
     except EngineStatusError as exc:
         return _status_outcome(worker, exc)
-    payload = dump_json(embedding_response(ex.model or model, embedding, prompt_tokens))
+    encoding = request.get("encoding_format") or "float"  # checked by prepare_embedding
+    payload = dump_json(embedding_response(ex.model or model, embedding, prompt_tokens, encoding_format=encoding))
     return Answer(worker, 200, JSON_TYPE, payload)
 
 
 async def _complete(
     ctx: GatewayContext,
-    ex: Exchange,
     worker: Worker,
     prepared: Prepared,
     tokenizer: ModelTokenizer,
     call: Any,
-) -> Answer | Failed | Refused:
-    """A non-streamed answer, built from the engine's Complete messages (one per choice)."""
-    completes: list[EngineComplete] = []
-    deadline = ctx.config.worker_first_byte_timeout_secs
+    request_id: str,
+) -> tuple[Answer | Failed | Refused, bool]:
+    """A non-streamed answer, built from the engine's Complete messages (one per choice): read
+    until every asked choice has one (an engine keeping the stream open after that does not hold
+    the answer back), the first-byte deadline until the first message, the stall deadline
+    between messages. Also returns whether the engine finished (else it is sent Abort)."""
+    n = prepared.n
+    got: dict[int, EngineComplete] = {}
+    limit = ctx.config.worker_first_byte_timeout_secs
+    ended = False
     try:
-        with trio.fail_after(deadline):
-            async with call as batches:
-                async for batch in batches:
-                    completes += [output for output in batch if isinstance(output, EngineComplete)]
-    except trio.TooSlowError:
-        return Failed(_timeout(worker, deadline))
+        async with call as batches:
+            iterator = batches.__aiter__()
+            while len(got) < n:
+                with trio.move_on_after(limit) as waited:
+                    batch = await _next(iterator)
+                if waited.cancelled_caught:
+                    return Failed(_timeout(worker, limit)), False
+                if batch is None:
+                    ended = True
+                    break
+                limit = ctx.config.stream_stall_timeout_secs
+                for output in batch:
+                    if type(output) is EngineComplete and output.index < n:
+                        got.setdefault(output.index, output)
     except EngineStatusError as exc:
-        return _status_outcome(worker, exc)
-    if not completes:  # the reference answers this 500 no_responses_from_server, retried
-        return Failed(GatewayError(500, "no_responses_from_server", f"worker {worker.url} ended Generate without a result"))
-    answer = complete_response(prepared, tokenizer, completes, created=int(time.time()), response_id=prepared.engine.request_id)
-    if ex.want_usage:
-        ex.completion_tokens = _completion_tokens(answer.get("usage") if isinstance(answer, dict) else None)
-    return Answer(worker, 200, JSON_TYPE, dump_json(answer))
+        return _status_outcome(worker, exc), True
+    if not got:  # the reference answers this 500 no_responses_from_server, retried
+        error = GatewayError(500, "no_responses_from_server", f"worker {worker.url} ended Generate without a result")
+        return Failed(error), ended
+    answer = complete_response(prepared, tokenizer, list(got.values()), created=int(time.time()), response_id=request_id)
+    return Answer(worker, 200, JSON_TYPE, dump_json(answer)), True
 
 
 async def _stream(
@@ -196,34 +261,43 @@ async def _stream(
     prepared: Prepared,
     tokenizer: ModelTokenizer,
     call: Any,
-) -> Failed | Refused | None:
+    request_id: str,
+) -> tuple[Failed | Refused | None, bool]:
     """A streamed answer. Until the engine's first message nothing went to the client, so a
     failure may still be retried elsewhere; after it, a failure ends the stream with an error
-    event."""
+    event (the reference's `stream_error`) and `[DONE]`. Also returns whether the engine
+    finished (else it is sent Abort)."""
     first_byte = ctx.config.worker_first_byte_timeout_secs
-    builder = start_stream(prepared, tokenizer, created=int(time.time()), response_id=prepared.engine.request_id)
+    builder = start_stream(prepared, tokenizer, created=int(time.time()), response_id=request_id)
     error: GatewayError | None = None
+    ended = False
     try:
         async with call as batches:
             iterator = batches.__aiter__()
             with trio.move_on_after(first_byte) as waited:
                 first = await _next(iterator)
             if waited.cancelled_caught:
-                return Failed(_timeout(worker, first_byte))
+                return Failed(_timeout(worker, first_byte)), False
             if first is None:
-                return Failed(GatewayError(500, "no_responses_from_server", f"worker {worker.url} ended Generate at once"))
-            error = await _relay(ctx, ex, worker, builder, iterator, first)
+                return Failed(GatewayError(500, "no_responses_from_server", f"worker {worker.url} ended Generate at once")), True
+            error, ended = await _relay(ctx, ex, worker, builder, iterator, first)
     except EngineStatusError as exc:
+        ended = True
         if not ex.started:
-            return _status_outcome(worker, exc)
-        error = GatewayError(exc.http_status, "upstream_stream_error", f"Stream error: {exc.status}: {exc.details}")
+            return _status_outcome(worker, exc), ended
+        error = GatewayError(exc.http_status, exc.code, f"Stream error: {exc.status}: {exc.details}", type=STREAM_ERROR)
     if ex.want_usage:
         ex.completion_tokens = _completion_tokens(builder.usage)
-    if error is not None:
+    if error is None:
+        ctx.metrics.upstream_responses(worker.url, "200").inc()
+        await ex.send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
+    elif ex.error_shape is not None:  # another API's error event (none of the gateway's own APIs streams here today)
         await end_stream_with(ex, error)
-        return None
-    await ex.send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
-    return None
+    else:
+        ctx.metrics.upstream_responses(worker.url, str(error.status)).inc()
+        ex.error_code, ex.error_message = error.code, error.message
+        await ex.send({"type": "http.response.body", "body": error.sse_event() + DONE_EVENT, "more_body": False})
+    return None, ended
 
 
 async def _relay(
@@ -233,11 +307,11 @@ async def _relay(
     builder: StreamBuilder,
     iterator: AsyncIterator[list[EngineOutput]],
     first: list[EngineOutput],
-) -> GatewayError | None:
+) -> tuple[GatewayError | None, bool]:
     """Send the head, then the outputs as they arrive, through keep-alives: the events of all
     outputs that arrived together in one write (one socket send per batch, not per token; the
     measured cost of a stream was mostly those sends). The stall deadline restarts with each
-    batch. Returns the error that cut the stream, if any."""
+    batch. Returns the error that cut the stream, if any, and whether the engine ended it."""
     ttft = time.perf_counter() - ex.started_at
     ctx.metrics.ttft(ex.model or "").observe(ttft)
     if tracing.ENABLED:
@@ -256,18 +330,23 @@ async def _relay(
         keepalive = KeepAlive(send, KEEPALIVE_COMMENT, every)
         send = keepalive.send
     stall = ctx.config.stream_stall_timeout_secs
+    ended = False
     async with keeping_alive(keepalive):
         await _send_events(send, _feed(builder, first))
         while not builder.stopped:
             with trio.move_on_after(stall) as waited:
                 batch = await _next(iterator)
             if waited.cancelled_caught:
-                return GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
+                error = GatewayError(
+                    504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s", type=STREAM_ERROR
+                )
+                return error, False
             if batch is None:
+                ended = True
                 break
             await _send_events(send, _feed(builder, batch))
         await _send_events(send, builder.finish())
-    return None
+    return None, ended
 
 
 def _feed(builder: StreamBuilder, batch: list[EngineOutput]) -> list[dict[str, Any]]:

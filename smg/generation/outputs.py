@@ -261,7 +261,11 @@ class StreamBuilder:
     # -- the caller's interface ---------------------------------------------------------------
 
     def feed(self, output: EngineOutput) -> list[dict[str, Any]]:
-        """The events one engine output gives (each one SSE `data:` JSON object)."""
+        """The events one engine output gives (each one SSE `data:` JSON object). An output for a
+        choice the request did not ask for (index >= n) is the engine's error: ignored, so a
+        hostile index can neither grow the choices nor reach the client."""
+        if output.index >= self._prepared.n:
+            return []
         ch = self._choice(output.index)
         if output.prompt_tokens:
             ch.prompt = output.prompt_tokens
@@ -272,7 +276,7 @@ class StreamBuilder:
             ids: Sequence[int] = output.token_ids
             raw = ids
             ch.seen += len(ids)
-            ch.completion = output.completion_tokens or ch.seen
+            ch.completion = _counted(output.completion_tokens, ch.seen)
             if ch.ended:
                 return out
             if not ch.started:
@@ -296,7 +300,7 @@ class StreamBuilder:
                 self._end(ch, out)
             return out
         assert isinstance(output, EngineComplete)
-        ch.completion = output.completion_tokens or max(ch.seen, len(output.output_ids))
+        ch.completion = _counted(output.completion_tokens, max(ch.seen, len(output.output_ids)))
         if ch.ended:
             return out
         if not ch.started:
@@ -612,16 +616,24 @@ def _final(prepared: Prepared, tokenizer: ModelTokenizer, complete: EngineComple
     return text, finish, matched, len(ids)
 
 
-def _by_index(completes: Sequence[EngineComplete]) -> list[EngineComplete]:
+def _counted(reported: int, seen: int) -> int:
+    """The engine's completion count, held to the tokens it actually sent: a worker cannot charge a
+    tenant's token budget for more than it produced."""
+    return min(reported, seen) if reported else seen
+
+
+def _by_index(completes: Sequence[EngineComplete], n: int) -> list[EngineComplete]:
+    """One Complete per asked choice (the first of each index; indexes >= n are the engine's error)."""
     seen: dict[int, EngineComplete] = {}
     for complete in completes:
-        seen.setdefault(complete.index, complete)
+        if complete.index < n:
+            seen.setdefault(complete.index, complete)
     return [seen[i] for i in sorted(seen)]
 
 
 def _total_usage(prepared: Prepared, completes: Sequence[EngineComplete]) -> dict[str, Any]:
     prompt = max((c.prompt_tokens for c in completes), default=0) or len(prepared.engine.input_ids)
-    completion = sum(c.completion_tokens or len(c.output_ids) for c in completes)
+    completion = sum(_counted(c.completion_tokens, len(c.output_ids)) for c in completes)
     return _usage(prompt, completion, max((c.cached_tokens for c in completes), default=0))
 
 
@@ -656,7 +668,7 @@ def _completion_choice(prepared: Prepared, tokenizer: ModelTokenizer, complete: 
 
 def _generate_item(prepared: Prepared, tokenizer: ModelTokenizer, complete: EngineComplete, response_id: str) -> dict[str, Any]:
     text, finish, matched, _ = _final(prepared, tokenizer, complete)
-    completion = complete.completion_tokens or len(complete.output_ids)
+    completion = _counted(complete.completion_tokens, len(complete.output_ids))
     meta: dict[str, Any] = {
         "id": response_id,
         "finish_reason": _finish_type(finish, matched, completion),
@@ -679,7 +691,7 @@ def complete_response(
     """The non-streamed answer, from the Completes only (one per choice index; the first of an
     index counts): a `chat.completion` or `text_completion` object, or `/generate`'s JSON (a
     list for n > 1, as SGLang answers a parallel-sampling request)."""
-    ordered = _by_index(completes)
+    ordered = _by_index(completes, prepared.n)
     if prepared.kind == "generate":
         items = [_generate_item(prepared, tokenizer, c, response_id) for c in ordered]
         return items[0] if prepared.n == 1 and len(items) == 1 else items

@@ -59,6 +59,10 @@ from smg.tokenization.stop import split_stop
 MAX_STOPS = 16
 #: The largest `n`: every choice is a sequence the engine runs side by side.
 MAX_N = 128
+# Integers go to the engine in 32-bit protobuf fields: larger values are the client's 400 here,
+# not a conversion error when the message is built.
+WIRE_INT_MAX = 2**31 - 1
+MAX_TEMPERATURE = 100.0  # float32 on the wire; engines accept a few, OpenAI up to 2
 #: The most alternatives a position's logprobs may list (OpenAI's chat limit; completions' is 5).
 MAX_TOP_LOGPROBS = 20
 
@@ -288,7 +292,7 @@ def _constraint(sampling: Sampling, kind: str, value: str, param: str) -> None:
 
 
 def _top_k(fields: _Fields) -> int | None:
-    top_k = fields.integer("top_k", lo=-1)
+    top_k = fields.integer("top_k", lo=-1, hi=WIRE_INT_MAX)
     return None if top_k is None or top_k <= 0 else top_k  # -1 (SGLang) and 0 (vLLM) mean off
 
 
@@ -297,17 +301,17 @@ def _openai_sampling(fields: _Fields, tokenizer: ModelTokenizer, *, max_tokens_n
     extensions, as SGLang's OpenAI server takes them)."""
     max_new: int | None = None
     for name in max_tokens_names:  # the first named wins (max_completion_tokens over max_tokens)
-        value = fields.integer(name, lo=1)
+        value = fields.integer(name, lo=1, hi=WIRE_INT_MAX)
         if value is not None and max_new is None:
             max_new = value
-    min_new = fields.integer("min_tokens", lo=0)
+    min_new = fields.integer("min_tokens", lo=0, hi=WIRE_INT_MAX)
     if min_new is not None and max_new is not None and min_new > max_new:
         raise _range_error(fields.param("min_tokens"), f"must not exceed the maximum number of tokens ({max_new})")
     ignore_eos = fields.boolean("ignore_eos", False)
     no_stop_trim = fields.boolean("no_stop_trim", False)
     stops = _stops(fields, tokenizer, ignore_eos=ignore_eos, no_stop_trim=no_stop_trim)
     sampling = Sampling(
-        temperature=fields.number("temperature", lo=0),
+        temperature=fields.number("temperature", lo=0, hi=MAX_TEMPERATURE),
         top_p=fields.number("top_p", lo=0, hi=1, lo_open=True),
         top_k=_top_k(fields),
         min_p=fields.number("min_p", lo=0, hi=1),
@@ -322,7 +326,7 @@ def _openai_sampling(fields: _Fields, tokenizer: ModelTokenizer, *, max_tokens_n
         skip_special_tokens=fields.boolean("skip_special_tokens", True),
         spaces_between_special_tokens=fields.boolean("spaces_between_special_tokens", True),
         n=fields.integer("n", lo=1, hi=MAX_N) or 1,
-        seed=fields.integer("seed"),
+        seed=fields.integer("seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX),
         logit_bias=_logit_bias(fields, tokenizer),
     )
     for name in ("regex", "ebnf"):  # SGLang's extensions, passed through
@@ -466,7 +470,10 @@ def _required_schema(functions: Mapping[str, dict[str, Any]]) -> str:
                 "required": ["name", "parameters"],
             }
         )
-        for key, definition in (parameters.get("$defs") or {}).items():
+        defined = parameters.get("$defs") if isinstance(parameters, dict) else None
+        if defined is not None and not isinstance(defined, dict):
+            raise _invalid("tools", f"Invalid value for 'tools': the $defs of {name!r} must be an object.")
+        for key, definition in (defined or {}).items():
             if key in defs and defs[key] != definition:
                 raise _invalid(
                     "tools", f"Invalid value for 'tools': the definition {key!r} has conflicting schemas in different tools."
@@ -675,16 +682,16 @@ def prepare_completion(
 def _generate_sampling(fields: _Fields, tokenizer: ModelTokenizer) -> tuple[Sampling, _Stops]:
     """SGLang's `sampling_params` (its names; unknown keys are ignored, as the engine's own
     extensions may be there)."""
-    max_new = fields.integer("max_new_tokens", lo=0)
-    min_new = fields.integer("min_new_tokens", lo=0)
+    max_new = fields.integer("max_new_tokens", lo=0, hi=WIRE_INT_MAX)
+    min_new = fields.integer("min_new_tokens", lo=0, hi=WIRE_INT_MAX)
     if min_new is not None and max_new is not None and min_new > max_new:
         raise _range_error(fields.param("min_new_tokens"), f"must not exceed max_new_tokens ({max_new})")
     ignore_eos = fields.boolean("ignore_eos", False)
     no_stop_trim = fields.boolean("no_stop_trim", False)
     stops = _stops(fields, tokenizer, ignore_eos=ignore_eos, no_stop_trim=no_stop_trim)
-    seed = fields.integer("sampling_seed")
+    seed = fields.integer("sampling_seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX)
     sampling = Sampling(
-        temperature=fields.number("temperature", lo=0),
+        temperature=fields.number("temperature", lo=0, hi=MAX_TEMPERATURE),
         top_p=fields.number("top_p", lo=0, hi=1, lo_open=True),
         top_k=_top_k(fields),
         min_p=fields.number("min_p", lo=0, hi=1),
@@ -699,7 +706,7 @@ def _generate_sampling(fields: _Fields, tokenizer: ModelTokenizer) -> tuple[Samp
         skip_special_tokens=fields.boolean("skip_special_tokens", True),
         spaces_between_special_tokens=fields.boolean("spaces_between_special_tokens", True),
         n=fields.integer("n", lo=1, hi=MAX_N) or 1,
-        seed=seed if seed is not None else fields.integer("seed"),
+        seed=seed if seed is not None else fields.integer("seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX),
         logit_bias=_logit_bias(fields, tokenizer),
     )
     for name in ("json_schema", "regex", "ebnf"):

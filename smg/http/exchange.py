@@ -32,6 +32,7 @@ class Exchange:
         "finished",
         "lineage",
         "model",
+        "prepared",
         "receive",
         "request_id",
         "route",
@@ -66,6 +67,7 @@ class Exchange:
         self.extra_headers: list[tuple[bytes, bytes]] = []
         self.routing_text: str | None = None  # computed once, by whoever needs it first
         self.want_usage = False  # per-tenant token limits: read the answer's usage
+        self.prepared: Any = None  # gRPC workers: the request as the engine pipeline prepared it, reused by retries
         self.completion_tokens = 0
         self.lineage: str | None = None  # the conversation this request continues (sticky sessions' key)
 

@@ -63,6 +63,9 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 _NO_LIMIT = 10**15
 
 
+LONG_TEXT = 16 * 1024  # characters: longer texts are encoded without holding the GIL (`ModelTokenizer.encode`)
+
+
 class ModelTokenizer:
     """A model's tokenizer, special tokens, chat templates and stop ids, as its directory says.
 
@@ -177,7 +180,13 @@ class ModelTokenizer:
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """Token ids of `text`. A rendered chat prompt is encoded with `add_special_tokens=False`:
         the template already wrote the BOS where the model wants it (HF's
-        `apply_chat_template(tokenize=True)`); a completion prompt with True, as HF does."""
+        `apply_chat_template(tokenize=True)`); a completion prompt with True, as HF does.
+
+        A long text goes through `encode_batch`, which releases the GIL while it works (`encode`
+        holds it): called from a worker thread, a megabyte prompt then no longer stalls the event
+        loop for the seconds it takes."""
+        if len(text) > LONG_TEXT:
+            return self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[int]]:

@@ -243,3 +243,33 @@ def test_a_non_retryable_status_is_the_clients_error_and_the_worker_stays_health
     finally:
         gateway.stop()
         sim.stop()
+
+
+def test_a_stream_cut_by_the_engine_ends_with_a_stream_error_then_done(tmp_path: Path) -> None:
+    """The reference's shape: `data: {"error": {..., "type": "stream_error"}}` then `[DONE]`."""
+    sim = start_sim(1, "--grpc", "--ttft-ms", "0", "--tpot-ms", "1", "--die-mid-stream-rate", "1")
+    gateway = start_gateway(sim.urls, "--tokenizer-cache-dir", str(tmp_path))
+    try:
+        body = {"model": model_of(gateway), "messages": HELLO, "max_tokens": 40, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=30) as answer:
+            assert answer.status_code == 200
+            events = [line[6:] for line in answer.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["type"] == "stream_error" and error["message"].startswith("Stream error:")
+        assert httpx.get(gateway.url + "/health").status_code == 200
+    finally:
+        gateway.stop()
+        sim.stop()
+
+
+def test_out_of_range_values_and_base64_embeddings(gateway: Proc) -> None:
+    model = model_of(gateway)
+    for _ in range(3):  # a client's mistake: never the worker's breaker
+        answer = httpx.post(
+            gateway.url + "/v1/chat/completions", json={"model": model, "messages": HELLO, "max_tokens": 99999999999}
+        )
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "max_tokens"
+    assert all(w["circuit_breaker"] == "closed" for w in httpx.get(gateway.url + "/workers").json()["workers"])
+    encoded = httpx.post(gateway.url + "/v1/embeddings", json={"model": model, "input": "x", "encoding_format": "base64"})
+    assert encoded.status_code == 200 and isinstance(encoded.json()["data"][0]["embedding"], str)

@@ -510,3 +510,29 @@ def test_embedding_response() -> None:
     packed = embedding_response("emb", [0.5, -1.0], 3, encoding_format="base64")["data"][0]["embedding"]
     assert struct.unpack("<2f", base64.b64decode(packed)) == (0.5, -1.0)
     json.dumps(answer)
+
+
+def test_outputs_for_choices_not_asked_for_are_ignored_and_counts_held_to_the_tokens(tok: ModelTokenizer) -> None:
+    """A hostile engine: a chunk for index 10**9 (n=1) must not grow the choices or reach the
+    client, and a claimed completion count above what it sent is not charged."""
+    prepared = chat(tok)
+    stream = start_stream(prepared, tok, created=1, response_id="r")
+    assert stream.feed(EngineChunk(index=10**9, token_ids=ids_of(tok, "evil", eos=False))) == []
+    ids = ids_of(tok, "fine")
+    events = stream.feed(EngineChunk(index=0, token_ids=ids, completion_tokens=4_000_000_000))
+    events += stream.feed(EngineComplete(index=0, output_ids=ids, finish_reason="stop", completion_tokens=4_000_000_000))
+    events += stream.finish()
+    assert {choice["index"] for event in events for choice in event["choices"]} == {0}
+    assert stream.usage is not None and stream.usage["completion_tokens"] == len(ids)
+    whole = complete_response(
+        prepared,
+        tok,
+        [
+            EngineComplete(index=0, output_ids=ids, finish_reason="stop", completion_tokens=4_000_000_000),
+            EngineComplete(index=7, output_ids=ids, finish_reason="stop"),
+        ],
+        created=1,
+        response_id="r",
+    )
+    assert isinstance(whole, dict) and [c["index"] for c in whole["choices"]] == [0]
+    assert whole["usage"]["completion_tokens"] == len(ids)

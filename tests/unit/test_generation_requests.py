@@ -481,3 +481,22 @@ def test_embedding_inputs(tok: ModelTokenizer) -> None:
 def test_bad_embeddings(tok: ModelTokenizer, body: dict[str, Any], param: str, words: str) -> None:
     error = refused(prepare_embedding, body, tok)
     assert error.param == param and words in error.message
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"max_tokens": 2**32},
+        {"max_completion_tokens": 10**12},
+        {"min_tokens": 2**31},
+        {"top_k": 2**31},
+        {"seed": 2**40},
+        {"temperature": 1e300},
+    ],
+)
+def test_values_past_the_engine_fields_range_are_the_clients_400(field: dict[str, Any]) -> None:
+    tokenizer = load_shipped_tokenizer()
+    request = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], **field}
+    with pytest.raises(GatewayError) as caught:
+        prepare_chat(request, tokenizer, PipelineOptions(), model_id="sim-model")
+    assert caught.value.status == 400 and caught.value.param == next(iter(field))

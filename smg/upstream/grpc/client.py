@@ -250,7 +250,10 @@ class EngineClient:
     @asynccontextmanager
     async def _generate_batches(self, request: EngineRequest) -> AsyncIterator[AsyncIterator[list[EngineOutput]]]:
         runtime = await self._engine(DETECT_SECS)
-        message = convert.GENERATE_REQUEST[runtime](request)
+        try:
+            message = convert.GENERATE_REQUEST[runtime](request)
+        except (ValueError, TypeError) as exc:  # a value the engine's message cannot carry: the request's fault
+            raise status_error("INVALID_ARGUMENT", f"the request cannot be sent to a {runtime} engine: {exc}") from None
 
         def open_call() -> Any:  # on the loop
             return self._stub_on_loop(runtime).Generate(message)
@@ -270,7 +273,7 @@ class EngineClient:
         answer = await self._call(runtime, "Embed", convert.embed_request(runtime, request_id, input_ids, original_text), timeout)
         return list(answer.embedding), int(answer.prompt_tokens)
 
-    async def tokenizer_archive(self, timeout: float) -> AsyncIterator[tuple[bytes, str]]:
+    async def tokenizer_archive(self, timeout: float) -> AsyncGenerator[tuple[bytes, str], None]:
         """GetTokenizer's chunks: (data, sha256), the checksum on the last chunk only; `timeout`
         bounds the whole transfer. For `smg.tokenization.archive.ArchiveAssembler`."""
         runtime = await self._engine(timeout)

@@ -88,6 +88,8 @@ def sglang_generate_request(request: EngineRequest) -> Any:
     """SGLang's GenerateRequest for `request` (see the module's table)."""
     s = request.sampling
     params: dict[str, Any] = {
+        # not optional in SGLang's proto: unset reads 0 (greedy), so no temperature is OpenAI's 1.0
+        "temperature": 1.0,
         "top_p": 1.0 if s.top_p is None else s.top_p,
         "top_k": -1 if s.top_k is None else s.top_k,
         "repetition_penalty": 1.0 if s.repetition_penalty is None else s.repetition_penalty,
@@ -166,8 +168,8 @@ GENERATE_REQUEST: dict[str, Callable[[EngineRequest], Any]] = {
 
 def _optional(params: dict[str, Any], s: Sampling) -> None:
     """The fields both engines take only when given (proto3 would send a 0 otherwise)."""
-    # unset would read as 0 (greedy) on SGLang: a client that named no temperature gets OpenAI's 1.0
-    params["temperature"] = 1.0 if s.temperature is None else s.temperature
+    if s.temperature is not None:
+        params["temperature"] = s.temperature
     if s.min_p is not None:
         params["min_p"] = s.min_p
     if s.frequency_penalty is not None:

@@ -41,10 +41,11 @@ class EngineFleet:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            with trio.CancelScope(shield=True):
+            self.tokenizers.attach(None)
+            with trio.CancelScope(shield=True):  # this task is being cancelled: the cleanup must still run
                 with trio.move_on_after(5):
                     await self.clients.aclose()
-            await trio.to_thread.run_sync(self.aio.stop)
+                await trio.to_thread.run_sync(self.aio.stop)
 
     def client(self, worker: Worker) -> EngineClient:
         return self.clients.get(worker.url)
