@@ -145,7 +145,7 @@ def _check_context(worker: Worker, prepared: Prepared) -> None:
 
 def _context_length(worker: Worker) -> int:
     for name in ("max_context_length", "context_length"):  # GetModelInfo's, then SGLang's server_args
-        value = worker.labels.get(name, "")
+        value = worker.engine_labels.get(name, "")
         if value.isdigit():
             return int(value)
     return 0

@@ -208,6 +208,7 @@ class _Choice:
         "finish",
         "index",
         "logprobs",
+        "logprobs_sent",
         "matched",
         "offset",
         "parser",
@@ -236,6 +237,7 @@ class _Choice:
         self.seen = 0  # output ids received
         # chat: the logprobs no chunk carried yet; generate: all of them so far
         self.logprobs: list[TokenLogprob] = []
+        self.logprobs_sent = 0  # generate: how many of them an event already carried
         # completions: where the next token's text starts; generate: the text so far and the
         # ids no event carried yet
         self.offset = 0
@@ -574,8 +576,12 @@ class _GenerateStream(StreamBuilder):
             "cached_tokens": ch.cached,
         }
         if prepared.engine.logprobs:
+            # only the positions no event carried yet: the text is cumulative as SGLang's, but
+            # repeating every logprob in every event would cost the event loop quadratic time
+            # (seconds of CPU for a few thousand tokens) on one client's request
+            new, ch.logprobs_sent = ch.logprobs[ch.logprobs_sent :], len(ch.logprobs)
             tokens, tops = _generate_logprobs(
-                self._tokenizer, ch.logprobs, prepared.return_text_in_logprobs, prepared.engine.top_logprobs > 0
+                self._tokenizer, new, prepared.return_text_in_logprobs, prepared.engine.top_logprobs > 0
             )
             meta["output_token_logprobs"] = tokens
             if prepared.engine.top_logprobs > 0:

@@ -74,7 +74,8 @@ class Worker:
     # names stay aliases, and a request for it names the worker's own model on the way (`dataplane.attempts.body_for`)
     model_id: str | None = None
     runtime_type: str = "unknown"
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # the operator's (POST /workers, discovery): replicated
+    engine_labels: dict[str, str] = field(default_factory=dict)  # what a gRPC engine reported: each node's own
     priority: int = 50
     cost: float = 1.0
     api_key: str | None = None
@@ -141,7 +142,7 @@ class Worker:
             "worker_type": "regular",
             "connection_mode": "grpc" if self.is_grpc else "http",
             "runtime_type": self.runtime_type,
-            "labels": dict(self.labels),
+            "labels": {**self.engine_labels, **self.labels},  # an operator's label wins over the engine's
             "priority": self.priority,
             "cost": self.cost,
             "is_healthy": self.is_routable,

@@ -75,6 +75,7 @@ def test_workers_register_as_grpc_engines_with_their_model_and_labels(gateway: P
         assert worker["runtime_type"] == "sglang"
         assert worker["is_healthy"] is True
         assert worker["models"] == [model_of(gateway)]
+        assert worker["labels"].get("served_model_name") == worker["models"][0]  # from GetModelInfo
     cached = [p.name for p in Path(gateway.cache).iterdir()]  # type: ignore[attr-defined]
     assert len(cached) == 1 and (Path(gateway.cache) / cached[0] / "tokenizer.json").is_file()  # type: ignore[attr-defined]
 
@@ -273,3 +274,11 @@ def test_out_of_range_values_and_base64_embeddings(gateway: Proc) -> None:
     assert all(w["circuit_breaker"] == "closed" for w in httpx.get(gateway.url + "/workers").json()["workers"])
     encoded = httpx.post(gateway.url + "/v1/embeddings", json={"model": model, "input": "x", "encoding_format": "base64"})
     assert encoded.status_code == 200 and isinstance(encoded.json()["data"][0]["embedding"], str)
+
+
+def test_responses_api_over_grpc_workers_keeps_the_conversation(client: openai.OpenAI, gateway: Proc) -> None:
+    model = model_of(gateway)
+    first = client.responses.create(model=model, input="my name is Ada", max_output_tokens=200)
+    assert first.output_text
+    second = client.responses.create(model=model, input="what is my name?", previous_response_id=first.id, max_output_tokens=200)
+    assert second.output_text and second.previous_response_id == first.id

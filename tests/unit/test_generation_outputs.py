@@ -536,3 +536,19 @@ def test_outputs_for_choices_not_asked_for_are_ignored_and_counts_held_to_the_to
     )
     assert isinstance(whole, dict) and [c["index"] for c in whole["choices"]] == [0]
     assert whole["usage"]["completion_tokens"] == len(ids)
+
+
+def test_a_generate_stream_carries_each_logprob_once(tok: ModelTokenizer) -> None:
+    """The text is cumulative (SGLang's), the logprobs are not: the events' logprobs add up to one
+    per token, so a long stream costs linear time."""
+    prepared = prepare_generate({"text": "hello", "return_logprob": True, "stream": True}, tok, OPTIONS, model_id="sim-model")
+    stream = start_stream(prepared, tok, created=1, response_id="r")
+    ids = ids_of(tok, "one two three four five six", eos=False)
+    events: list[dict[str, Any]] = []
+    for position, token in enumerate(ids):
+        lp = [TokenLogprob(token, -0.5)]
+        events += stream.feed(EngineChunk(index=0, token_ids=[token], completion_tokens=position + 1, logprobs=lp))
+    events += stream.feed(EngineComplete(index=0, output_ids=ids, finish_reason="length"))
+    events += stream.finish()
+    carried = [entry[1] for event in events for entry in event["meta_info"].get("output_token_logprobs", [])]
+    assert carried == ids

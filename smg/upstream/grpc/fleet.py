@@ -73,8 +73,7 @@ class EngineFleet:
             raise ValueError(f"discovery: {exc.status}: {exc.details}") from None
         worker.models = [info.model_id]
         worker.runtime_type = runtime
-        for name, value in info.labels.items():  # an operator's own labels win
-            worker.labels.setdefault(name, value)
+        worker.engine_labels = dict(info.labels)  # kept apart: a PATCH of the operator's labels keeps them
         self.tokenizers.ensure(info.model_id, info, client)
 
     async def probe(self, worker: Worker, timeout: float) -> str | None:
