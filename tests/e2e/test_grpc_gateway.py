@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Proc, start_gateway, start_sim, wait_until
+from tests.helpers import Proc, start_gateway, start_mesh_cluster, start_sim, wait_until
 
 WEATHER = {
     "type": "function",
@@ -282,3 +282,22 @@ def test_responses_api_over_grpc_workers_keeps_the_conversation(client: openai.O
     assert first.output_text
     second = client.responses.create(model=model, input="what is my name?", previous_response_id=first.id, max_output_tokens=200)
     assert second.output_text and second.previous_response_id == first.id
+
+
+def test_a_grpc_worker_added_on_one_gateway_serves_through_every_gateway_of_the_mesh(tmp_path: Path) -> None:
+    """The replicated registry carries the URL; each gateway finds the engine, fetches the
+    tokenizer into its own cache and serves."""
+    sim = start_sim(1, "--grpc", "--ttft-ms", "0", "--tpot-ms", "0")
+    nodes = start_mesh_cluster([sim.url], 2, "--tokenizer-cache-dir", str(tmp_path))
+    try:
+        for node in nodes:
+            worker = httpx.get(node.url + "/workers").json()["workers"][0]
+            assert worker["connection_mode"] == "grpc" and worker["is_healthy"]
+            answer = httpx.post(
+                node.url + "/v1/chat/completions", json={"model": model_of(node), "messages": HELLO, "max_tokens": 4}
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        for node in nodes:
+            node.stop()
+        sim.stop()
