@@ -30,6 +30,7 @@ has vLLM's fields (`max_num_seqs`, `block_size`, ...) instead of a server-args S
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import time
@@ -46,7 +47,7 @@ from smg_grpc_proto.generated import common_pb2, sglang_scheduler_pb2_grpc, vllm
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
 
 from smg.aiothread import AioThread, TrioPortal
-from smg.generation.types import EngineChunk, EngineComplete, EngineOutput
+from smg.generation.types import EngineChunk, EngineComplete, EngineOutput, TokenLogprob
 from smg.http.server import BindError
 from smg.simworker.engine import SimConfig, SimEngine
 from smg.simworker.grpc_model import Sampling, Sequence, SimModel, load_shipped_tokenizer, model_directory
@@ -60,6 +61,7 @@ T = TypeVar("T")
 CONTEXT_LENGTH = 32768
 MAX_N = 64  # sequences per request: more is a client error, not a reason to run out of memory
 MAX_NEW_TOKENS = CONTEXT_LENGTH
+MAX_TOP_LOGPROBS = 20
 VERSION = "smg-sim"
 ENGINE_LABELS = {"sglang": "SGLang scheduler", "vllm": "vLLM engine"}
 
@@ -91,13 +93,14 @@ class Request:
     prompt_ids: list[int]
     sampling: Sampling
     stream: bool
+    logprobs: int | None = None  # None: not asked; else how many alternatives per position
 
 
 def parse_generate(request: pb.GenerateRequest, vocab_size: int) -> Request:
     """Check an SGLang GenerateRequest; RpcFailure(INVALID_ARGUMENT) names what is wrong."""
     params = request.sampling_params
     max_new = params.max_new_tokens if params.HasField("max_new_tokens") else None
-    return _checked(
+    checked = _checked(
         request.request_id,
         list(request.tokenized.input_ids),
         params,
@@ -106,6 +109,9 @@ def parse_generate(request: pb.GenerateRequest, vocab_size: int) -> Request:
         request.stream,
         vocab_size,
     )
+    if not request.return_logprob:
+        return checked
+    return dataclasses.replace(checked, logprobs=_top_count(request.top_logprobs_num))
 
 
 def parse_vllm_generate(request: Any, vocab_size: int, encode: Callable[[str], list[int]]) -> Request:
@@ -113,7 +119,24 @@ def parse_vllm_generate(request: Any, vocab_size: int, encode: Callable[[str], l
     ids = encode(request.text) if request.WhichOneof("input") == "text" else list(request.tokenized.input_ids)
     params = request.sampling_params
     max_new = params.max_tokens if params.HasField("max_tokens") else None
-    return _checked(request.request_id, ids, params, max_new, "max_tokens", request.stream, vocab_size)
+    checked = _checked(request.request_id, ids, params, max_new, "max_tokens", request.stream, vocab_size)
+    if not params.HasField("logprobs"):
+        return checked
+    return dataclasses.replace(checked, logprobs=_top_count(params.logprobs))
+
+
+def _top_count(asked: int) -> int:
+    if not 0 <= asked <= MAX_TOP_LOGPROBS:
+        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"top logprobs {asked} is not within 0..{MAX_TOP_LOGPROBS}")
+    return asked
+
+
+def simulated_logprob(token_id: int, position: int, top: int) -> TokenLogprob:
+    """A deterministic log-probability for the token at `position`, with `top` alternatives (the
+    token itself first, as engines rank it): enough for a gateway's logprob shapes to be checked."""
+    value = -0.05 * (1 + (token_id + position) % 7)
+    alternatives = [(token_id, value)] + [(token_id + k, value - k) for k in range(1, top)]
+    return TokenLogprob(token_id, value, alternatives[:top])
 
 
 def _checked(rid: str, ids: list[int], params: Any, max_new: int | None, max_name: str, stream: bool, vocab_size: int) -> Request:
@@ -162,7 +185,7 @@ class GrpcSimWorker:
             code = _FAIL_CODES.get(self.config.fail_status, grpc.StatusCode.INTERNAL)
             raise RpcFailure(code, "simulated worker failure")
         prompt_tokens = len(request.prompt_ids)
-        progress = _Progress(sequences, prompt_tokens, request.stream)
+        progress = _Progress(sequences, prompt_tokens, request.stream, request.logprobs)
         held = prompt_tokens + sum(len(s.output_ids) for s in sequences)
         try:
             with trio.CancelScope() as scope:  # Abort cancels it
@@ -219,8 +242,9 @@ class GrpcSimWorker:
 class _Progress:
     """How far each sequence of one request got, and the outputs that reports (sans-IO)."""
 
-    def __init__(self, sequences: list[Sequence], prompt_tokens: int, stream: bool) -> None:
+    def __init__(self, sequences: list[Sequence], prompt_tokens: int, stream: bool, logprobs: int | None = None) -> None:
         self.sequences, self.prompt_tokens, self.stream = sequences, prompt_tokens, stream
+        self.logprobs = logprobs
         self.cached = 0
         self.produced = [0] * len(sequences)
         self.finished = [False] * len(sequences)
@@ -241,7 +265,9 @@ class _Progress:
                 self.produced[i] = position + 1
                 tokens += 1
                 if self.stream:
-                    emit(EngineChunk(i, [seq.output_ids[position]], self.prompt_tokens, position + 1, self.cached))
+                    token = seq.output_ids[position]
+                    lp = None if self.logprobs is None else [simulated_logprob(token, position, self.logprobs)]
+                    emit(EngineChunk(i, [token], self.prompt_tokens, position + 1, self.cached, lp))
             if self.produced[i] >= len(seq.output_ids):
                 self.finished[i] = True
                 emit(self._complete(seq, seq.output_ids, seq.finish_reason))
@@ -254,7 +280,10 @@ class _Progress:
 
     def _complete(self, seq: Sequence, output_ids: list[int], finish: str) -> EngineComplete:
         matched = seq.matched_token_id if finish == "stop" else None
-        return EngineComplete(seq.index, output_ids, finish, self.prompt_tokens, len(output_ids), self.cached, matched)
+        lp = None
+        if self.logprobs is not None:
+            lp = [simulated_logprob(token, position, self.logprobs) for position, token in enumerate(output_ids)]
+        return EngineComplete(seq.index, output_ids, finish, self.prompt_tokens, len(output_ids), self.cached, matched, lp)
 
 
 def _response(module: ModuleType, output: EngineOutput, **envelope: Any) -> Any:
@@ -268,6 +297,8 @@ def _response(module: ModuleType, output: EngineOutput, **envelope: Any) -> Any:
             cached_tokens=output.cached_tokens,
             index=output.index,
         )
+        if output.logprobs:
+            chunk.output_logprobs.CopyFrom(_logprobs(module, output.logprobs))
         return module.GenerateResponse(chunk=chunk, **envelope)
     complete = module.GenerateComplete(
         output_ids=output.output_ids,
@@ -279,7 +310,19 @@ def _response(module: ModuleType, output: EngineOutput, **envelope: Any) -> Any:
     )
     if isinstance(output.matched_stop, int):
         complete.matched_token_id = output.matched_stop
+    if output.logprobs:
+        complete.output_logprobs.CopyFrom(_logprobs(module, output.logprobs))
     return module.GenerateResponse(complete=complete, **envelope)
+
+
+def _logprobs(module: ModuleType, logprobs: list[TokenLogprob]) -> Any:
+    return module.OutputLogProbs(
+        token_logprobs=[lp.logprob for lp in logprobs],
+        token_ids=[lp.token_id for lp in logprobs],
+        top_logprobs=[
+            module.TopLogProbs(values=[value for _, value in lp.top], token_ids=[tid for tid, _ in lp.top]) for lp in logprobs
+        ],
+    )
 
 
 # -- the RPC shells, on the asyncio loop thread -----------------------------------------------

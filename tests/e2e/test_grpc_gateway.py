@@ -301,3 +301,23 @@ def test_a_grpc_worker_added_on_one_gateway_serves_through_every_gateway_of_the_
         for node in nodes:
             node.stop()
         sim.stop()
+
+
+def test_logprobs_come_back_in_openai_shapes(client: openai.OpenAI, gateway: Proc) -> None:
+    model = model_of(gateway)
+    answer = client.chat.completions.create(model=model, messages=HELLO, max_tokens=6, logprobs=True, top_logprobs=2)  # type: ignore[arg-type]
+    content = answer.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and len(content) == answer.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(entry.logprob < 0 and len(entry.top_logprobs) == 2 for entry in content)
+    assert "".join(entry.token for entry in content).startswith("<think>")  # the whole output: reasoning too
+    streamed = []
+    for chunk in client.chat.completions.create(
+        model=model, messages=HELLO, max_tokens=6, logprobs=True, top_logprobs=1, stream=True
+    ):  # type: ignore[call-overload]
+        for choice in chunk.choices:
+            if choice.logprobs and choice.logprobs.content:
+                streamed += choice.logprobs.content
+    assert len(streamed) == 6 and all(len(entry.top_logprobs) == 1 for entry in streamed)
+    completion = client.completions.create(model=model, prompt="Once", max_tokens=4, logprobs=2)
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.tokens) == 4 and len(logprobs.top_logprobs) == 4  # type: ignore[arg-type]
