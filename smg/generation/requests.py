@@ -296,17 +296,11 @@ def _top_k(fields: _Fields) -> int | None:
     return None if top_k is None or top_k <= 0 else top_k  # -1 (SGLang) and 0 (vLLM) mean off
 
 
-def _openai_sampling(fields: _Fields, tokenizer: ModelTokenizer, *, max_tokens_names: tuple[str, ...]) -> tuple[Sampling, _Stops]:
-    """The sampling fields of a chat or completion request (OpenAI's names plus SGLang's
-    extensions, as SGLang's OpenAI server takes them)."""
-    max_new: int | None = None
-    for name in max_tokens_names:  # the first named wins (max_completion_tokens over max_tokens)
-        value = fields.integer(name, lo=1, hi=WIRE_INT_MAX)
-        if value is not None and max_new is None:
-            max_new = value
-    min_new = fields.integer("min_tokens", lo=0, hi=WIRE_INT_MAX)
-    if min_new is not None and max_new is not None and min_new > max_new:
-        raise _range_error(fields.param("min_tokens"), f"must not exceed the maximum number of tokens ({max_new})")
+def _sampling(
+    fields: _Fields, tokenizer: ModelTokenizer, max_new: int | None, min_new: int | None, seed: int | None
+) -> tuple[Sampling, _Stops]:
+    """The sampling fields OpenAI's requests and SGLang's `sampling_params` name alike (the
+    token limits and the seed, named differently, are read by the caller)."""
     ignore_eos = fields.boolean("ignore_eos", False)
     no_stop_trim = fields.boolean("no_stop_trim", False)
     stops = _stops(fields, tokenizer, ignore_eos=ignore_eos, no_stop_trim=no_stop_trim)
@@ -326,9 +320,25 @@ def _openai_sampling(fields: _Fields, tokenizer: ModelTokenizer, *, max_tokens_n
         skip_special_tokens=fields.boolean("skip_special_tokens", True),
         spaces_between_special_tokens=fields.boolean("spaces_between_special_tokens", True),
         n=fields.integer("n", lo=1, hi=MAX_N) or 1,
-        seed=fields.integer("seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX),
+        seed=seed,
         logit_bias=_logit_bias(fields, tokenizer),
     )
+    return sampling, stops
+
+
+def _openai_sampling(fields: _Fields, tokenizer: ModelTokenizer, *, max_tokens_names: tuple[str, ...]) -> tuple[Sampling, _Stops]:
+    """The sampling fields of a chat or completion request (OpenAI's names plus SGLang's
+    extensions, as SGLang's OpenAI server takes them)."""
+    max_new: int | None = None
+    for name in max_tokens_names:  # the first named wins (max_completion_tokens over max_tokens)
+        value = fields.integer(name, lo=1, hi=WIRE_INT_MAX)
+        if value is not None and max_new is None:
+            max_new = value
+    min_new = fields.integer("min_tokens", lo=0, hi=WIRE_INT_MAX)
+    if min_new is not None and max_new is not None and min_new > max_new:
+        raise _range_error(fields.param("min_tokens"), f"must not exceed the maximum number of tokens ({max_new})")
+    seed = fields.integer("seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX)
+    sampling, stops = _sampling(fields, tokenizer, max_new, min_new, seed)
     for name in ("regex", "ebnf"):  # SGLang's extensions, passed through
         constraint = fields.string(name)
         if constraint is not None:
@@ -686,29 +696,10 @@ def _generate_sampling(fields: _Fields, tokenizer: ModelTokenizer) -> tuple[Samp
     min_new = fields.integer("min_new_tokens", lo=0, hi=WIRE_INT_MAX)
     if min_new is not None and max_new is not None and min_new > max_new:
         raise _range_error(fields.param("min_new_tokens"), f"must not exceed max_new_tokens ({max_new})")
-    ignore_eos = fields.boolean("ignore_eos", False)
-    no_stop_trim = fields.boolean("no_stop_trim", False)
-    stops = _stops(fields, tokenizer, ignore_eos=ignore_eos, no_stop_trim=no_stop_trim)
     seed = fields.integer("sampling_seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX)
-    sampling = Sampling(
-        temperature=fields.number("temperature", lo=0, hi=MAX_TEMPERATURE),
-        top_p=fields.number("top_p", lo=0, hi=1, lo_open=True),
-        top_k=_top_k(fields),
-        min_p=fields.number("min_p", lo=0, hi=1),
-        frequency_penalty=fields.number("frequency_penalty", lo=-2, hi=2),
-        presence_penalty=fields.number("presence_penalty", lo=-2, hi=2),
-        repetition_penalty=fields.number("repetition_penalty", lo=0, hi=2, lo_open=True),
-        max_new_tokens=max_new,
-        min_new_tokens=min_new,
-        stop_token_ids=stops.engine_ids,
-        ignore_eos=ignore_eos,
-        no_stop_trim=no_stop_trim,
-        skip_special_tokens=fields.boolean("skip_special_tokens", True),
-        spaces_between_special_tokens=fields.boolean("spaces_between_special_tokens", True),
-        n=fields.integer("n", lo=1, hi=MAX_N) or 1,
-        seed=seed if seed is not None else fields.integer("seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX),
-        logit_bias=_logit_bias(fields, tokenizer),
-    )
+    if seed is None:
+        seed = fields.integer("seed", lo=-WIRE_INT_MAX - 1, hi=WIRE_INT_MAX)
+    sampling, stops = _sampling(fields, tokenizer, max_new, min_new, seed)
     for name in ("json_schema", "regex", "ebnf"):
         value = fields.string(name)
         if value is not None:
