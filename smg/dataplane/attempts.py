@@ -178,6 +178,10 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
     """Answer `ex` from the workers, retrying failed attempts within the request deadline."""
     retry = ctx.retry
     info = request_info(ctx, ex, request)
+    if ctx.policy.needs_text and info.pool and all(w.is_grpc for w in info.pool):
+        tokens = await engine.routing_tokens(ctx, ex, route, request, len(body))
+        if tokens is not None:  # else routed on the text; the attempt answers the pipeline's error
+            info = replace(info, tokens=tokens)
     outcome: Answer | Failed | Refused | None = None
     tried: list[str] = []
     with trio.move_on_after(ctx.config.request_timeout_secs) as deadline:

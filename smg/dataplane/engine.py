@@ -110,6 +110,27 @@ async def exchange(
             fleet.abort(worker, request_id, "Stream dropped" if ex.client_gone else "Request ended by the gateway")
 
 
+async def routing_tokens(
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], size: int
+) -> tuple[int, ...] | None:
+    """The prompt's token ids as a gRPC engine of `ex.model` would get them, for the policy to
+    route on (cache_aware's tree then holds what the engines cache); None when the request cannot
+    be prepared now (no tokenizer yet, a bad parameter: the attempt answers that) or is not a
+    generation. The request is prepared here once; the attempt reuses it."""
+    fleet = ctx.engines
+    model = ex.model
+    if fleet is None or model is None or route.name not in _KINDS:
+        return None
+    tokenizer = fleet.tokenizers.get(model)
+    if tokenizer is None:
+        return None
+    try:
+        prepared = await _prepared(ctx, ex, route, request, tokenizer, model, size)
+    except Exception:  # a client error or a pipeline bug: the attempt prepares again, answers and logs it
+        return None
+    return tuple(prepared.engine.input_ids)
+
+
 async def _prepared(
     ctx: GatewayContext,
     ex: Exchange,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -56,3 +57,27 @@ def test_a_joining_gateway_is_ready_only_with_the_summaries(setup: tuple[Proc, l
         assert theirs["entries"] > 0 and status(late)["stores"]["prefixes"] == theirs
     finally:
         late.stop()
+
+
+def test_grpc_workers_share_token_prefixes_across_gateways(tmp_path: Path) -> None:
+    """With gRPC workers cache_aware routes on the engine's token ids; their chain hashes are the
+    same on every gateway (same tokenizer, same template), so the summaries still carry a
+    conversation to its worker through another gateway."""
+    sim = start_sim(3, "--grpc", "--ttft-ms", "0", "--tpot-ms", "0")
+    nodes = start_mesh_cluster(sim.urls, 2, "--tokenizer-cache-dir", str(tmp_path), deadline=CONVERGE)
+    try:
+        firsts, seconds = [], []
+        for c in range(6):
+            system = {"role": "system", "content": f"You are assistant number {c}. " + f"Background fact {c}. " * 60}
+            firsts.append(routed_chat(nodes[0], [system, {"role": "user", "content": "question one"}], max_tokens=4))
+        wait_until(lambda: len({status(n)["stores"]["prefixes"]["digest"] for n in nodes}) == 1, "summaries merged", CONVERGE)
+        for c in reversed(range(6)):
+            system = {"role": "system", "content": f"You are assistant number {c}. " + f"Background fact {c}. " * 60}
+            turn2 = [system, {"role": "user", "content": "question one"}, {"role": "assistant", "content": "an answer"}]
+            seconds.insert(0, routed_chat(nodes[1], [*turn2, {"role": "user", "content": "more"}], max_tokens=4))
+        assert len(set(firsts)) > 1
+        assert seconds == firsts
+    finally:
+        for node in nodes:
+            node.stop()
+        sim.stop()

@@ -321,3 +321,20 @@ def test_logprobs_come_back_in_openai_shapes(client: openai.OpenAI, gateway: Pro
     completion = client.completions.create(model=model, prompt="Once", max_tokens=4, logprobs=2)
     logprobs = completion.choices[0].logprobs
     assert logprobs is not None and len(logprobs.tokens) == 4 and len(logprobs.top_logprobs) == 4  # type: ignore[arg-type]
+
+
+def test_cache_aware_routes_on_the_token_ids_the_engine_gets(client: openai.OpenAI, gateway: Proc) -> None:
+    """The same prompt sent as text, then as its token ids plus more: the routing texts share
+    nothing, the engine's ids share the whole first prompt, so cache_aware (on the engine's ids)
+    sends the second where the first is cached, and the engine reports it cached."""
+    from smg.simworker.grpc_model import load_shipped_tokenizer
+
+    model = model_of(gateway)
+    text = "the quick brown fox jumps over the lazy dog " * 40 + "and then"
+    ids = load_shipped_tokenizer().encode(text)
+    first = client.completions.with_raw_response.create(model=model, prompt=text, max_tokens=2)
+    second = client.completions.with_raw_response.create(model=model, prompt=ids + ids[:10], max_tokens=2)
+    assert second.headers["x-smg-routed-worker-id"] == first.headers["x-smg-routed-worker-id"]
+    usage = second.parse().usage
+    assert usage is not None and usage.prompt_tokens == len(ids) + 10
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens >= len(ids) - 16  # type: ignore[operator]

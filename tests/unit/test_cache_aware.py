@@ -10,7 +10,7 @@ import pytest
 from smg.routing.chain_index import ChainIndex
 from smg.routing.policies import PolicyConfig, RequestInfo, make_policy
 from smg.routing.radix import StringTree, TokenTree
-from smg.routing.text import text_chain
+from smg.routing.text import text_chain, token_chain
 from smg.routing.tokenizer import load_tokenizer
 from smg.workers.registry import Worker
 
@@ -174,3 +174,55 @@ def test_bad_tokenizer_path(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="cannot load"):
         load_tokenizer(str(bad))
+
+
+def test_engine_token_ids_route_on_their_own_tree_and_shared_chains() -> None:
+    """gRPC workers: the prompt's ids as the engine gets them are what cache_aware matches (the
+    routing text is ignored), in a token tree of their own beside the text tree, and the chain
+    hashes recorded for the mesh are of token blocks."""
+
+    class Shared:
+        def __init__(self) -> None:
+            self.recorded: list[tuple[str, str, list[bytes]]] = []
+
+        def match(self, model: str, chain: list[bytes]) -> dict[str, int]:
+            return {}
+
+        def record(self, model: str, worker: str, chain: list[bytes]) -> None:
+            self.recorded.append((model, worker, chain))
+
+        def footprint(self, model: str) -> dict[str, int]:
+            held: dict[str, int] = {}
+            for _, worker, chain in self.recorded:
+                held[worker] = held.get(worker, 0) + len(chain)
+            return held
+
+    pool = workers(3)
+    policy = make_policy("cache_aware")
+    shared = Shared()
+    policy.shared = shared  # type: ignore[attr-defined]
+    system = tuple(range(1000, 1200))
+    first = policy.select(pool, RequestInfo("m", text="unrelated text a", tokens=(*system, 1, 2), now=0))
+    # a different routing text, the same engine prefix: the same worker
+    assert policy.select(pool, RequestInfo("m", text="other text b", tokens=(*system, 3, 4, 5), now=1)) is first
+    # a different prefix spreads to an emptier worker
+    assert policy.select(pool, RequestInfo("m", text="unrelated text a", tokens=tuple(range(5000, 5200)), now=2)) is not first
+    assert isinstance(policy.engine_trees["m"], TokenTree)  # type: ignore[attr-defined]
+    assert "m" not in policy.trees  # type: ignore[attr-defined]
+    assert policy.tree_sizes()["m"] == 200 + 2 + 3 + 200  # type: ignore[attr-defined]
+    assert shared.recorded[0][2] == token_chain((*system, 1, 2))
+    policy.select(pool, RequestInfo("m", text="x" * 300, now=3))  # an HTTP worker's request: the text tree
+    assert policy.tree_sizes()["m"] == 200 + 2 + 3 + 200 + 300  # type: ignore[attr-defined]
+    policy.forget_workers({w.id for w in pool if w is not first})  # type: ignore[attr-defined]
+    assert first.id not in policy.engine_trees["m"].tenant_size  # type: ignore[attr-defined]
+    assert policy.engine_chains["m"].match(token_chain(system)).get(first.id) is None  # type: ignore[attr-defined]
+
+
+def test_prefix_hash_hashes_the_engine_ids_when_given() -> None:
+    pool = workers(8)
+    policy = make_policy("prefix_hash", PolicyConfig(prefix_token_count=4))
+    head = (7, 8, 9, 10)
+    chosen = {policy.select(pool, RequestInfo("m", text=f"text {i}", tokens=(*head, i), now=i)).id for i in range(20)}
+    assert len(chosen) == 1  # the first 4 ids decide, whatever the text
+    spread = {policy.select(pool, RequestInfo("m", text="same", tokens=(i, 1, 2, 3, 4), now=i)).id for i in range(40)}
+    assert len(spread) > 1

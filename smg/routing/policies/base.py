@@ -21,6 +21,7 @@ class RequestInfo:
     path: str = ""
     now: float = 0.0  # monotonic seconds, from the trio shell
     text: str = ""  # the routing text, filled only for policies that set `needs_text`
+    tokens: tuple[int, ...] | None = None  # gRPC workers (`needs_text` policies): the prompt's ids as the engine gets them
     routing_key: str | None = None  # X-SMG-Routing-Key
     target_index: int | None = None  # X-SMG-Target-Worker
     client_key: str | None = None  # a digest of Authorization, else the first X-Forwarded-For address

@@ -1,8 +1,13 @@
 """Cache-aware routing: send a prompt where its prefix is most likely cached.
 
 Per model, a radix tree (characters, or token ids with `--tokenizer-path`)
-and a chain-hash index remember which worker was given which prompts. Rule,
-as in the reference:
+and a chain-hash index remember which worker was given which prompts. A
+request for gRPC workers comes with the prompt's token ids as the engine gets
+them (chat template applied: `RequestInfo.tokens`), and goes through a token
+tree of its own, so the tree holds what the engine caches; its chain hashes
+are of token blocks, so every gateway of a mesh (same tokenizer, same
+template) records and matches the same prefix summaries. Rule, as in the
+reference:
 
 1. If the pool is imbalanced ((max - min load) > `--balance-abs-threshold`
    and max > `--balance-rel-threshold` x min), take the least-loaded worker.
@@ -51,8 +56,10 @@ class CacheAwarePolicy:
         self.config = config
         self._tokenize = config.tokenize
         self._block = TOKEN_BLOCK if self._tokenize else TEXT_BLOCK_CHARS
-        self.trees: dict[str, RadixTree] = {}  # type: ignore[type-arg]
+        self.trees: dict[str, RadixTree] = {}  # type: ignore[type-arg]  # the routing text's (or --tokenizer-path's ids)
         self.chains: dict[str, ChainIndex] = {}
+        self.engine_trees: dict[str, TokenTree] = {}  # the engine's prompt ids (gRPC workers)
+        self.engine_chains: dict[str, ChainIndex] = {}
         self.on_match: Callable[[float], None] | None = None  # e.g. a histogram's observe
         self.shared: SharedChains | None = None  # with --ha-mesh: what every gateway routed where
 
@@ -63,15 +70,27 @@ class CacheAwarePolicy:
             self.chains[model] = ChainIndex(max(1, self.config.max_tree_size // self._block))
         return tree, self.chains[model]
 
+    def _engine_stores(self, model: str) -> tuple[RadixTree, ChainIndex]:  # type: ignore[type-arg]
+        tree = self.engine_trees.get(model)
+        if tree is None:
+            tree = self.engine_trees[model] = TokenTree()
+            self.engine_chains[model] = ChainIndex(max(1, self.config.max_tree_size // TOKEN_BLOCK))
+        return tree, self.engine_chains[model]
+
     def select(self, workers: Sequence[Worker], request: RequestInfo) -> Worker:
         cfg = self.config
-        tree, index = self._stores(request.model)
         seq: str | tuple[int, ...]
-        if self._tokenize is not None:
-            seq = self._tokenize(request.text)
+        if request.tokens is not None:
+            tree, index = self._engine_stores(request.model)
+            seq, block = request.tokens, TOKEN_BLOCK
+            chain = token_chain(seq)
+        elif self._tokenize is not None:
+            tree, index = self._stores(request.model)
+            seq, block = self._tokenize(request.text), TOKEN_BLOCK
             chain = token_chain(seq)
         else:
-            seq = request.text
+            tree, index = self._stores(request.model)
+            seq, block = request.text, TEXT_BLOCK_CHARS
             chain = text_chain(seq)
         loads = [load_of(w) for w in workers]
         low, high = min(loads), max(loads)
@@ -87,7 +106,7 @@ class CacheAwarePolicy:
             best: Worker | None = None
             best_len = best_load = 0
             for worker, load in zip(workers, loads, strict=True):
-                matched = max(by_tree.get(worker.id, 0), by_chain.get(worker.id, 0) * self._block)
+                matched = max(by_tree.get(worker.id, 0), by_chain.get(worker.id, 0) * block)
                 if matched > best_len or (best is not None and matched == best_len and load < best_load):
                     best, best_len, best_load = worker, matched, load
             ratio = best_len / len(seq) if seq else 0.0
@@ -113,20 +132,29 @@ class CacheAwarePolicy:
         best = min(range(len(workers)), key=lambda i: (loads[i], footprint.get(workers[i].id, 0), workers[i].id))
         return workers[best]
 
+    def _all_stores(self) -> list[tuple[str, RadixTree, ChainIndex]]:  # type: ignore[type-arg]
+        stores: list[tuple[str, RadixTree, ChainIndex]] = [(m, t, self.chains[m]) for m, t in self.trees.items()]  # type: ignore[type-arg]
+        stores += [(m, t, self.engine_chains[m]) for m, t in self.engine_trees.items()]
+        return stores
+
     def maintain(self, now: float) -> int:
         """Periodic eviction (`--eviction-interval-secs`); returns entries dropped."""
         dropped = 0
-        for model, tree in self.trees.items():
+        for _, tree, index in self._all_stores():
             dropped += tree.evict(self.config.max_tree_size)
-            dropped += self.chains[model].evict()
+            dropped += index.evict()
         return dropped
 
     def forget_workers(self, present: set[str]) -> None:
         """Drop the records of workers that left the pool."""
-        for model, tree in self.trees.items():
+        for _, tree, index in self._all_stores():
             for tenant in [t for t in tree.tenant_size if t not in present]:
                 tree.remove_tenant(tenant)
-                self.chains[model].remove_worker(tenant)
+                index.remove_worker(tenant)
 
     def tree_sizes(self) -> dict[str, int]:
-        return {model: tree.size for model, tree in self.trees.items()}
+        """Entries per model (characters or token ids; a model with HTTP and gRPC workers adds both trees)."""
+        sizes: dict[str, int] = {}
+        for model, tree, _ in self._all_stores():
+            sizes[model] = sizes.get(model, 0) + tree.size
+        return sizes
