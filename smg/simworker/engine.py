@@ -150,9 +150,9 @@ class Outcome:
 class SimEngine:
     """Cache, queueing figures and deterministic choices of one worker."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, *, record_kv_events: bool = False) -> None:
         self.config = config
-        self.cache = PrefixKVCache(config.cache_blocks)
+        self.cache = PrefixKVCache(config.cache_blocks, record_events=record_kv_events)
         self._faults = random.Random(config.seed)
         self.running = 0
         self.waiting = 0

@@ -20,8 +20,9 @@ the protocols are the `smg-grpc-proto` stubs'. Two halves, bridged by `smg.aioth
 Registration needs nothing else: grpcio answers UNIMPLEMENTED for the other engines' services
 the reference probes. GetModelInfo reports model_path and tokenizer_path empty so a gateway
 takes the tokenizer from its own --model-path or from GetTokenizer (the shipped tokenizer,
-zipped once at start). SubscribeKvEvents is UNIMPLEMENTED for now: the reference then polls
-GetLoads, which is what it does with an idle KV stream too. The vLLM service differs where
+zipped once at start). SubscribeKvEvents streams the cache model's stores, evictions and flushes
+(`smg.simworker.kvevents`: numbered batches, a snapshot to resync, load records attached to every
+batch and sent alone when the load changes or once a second while idle). The vLLM service differs where
 vLLM's protocol does: the prompt may come as `text` (encoded with the shipped tokenizer),
 `max_tokens` for `max_new_tokens`, Abort takes a list of ids and answers nothing, GetServerInfo
 has vLLM's fields (`max_num_seqs`, `block_size`, ...) instead of a server-args Struct.
@@ -51,6 +52,8 @@ from smg.generation.types import EngineChunk, EngineComplete, EngineOutput, Toke
 from smg.http.server import BindError
 from smg.simworker.engine import SimConfig, SimEngine
 from smg.simworker.grpc_model import Sampling, Sequence, SimModel, load_shipped_tokenizer, model_directory
+from smg.simworker.kvcache import KvEvent, KvRemoved, KvStored
+from smg.simworker.kvevents import KvBatch, KvEventLog
 from smg.simworker.slots import running_slot
 from smg.tokenization.archive import CHUNK_SIZE, archive_chunks, build_archive
 
@@ -59,6 +62,7 @@ log = logging.getLogger("smg.sim")
 T = TypeVar("T")
 
 CONTEXT_LENGTH = 32768
+KV_HEARTBEAT_SECS = 1.0  # a load record on an idle KV-event stream, this often
 MAX_N = 64  # sequences per request: more is a client error, not a reason to run out of memory
 MAX_NEW_TOKENS = CONTEXT_LENGTH
 MAX_TOP_LOGPROBS = 20
@@ -166,10 +170,18 @@ class GrpcSimWorker:
     def __init__(self, config: SimConfig, model: SimModel) -> None:
         self.config = config
         self.model = model
-        self.engine = SimEngine(config)
+        self.engine = SimEngine(config, record_kv_events=True)
         self._slots = trio.Semaphore(config.max_running)
         self._running: dict[str, trio.CancelScope] = {}
         self.rpcs_cancelled = 0  # generations cut short by their RPC's cancellation (the client left)
+        self.kv_log = KvEventLog()
+        self._kv_changed = trio.Event()  # set (then replaced) when a batch is published or the load changed
+
+    def _kv_step(self) -> None:
+        """End of an engine step: publish the cache's changes, wake the subscribers."""
+        self.kv_log.publish(self.engine.cache.drain_events(), time.time())
+        self._kv_changed.set()
+        self._kv_changed = trio.Event()
 
     async def generate(self, emit: Callable[[EngineOutput], None], request: Request) -> None:
         """Queue, prefill (TTFT from the uncached prompt tokens), then decode step by step,
@@ -197,6 +209,7 @@ class GrpcSimWorker:
                         await self._decode(emit, request, progress, outcome.die_after_tokens)
                 finally:
                     self._running.pop(rid, None)
+                    self._kv_step()  # the load changed (and an unfinished prefill may have stored blocks)
         except trio.Cancelled:
             self.rpcs_cancelled += 1  # not Abort's scope: the RPC's (the portal cancels it)
             raise
@@ -208,6 +221,7 @@ class GrpcSimWorker:
     ) -> None:
         engine = self.engine
         progress.cached = engine.cache.admit([str(i) for i in request.prompt_ids])
+        self._kv_step()
         await trio.sleep(engine.ttft_secs(progress.prompt_tokens - progress.cached))
         step = 0
         while not progress.done:
@@ -233,6 +247,43 @@ class GrpcSimWorker:
 
     async def flush(self) -> None:
         self.engine.cache.flush()
+        self._kv_step()
+
+    async def kv_events(self, emit: Callable[[KvRecord], None], start: int, records_first: bool) -> None:
+        """One SubscribeKvEvents stream, until the subscriber leaves: a snapshot when `start` is 0
+        or older than the history (and anything is cached), then every batch after the cursor,
+        each with the load; a load record alone when the load changed without a batch, or after
+        `KV_HEARTBEAT_SECS` of quiet. `records_first`: a load record numbered 0 before anything."""
+        log = self.kv_log
+        sample = 0
+        last_load: dict[str, Any] | None = None
+
+        def send(batch: KvBatch) -> None:
+            nonlocal sample, last_load
+            sample += 1
+            last_load = self.engine.load_report()
+            emit(KvRecord(batch, last_load, sample))
+
+        if records_first:
+            send(KvBatch(0, time.time(), load_only=True))
+        cursor, resync = start, start == 0
+        while True:
+            changed = self._kv_changed
+            batches = None if resync else log.since(cursor)
+            resync = False
+            if batches is None:  # start from the current state, or the history no longer reaches back
+                if log.sequence:
+                    send(log.snapshot(self.engine.cache, time.time()))
+                cursor, batches = log.sequence, []
+            for batch in batches:
+                send(batch)
+                cursor = batch.sequence
+            if not batches and self.engine.load_report() != last_load:
+                send(KvBatch(cursor, time.time(), load_only=True))
+            with trio.move_on_after(KV_HEARTBEAT_SECS) as quiet:
+                await changed.wait()
+            if quiet.cancelled_caught:
+                send(KvBatch(cursor, time.time(), load_only=True))
 
     async def embed(self, ids: list[int]) -> list[float]:
         self.engine.requests += 1
@@ -434,8 +485,10 @@ class _EngineServicer:
     async def SubscribeKvEvents(
         self, request: common_pb2.SubscribeKvEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.KvEventBatch]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KV events are not simulated yet")
-        yield common_pb2.KvEventBatch()  # pragma: no cover - abort raises
+        start, first = request.start_sequence_number, request.load_records_before_first_batch
+        async with contextlib.aclosing(self.portal.stream(self.worker.kv_events, start, first)) as records:
+            async for record in records:
+                yield kv_batch_message(record, self.config.max_running)
 
 
 class SchedulerServicer(_EngineServicer, sglang_scheduler_pb2_grpc.SglangSchedulerServicer):
@@ -547,6 +600,70 @@ SERVICERS: dict[str, type[_EngineServicer]] = {
     "sglang": SchedulerServicer,
     "vllm": VllmEngineServicer,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class KvRecord:
+    """One KvEventBatch to send: the batch, the engine's load then, the stream's sample number."""
+
+    batch: KvBatch
+    load: dict[str, Any]
+    sample: int
+
+
+def _block_hash(chain_hash: bytes) -> int:
+    """The cache model's 64-bit chain hash as the protocol's int64."""
+    return int.from_bytes(chain_hash, "little", signed=True)
+
+
+def _kv_event(event: KvEvent, event_id: int) -> common_pb2.KvCacheEvent:
+    if isinstance(event, KvStored):
+        stored = common_pb2.KvBlocksStored(
+            blocks=[
+                common_pb2.KvBlock(block_hash=_block_hash(h), token_ids=[int(t) for t in tokens], block_size=len(tokens))
+                for h, tokens in event.blocks
+            ],
+            tier=common_pb2.KV_CACHE_TIER_DEVICE,
+            medium="GPU",
+            locality=common_pb2.KV_CACHE_LOCALITY_LOCAL,
+        )
+        if event.parent is not None:
+            stored.parent_block_hash = _block_hash(event.parent)
+        return common_pb2.KvCacheEvent(event_id=event_id, stored=stored)
+    if isinstance(event, KvRemoved):
+        removed = common_pb2.KvBlocksRemoved(
+            block_hashes=[_block_hash(h) for h in event.hashes],
+            tier=common_pb2.KV_CACHE_TIER_DEVICE,
+            locality=common_pb2.KV_CACHE_LOCALITY_LOCAL,
+        )
+        return common_pb2.KvCacheEvent(event_id=event_id, removed=removed)
+    return common_pb2.KvCacheEvent(event_id=event_id, cleared=common_pb2.KvCacheCleared())
+
+
+def kv_batch_message(record: KvRecord, max_running: int) -> common_pb2.KvEventBatch:
+    """A `KvRecord` as the protocol's KvEventBatch (event ids: the batch's sequence x 1000 + i;
+    a snapshot's are 0, as the protocol asks of synthesized events)."""
+    batch, load = record.batch, record.load
+    snapshot = batch.snapshot_blocks is not None
+    message = common_pb2.KvEventBatch(
+        sequence_number=batch.sequence,
+        timestamp=batch.timestamp,
+        events=[_kv_event(e, 0 if snapshot else batch.sequence * 1000 + i) for i, e in enumerate(batch.events)],
+        load=common_pb2.EngineLoad(
+            running_requests=load["num_running_reqs"],
+            waiting_requests=load["num_waiting_reqs"],
+            token_usage=load["token_usage"],
+            max_running_requests=max_running,
+            sample=record.sample,
+            load_only=batch.load_only,
+            cache_hit_rate=load["cache_hit_rate"],
+            num_used_tokens=load["num_used_tokens"],
+            max_total_num_tokens=load["max_total_num_tokens"],
+        ),
+    )
+    if snapshot:
+        message.snapshot.CopyFrom(common_pb2.KvSnapshotChunk(index=0, count=1, blocks=batch.snapshot_blocks or 0))
+    return message
 
 
 def _now() -> str:

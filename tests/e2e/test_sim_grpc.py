@@ -106,9 +106,6 @@ def test_registration_rpcs(sim) -> None:  # type: ignore[no-untyped-def]
     assert loads.dp_rank_count == 1 and loads.loads[0].max_total_num_tokens == 8192 * 16
     assert loads.loads[0].HasField("queues")
     assert stub.FlushCache(common_pb2.FlushCacheRequest(), timeout=DEADLINE).success
-    with pytest.raises(grpc.RpcError) as kv:
-        next(iter(stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest(), timeout=DEADLINE)))
-    assert kv.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_get_tokenizer_streams_the_shipped_tokenizer(sim, tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -276,9 +273,9 @@ def test_vllm_mode_serves_only_the_vllm_service(vllm_sim) -> None:  # type: igno
     assert embedded.prompt_tokens == 2 and embedded.embedding_dim == 16 == len(embedded.embedding)
     chunks = list(stub.GetTokenizer(common_pb2.GetTokenizerRequest(), timeout=DEADLINE))
     assert chunks[-1].sha256 and all(not c.sha256 for c in chunks[:-1])
-    with pytest.raises(grpc.RpcError) as kv:
-        next(iter(stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest(), timeout=DEADLINE)))
-    assert kv.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    kv = stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest(load_records_before_first_batch=True), timeout=DEADLINE)
+    assert next(kv).load.load_only  # vLLM's service streams KV events too
+    kv.cancel()
 
 
 def test_vllm_generate_tokens_or_text(vllm_sim, tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -327,3 +324,42 @@ def test_vllm_abort_takes_a_list_of_ids(vllm_sim, tokenizer) -> None:  # type: i
     thread.join(DEADLINE)
     assert not thread.is_alive()
     assert got[-1].complete.finish_reason == "abort" and got[-1].complete.completion_tokens < 5000
+
+
+def test_kv_events_stream_the_cache_models_stores_flushes_and_load() -> None:
+    """SubscribeKvEvents: load records first when asked, the prompt's blocks stored (16 ids each,
+    chained by parent), a flush as a cleared event, a load record on a quiet stream; a late
+    subscriber from 0 gets a snapshot of the live blocks instead of the history."""
+    proc = start_sim(1, "--grpc", "--tpot-ms", "0", "--ttft-ms", "0")
+    channel, stub = _open(proc)
+    try:
+        request = common_pb2.SubscribeKvEventsRequest(start_sequence_number=0, load_records_before_first_batch=True)
+        stream = stub.SubscribeKvEvents(request, timeout=DEADLINE)
+        first = next(stream)
+        assert first.sequence_number == 0 and first.load.load_only and not first.events
+        ids = list(range(1000, 1040))  # two full blocks of 16, and 8 ids over
+        generate(stub, ids, stream=False, rid="kv1", max_new_tokens=2)
+        batch = next(b for b in stream if b.events)
+        assert batch.sequence_number == 1 and not batch.load.load_only
+        stored = batch.events[0].stored
+        assert [list(block.token_ids) for block in stored.blocks] == [ids[:16], ids[16:32]]
+        assert not stored.HasField("parent_block_hash") and stored.locality == common_pb2.KV_CACHE_LOCALITY_LOCAL
+        stub.FlushCache(common_pb2.FlushCacheRequest(), timeout=DEADLINE)
+        cleared = next(b for b in stream if any(e.WhichOneof("data") == "cleared" for e in b.events))
+        assert cleared.sequence_number > batch.sequence_number
+        quiet = next(stream)  # nothing happens: a heartbeat within a second or so
+        assert quiet.load.load_only and quiet.sequence_number == cleared.sequence_number
+        stream.cancel()
+
+        generate(stub, ids, stream=False, rid="kv2", max_new_tokens=2)
+        late = stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest(), timeout=DEADLINE)
+        snapshot = next(late)
+        assert snapshot.snapshot.count == 1 and snapshot.snapshot.blocks >= 2
+        assert snapshot.events[0].WhichOneof("data") == "cleared"
+        hashes = [e.stored.blocks[0].block_hash for e in snapshot.events[1:]]
+        parents = [e.stored.parent_block_hash for e in snapshot.events[1:] if e.stored.HasField("parent_block_hash")]
+        assert set(parents) <= set(hashes) and all(e.event_id == 0 for e in snapshot.events)
+        late.cancel()
+    finally:
+        channel.close()
+        proc.stop()
