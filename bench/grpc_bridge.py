@@ -21,13 +21,17 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-import grpc
-import trio
-from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
-from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
+# run as a script, this directory comes first on the path, and its grpc.py (the gateway benchmark)
+# would shadow grpcio
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import grpc  # noqa: E402
+import trio  # noqa: E402
+from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb  # noqa: E402
+from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from smg.aiothread import AioThread
+from smg.aiothread import AioThread  # noqa: E402
 
 
 class Streamer(pb_grpc.SglangSchedulerServicer):  # type: ignore[misc]

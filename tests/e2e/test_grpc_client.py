@@ -64,8 +64,8 @@ async def sim(request: pytest.FixtureRequest, nursery: trio.Nursery, tokenizer: 
 
 
 @pytest.fixture
-async def client(sim: Sim, aio: AioThread) -> AsyncIterator[EngineClient]:
-    client = EngineClient(aio, sim.url)
+async def client(sim: Sim, aio: AioThread, nursery: trio.Nursery) -> AsyncIterator[EngineClient]:
+    client = EngineClient(aio, sim.url, nursery=nursery)
     yield client
     await client.aclose()
 
@@ -145,7 +145,7 @@ async def test_an_unhealthy_engine_is_still_detected_and_says_so(
 ) -> None:
     for engine in ("sglang", "vllm"):
         sim = await start_sim(nursery, tokenizer, engine, unhealthy=True)
-        client = EngineClient(aio, sim.url)
+        client = EngineClient(aio, sim.url, nursery=nursery)
         with trio.fail_after(DEADLINE):
             assert await client.detect(DEADLINE) == engine  # any OK reply counts
             healthy, message = await client.health(DEADLINE)
@@ -249,7 +249,7 @@ async def test_abort_ends_a_running_generation(client: EngineClient, sim: Sim, t
 async def test_an_engine_failure_is_its_status(nursery: trio.Nursery, tokenizer: ModelTokenizer, aio: AioThread) -> None:
     for engine in ("sglang", "vllm"):
         sim = await start_sim(nursery, tokenizer, engine, fail_rate=1.0, fail_status=429)
-        client = EngineClient(aio, sim.url)
+        client = EngineClient(aio, sim.url, nursery=nursery)
         with pytest.raises(EngineStatusError) as failure:
             await collect(client, generation(prompt(tokenizer, "x"), stream=True))
         assert failure.value.status == "RESOURCE_EXHAUSTED" and failure.value.retryable
@@ -286,8 +286,8 @@ async def test_tokenizer_archive_assembles_and_its_checksum_holds(client: Engine
 # -- failures before any engine -----------------------------------------------------------------
 
 
-async def test_an_unreachable_worker_is_unavailable_and_retryable(aio: AioThread) -> None:
-    client = EngineClient(aio, f"grpc://127.0.0.1:{free_port()}")
+async def test_an_unreachable_worker_is_unavailable_and_retryable(aio: AioThread, nursery: trio.Nursery) -> None:
+    client = EngineClient(aio, f"grpc://127.0.0.1:{free_port()}", nursery=nursery)
     try:
         with trio.fail_after(DEADLINE), pytest.raises(EngineStatusError) as failure:
             await client.detect(2.0)
@@ -304,7 +304,7 @@ async def test_a_worker_that_comes_back_is_reached_again(
 ) -> None:
     """The channel reconnects by itself (within grpc's reconnect backoff, bounded by the client)."""
     port = free_port()
-    client = EngineClient(aio, f"grpc://127.0.0.1:{port}")
+    client = EngineClient(aio, f"grpc://127.0.0.1:{port}", nursery=nursery)
     with trio.fail_after(DEADLINE), pytest.raises(EngineStatusError):
         await client.detect(2.0)
     config = SimConfig(grpc=True, grpc_engine="vllm")
@@ -361,10 +361,12 @@ def service_of(runtime: str) -> str:
         (["other.Service"], None, EngineStatusError),
     ],
 )
-async def test_detection_choices(aio: AioThread, services: list[str], preferred: str | None, expected: object) -> None:
+async def test_detection_choices(
+    aio: AioThread, nursery: trio.Nursery, services: list[str], preferred: str | None, expected: object
+) -> None:
     names = {service_of(s) if s in ENGINE_SERVICES else s: b"" for s in services}  # b"": healthy=false
     server, url = await serve_raw(aio, names)
-    client = EngineClient(aio, url, preferred=preferred)
+    client = EngineClient(aio, url, preferred=preferred, nursery=nursery)
     try:
         with trio.fail_after(DEADLINE):
             if isinstance(expected, str):
@@ -385,8 +387,9 @@ async def test_detection_choices(aio: AioThread, services: list[str], preferred:
 # -- clients per URL ----------------------------------------------------------------------------
 
 
-async def test_one_client_per_worker_and_a_closed_one_fails_fast(sim: Sim, aio: AioThread) -> None:
+async def test_one_client_per_worker_and_a_closed_one_fails_fast(sim: Sim, aio: AioThread, nursery: trio.Nursery) -> None:
     clients = EngineClients(aio, preferred="vllm")
+    clients.attach(nursery)
     first = clients.get(sim.url)
     assert clients.get(sim.url.replace("grpc://", "GRPC://") + "/") is first
     assert clients.urls() == [sim.url] and first.preferred == "vllm"

@@ -8,6 +8,7 @@ loads of `grpc://` workers), so the registrar, a layer below, never sees an RPC.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -37,11 +38,13 @@ class EngineFleet:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.tokenizers.attach(nursery)
+                self.clients.attach(nursery)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
             self.tokenizers.attach(None)
+            self.clients.attach(None)
             with trio.CancelScope(shield=True):  # this task is being cancelled: the cleanup must still run
                 with trio.move_on_after(5):
                     await self.clients.aclose()
@@ -104,4 +107,5 @@ class EngineFleet:
         stop string), from the fleet's nursery: the caller's cancellation must not cancel it."""
         nursery = self._nursery
         if nursery is not None:
-            nursery.start_soon(self.client(worker).abort, [request_id], reason)
+            with contextlib.suppress(RuntimeError):  # the node is stopping: its calls are being cancelled anyway
+                nursery.start_soon(self.client(worker).abort, [request_id], reason)
