@@ -367,7 +367,7 @@ async def _relay(
                 break
             await _send_events(send, _feed(builder, batch))
         await _send_events(send, builder.finish())
-    return None, ended
+    return None, ended or builder.engine_finished  # finished: no Abort (it would cost a call per request)
 
 
 def _feed(builder: StreamBuilder, batch: list[EngineOutput]) -> list[dict[str, Any]]:

@@ -205,6 +205,7 @@ class _Choice:
         "cut",
         "detok",
         "ended",
+        "engine_done",
         "finish",
         "index",
         "logprobs",
@@ -243,6 +244,7 @@ class _Choice:
         self.offset = 0
         self.text = ""
         self.pending_ids: list[int] = []
+        self.engine_done = False  # the engine's Complete for this choice arrived
 
 
 class StreamBuilder:
@@ -302,6 +304,7 @@ class StreamBuilder:
                 self._end(ch, out)
             return out
         assert isinstance(output, EngineComplete)
+        ch.engine_done = True
         ch.completion = _counted(output.completion_tokens, max(ch.seen, len(output.output_ids)))
         if ch.ended:
             return out
@@ -338,6 +341,12 @@ class StreamBuilder:
     def stopped(self) -> bool:
         """Every choice has finished: the caller stops reading and aborts the engine request."""
         return self._ended >= len(self._choices)
+
+    @property
+    def engine_finished(self) -> bool:
+        """Every choice got the engine's Complete: nothing to abort, even if the RPC's end is
+        not read (the caller stops at `stopped`)."""
+        return all(ch.engine_done for ch in self._choices)
 
     @property
     def usage(self) -> dict[str, Any] | None:
