@@ -234,7 +234,7 @@ def test_cancel_resets_the_stream_and_late_data_is_ignored() -> None:
     server.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
     server.send_data(stream_id, framed(b"late"))
     late = server.data_to_send()
-    client.cancel(stream_id)
+    client.finish(stream_id)
     events = server.receive_data(client.data_to_send())
     assert any(isinstance(e, h2.events.StreamReset) and e.error_code == h2.errors.ErrorCodes.CANCEL for e in events)
     assert client.receive(late) == []
@@ -254,3 +254,74 @@ def test_garbage_from_the_server_ends_the_calls_cleanly(noise: bytes) -> None:
         assert any(isinstance(e, Closed) and e.status == "UNAVAILABLE" for e in events)
     else:  # a partial frame waits: the socket closing then ends the call
         assert all(c == Closed(stream_id, "UNAVAILABLE", "closed") for c in client.lost("closed"))
+
+
+def window_restored(client: GrpcConnection) -> bool:
+    """Every byte the server sent was given back to the connection's window (sent, or pending
+    in h2's batching of WINDOW_UPDATEs)."""
+    manager = client._h2._inbound_flow_control_window_manager
+    return manager.current_window_size + manager._bytes_processed == manager.max_window_size
+
+
+def test_every_ending_gives_the_bytes_back_exactly_once() -> None:
+    """Calls read to the end with their last batch unconsumed, left early, failed by a bad frame,
+    reset by the server: after `finish` the connection's window holds every byte again."""
+    client, server = pair(max_message_size=50)
+    for _ in range(5):  # finished normally; the reader stopped after the last batch (as the gateway does)
+        stream_id, _ = start(client, server)
+        events = client.receive(answer(server, stream_id, [b"a" * 40, b"b" * 30]))
+        consumed = [e for e in events if isinstance(e, Messages)]
+        client.consumed(stream_id, consumed[0].flow // 2)  # part of it
+        client.finish(stream_id)
+    left, _ = start(client, server)  # left early with messages unread
+    server.send_headers(left, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    server.send_data(left, framed(b"x" * 20) + framed(b"y" * 20)[:10], pad_length=7)
+    client.receive(server.data_to_send())
+    client.finish(left)
+    failed, _ = start(client, server)  # a message over the limit after a good one
+    server.send_headers(failed, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    server.send_data(failed, framed(b"ok") + framed(b"z" * 51))
+    events = client.receive(server.data_to_send())
+    flow = sum(e.flow for e in events if isinstance(e, Messages))
+    client.consumed(failed, flow)  # the reader consumes after the failure: no double count
+    client.finish(failed)
+    reset, _ = start(client, server)
+    server.send_headers(reset, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    server.send_data(reset, framed(b"q" * 10) + b"\x00\x00")
+    server.reset_stream(reset, h2.errors.ErrorCodes.INTERNAL_ERROR)
+    client.receive(server.data_to_send())
+    client.finish(reset)
+    assert window_restored(client)
+    assert client._closed_unacked == {}
+
+
+def test_a_message_larger_than_the_stream_window_still_arrives() -> None:
+    client, server = pair(max_message_size=4 * STREAM_WINDOW)
+    stream_id, _ = start(client, server)
+    big = bytes(range(256)) * (2 * STREAM_WINDOW // 256)
+    server.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    pending = framed(big)
+    got: list[bytes] = []
+    for _ in range(1000):
+        while pending:
+            room = min(server.local_flow_control_window(stream_id), server.max_outbound_frame_size)
+            if room <= 0:
+                break
+            server.send_data(stream_id, pending[:room])
+            pending = pending[room:]
+        for event in client.receive(server.data_to_send()):
+            if isinstance(event, Messages):
+                got += event.messages
+        server.receive_data(client.data_to_send())
+        if got:
+            break
+    assert got == [big]
+
+
+def test_a_malformed_goaway_ends_the_connection_and_nothing_after_it_passes() -> None:
+    client, server = pair()
+    stream_id, _ = start(client, server)
+    goaway = (3).to_bytes(3, "big") + bytes([7, 0]) + (0).to_bytes(4, "big") + b"abc"
+    events = client.receive(goaway + answer(server, stream_id, [b"never"]))
+    assert [(e.stream_id, e.status) for e in events] == [(stream_id, "UNAVAILABLE")]  # never its answer
+    assert client.broken

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from smg.upstream.grpc.status import status_error
+from smg.upstream.grpc.status import EngineStatusError, status_error
 from smg.upstream.grpc.wire import CallEvent, Closed, GrpcConnection, Messages, NoCapacity
 
 log = logging.getLogger("smg.upstream")
@@ -32,6 +32,7 @@ log = logging.getLogger("smg.upstream")
 CONNECT_SECS = 5.0
 RECEIVE_BYTES = 256 * 1024
 CANCEL_FLUSH_SECS = 1.0
+FAIL_FAST_SECS = 1.0  # after a failed connect, calls fail at once for this long (the old grpcio channel's backoff)
 
 
 class _Connection:
@@ -125,6 +126,7 @@ class StreamChannel:
         self.nursery: trio.Nursery | None = None  # the fleet's: where connections run
         self._connections: list[_Connection] = []
         self._opening = trio.Lock()
+        self._failure: tuple[float, str] | None = None  # (until, why): the last connect failed; fail fast until then
         self._closed = False
 
     @asynccontextmanager
@@ -167,9 +169,11 @@ class StreamChannel:
         try:
             yield iterator
         finally:
-            if connection.calls.pop(stream_id, None) is not None:  # still open: the caller left early
-                wire.cancel(stream_id)
-                connection.flush_soon()
+            connection.calls.pop(stream_id, None)
+            wire.finish(stream_id)  # the window back, and a stream still open reset (the caller left early)
+            connection.flush_soon()
+            if not wire.accepting and not connection.calls:
+                connection.scope.cancel()  # draining (GOAWAY, out of stream ids) and now idle: close it
             with trio.CancelScope(shield=True):  # the caller may be cancelled: the close must still run
                 await iterator.aclose()
 
@@ -181,11 +185,19 @@ class StreamChannel:
             for connection in self._connections:
                 if connection.wire.has_capacity():
                     return connection
-            return await self._open()
+            if self._failure is not None and trio.current_time() < self._failure[0]:
+                raise status_error("UNAVAILABLE", self._failure[1])  # failed just now: fail fast, as grpcio does
+            try:
+                connection = await self._open()
+            except EngineStatusError as exc:
+                if exc.status == "UNAVAILABLE":
+                    self._failure = (trio.current_time() + FAIL_FAST_SECS, exc.details)
+                raise
+            self._failure = None
+            return connection
 
     async def _open(self) -> _Connection:
-        nursery = self.nursery
-        if nursery is None or self._closed:
+        if self.nursery is None or self._closed:
             raise status_error("CANCELLED", "the gRPC channel is closed")
         try:
             with trio.fail_after(CONNECT_SECS):
@@ -195,7 +207,6 @@ class StreamChannel:
         wire = GrpcConnection(self.target, max_message_size=self.max_message_size)
         wire.initiate()
         connection = _Connection(stream, wire)
-        self._connections.append(connection)
 
         async def run() -> None:
             try:
@@ -203,7 +214,16 @@ class StreamChannel:
             finally:
                 self._connections.remove(connection)
 
-        nursery.start_soon(run)
+        nursery = self.nursery
+        try:
+            if nursery is None or self._closed:  # closed while connecting
+                raise RuntimeError("the gRPC channel is closed")
+            nursery.start_soon(run)
+        except RuntimeError as exc:  # the fleet's nursery is closing: the node is stopping
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise status_error("CANCELLED", str(exc)) from None
+        self._connections.append(connection)
         connection.flush_soon()
         return connection
 

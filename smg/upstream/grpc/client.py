@@ -270,7 +270,12 @@ class EngineClient:
 
         if self._closed:
             raise status_error("CANCELLED", f"the channel to {self.url} is closed (the worker was removed)")
-        async with self.streams.stream(GENERATE_PATHS[runtime], message.SerializeToString()) as messages:
+        data = message.SerializeToString()
+        if len(data) > self.max_message_size:
+            raise status_error(
+                "INVALID_ARGUMENT", f"the request is {len(data)} bytes, over the {self.max_message_size}-byte limit"
+            )
+        async with self.streams.stream(GENERATE_PATHS[runtime], data) as messages:
             outputs = _decoded_batches(runtime, messages)
             try:
                 yield outputs

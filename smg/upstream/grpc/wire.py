@@ -16,15 +16,16 @@ adds gRPC's rules on top, as the gRPC-over-HTTP/2 protocol document states them:
   messages in DATA frames cut anywhere, then trailers with `grpc-status` and a percent-encoded
   `grpc-message`; or trailers only (one HEADERS that ends the stream);
 - anything else ends the call with the status the document names: a non-200 `:status` maps to
-  its gRPC status, a compressed message (smg never offers an encoding) or a missing
-  `grpc-status` is INTERNAL, a message over `max_message_size` is RESOURCE_EXHAUSTED (and the
+  its gRPC status, a compressed message (smg never offers an encoding) or a stream that ends
+  without trailers is INTERNAL, trailers without a known `grpc-status` UNKNOWN, a message over `max_message_size` is RESOURCE_EXHAUSTED (and the
   stream is reset), a reset stream is CANCELLED (or UNAVAILABLE when refused: never started),
   GOAWAY ends the streams the server will not process with UNAVAILABLE (and lets it finish the
   others: `GoawayFilter`), and a connection-level protocol error ends every call with
   UNAVAILABLE.
 
-Received bytes are acknowledged to the flow control only when the caller says it consumed them
-(`consumed`), so a slow reader holds its stream back at the window instead of filling memory.
+The bytes of whole messages are acknowledged to the flow control only when the caller says it
+consumed them (`consumed`), so a slow reader holds its stream back at the window instead of
+filling memory; the caller's `finish` gives back whatever its reader still held when it left.
 
 The shell (`smg.upstream.grpc.channel`) feeds `receive` with the socket's bytes and writes
 `data_to_send`; everything here is a plain object and a clock-free state machine.
@@ -66,7 +67,7 @@ STATUS_NAMES = (
 HTTP_TO_STATUS = {400: "INTERNAL", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED", 429: "UNAVAILABLE"}
 HTTP_TO_STATUS |= {502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}
 STREAM_WINDOW = 1 << 20  # bytes a server may send on one stream before its reader consumed them
-CONNECTION_WINDOW = 1 << 26
+CONNECTION_WINDOW = (1 << 31) - 1  # the most HTTP/2 allows: slow readers must not stall the other calls
 PREFIX = 5
 
 
@@ -103,8 +104,8 @@ class _Call:
     headers_ok: bool = False
     status: str | None = None  # from trailers (or trailers-only headers)
     details: str = ""
-    flow: int = 0  # flow-controlled bytes received since the last Messages (padding included)
-    unacked: int = 0  # flow handed to the reader in Messages and not yet `consumed`
+    held: int = 0  # bytes of whole messages not yet handed out in Messages (the rest is released at once)
+    unacked: int = 0  # bytes handed to the reader in Messages and not yet `consumed`
 
 
 class GrpcConnection:
@@ -118,6 +119,7 @@ class GrpcConnection:
         self._calls: dict[int, _Call] = {}
         self._out = bytearray()  # bytes for the socket, collected from h2 after every operation
         self._goaways = GoawayFilter()
+        self._closed_unacked: dict[int, int] = {}  # a closed call's bytes its reader still holds, until `finish`
         self.accepting = True  # False after GOAWAY or a protocol error: no new call
         self.broken = False  # the connection is unusable: every call was closed
 
@@ -150,7 +152,11 @@ class GrpcConnection:
         if not self.has_capacity():
             raise NoCapacity("the connection takes no new call")
         h2c = self._h2
-        stream_id = h2c.get_next_available_stream_id()
+        try:
+            stream_id = h2c.get_next_available_stream_id()
+        except h2.exceptions.ProtocolError as exc:  # every stream id used: this connection is done
+            self.accepting = False
+            raise NoCapacity(str(exc)) from None
         headers = [
             (b":method", b"POST"),
             (b":scheme", b"http"),
@@ -161,20 +167,23 @@ class GrpcConnection:
         ]
         try:
             h2c.send_headers(stream_id, headers)
-        except h2.exceptions.TooManyStreamsError as exc:
+        except h2.exceptions.ProtocolError as exc:  # at the stream limit, or out of stream ids: a new connection
+            self.accepting = False
             raise NoCapacity(str(exc)) from None
         self._calls[stream_id] = _Call(body=b"\x00" + len(message).to_bytes(4, "big") + message)
         self._send_bodies()
         self._collect()
         return stream_id
 
-    def cancel(self, stream_id: int) -> None:
-        """The caller left: reset the stream (CANCEL) and forget it."""
+    def finish(self, stream_id: int) -> None:
+        """The caller is done with the call (read to its end, or left early): what its reader
+        still held goes back to the windows, and a stream still open is reset (CANCEL)."""
         call = self._calls.pop(stream_id, None)
-        if call is None or self.broken:
-            return
-        self._release(stream_id, call.unacked + call.flow)  # the connection's window gets them back
-        self._reset(stream_id)
+        if call is None:
+            self._release(stream_id, self._closed_unacked.pop(stream_id, 0))
+        elif not self.broken:
+            self._release(stream_id, call.unacked + call.held)
+            self._reset(stream_id)
         self._collect()
 
     def consumed(self, stream_id: int, flow: int) -> None:
@@ -183,7 +192,15 @@ class GrpcConnection:
             return
         call = self._calls.get(stream_id)
         if call is not None:
+            flow = min(flow, call.unacked)
             call.unacked -= flow
+        else:
+            left = self._closed_unacked.get(stream_id, 0)
+            flow = min(flow, left)
+            if left - flow:
+                self._closed_unacked[stream_id] = left - flow
+            else:
+                self._closed_unacked.pop(stream_id, None)
         self._release(stream_id, flow)
         self._collect()
 
@@ -242,6 +259,7 @@ class GrpcConnection:
         """The connection is gone (closed, reset, unreadable): every call ends UNAVAILABLE."""
         self.accepting = False
         self.broken = True
+        self._closed_unacked.clear()
         calls, self._calls = self._calls, {}
         return [Closed(stream_id, "UNAVAILABLE", why) for stream_id in calls]
 
@@ -258,7 +276,7 @@ class GrpcConnection:
                 call.status, call.details = _grpc_status(event.headers or [])
         elif isinstance(event, h2.events.StreamEnded):
             self._ended(event.stream_id, out)
-        elif isinstance(event, h2.events.StreamReset) and self._calls.pop(event.stream_id, None) is not None:
+        elif isinstance(event, h2.events.StreamReset) and self._close(event.stream_id) is not None:
             refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
             status = "UNAVAILABLE" if refused else "CANCELLED"
             out.append(Closed(event.stream_id, status, f"the engine reset the stream ({_code_name(event.error_code)})"))
@@ -281,22 +299,30 @@ class GrpcConnection:
         call.headers_ok = True
 
     def _data(self, event: h2.events.DataReceived, out: list[CallEvent]) -> None:
+        """Cut the stream's bytes into messages. Window accounting: the bytes of whole messages
+        are held until their reader consumed them (a slow reader holds its stream back); padding
+        and the bytes of a message still incomplete are released at once, so a message larger
+        than the stream window still arrives (the buffer is bounded by `max_message_size`)."""
         stream_id = event.stream_id
+        flow = event.flow_controlled_length or 0
         call = self._calls.get(stream_id)
-        if call is None:  # a cancelled call's late data: give the window back
-            self._release(stream_id, event.flow_controlled_length or 0)
+        if call is None:  # a finished call's late data: give the window back
+            self._release(stream_id, flow)
             return
-        call.flow += event.flow_controlled_length or 0
+        data = event.data or b""
         buffer = call.buffer
-        buffer += event.data or b""
+        released_before = len(buffer)  # a partial message's bytes: released when they came
+        buffer += data
         messages: list[bytes] = []
         start = 0
         while len(buffer) - start >= PREFIX:
             if buffer[start]:
+                self._release(stream_id, flow)
                 self._fail(stream_id, "INTERNAL", "the engine sent a compressed message without an agreed encoding", out)
                 return
             length = int.from_bytes(buffer[start + 1 : start + PREFIX], "big")
             if length > self.max_message_size:
+                self._release(stream_id, flow)
                 self._fail(
                     stream_id,
                     "RESOURCE_EXHAUSTED",
@@ -311,16 +337,29 @@ class GrpcConnection:
             start = end
         if start:
             del buffer[:start]
+        whole = max(0, start - released_before)  # this frame's bytes that ended up in whole messages
+        self._release(stream_id, flow - whole)
+        call.held += whole
         if messages:
-            out.append(Messages(stream_id, messages, call.flow))
-            call.unacked += call.flow
-            call.flow = 0
+            out.append(Messages(stream_id, messages, call.held))
+            call.unacked += call.held
+            call.held = 0
+
+    def _close(self, stream_id: int) -> _Call | None:
+        """Forget an ended call; its reader's bytes stay outstanding until `finish`."""
+        call = self._calls.pop(stream_id, None)
+        if call is not None:
+            self._release(stream_id, call.held)
+            if call.unacked:
+                self._closed_unacked[stream_id] = call.unacked
+            if call.body:  # the server answered before taking the whole request: end our side too
+                self._reset(stream_id)
+        return call
 
     def _ended(self, stream_id: int, out: list[CallEvent]) -> None:
-        call = self._calls.pop(stream_id, None)
+        call = self._close(stream_id)
         if call is None:
             return
-        self._release(stream_id, call.flow)  # bytes no message carried (padding, a cut tail)
         if call.buffer:
             out.append(Closed(stream_id, "INTERNAL", "the engine's stream ended inside a message"))
         elif call.status is None:
@@ -332,10 +371,8 @@ class GrpcConnection:
 
     def _fail(self, stream_id: int, status: str, details: str, out: list[CallEvent]) -> None:
         """End a call on our side (a bad answer): reset its stream."""
-        call = self._calls.pop(stream_id, None)
-        if call is not None:
-            self._release(stream_id, call.flow + call.unacked)
-        self._reset(stream_id)
+        if self._close(stream_id) is not None:
+            self._reset(stream_id)
         out.append(Closed(stream_id, status, details))
 
     def _send_bodies(self) -> None:
@@ -370,9 +407,12 @@ class GoawayFilter:
         self._head = bytearray()
         self._remaining = 0  # bytes of the current frame's payload still to come
         self._goaway: bytearray | None = None  # the GOAWAY payload being read
+        self._dead = False  # after a malformed GOAWAY: the connection is over, nothing passes
 
     def feed(self, data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
         """(the bytes for h2, the GOAWAYs read as (last stream id, error code))."""
+        if self._dead:
+            return b"", []
         out = bytearray()
         goaways: list[tuple[int, int]] = []
         i, size = 0, len(data)
@@ -386,8 +426,9 @@ class GoawayFilter:
                 length, kind = int.from_bytes(self._head[:3], "big"), self._head[3]
                 if kind == self.GOAWAY:
                     if not 8 <= length <= self.MAX_GOAWAY:
+                        self._dead = True
                         goaways.append((0, h2.errors.ErrorCodes.PROTOCOL_ERROR))
-                        length = 0
+                        return bytes(out), goaways
                     self._goaway = bytearray()
                 else:
                     out += self._head
