@@ -1,5 +1,7 @@
-"""grpcio inside trio: `grpc.aio` on one loop thread (smg.upstream.grpc_bridge) against grpcio's
-sync API in trio's thread pool, on the same streaming RPC, in one run.
+"""gRPC streams inside trio, three ways, on the same streaming RPC, in one run: smg's own HTTP/2
+data path on trio sockets (`smg.upstream.grpc.channel`, what Generate uses), `grpc.aio` on one
+loop thread bridged to trio (`smg.aiothread`, what the other RPCs use), and grpcio's sync API in
+trio's thread pool; with grpc.aio alone in asyncio as the floor of grpcio itself.
 
     python bench/grpc_bridge.py                         # 256-token streams, concurrency 1 and 16
     python bench/grpc_bridge.py --tokens 64 --streams 400 --concurrency 1 8 32
@@ -32,6 +34,9 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc  # noq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from smg.aiothread import AioThread  # noqa: E402
+from smg.upstream.grpc.channel import StreamChannel  # noqa: E402
+
+GENERATE = "/sglang.grpc.scheduler.SglangScheduler/Generate"
 
 
 class Streamer(pb_grpc.SglangSchedulerServicer):  # type: ignore[misc]
@@ -84,6 +89,25 @@ async def run_aio(address: str, streams: int, concurrency: int) -> int:
     await _fan_out(one, streams, concurrency)
     await aio.call(channel.close)
     aio.stop()
+    return received
+
+
+async def run_h2(address: str, streams: int, concurrency: int) -> int:
+    channel = StreamChannel(address, max_message_size=1 << 24)
+    received = 0
+
+    async def one(i: int) -> None:
+        nonlocal received
+        async with channel.stream(GENERATE, request(i).SerializeToString()) as batches:
+            async for batch in batches:
+                for data in batch:
+                    pb.GenerateResponse.FromString(data)
+                    received += 1
+
+    async with trio.open_nursery() as nursery:
+        channel.nursery = nursery
+        await _fan_out(one, streams, concurrency)
+        await channel.aclose()
     return received
 
 
@@ -156,7 +180,7 @@ def measure(kind: str, address: str, streams: int, concurrency: int) -> tuple[fl
         cpu, wall = time.process_time(), time.perf_counter()
         received = run_asyncio_alone(address, streams, concurrency)
         return time.process_time() - cpu, time.perf_counter() - wall, received
-    runner = run_aio if kind == "aio" else run_threads
+    runner = {"aio": run_aio, "threads": run_threads, "h2": run_h2}[kind]
     trio.run(runner, address, 4, 1)  # warm-up: channels, imports, the server's threads
     cpu, wall = time.process_time(), time.perf_counter()
     received = trio.run(runner, address, streams, concurrency)
@@ -184,15 +208,18 @@ def main() -> None:
         for concurrency in args.concurrency:
             figures = {}
             labels = {
+                "h2": "smg HTTP/2 on trio sockets",
                 "aio": "grpc.aio on one loop thread",
                 "threads": "sync API, trio thread pool",
                 "floor": "floor: asyncio alone",
             }
-            for kind, label in labels.items():
+            rates = {}
+            for kind in labels:
                 cpu, wall, received = measure(kind, address, args.streams, concurrency)
-                figures[kind] = cpu / received * 1e6
+                figures[kind], rates[kind] = cpu / received * 1e6, received / wall
+            for kind, label in labels.items():
                 ratio = figures[kind] / figures["aio"]
-                print(f"{label:<28}{concurrency:>6}{figures[kind]:>12.1f}{received / wall:>12.0f}{ratio:>8.2f}")
+                print(f"{label:<28}{concurrency:>6}{figures[kind]:>12.1f}{rates[kind]:>12.0f}{ratio:>8.2f}")
     finally:
         server.terminate()
         server.wait(5)

@@ -84,8 +84,11 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per call
+
+
 def dump_json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _COMPACT.encode(obj).encode()
 
 
 async def send_json(send: Send, status: int, obj: Any, headers: Headers | None = None) -> None:

@@ -316,26 +316,28 @@ def _plan_extraction(members: Mapping[str, bytes]) -> list[tuple[list[str], byte
 
 
 def _swap_into_place(staging: Path, root: Path) -> None:
-    for _ in range(8):
+    """Rename `staging` to `root`, moving whatever is at `root` aside first. Concurrent extracts
+    race here: between a failed rename and the next step another one may move `root` away or put
+    its own tree there, so every failure goes round again (a lasting error, e.g. permissions,
+    fails every round and is raised at the end)."""
+    error: OSError | None = None
+    for _ in range(16):
         try:
             os.rename(staging, root)  # succeeds when `root` is absent (or an empty directory)
             return
-        except OSError:
-            if not (root.exists() or root.is_symlink()):
-                raise
+        except OSError as exc:
+            error = exc
         old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
-        with contextlib.suppress(FileNotFoundError):  # a concurrent extract moved it first
-            os.rename(root, old / "tree")  # aside, as a whole (a symlink is moved, not followed)
         try:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent extract moved it first
+                os.rename(root, old / "tree")  # aside, as a whole (a symlink is moved, not followed)
             os.rename(staging, root)
             return
-        except OSError:
-            if not (root.exists() or root.is_symlink()):
-                raise
-            # a concurrent extract put its tree there in between: go round again
+        except OSError as exc:
+            error = exc  # a concurrent extract put its tree there in between: go round again
         finally:
             shutil.rmtree(old, ignore_errors=True)
-    raise ArchiveError(f"could not put the tokenizer files in place at {root}: it keeps being replaced")
+    raise ArchiveError(f"could not put the tokenizer files in place at {root}: {error}")
 
 
 # -- the sending side (the simulated worker) ------------------------------------------------
