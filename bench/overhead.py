@@ -4,6 +4,7 @@ through the reference gateway (when installed), in one run.
     python bench/overhead.py                     # smg (pool), smg (httpx), direct
     python bench/overhead.py --reference .venv-reference/bin/smg
     python bench/overhead.py --floor --upstream-clients pool --scenarios "tiny chat c=32" --rounds 5
+    python bench/overhead.py --upstream-clients pool --processes 2     # also smg --processes 2
     git worktree add /tmp/before HEAD~3 && python bench/overhead.py --baseline /tmp/before --rounds 3
 
 On a shared machine, `--rounds N` measures every target N times, interleaved,
@@ -13,7 +14,8 @@ change is only as good as its noise, so say how many rounds it took.
 One simulated worker with zero artificial delay serves every target, so the
 figures are the cost of the proxies (and of the worker itself, for direct).
 Gateway CPU per request is read from /proc/<pid>/stat (user + system time of
-all the gateway's threads) over each measured phase.
+all the gateway's threads) over each measured phase; with `--processes`, of the
+parent and every gateway process under it.
 """
 
 from __future__ import annotations
@@ -44,12 +46,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def family_cpu_seconds(pid: int) -> float:
+    """CPU of `pid` and its children (the gateway processes of `--processes N`)."""
+    children = " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children")).split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+
+
 def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (TCP and UDP), as checked now."""
+    import socket
+
+    for _ in range(100):
+        first = free_port()
+        socks = []
+        try:
+            for port in range(first, first + count):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    sock = socket.socket(socket.AF_INET, kind)
+                    socks.append(sock)
+                    sock.bind((HOST, port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no run of free ports")
 
 
 def wait_http(url: str, deadline: float = 30.0) -> None:
@@ -107,6 +137,17 @@ def start_targets(args: argparse.Namespace, worker_url: str, logdir: Path) -> li
                 cwd=source or str(Path(__file__).resolve().parent.parent),
             )  # fmt: skip
             targets.append(Target(f"{label} ({client})", port, proc))
+    for count in args.processes:
+        port = free_port()
+        proc = start(
+            [sys.executable, "-m", "smg", "--host", HOST, "--port", str(port), "--worker-urls", worker_url,
+             "--policy", "round_robin", "--prometheus-host", HOST, "--prometheus-port", str(free_ports(count)),
+             "--mesh-port", str(free_ports(count)), "--processes", str(count), "--upstream-client", "pool",
+             "--log-level", args.log_level, "--history-backend", "memory"],
+            logdir / f"smg-x{count}.log",
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )  # fmt: skip
+        targets.append(Target(f"smg x{count}", port, proc))
     if args.reference:
         port = free_port()
         proc = start(
@@ -138,9 +179,10 @@ SCENARIOS = {
 async def measure(target: Target, concurrency: int, body: bytes, count: int, warmup: int) -> tuple[Result, float | None]:
     request = build_request(HOST, target.port, "/v1/chat/completions", body)
     await run_load(HOST, target.port, request, min(concurrency, 8), warmup)
-    before = cpu_seconds(target.proc.pid) if target.proc else None
+    before = family_cpu_seconds(target.proc.pid) if target.proc else None
     result = await run_load(HOST, target.port, request, concurrency, count)
-    cpu = (cpu_seconds(target.proc.pid) - before) / max(1, len(result.latencies)) if target.proc and before is not None else None
+    after = family_cpu_seconds(target.proc.pid) if target.proc else None
+    cpu = (after - before) / max(1, len(result.latencies)) if after is not None and before is not None else None
     return result, cpu
 
 
@@ -158,6 +200,9 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="also measure a trivial ASGI app on hypercorn (non-streaming)")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS), metavar="NAME")
     parser.add_argument("--rounds", type=int, default=1, help="measure each target this many times, interleaved; medians")
+    parser.add_argument(
+        "--processes", type=int, nargs="*", default=[], metavar="N", help="also smg with --processes N (pool client), per N"
+    )
     args = parser.parse_args()
     if args.reference is None and Path(".venv-reference/bin/smg").exists():
         args.reference = ".venv-reference/bin/smg"

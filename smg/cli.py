@@ -18,12 +18,14 @@ import trio
 from smg import __version__
 from smg.cluster.node import advertise_host
 from smg.config import GROUPS, LOG_LEVELS, GatewayConfig
+from smg.config.server import process_count
 from smg.gateway import run_gateway, run_serve
 from smg.http.server import ServeError, find_error
 from smg.observability.logs import setup_logging
 from smg.settings import ConfigError, add_arguments, values_from
 from smg.simworker.engine import SimConfig
 from smg.simworker.fleet import run_fleet, run_supervised
+from smg.supervisor import supervise
 
 COMMANDS = ("launch", "serve", "sim-worker", "mesh")
 
@@ -112,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "mesh":
         return print_mesh_status(args.url, args.api_key)
     try:
-        runner, logging = _runner(command, args)
+        runner, logging = _runner(command, args, args_list)
         setup_logging(*logging)  # before anything starts: an unusable --log-dir is one line too
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
@@ -165,16 +167,25 @@ def _checked(config: GatewayConfig) -> GatewayConfig:
     return config
 
 
-def _runner(command: str, args: argparse.Namespace) -> tuple[Any, tuple[str, bool, str | None]]:
+def _runner(command: str, args: argparse.Namespace, argv: list[str]) -> tuple[Any, tuple[str, bool, str | None]]:
     """What to run, and the log level, format and directory (`setup_logging`'s arguments) it runs with."""
     if command == "launch":
-        config = _checked(gateway_config_from(args))
-        return partial(run_gateway, config, handle_signals=True), (config.log_level, config.log_json, config.log_dir)
+        config = gateway_config_from(args)
+        logging = (config.log_level, config.log_json, config.log_dir)
+        if config.process_index is not None:  # one of the processes of --processes N
+            config = config.for_process(config.process_index)
+        elif process_count(config.processes) > 1:  # the parent of --processes N
+            _checked(config.for_process(0))  # a mesh that cannot start fails here, once, not in every process
+            return partial(supervise, config, argv), logging
+        config = _checked(config)
+        return partial(run_gateway, config, handle_signals=True), logging
     sim = sim_config_from(args)
     if command == "serve":
         if args.sim_workers < 1:
             raise ConfigError("--sim-workers must be at least 1")
         config = _checked(gateway_config_from(args))
+        if process_count(config.processes) > 1:
+            raise ConfigError("--processes is for smg launch: smg serve runs its simulated workers in its own process")
         if args.sim_port is not None and not 1 <= args.sim_port <= 65536 - args.sim_workers:
             raise ConfigError(f"--sim-port {args.sim_port} leaves no room for {args.sim_workers} workers")
         return partial(run_serve, config, sim, args.sim_workers, args.sim_host, args.sim_port), (

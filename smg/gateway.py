@@ -125,6 +125,7 @@ async def _run_gateway(
             write_timeout=config.idle_connection_timeout_secs,  # a client reading nothing is as good as idle
             body_timeout=config.request_timeout_secs,  # the whole body is part of the request: its end-to-end bound
             max_connections=config.max_client_connections,
+            shared_port=config.is_process,
         )
         data_plane = DataPlane(app, main)
         urls = await nursery.start(data_plane.serve)
@@ -246,6 +247,7 @@ async def serve_probes(
         body_timeout=config.header_read_timeout_secs,  # probes carry no body: a body gets as long as a head
         max_connections=PROBE_MAX_CONNECTIONS,  # a flood here must not take the descriptors the main port needs
         port_flag="--health-check-port",
+        shared_port=config.is_process,
     )
     await serve_app(ProbeApp(ctx), probe_config, task_status=task_status)
 

@@ -10,7 +10,8 @@ the groups and keeps the checks that involve several of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from smg.config.admission import G_ADMISSION, AdmissionSettings
 from smg.config.auth import G_AUTH, AuthSettings
@@ -19,7 +20,7 @@ from smg.config.mesh import G_MESH, MeshSettings
 from smg.config.observability import G_LOGS, LOG_LEVELS, ObservabilitySettings
 from smg.config.policy import G_POLICY, G_TOKENIZER, PolicySettings
 from smg.config.reference import ReferenceRefusals
-from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettings
+from smg.config.server import DEFAULT_REQUEST_ID_HEADERS, G_SERVER, ServerSettings, process_count
 from smg.config.tracing import G_TRACING, TracingSettings
 from smg.config.workers import (
     G_BREAKER,
@@ -33,6 +34,7 @@ from smg.config.workers import (
     RetrySettings,
     WorkerSettings,
 )
+from smg.mesh.seeds import join_address
 from smg.settings import ConfigError, check_fields
 from smg.storage.settings import G_HISTORY, HistorySettings
 
@@ -114,6 +116,43 @@ class GatewayConfig(
             raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config")
         self.tenant_limits()
         self.validate_history()
+        if process_count(self.processes) > 1 and self.process_index is None:
+            if self.mesh_port == 0:
+                raise ConfigError("--processes needs a fixed --mesh-port: the processes find each other on consecutive ports")
+            if self.port == 0 or self.health_check_port == 0:
+                raise ConfigError("--processes needs a fixed --port (and --health-check-port): the processes share it")
+
+    @property
+    def is_process(self) -> bool:
+        """One of the gateway processes of `--processes N` (it shares the client port)."""
+        return self.process_index is not None
+
+    def for_process(self, index: int) -> GatewayConfig:
+        """The settings of gateway process `index` of `--processes N`, from the parent's.
+
+        Each process is a whole mesh member: its mesh port and metrics port are the parent's plus
+        `index`, its siblings are its seeds (beside any --seeds), and its member name is its own.
+        Without --ha-mesh the siblings' mesh stays on the loopback (encrypted with the key the
+        parent made for this host, passed as $SMG_MESH_KEY); with it, they join the cluster too."""
+        count = process_count(self.processes)
+        base = self.mesh_port
+        bound_to_one = self.ha_mesh and self.mesh_host not in ("0.0.0.0", "::", "")
+        sibling_host = self.mesh_host if bound_to_one else "127.0.0.1"  # where the siblings' mesh ports answer
+        siblings = tuple(join_address(sibling_host, base + j) for j in range(count) if j != index)
+        changes: dict[str, Any] = {
+            "processes": "1",
+            "process_index": index,
+            "ha_mesh": True,
+            "mesh_port": base + index,
+            "mesh_seeds": self.mesh_seeds + siblings,
+        }
+        if not self.ha_mesh:
+            changes |= {"mesh_host": "127.0.0.1", "mesh_advertise_host": "127.0.0.1"}
+        if self.mesh_server_name:
+            changes["mesh_server_name"] = f"{self.mesh_server_name}-{index}"
+        if self.prometheus_port:  # 0 (any free port) stays 0
+            changes["prometheus_port"] = self.prometheus_port + index
+        return replace(self, **changes)
 
     @property
     def metrics_host(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -15,6 +16,27 @@ G_SERVER = "server"
 def _not_empty(flag: str, value: str) -> None:
     if not value:
         raise ConfigError(f"{flag} must not be empty")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, as a container's cpuset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def process_count(text: str) -> int:
+    """`--processes`: a positive number, or `auto` for the cores available."""
+    if text == "auto":
+        return available_cores()
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--processes must be a positive number or 'auto', got '{text}'")
+    return int(text)
+
+
+def _processes(flag: str, value: str) -> None:
+    process_count(value)
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,22 @@ class ServerSettings:
         "--max-client-connections",
         check=at_least(1),
         help="open client connections this process accepts at once; more wait in the listen backlog, with a warning in the log",
+    )
+    processes: str = setting(
+        "1",
+        "--processes",
+        metavar="N|auto",
+        check=_processes,
+        help="gateway processes on this host (auto: one per available core): they share --port and "
+        "--health-check-port (SO_REUSEPORT), each is a mesh member with its own mesh and metrics port (consecutive "
+        "from --mesh-port and --prometheus-port), and a parent restarts any that dies",
+    )
+    process_index: int | None = setting(
+        None,
+        "--process-index",
+        env="SMG_PROCESS_INDEX",
+        hidden=True,
+        help="set by the parent of --processes: which of its gateway processes this one is",
     )
     health_check_port: int | None = setting(
         None,

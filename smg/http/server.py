@@ -120,7 +120,10 @@ def hypercorn_config(
     body_timeout: float = 60.0,
     max_connections: int | None = None,
     port_flag: str = "--port",
+    shared_port: bool = False,
 ) -> ServerConfig:
+    """`shared_port`: other processes bind the same port (SO_REUSEPORT; the kernel spreads the
+    connections among them)."""
     config = ServerConfig()
     config.bind = [format_bind(host, port)]
     config.accesslog = None  # the gateway writes its own, one line per request
@@ -132,6 +135,8 @@ def hypercorn_config(
     config.body_timeout = body_timeout
     config.max_connections = max_connections
     config.port_flag = port_flag
+    if shared_port:
+        config.workers = 2  # hypercorn's switch for SO_REUSEPORT (several worker processes on one port)
     # Load balancers and gateways hold long-lived keep-alive connections; hypercorn's
     # default closes each after 1,000 requests, which costs a reconnect for nothing.
     config.keep_alive_max_requests = 1_000_000

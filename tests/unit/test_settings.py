@@ -119,6 +119,7 @@ def examples(files: dict[str, str]) -> dict[str, tuple[Any, list[str]]]:
         "otlp_traces_endpoint": ("127.0.0.1:4318", ["--enable-trace"]),
         "chat_template": (files["template"], []),
         "tokenizer_cache_dir": ("/tmp/smg-tokenizers", []),
+        "processes": ("auto", []),
         "parser": ("legacy", []),  # its only choice (symphony is refused)
     }
 
@@ -202,6 +203,7 @@ def test_environment_variables_fill_absent_flags_and_flags_win(monkeypatch: pyte
 
 BAD = {  # a value each check must refuse, where the check's kind does not say it
     "api_key": "",
+    "processes": "0",
     "request_id_headers": ("bad header",),
     "health_check_endpoint": "health",
     "max_concurrent_requests": 0,

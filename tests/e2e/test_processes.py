@@ -1,0 +1,155 @@
+"""`smg launch --processes N` (issue 18): N gateway processes share the client port, each a mesh
+member with its own mesh and metrics port; the parent restarts one that dies and stops them all
+on SIGTERM; a start-up error stops everything with the child's one line."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from smg.supervisor import Supervisor
+from tests.helpers import Proc, _spawn, start_sim, wait_until
+
+DEADLINE = 20.0
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports free for TCP and UDP on 127.0.0.1 (checked now)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count > 65535:
+            continue
+        held = []
+        try:
+            for port in range(first, first + count):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    sock = socket.socket(socket.AF_INET, kind)
+                    held.append(sock)
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError("no run of free ports")
+
+
+def children_of(parent: int) -> list[int]:
+    text = " ".join(p.read_text() for p in Path(f"/proc/{parent}/task").glob("*/children"))
+    return [int(pid) for pid in text.split()]
+
+
+def members(url: str) -> dict[str, tuple[str, int]]:
+    nodes = httpx.get(url + "/mesh/status", timeout=5).json()["nodes"]
+    return {n["name"]: (n["status"], n["incarnation"]) for n in nodes}
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[Proc]:
+    sim = start_sim(1, "--ttft-ms", "0", "--tpot-ms", "0")
+    yield sim
+    sim.stop()
+
+
+def launch(worker: Proc, *flags: str) -> tuple[Proc, str, int, int]:
+    port, mesh, metrics = free_ports(1), free_ports(2), free_ports(2)
+    args = ["launch", "--processes", "2", "--host", "127.0.0.1", "--port", str(port), "--mesh-port", str(mesh)]
+    args += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics), "--worker-urls", worker.url, *flags]
+    proc = _spawn(args)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: len(re.findall(r"smg gateway listening on", proc.log())) >= 2, "two processes listening", DEADLINE)
+    return proc, url, mesh, metrics
+
+
+def test_processes_share_the_port_form_a_mesh_and_survive_a_kill(worker: Proc) -> None:
+    parent, url, mesh, metrics = launch(worker)
+    try:
+        names = {f"127.0.0.1:{mesh}", f"127.0.0.1:{mesh + 1}"}
+        wait_until(lambda: {n for n, (s, _) in members(url).items() if s == "alive"} == names, "both members alive", DEADLINE)
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        for _ in range(40):  # a new connection each: the kernel spreads connections over the processes
+            assert httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+        for port in (metrics, metrics + 1):  # each process has its own metrics port, and served some
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            assert re.search(r"smg_router_requests_total\{[^}]*\} [1-9]", text), f"process on metrics port {port} served nothing"
+
+        first, second = children_of(parent.popen.pid)
+        incarnation = members(url)[f"127.0.0.1:{mesh}"][1]
+        subprocess.run(["kill", "-9", str(first)], check=True)
+        wait_until(
+            lambda: first not in children_of(parent.popen.pid) and len(children_of(parent.popen.pid)) == 2,
+            "the killed process restarted",
+            DEADLINE,
+        )
+        wait_until(  # alive again, as a new life, in the view of whichever process answers
+            lambda: (
+                members(url).get(f"127.0.0.1:{mesh}", ("", -1)) > ("alive", incarnation)
+                and members(url)[f"127.0.0.1:{mesh}"][0] == "alive"
+            ),
+            "the restarted process alive with a higher incarnation",
+            DEADLINE,
+        )
+        assert second in children_of(parent.popen.pid)  # the other one was never touched
+        assert "gateway process 0" in parent.log() and "exited with signal SIGKILL; restarting it" in parent.log()
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+
+        parent.signal(signal.SIGTERM)
+        assert parent.popen.wait(timeout=30) == 0
+        assert parent.log().count("stopped (status 0)") == 2
+    finally:
+        parent.stop()
+
+
+def test_a_start_up_error_stops_every_process_with_its_one_line(worker: Proc) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        mesh = free_ports(2)
+        args = ["launch", "--processes", "2", "--host", "127.0.0.1", "--port", str(port), "--mesh-port", str(mesh)]
+        proc = _spawn([*args, "--prometheus-port", "0", "--worker-urls", worker.url])
+        try:
+            assert proc.popen.wait(timeout=30) == 2
+            assert f"--port {port}" in proc.log() and "could not start" in proc.log()
+        finally:
+            proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--processes", "0"], "--processes must be a positive number or 'auto'"),
+        (["--processes", "2", "--mesh-port", "0"], "--processes needs a fixed --mesh-port"),
+        (["--processes", "2", "--port", "0"], "--processes needs a fixed --port"),
+    ],
+)
+def test_bad_process_flags_are_one_line(flags: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "smg", "launch", *flags], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_serve_refuses_processes() -> None:
+    done = subprocess.run([sys.executable, "-m", "smg", "serve", "--processes", "2"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--processes is for smg launch" in done.stderr
+
+
+async def test_a_process_that_keeps_dying_stops_the_parent_with_1() -> None:
+    supervisor = Supervisor(2, [sys.executable, "-c", "import sys; sys.exit(3)"], {})
+    assert await supervisor.run() == 1
+    assert len(supervisor.processes) == 2  # the other one was stopped with it
+
+
+async def test_a_start_up_error_is_not_retried() -> None:
+    supervisor = Supervisor(3, [sys.executable, "-c", "import sys; sys.exit(2)"], {})
+    assert await supervisor.run() == 2
