@@ -79,22 +79,8 @@ async def health(ctx: GatewayContext, ex: Exchange) -> None:
 
 
 async def readiness(ctx: GatewayContext, ex: Exchange) -> None:
-    healthy, total = ctx.registry.healthy_count(), len(ctx.registry)
-    if ctx.draining:
-        await send_json(ex.send, 503, {"status": "not ready", "reason": "draining"})
-    elif ctx.cluster is not None and not ctx.cluster.synced:
-        await send_json(ex.send, 503, {"status": "not ready", "reason": "catching up with the cluster's state"})
-    elif healthy and not ctx.servable():  # gRPC workers only, and none of their models' tokenizers loaded yet
-        reason = f"tokenizer not yet registered for {', '.join(ctx.models_without_tokenizer())}"
-        await send_json(
-            ex.send, 503, {"status": "not ready", "reason": reason, "healthy_workers": healthy, "total_workers": total}
-        )
-    elif healthy or (ctx.config.enable_igw and not total):
-        await send_json(ex.send, 200, {"status": "ready", "healthy_workers": healthy, "total_workers": total})
-    else:
-        await send_json(
-            ex.send, 503, {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0, "total_workers": total}
-        )
+    status, body = ctx.readiness()
+    await send_json(ex.send, status, body)
 
 
 def _static_routes() -> dict[tuple[str, str], Route]:

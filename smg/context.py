@@ -208,6 +208,21 @@ class GatewayContext:
         waiting = set(self.models_without_tokenizer())
         return any(not w.is_grpc or (w.models and w.models[0] not in waiting) for w in self.registry.available_any())
 
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """`/readiness`'s status and body: 200 once this node can serve (caught up with its
+        cluster, some worker it can answer through), 503 with the reason otherwise."""
+        healthy, total = self.registry.healthy_count(), len(self.registry)
+        if self.draining:
+            return 503, {"status": "not ready", "reason": "draining"}
+        if self.cluster is not None and not self.cluster.synced:
+            return 503, {"status": "not ready", "reason": "catching up with the cluster's state"}
+        if healthy and not self.servable():  # gRPC workers only, and none of their models' tokenizers loaded yet
+            reason = f"tokenizer not yet registered for {', '.join(self.models_without_tokenizer())}"
+            return 503, {"status": "not ready", "reason": reason, "healthy_workers": healthy, "total_workers": total}
+        if healthy or (self.config.enable_igw and not total):
+            return 200, {"status": "ready", "healthy_workers": healthy, "total_workers": total}
+        return 503, {"status": "not ready", "reason": "no healthy workers", "healthy_workers": 0, "total_workers": total}
+
     def publish_worker_metrics(self) -> None:
         metrics = self.metrics
         urls = {w.url for w in self.registry}

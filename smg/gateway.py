@@ -37,7 +37,7 @@ from smg.discovery.pods import WorkerRules, parse_selector
 from smg.http.asgi import ASGIApp, Receive, Scope, Send, serve_lifespan
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
-from smg.http.server import BindError, ServeError, hypercorn_config, serve_app
+from smg.http.server import BindError, ServeError, format_bind, hypercorn_config, serve_app
 from smg.observability import tracing
 from smg.observability.metrics import MetricsApp
 from smg.observability.request_id import request_id_for
@@ -128,7 +128,9 @@ async def _run_gateway(
             shared_port=config.is_process,
         )
         data_plane = DataPlane(app, main)
-        urls = await nursery.start(data_plane.serve)
+        urls: list[str] = []
+        if not config.is_process:
+            urls = await nursery.start(data_plane.serve)
         metrics_urls: list[str] = []
         if config.prometheus_port is not None:
             metrics_config = hypercorn_config(
@@ -139,12 +141,19 @@ async def _run_gateway(
         if config.health_check_port is not None:
             probe_urls = await nursery.start(serve_probes, ctx, config)
         if config.ha_mesh:
-            ctx.cluster = await nursery.start(ClusterNode(config, ctx).run, advertised_url(config, urls[0]))
+            bound = urls[0] if urls else shared_url(config)
+            ctx.cluster = await nursery.start(ClusterNode(config, ctx).run, advertised_url(config, bound))
         if config.discovery_provider == "file" and config.discovery_file:
             discovery = FileDiscovery(config.discovery_file, config.discovery_check_interval_secs, discovered_by(ctx))
             await nursery.start(discovery.run)
         elif config.kubernetes_discovery:
             await nursery.start(kubernetes_discovery(ctx, config).run)
+        if config.is_process:
+            # --processes N: the kernel gives this process its share of new connections as soon
+            # as it binds the shared port, so it binds once it can answer them (a restarted one
+            # would otherwise answer 503 while its siblings could serve), or after a bound
+            await until_ready(ctx, PROCESS_READY_SECS)
+            urls = await nursery.start(data_plane.serve)
         if config.enable_trace:  # now that the mesh node, if any, has its name
             tracing.start(config.otlp_traces_endpoint, ctx.cluster.name if ctx.cluster is not None else None)
         handle = GatewayHandle(ctx, urls, metrics_urls, probe_urls)
@@ -159,6 +168,8 @@ async def _run_gateway(
         )
         if handle_signals:
             nursery.start_soon(_watch_signals, handle, nursery.cancel_scope)
+        if config.process_parent_fd is not None:
+            nursery.start_soon(_watch_parent, handle, config.process_parent_fd)
         task_status.started(handle)
         await handle._stop.wait()
         await drain(ctx, config.shutdown_grace_period_secs, data_plane)
@@ -323,6 +334,26 @@ def _op_timeout(config: GatewayConfig) -> float:
     return config.redis_op_timeout_secs if config.history_backend == "redis" else config.postgres_op_timeout_secs
 
 
+PROCESS_READY_SECS = 10.0  # longest a process of --processes N waits to be ready before taking connections
+READY_POLL_SECS = 0.05
+
+
+async def until_ready(ctx: GatewayContext, limit: float) -> None:
+    """Until `/readiness` would answer 200, at most `limit` seconds (then a warning)."""
+    with trio.move_on_after(limit) as waited:
+        while ctx.readiness()[0] != 200:
+            await trio.sleep(READY_POLL_SECS)
+    if waited.cancelled_caught:
+        reason = ctx.readiness()[1].get("reason", "")
+        log.warning("not ready after %gs (%s): taking connections on --port anyway", limit, reason)
+
+
+def shared_url(config: GatewayConfig) -> str:
+    """The data plane's URL before it is bound (a fixed --port, as --processes requires)."""
+    scheme = "https" if config.tls_cert_path else "http"
+    return f"{scheme}://{format_bind(config.host, config.port)}"
+
+
 def advertised_url(config: GatewayConfig, bound_url: str) -> str:
     """The data-plane URL peers and clients reach this node at (the bind address may be 0.0.0.0)."""
     scheme, _, rest = bound_url.partition("://")
@@ -399,6 +430,18 @@ async def _watch_signals(handle: GatewayHandle, root: trio.CancelScope) -> None:
                 log.warning("received %s again: stopping now", signal.Signals(signum).name)
                 root.cancel()
                 return
+
+
+async def _watch_parent(handle: GatewayHandle, fd: int) -> None:
+    """One of the processes of `--processes N`: the parent holds the write end of this pipe and
+    never writes, so end-of-file means the parent is gone (even by SIGKILL); shut down, as on
+    SIGTERM, rather than serve on without a supervisor."""
+    async with trio.lowlevel.FdStream(fd) as pipe:
+        while await pipe.receive_some(64):
+            pass
+    if not handle._stop.is_set():
+        log.warning("the parent of --processes is gone: shutting down gracefully")
+        handle.shutdown()
 
 
 async def run_serve(

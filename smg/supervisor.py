@@ -18,8 +18,10 @@ The parent does no gateway work. It:
   fails at start-up (exit status 2: a taken port, a bad flag) stops them all with 2;
 - forwards SIGTERM and SIGINT, so each process runs its own settle-and-drain sequence, and
   waits for them (a second signal kills them);
-- asks the kernel to stop the processes if it dies itself (PR_SET_PDEATHSIG), so none is left
-  serving without a supervisor.
+- holds the write end of a pipe whose read end each process watches: when the parent dies (even
+  by SIGKILL) the processes see end-of-file and shut down, so none is left serving without a
+  supervisor. (Not PR_SET_PDEATHSIG: it fires when the forking *thread* exits, and trio starts
+  processes from its worker threads, which end when idle.)
 
 Metrics stay per process, on consecutive ports from --prometheus-port: each series is then
 exact and cheap (no shared files between processes, as prometheus_client's multiprocess mode
@@ -31,7 +33,6 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -49,13 +50,6 @@ log = logging.getLogger("smg.supervisor")
 RESTART_WINDOW_SECS = 60.0
 MAX_RESTARTS = 5  # deaths of one process within the window before the parent gives up
 STARTUP_ERROR = 2  # a gateway's exit status for a start-up error (one line on stderr)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """The child gets SIGTERM when the parent dies (Linux; elsewhere nothing)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _status(code: int) -> str:
@@ -68,7 +62,10 @@ class Supervisor:
     def __init__(self, count: int, command: Sequence[str], env: dict[str, str]) -> None:
         self.count = count
         self.command = list(command)
-        self.env = env
+        # the processes' lifeline: they read its end; only this process holds the write end
+        self._lifeline, self._held = os.pipe()
+        os.set_inheritable(self._lifeline, True)
+        self.env = {**env, "SMG_PROCESS_PARENT_FD": str(self._lifeline)}
         self.processes: dict[int, trio.Process] = {}
         self.stopping = False
         self.exit_code = 0
@@ -84,6 +81,8 @@ class Supervisor:
                 for process in self.processes.values():  # an unexpected way out: leave none behind
                     if process.returncode is None:
                         process.kill()
+                os.close(self._lifeline)
+                os.close(self._held)
             outer.cancel_scope.cancel()
         return self.exit_code
 
@@ -101,7 +100,7 @@ class Supervisor:
         deaths: collections.deque[float] = collections.deque()
         env = {**self.env, "SMG_PROCESS_INDEX": str(index)}
         while not self.stopping:
-            process = await trio.lowlevel.open_process(self.command, env=env, preexec_fn=_die_with_parent)
+            process = await trio.lowlevel.open_process(self.command, env=env, pass_fds=(self._lifeline,))
             self.processes[index] = process
             log.info("gateway process %d started (pid %d)", index, process.pid)
             if self.stopping:  # the stop came while it was starting: it missed the signal

@@ -114,6 +114,13 @@ class ServerSettings:
         hidden=True,
         help="set by the parent of --processes: which of its gateway processes this one is",
     )
+    process_parent_fd: int | None = setting(
+        None,
+        "--process-parent-fd",
+        env="SMG_PROCESS_PARENT_FD",
+        hidden=True,
+        help="set by the parent of --processes: a pipe that reaches end-of-file when the parent is gone",
+    )
     health_check_port: int | None = setting(
         None,
         "--health-check-port",
