@@ -167,11 +167,11 @@ def _checked(config: GatewayConfig) -> GatewayConfig:
     return config
 
 
-def _runner(command: str, args: argparse.Namespace, argv: list[str]) -> tuple[Any, tuple[str, bool, str | None]]:
+def _runner(command: str, args: argparse.Namespace, argv: list[str]) -> tuple[Any, tuple[str, bool, str | None, int | None]]:
     """What to run, and the log level, format and directory (`setup_logging`'s arguments) it runs with."""
     if command == "launch":
         config = gateway_config_from(args)
-        logging = (config.log_level, config.log_json, config.log_dir)
+        logging = (config.log_level, config.log_json, config.log_dir, config.process_index)
         if config.process_index is not None:  # one of the processes of --processes N
             config = config.for_process(config.process_index)
         elif process_count(config.processes) > 1:  # the parent of --processes N
@@ -192,10 +192,11 @@ def _runner(command: str, args: argparse.Namespace, argv: list[str]) -> tuple[An
             config.log_level,
             config.log_json,
             config.log_dir,
+            None,
         )
     if args.count < 1:
         raise ConfigError("--count must be at least 1")
     if not 0 <= args.port <= 65536 - args.count:
         raise ConfigError(f"--port {args.port} leaves no room for {args.count} workers")
     run = run_supervised if args.supervised else run_fleet
-    return partial(run, sim, args.host, args.port, args.count), (args.log_level, args.log_json, None)
+    return partial(run, sim, args.host, args.port, args.count), (args.log_level, args.log_json, None, None)

@@ -26,6 +26,7 @@ from smg.settings import ConfigError
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 FLUSH_SECS = 0.1
+_process: int | None = None  # one of the processes of --processes N: its lines say which (`setup_logging`)
 
 
 def timestamp(created: float) -> str:
@@ -33,6 +34,8 @@ def timestamp(created: float) -> str:
 
 
 def format_text(created: float, level: str, logger: str, msg: str, fields: dict[str, Any] | None) -> str:
+    if _process is not None:
+        logger = f"{logger}[{_process}]"
     line = f"{timestamp(created)} {level:<5} {logger}: {msg}"
     if fields:
         line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
@@ -41,6 +44,8 @@ def format_text(created: float, level: str, logger: str, msg: str, fields: dict[
 
 def format_json(created: float, level: str, logger: str, msg: str, fields: dict[str, Any] | None) -> str:
     out: dict[str, Any] = {"ts": timestamp(created), "level": level.lower(), "logger": logger, "msg": msg}
+    if _process is not None:
+        out["process"] = _process
     if fields:
         out.update(fields)
     return json.dumps(out, separators=(",", ":"), default=str)
@@ -75,10 +80,8 @@ class LogFile(TimedRotatingFileHandler):
     NAME = "smg.log"
     KEEP_DAYS = 14
 
-    def __init__(self, directory: str) -> None:
-        super().__init__(
-            os.path.join(directory, self.NAME), when="midnight", utc=True, backupCount=self.KEEP_DAYS, encoding="utf-8"
-        )
+    def __init__(self, directory: str, name: str = NAME) -> None:
+        super().__init__(os.path.join(directory, name), when="midnight", utc=True, backupCount=self.KEEP_DAYS, encoding="utf-8")
         self.namer = _dated_name
 
     def write_lines(self, text: str) -> None:
@@ -104,7 +107,7 @@ def _dated_name(default: str) -> str:
     return head.removesuffix(".log") + f".{day}.log"
 
 
-def open_log_dir(directory: str) -> LogFile:
+def open_log_dir(directory: str, name: str = LogFile.NAME) -> LogFile:
     """The `LogFile` in `directory`, created when missing; a path that cannot hold it is a `ConfigError`.
 
     Checked before anything starts, so a typo or a read-only volume stops the gateway
@@ -120,20 +123,26 @@ def open_log_dir(directory: str) -> LogFile:
     if not os.access(path, os.W_OK | os.X_OK):  # rotation renames files: the directory itself must be writable
         raise ConfigError(f"--log-dir: {directory} is not writable")
     try:
-        return LogFile(path)
+        return LogFile(path, name)
     except OSError as exc:
-        raise ConfigError(f"--log-dir: cannot write {os.path.join(directory, LogFile.NAME)}: {exc.strerror or exc}") from None
+        raise ConfigError(f"--log-dir: cannot write {os.path.join(directory, name)}: {exc.strerror or exc}") from None
 
 
-def setup_logging(level: str = "info", json_format: bool = False, log_dir: str | None = None) -> None:
+def setup_logging(level: str = "info", json_format: bool = False, log_dir: str | None = None, process: int | None = None) -> None:
     """stderr always; with `log_dir` also the rotating `LogFile` there, in the same format.
+
+    `process`: this is gateway process `process` of `--processes N`: its lines name it (the
+    logger as `smg.server[1]`, a `process` key in JSON), and its file is `smg.p<N>.log` (the
+    processes do not share one file, which each would rotate on its own).
 
     Raises `ConfigError` (one line) when `log_dir` cannot be used; nothing is changed then.
     """
+    global _process
     formatter = _Formatter(json_format)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir is not None:
-        handlers.append(open_log_dir(log_dir))
+        handlers.append(open_log_dir(log_dir, LogFile.NAME if process is None else f"smg.p{process}.log"))
+    _process = process
     for handler in handlers:
         handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +78,8 @@ def launch(worker: Proc, *flags: str) -> tuple[Proc, str, int, int]:
 def test_processes_share_the_port_form_a_mesh_and_survive_a_kill(worker: Proc) -> None:
     parent, url, mesh, metrics = launch(worker)
     try:
+        assert "smg.server[0]: smg gateway listening" in parent.log()  # each process's lines name it
+        assert "smg.server[1]: smg gateway listening" in parent.log()
         names = {f"127.0.0.1:{mesh}", f"127.0.0.1:{mesh + 1}"}
         wait_until(lambda: {n for n, (s, _) in members(url).items() if s == "alive"} == names, "both members alive", DEADLINE)
         body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -155,3 +159,51 @@ async def test_a_process_that_keeps_dying_stops_the_parent_with_1() -> None:
 async def test_a_start_up_error_is_not_retried() -> None:
     supervisor = Supervisor(3, [sys.executable, "-c", "import sys; sys.exit(2)"], {})
     assert await supervisor.run() == 2
+
+
+def test_killing_one_process_under_traffic_fails_only_its_requests_in_flight() -> None:
+    """8 clients, each one request at a time (a new connection each), while one of the two
+    processes is killed: at most the 8 requests in flight at that instant can fail (those the
+    dead process held, accepted or still in its listen queue); everything after goes to the
+    live one, then to both again."""
+    sim = start_sim(1, "--ttft-ms", "20", "--tpot-ms", "0")
+    parent, url, _, _ = launch(sim)
+    clients = 8
+    try:
+        wait_until(lambda: sum(s == "alive" for s, _ in members(url).values()) == 2, "both members alive", DEADLINE)
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        stop_at = [float("inf")]
+        outcomes: list[bool] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            while time.monotonic() < stop_at[0]:
+                try:
+                    ok = httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    outcomes.append(ok)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(outcomes) > 50, "traffic flowing", DEADLINE)
+        victim = children_of(parent.popen.pid)[0]
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        wait_until(
+            lambda: len(children_of(parent.popen.pid)) == 2 and victim not in children_of(parent.popen.pid), "restarted", DEADLINE
+        )
+        wait_until(lambda: sum(s == "alive" for s, _ in members(url).values()) == 2, "both alive again", DEADLINE)
+        served = len(outcomes)
+        wait_until(lambda: len(outcomes) > served + 50, "traffic after the restart", DEADLINE)
+        stop_at[0] = time.monotonic()
+        for thread in threads:
+            thread.join(timeout=20)
+        failed = outcomes.count(False)
+        assert failed <= clients, f"{failed} of {len(outcomes)} requests failed"
+        assert all(outcomes[-40:])  # the restarted process serves its share
+    finally:
+        stop_at[0] = 0.0
+        parent.stop()
+        sim.stop()

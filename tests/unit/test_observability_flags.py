@@ -116,6 +116,29 @@ def test_the_file_gets_the_console_lines_and_the_access_lines(tmp_path: Path, js
         assert lines[1].endswith(" INFO  smg.access: POST /v1/chat/completions request_id=r-1 status=200")
 
 
+@pytest.mark.parametrize("json_format", [False, True])
+@pytest.mark.usefixtures("restore_logging")
+def test_a_process_of_several_names_itself_and_has_its_own_file(tmp_path: Path, json_format: bool) -> None:
+    try:
+        setup_logging("info", json_format, str(tmp_path), process=1)
+        logging.getLogger("smg.server").info("listening")
+        access = AccessLog(io.StringIO())
+        access.configure(json_format)
+        access.write(logging.INFO, "GET /health", {"status": 200})
+        access.flush()
+        lines = (tmp_path / "smg.p1.log").read_text().splitlines()
+        assert not (tmp_path / "smg.log").exists()
+        if json_format:
+            assert [(line["logger"], line["process"]) for line in map(json.loads, lines)] == [
+                ("smg.server", 1),
+                ("smg.access", 1),
+            ]
+        else:
+            assert lines[0].endswith(" INFO  smg.server[1]: listening") and " smg.access[1]: GET /health" in lines[1]
+    finally:
+        setup_logging("info", json_format)  # process None again for the tests after this one
+
+
 @pytest.mark.usefixtures("restore_logging")
 def test_a_previous_days_file_is_rotated_to_its_date_and_old_days_are_bounded(tmp_path: Path) -> None:
     """A restart on a later day: the live file, last written three days ago, is renamed for
