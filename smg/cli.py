@@ -144,10 +144,14 @@ def print_mesh_status(url: str, api_key: str | None) -> int:
         message = body.get("error", {}).get("message") if isinstance(body, dict) else None
         print(f"smg: error: {url}/mesh/status answered {response.status_code}: {message or response.text}", file=sys.stderr)
         return 1
-    rows = [("NAME", "ADDRESS", "HTTP", "STATUS", "INCARNATION")]
-    for node in body["nodes"]:
+    rows = [("NAME", "ADDRESS", "HTTP", "HOST", "STATUS", "INCARNATION")]
+    # the processes of one host (--processes N) together, each named by its index
+    for node in sorted(body["nodes"], key=lambda n: (n.get("host") or "", n.get("process") is None, n["name"])):
         name = node["name"] + (" *" if node["name"] == body["node_name"] else "")
-        rows.append((name, node["address"], node.get("http_address") or "-", node["status"], str(node["incarnation"])))
+        host = node.get("host") or "-"
+        if node.get("process") is not None:
+            host += f" (process {node['process']})"
+        rows.append((name, node["address"], node.get("http_address") or "-", host, node["status"], str(node["incarnation"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -111,7 +111,9 @@ class ClusterNode:
 
     async def run(self, http_url: str, *, task_status: trio.TaskStatus[ClusterNode] = trio.TASK_STATUS_IGNORED) -> None:
         mesh = self.mesh
-        mesh.meta = {"http": http_url, "version": __version__}
+        mesh.meta = {"http": http_url, "version": __version__, "host": socket.gethostname()}
+        if self.config.process_index is not None:  # one of the processes of --processes N on that host
+            mesh.meta["process"] = self.config.process_index
         mesh.app_state = self._app_state
         mesh.merge_app_state = self._merge_app_state
         mesh.on_app_message = self._on_app_message
@@ -356,6 +358,8 @@ class ClusterNode:
                 "name": m["name"],
                 "address": m["address"],
                 "http_address": m["meta"].get("http"),
+                "host": m["meta"].get("host"),
+                "process": m["meta"].get("process"),
                 "status": m["status"],
                 "incarnation": m["incarnation"],
             }

@@ -82,6 +82,11 @@ def test_processes_share_the_port_form_a_mesh_and_survive_a_kill(worker: Proc) -
         assert "smg.server[1]: smg gateway listening" in parent.log()
         names = {f"127.0.0.1:{mesh}", f"127.0.0.1:{mesh + 1}"}
         wait_until(lambda: {n for n, (s, _) in members(url).items() if s == "alive"} == names, "both members alive", DEADLINE)
+        table = subprocess.run(
+            [sys.executable, "-m", "smg", "mesh", "status", "--url", url], capture_output=True, text=True, timeout=30
+        ).stdout
+        host = socket.gethostname()
+        assert f"{host} (process 0)" in table and f"{host} (process 1)" in table  # members of their host
         body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         for _ in range(40):  # a new connection each: the kernel spreads connections over the processes
             assert httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
