@@ -129,9 +129,7 @@ class AioThread:
         return future.result()
 
     @asynccontextmanager
-    async def stream(
-        self, open_call: Callable[[], Any], window: int = WINDOW, *, batched: bool = False
-    ) -> AsyncIterator[AsyncIterator[Any]]:
+    async def stream(self, open_call: Callable[[], Any], window: int = WINDOW) -> AsyncIterator[AsyncIterator[Any]]:
         """Iterate the messages of the server-streaming call `open_call()` makes on the loop (a
         grpc.aio call object, or any async iterable). Errors of the call are raised in trio;
         leaving the block cancels the call if it is still running.
@@ -139,11 +137,7 @@ class AioThread:
         Both directions are batched, since each cross-thread wake-up costs about as much as
         grpc.aio's own handling of a message: messages that arrive while trio has not yet run
         the last hand-over join it (one wake-up for all), and credits go back to the loop a
-        quarter window at a time.
-
-        `batched`: iterate lists of the messages that arrived together instead of single
-        messages, so a consumer can act once per batch (the gateway sends one write to its client
-        for all the tokens that came in one hand-over)."""
+        quarter window at a time."""
         loop = self._loop()
         token = trio.lowlevel.current_trio_token()
         send, receive = trio.open_memory_channel[Any](math.inf)  # bounded by the credits
@@ -155,12 +149,6 @@ class AioThread:
         def hand_over() -> None:  # on the trio thread
             scheduled[0] = False
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                if batched:  # popleft, not a copy and clear: the loop may append meanwhile
-                    items = []
-                    while pending:
-                        items.append(pending.popleft())
-                    send.send_nowait(items)
-                    return
                 while pending:  # (suppressed: the reader left, the pump is being cancelled)
                     send.send_nowait(pending.popleft())
 
@@ -193,22 +181,6 @@ class AioThread:
 
         task_future = asyncio.run_coroutine_threadsafe(pump(), loop)
 
-        async def batches() -> AsyncIterator[Any]:
-            consumed = 0
-            async with receive:
-                async for items in receive:
-                    end = items.pop() if items and isinstance(items[-1], _End) else None  # the pump's last
-                    if items:
-                        consumed += len(items)
-                        if consumed >= batch:
-                            loop.call_soon_threadsafe(credits.give, consumed)
-                            consumed = 0
-                        yield items
-                    if end is not None:
-                        if end.error is not None:
-                            raise end.error
-                        return
-
         async def messages() -> AsyncIterator[Any]:
             consumed = 0
             async with receive:
@@ -223,7 +195,7 @@ class AioThread:
                         consumed = 0
                     yield item
 
-        iterator = batches() if batched else messages()
+        iterator = messages()
         try:
             yield iterator
         finally:

@@ -78,9 +78,7 @@ class Supervisor:
                     for index in range(self.count):
                         children.start_soon(self._keep, index)
             finally:
-                for process in self.processes.values():  # an unexpected way out: leave none behind
-                    if process.returncode is None:
-                        process.kill()
+                self._signal_all(signal.SIGKILL)  # an unexpected way out: leave none behind (a no-op after a stop)
                 os.close(self._lifeline)
                 os.close(self._held)
             outer.cancel_scope.cancel()
@@ -91,10 +89,13 @@ class Supervisor:
         if not self.stopping:
             self.stopping = True
             self.exit_code = exit_code
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, signum: int) -> None:
         for process in self.processes.values():
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
+                    process.send_signal(signum)
 
     async def _keep(self, index: int) -> None:
         deaths: collections.deque[float] = collections.deque()
@@ -136,9 +137,7 @@ class Supervisor:
                     log.info("%s: stopping %d gateway processes", signal.Signals(signum).name, self.count)
                     self.stop(0)
                 else:  # asked twice: do not wait for the drains
-                    for process in self.processes.values():
-                        if process.returncode is None:
-                            process.kill()
+                    self._signal_all(signal.SIGKILL)
 
 
 async def supervise(config: GatewayConfig, argv: Sequence[str]) -> int:

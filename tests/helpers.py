@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -156,3 +157,27 @@ def start_mesh_cluster(worker_urls: list[str], size: int, *flags: str, deadline:
     )
     wait_until(lambda: all(httpx.get(n.url + "/readiness").status_code == 200 for n in nodes), "every gateway ready", deadline)
     return nodes
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports free for TCP and UDP on 127.0.0.1 (checked now)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count > 65535:
+            continue
+        held = []
+        try:
+            for port in range(first, first + count):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    sock = socket.socket(socket.AF_INET, kind)
+                    held.append(sock)
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError("no run of free ports")

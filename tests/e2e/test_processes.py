@@ -18,33 +18,9 @@ import httpx
 import pytest
 
 from smg.supervisor import Supervisor
-from tests.helpers import Proc, _spawn, start_sim, wait_until
+from tests.helpers import Proc, _spawn, free_ports, start_sim, wait_until
 
 DEADLINE = 20.0
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive ports free for TCP and UDP on 127.0.0.1 (checked now)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + count > 65535:
-            continue
-        held = []
-        try:
-            for port in range(first, first + count):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    sock = socket.socket(socket.AF_INET, kind)
-                    held.append(sock)
-                    sock.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError("no run of free ports")
 
 
 def children_of(parent: int) -> list[int]:

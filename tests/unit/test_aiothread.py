@@ -77,22 +77,6 @@ async def test_a_stream_error_is_raised_after_the_messages_before_it(aio: AioThr
     assert got == [1, 2]
 
 
-async def test_a_batched_stream_delivers_every_message_in_order_in_lists_then_its_error(aio: AioThread) -> None:
-    async def numbers() -> AsyncIterator[int]:
-        for i in range(2000):
-            yield i
-        raise ConnectionError("the end, broken")
-
-    batches: list[list[int]] = []
-    with pytest.raises(ConnectionError, match="the end, broken"):
-        async with aio.stream(numbers, window=64, batched=True) as messages:
-            async for batch in messages:
-                batches.append(batch)
-                await trio.sleep(0)  # let several arrive at once
-    assert [m for batch in batches for m in batch] == list(range(2000))
-    assert all(batch and len(batch) <= 64 for batch in batches)  # held to the window, never empty
-
-
 async def test_a_slow_reader_holds_the_stream_back_to_the_window(aio: AioThread) -> None:
     produced: list[int] = []
 
