@@ -158,8 +158,9 @@ def start_targets(args: argparse.Namespace, worker_url: str, logdir: Path) -> li
         targets.append(Target("reference", port, proc))
     if args.floor:
         port = free_port()
-        proc = start([sys.executable, str(Path(__file__).parent / "hypercorn_floor.py"), str(port)], logdir / "floor.log")
-        targets.append(Target("hyp. floor", port, proc))
+        floor = str(Path(__file__).parent / "server_floor.py")
+        proc = start([sys.executable, floor, "--serve", "smg", str(port)], logdir / "floor.log")
+        targets.append(Target("floor", port, proc))
     for target in targets:
         wait_http(f"http://{HOST}:{target.port}/readiness")
     return targets
@@ -197,7 +198,9 @@ def main() -> None:
     parser.add_argument("--upstream-clients", nargs="+", default=["pool", "httpx"])
     parser.add_argument("--log-level", default="info", help="smg log level during the run (default: info, as users run it)")
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--floor", action="store_true", help="also measure a trivial ASGI app on hypercorn (non-streaming)")
+    parser.add_argument(
+        "--floor", action="store_true", help="also measure a trivial ASGI app on smg's HTTP server (non-streaming)"
+    )
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS), metavar="NAME")
     parser.add_argument("--rounds", type=int, default=1, help="measure each target this many times, interleaved; medians")
     parser.add_argument(
@@ -229,7 +232,7 @@ def main() -> None:
             count = args.requests if concurrency > 1 else max(300, args.requests // 3)
             direct_p50 = None
             for target in [t for _ in range(args.rounds) for t in targets]:
-                if target.name == "hyp. floor" and payload.get("stream"):
+                if target.name == "floor" and payload.get("stream"):
                     continue  # the floor app answers one JSON body; it has no stream to compare
                 result, cpu = trio.run(measure, target, concurrency, body, count, args.warmup)
                 p50, p99 = result.percentile(50) * 1000, result.percentile(99) * 1000

@@ -19,10 +19,10 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from smg.app import GatewayApp, health, readiness
 from smg.background import Background
@@ -37,9 +37,9 @@ from smg.discovery.pods import WorkerRules, parse_selector
 from smg.http.asgi import ASGIApp, Receive, Scope, Send, serve_lifespan
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
-from smg.http.server import BindError, ServeError, format_bind, hypercorn_config, serve_app
+from smg.http.server import BindError, ServeError, ServerConfig, format_bind, serve_app, server_config
 from smg.observability import tracing
-from smg.observability.metrics import MetricsApp
+from smg.observability.metrics import GatewayMetrics, MetricsApp
 from smg.observability.request_id import request_id_for
 from smg.simworker.engine import SimConfig
 from smg.storage import open_backend
@@ -115,7 +115,7 @@ async def _run_gateway(
             await nursery.start(app.guard.jwks.run)  # --jwt-issuer's keys: fetched now, then kept fresh
         nursery.start_soon(ctx.maintain_policy)
         add_workers(ctx, config.worker_urls)
-        main = hypercorn_config(
+        main = server_config(
             config.host,
             config.port,
             certfile=config.tls_cert_path,
@@ -126,6 +126,7 @@ async def _run_gateway(
             body_timeout=config.request_timeout_secs,  # the whole body is part of the request: its end-to-end bound
             max_connections=config.max_client_connections,
             shared_port=config.is_process,
+            on_refused=partial(count_refused, ctx.metrics),
         )
         data_plane = DataPlane(app, main)
         urls: list[str] = []
@@ -133,7 +134,7 @@ async def _run_gateway(
             urls = await nursery.start(data_plane.serve)
         metrics_urls: list[str] = []
         if config.prometheus_port is not None:
-            metrics_config = hypercorn_config(
+            metrics_config = server_config(
                 config.metrics_host, config.prometheus_port, graceful_timeout=0.5, port_flag="--prometheus-port"
             )
             metrics_urls = await nursery.start(serve_app, MetricsApp(ctx.metrics), metrics_config)
@@ -248,7 +249,7 @@ async def serve_probes(
     binds `--host`, and a port already taken ends start-up with one line.
     """
     assert config.health_check_port is not None
-    probe_config = hypercorn_config(
+    probe_config = server_config(
         config.host,
         config.health_check_port,
         graceful_timeout=PROBE_GRACEFUL_SECS,
@@ -348,6 +349,13 @@ async def until_ready(ctx: GatewayContext, limit: float) -> None:
         log.warning("not ready after %gs (%s): taking connections on --port anyway", limit, reason)
 
 
+def count_refused(metrics: GatewayMetrics, status: int, code: str) -> None:
+    """A request the HTTP parser refused (malformed, head too large, HTTP/2 without TLS):
+    counted as the app's answers are, under the path `-`, since it has none."""
+    metrics.http_responses("-", str(status)).inc()
+    metrics.router_errors("-", code).inc()
+
+
 def shared_url(config: GatewayConfig) -> str:
     """The data plane's URL before it is bound (a fixed --port, as --processes requires)."""
     scheme = "https" if config.tls_cert_path else "http"
@@ -364,7 +372,7 @@ def advertised_url(config: GatewayConfig, bound_url: str) -> str:
 class DataPlane:
     """The data-plane server, with a way to stop accepting that is not cancellation.
 
-    Cancelling hypercorn drops every connection at once, requests under way
+    Cancelling the server drops every connection at once, requests under way
     included. Its graceful shutdown (`shutdown_trigger`) instead closes the
     listening socket, closes idle keep-alive connections, lets each busy one
     finish its response and close, and returns when none is left or after
@@ -372,9 +380,9 @@ class DataPlane:
     settle window, and needs to know when it has finished.
     """
 
-    def __init__(self, app: ASGIApp, config: HypercornConfig) -> None:
+    def __init__(self, app: ASGIApp, config: ServerConfig) -> None:
         self.app, self.config = app, config
-        self.closed = trio.Event()  # hypercorn returned: no connection is left
+        self.closed = trio.Event()  # the server returned: no connection is left
         self._stop = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -385,7 +393,7 @@ class DataPlane:
 
     def stop_accepting(self, within: float) -> None:
         """Close the listener now; cut the connections still open after `within` seconds."""
-        self.config.graceful_timeout = within  # hypercorn reads it when the trigger fires
+        self.config.graceful_timeout = within  # the server reads it when the trigger fires
         self._stop.set()
 
 
@@ -403,7 +411,7 @@ async def drain(ctx: GatewayContext, grace: float, data_plane: DataPlane) -> Non
     could retry. So for the settle window the node still accepts and serves
     everything. Then the listener closes: a refused connection carried no
     request, so a balancer may resend it elsewhere. What is in flight gets
-    the rest of the grace period; hypercorn cuts what is left after that.
+    the rest of the grace period; the server cuts what is left after that.
     """
     ctx.draining = True
     settle = settle_secs(grace)

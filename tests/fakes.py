@@ -192,7 +192,7 @@ class FakeClient:
     """The client of one exchange: records the ASGI messages it was sent and can leave.
 
     `receive` gives the request body once, then blocks until `disconnect()` or trio time
-    `disconnect_at`, and reports `http.disconnect` (as hypercorn does when the peer goes).
+    `disconnect_at`, and reports `http.disconnect` (as the server does when the peer goes).
     `send_delay` makes every body send take that long: a client reading slowly."""
 
     def __init__(self, body: bytes = b"", *, disconnect_at: float | None = None, send_delay: float = 0.0) -> None:
@@ -278,7 +278,7 @@ def exchange(
 async def call(
     ctx: GatewayContext, path: str, body: Any = None, *, method: str = "POST", headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> FakeClient:
-    """One request through the whole `GatewayApp` (auth, routes, handlers), as hypercorn would hand
+    """One request through the whole `GatewayApp` (auth, routes, handlers), as the server would hand
     it over; `body` is bytes as sent, or JSON to encode."""
     raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
     client = FakeClient(raw)

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import trio
@@ -38,7 +38,7 @@ from smg.dataplane.relay import (
     keeping_alive,
 )
 from smg.dataplane.routes import InferenceRoute
-from smg.http.asgi import dump_json, send_bytes
+from smg.http.asgi import CLIENT_GONE, dump_json, send_bytes
 from smg.http.errors import GatewayError, model_not_found
 from smg.http.exchange import REQUEST_ID_HEADER, Exchange
 from smg.http.sse import EventFramer, EventTooLarge
@@ -142,7 +142,8 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
     if tracing.ENABLED:
         tracing.note("smg.candidates", len(workers))
     try:
-        worker = ctx.policy.select(workers, replace(info, now=now))
+        info.now = now
+        worker = ctx.policy.select(workers, info)
     except NoEligibleWorker as exc:
         raise GatewayError(503, "no_available_workers", str(exc)) from None
     ctx.metrics.worker_selection(ctx.policy.name, worker.url).inc()
@@ -175,48 +176,30 @@ def body_for(worker: Worker, request: dict[str, Any], body: bytes) -> bytes:
 
 
 async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:
-    """Answer `ex` from the workers, retrying failed attempts within the request deadline."""
-    retry = ctx.retry
+    """Answer `ex` from the workers, retrying failed attempts within the request deadline; a
+    client that leaves cancels them (the server's `smg.client_gone` callback, or a task
+    watching for ASGI's `http.disconnect` where the server has none)."""
     info = request_info(ctx, ex, request)
     if ctx.policy.needs_text and info.pool and all(w.is_grpc for w in info.pool):
         tokens = await engine.routing_tokens(ctx, ex, route, request, len(body))
         if tokens is not None:  # else routed on the text; the attempt answers the pipeline's error
-            info = replace(info, tokens=tokens)
+            info.tokens = tokens
     outcome: Answer | Failed | Refused | None = None
-    tried: list[str] = []
+    connection = ex.scope["extensions"].get(CLIENT_GONE) if "extensions" in ex.scope else None
     with trio.move_on_after(ctx.config.request_timeout_secs) as deadline:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
-            for attempt in range(1, retry.max_attempts + 1):
-                if attempt > 1:
-                    await trio.sleep(retry.delay(attempt - 1, random.random()))
+        if connection is not None:  # the server calls back when the client leaves: no watcher task
+            if connection.on_client_gone(partial(_client_gone, ex, deadline)):
                 try:
-                    worker = _choose_traced(ctx, info, tried, attempt) if tracing.ENABLED else choose_worker(ctx, info, tried)
-                except GatewayError as error:
-                    if outcome is None:  # nothing tried yet: this is the answer
-                        outcome = Failed(error)
-                    break
-                tried.append(worker.id)
-                ex.worker = worker
-                sent = body if worker.model_id is None else body_for(worker, request, body)
-                if tracing.ENABLED:
-                    outcome = await _attempt_traced(ctx, ex, route, worker, sent, request, attempt, outcome)
-                else:
-                    outcome = await attempt_once(ctx, ex, route, worker, sent, request)
-                if outcome is None or isinstance(outcome, (Answer, Refused)):
-                    break  # answered (or streamed) to the client, or a final worker answer
-                if attempt < retry.max_attempts:
-                    ctx.metrics.retries(worker.url).inc()
-                    log.info(
-                        "request %s: attempt %d on %s failed (%s); retrying",
-                        ex.request_id,
-                        attempt,
-                        worker.url,
-                        outcome.error.code,
-                    )
+                    outcome = await _attempts(ctx, ex, route, info, request, body)
+                finally:
+                    connection.on_client_gone(None)
             else:
-                ctx.metrics.retries_exhausted(route.name).inc()
-            nursery.cancel_scope.cancel()
+                ex.client_gone = True
+        else:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
+                outcome = await _attempts(ctx, ex, route, info, request, body)
+                nursery.cancel_scope.cancel()
     if ex.client_gone:
         ex.status = 499
         return
@@ -228,6 +211,53 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
         await ex.fail(outcome.error)
     elif isinstance(outcome, Answer):
         await _send_answer(ex, route, request, outcome)
+
+
+async def _attempts(
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, info: RequestInfo, request: dict[str, Any], body: bytes
+) -> Answer | Failed | Refused | None:
+    """The attempt loop: a worker per attempt, backoff between them, until one answers (or
+    streams), answers finally, or the attempts or the workers run out."""
+    retry = ctx.retry
+    outcome: Answer | Failed | Refused | None = None
+    tried: list[str] = []
+    for attempt in range(1, retry.max_attempts + 1):
+        if attempt > 1:
+            await trio.sleep(retry.delay(attempt - 1, random.random()))
+        try:
+            worker = _choose_traced(ctx, info, tried, attempt) if tracing.ENABLED else choose_worker(ctx, info, tried)
+        except GatewayError as error:
+            if outcome is None:  # nothing tried yet: this is the answer
+                outcome = Failed(error)
+            break
+        tried.append(worker.id)
+        ex.worker = worker
+        sent = body if worker.model_id is None else body_for(worker, request, body)
+        if tracing.ENABLED:
+            outcome = await _attempt_traced(ctx, ex, route, worker, sent, request, attempt, outcome)
+        else:
+            outcome = await attempt_once(ctx, ex, route, worker, sent, request)
+        if outcome is None or isinstance(outcome, (Answer, Refused)):
+            break  # answered (or streamed) to the client, or a final worker answer
+        if attempt < retry.max_attempts:
+            ctx.metrics.retries(worker.url).inc()
+            log.info(
+                "request %s: attempt %d on %s failed (%s); retrying",
+                ex.request_id,
+                attempt,
+                worker.url,
+                outcome.error.code,
+            )
+    else:
+        ctx.metrics.retries_exhausted(route.name).inc()
+    return outcome
+
+
+def _client_gone(ex: Exchange, scope: trio.CancelScope) -> None:
+    """The server saw the client leave while `ex` was answered: the attempts stop."""
+    if not ex.finished:
+        ex.client_gone = True
+        scope.cancel()
 
 
 def _choose_traced(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str], attempt: int) -> Worker:
@@ -453,7 +483,7 @@ async def relay_events(
 async def _cancel_on_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
     while (await ex.receive())["type"] != "http.disconnect":
         pass
-    if not ex.finished:  # hypercorn also reports a disconnect once the response is complete
+    if not ex.finished:  # the server also reports a disconnect once the response is complete
         ex.client_gone = True
         scope.cancel()
 

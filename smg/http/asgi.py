@@ -1,6 +1,6 @@
 """Minimal ASGI plumbing shared by the gateway and the simulated worker.
 
-Both speak plain ASGI to hypercorn; a framework would cost more per request
+Both speak plain ASGI to `smg.http.server`; a framework would cost more per request
 than the whole proxy path is allowed to spend.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -16,6 +16,19 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+CLIENT_GONE = "smg.client_gone"  # the ASGI extension `smg.http.server` offers in `scope["extensions"]`
+
+
+class ClientGone(Protocol):
+    """`scope["extensions"][CLIENT_GONE]`: `on_client_gone(callback)` has the server call
+    `callback` (once, synchronously) if the client leaves before the request under way is
+    answered, `on_client_gone(None)` stops that; it returns False, registering nothing, when
+    the client is gone already. ASGI's own way, a task per request waiting in `receive()` for
+    `http.disconnect`, costs a nursery and a task spawn per request."""
+
+    def on_client_gone(self, callback: Callable[[], None] | None) -> bool: ...
+
 
 JSON_CONTENT = (b"content-type", b"application/json")
 TEXT_CONTENT = (b"content-type", b"text/plain; charset=utf-8")

@@ -151,8 +151,6 @@ def setup_logging(level: str = "info", json_format: bool = False, log_dir: str |
             old.close()
     root.handlers[:] = handlers
     root.setLevel(LEVELS[level])
-    # hypercorn's own error log repeats what we log; keep only its warnings.
-    logging.getLogger("hypercorn.error").setLevel(max(LEVELS[level], logging.WARNING))
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 

@@ -43,7 +43,7 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class InjectedDeath(Exception):
-    """Raised mid-stream to make hypercorn drop the connection like a dying engine."""
+    """Raised mid-stream to make the server drop the connection like a dying engine."""
 
 
 def chat_prompt(messages: Any) -> str:

@@ -10,7 +10,7 @@ import sys
 
 import trio
 
-from smg.http.server import BindError, find_error, hypercorn_config, serve_app
+from smg.http.server import BindError, find_error, serve_app, server_config
 from smg.simworker.app import SimWorker
 from smg.simworker.engine import SimConfig
 
@@ -45,7 +45,7 @@ async def run_fleet(
     async with trio.open_nursery() as nursery:
         for i, config in enumerate(worker_configs(base, count)):
             worker = SimWorker(config)
-            hc = hypercorn_config(host, port + i if port else 0, graceful_timeout=1.0)
+            hc = server_config(host, port + i if port else 0, graceful_timeout=1.0)
             try:
                 binds = await nursery.start(serve_app, worker, hc)
             except BindError as exc:  # say which worker's port, under the flag the user gave

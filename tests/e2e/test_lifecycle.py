@@ -99,7 +99,7 @@ def test_settle_window_keeps_serving_then_refuses_new_connections_while_in_fligh
 
         wait_until(refused, "new connections refused", settle + 3)
         assert time.monotonic() - signalled >= settle
-        assert idle.recv(4096) == b""  # hypercorn closed the idle keep-alive connection
+        assert idle.recv(4096) == b""  # the server closed the idle keep-alive connection
         assert not stream_ended.is_set() and gateway.popen.poll() is None  # the stream is still in flight
         httpx.post(sim.url + "/sim/config", json={"tpot_ms": 0}).raise_for_status()  # let it finish
         assert stream_ended.wait(grace)

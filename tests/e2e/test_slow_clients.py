@@ -1,6 +1,6 @@
 """Slow, silent and idle clients (issue 13 §4): each connection's one deadline, and the connection cap.
 
-The first half drives `GuardedTCPServer` (hypercorn's connection with smg's
+The first half drives `smg.http.server.Connection` (one client connection and its
 deadline) over in-memory streams under trio's MockClock, so every bound is
 checked to the millisecond and the tests take no real time. The second half
 checks the wiring end to end: a real gateway on 127.0.0.1 (in this process),
@@ -14,19 +14,17 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import h11
 import pytest
 import trio
 import trio.testing
-from hypercorn.app_wrappers import ASGIWrapper
-from hypercorn.trio.worker_context import WorkerContext
 
 from smg.config import GatewayConfig
 from smg.gateway import GatewayHandle, run_gateway
 from smg.http.asgi import Receive, Scope, Send, send_bytes
-from smg.http.server import GuardedTCPServer, ServerConfig, hypercorn_config
+from smg.http.server import Connection, Server, ServerConfig, server_config
 from smg.simworker.engine import SimConfig
 from smg.simworker.fleet import run_fleet
 
@@ -37,7 +35,7 @@ EPSILON = 0.01  # MockClock: the bound, to within scheduling of one step
 SLACK = 5.0  # real clock: how late a loaded 2-core machine may notice a deadline (precision: the MockClock tests)
 
 
-# -- GuardedTCPServer under MockClock ------------------------------------------------------
+# -- Connection under MockClock ------------------------------------------------------
 
 
 class _FakeSocket:
@@ -51,7 +49,7 @@ class _FakeSocket:
 
 
 class _ServerSide:
-    """The server end of an in-memory stream, shaped as hypercorn's TCPServer expects a socket stream."""
+    """The server end of an in-memory stream, with a socket to name the peer as a real one does."""
 
     def __init__(self, inner: trio.StapledStream[Any, Any]) -> None:
         self.inner = inner
@@ -87,20 +85,18 @@ async def tiny_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class Conn:
-    """A client on one in-memory connection to a `GuardedTCPServer`."""
+    """A client on one in-memory connection to a `Connection`."""
 
-    def __init__(
-        self, nursery: trio.Nursery, config: ServerConfig, context: WorkerContext | None = None, lockstep: bool = False
-    ) -> None:
+    def __init__(self, nursery: trio.Nursery, config: ServerConfig, shared: Server | None = None, lockstep: bool = False) -> None:
         # lockstep: the server's writes wait for the client's reads, as a full socket buffer makes them
         client, server = trio.testing.lockstep_stream_pair() if lockstep else trio.testing.memory_stream_pair()
         self.client = client
-        self.context = context or WorkerContext(None)
+        self.served_by = shared or Server(tiny_app, config, "http")
         self.h11 = h11.Connection(h11.CLIENT)
         self.closed = trio.Event()
         self.closed_at = -1.0
         self.server = _ServerSide(server)
-        nursery.start_soon(GuardedTCPServer(ASGIWrapper(tiny_app), config, self.context, self.server).run)
+        nursery.start_soon(Connection(self.served_by, cast(trio.abc.Stream, self.server)).run)
 
     async def send(self, data: bytes) -> None:
         await self.client.send_all(data)
@@ -133,7 +129,7 @@ class Conn:
 
 
 def guarded(header: float = HEAD, idle: float = IDLE, body: float = BODY) -> ServerConfig:
-    return hypercorn_config("127.0.0.1", 0, header_read_timeout=header, keep_alive_timeout=idle, body_timeout=body)
+    return server_config("127.0.0.1", 0, header_read_timeout=header, keep_alive_timeout=idle, body_timeout=body)
 
 
 async def test_the_head_deadline_runs_from_accept_whatever_the_client_trickles(
@@ -149,13 +145,13 @@ async def test_the_head_deadline_runs_from_accept_whatever_the_client_trickles(
             for byte in b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100:
                 await conn.send(bytes([byte]))
                 sent += 1
-                await trio.sleep(0.2)
+                await trio.sleep(0.3)
 
         nursery.start_soon(drip)
         closed = await conn.wait_closed()
         nursery.cancel_scope.cancel()
     assert closed - start == pytest.approx(HEAD, abs=EPSILON)
-    assert sent == 5  # every byte was read, and none moved the deadline
+    assert sent == 4  # every byte was read (at 0, 0.3, 0.6, 0.9 s), and none moved the deadline
 
 
 async def test_idle_between_requests_then_a_later_head_runs_from_its_first_byte(
@@ -207,10 +203,11 @@ async def test_a_client_that_reads_nothing_is_closed_at_the_write_bound(autojump
         await conn.send(conn.h11.send(h11.Request(method="GET", target="/stream", headers=[("host", "x")])))
         await conn.send(conn.h11.send(h11.EndOfMessage()))
         sent = trio.current_time()
-        with trio.fail_after(60):  # (MockClock time) hypercorn's own write would block forever
+        with trio.fail_after(60):  # (MockClock time) an unbounded write would block forever
             await conn.server.closed.wait()  # the client never reads: the response's first write blocks
         nursery.cancel_scope.cancel()
-    assert trio.current_time() - sent == pytest.approx(7.0, abs=EPSILON)
+    # the head goes out with the stream's first chunk, 1 s in; that write is cut 7 s later
+    assert trio.current_time() - sent == pytest.approx(1.0 + 7.0, abs=EPSILON)
 
 
 async def test_a_body_that_stops_arriving_is_cut_at_the_head_bound(autojump_clock: trio.testing.MockClock) -> None:
@@ -282,16 +279,16 @@ async def test_zero_disables_the_head_and_idle_bounds(autojump_clock: trio.testi
 
 
 async def test_shutdown_closes_idle_connections_and_lets_a_response_finish(autojump_clock: trio.testing.MockClock) -> None:
-    context = WorkerContext(None)
+    server = Server(tiny_app, guarded(idle=100.0), "http")
     async with trio.open_nursery() as nursery:
-        idle = Conn(nursery, guarded(idle=100.0), context)
-        busy = Conn(nursery, guarded(idle=100.0), context)
+        idle = Conn(nursery, server.config, server)
+        busy = Conn(nursery, server.config, server)
         assert await idle.get() == b"ok"
         await busy.send(busy.h11.send(h11.Request(method="GET", target="/stream", headers=[("host", "x")])))
         await busy.send(busy.h11.send(h11.EndOfMessage()))
         await trio.sleep(2.5)
         stopped = trio.current_time()
-        await context.terminated.set()
+        server.terminate()
         assert await idle.wait_closed() == pytest.approx(stopped, abs=EPSILON)
         assert (await busy.response()).endswith(b"data: [DONE]\n\n")  # then it closes: no reuse after shutdown
         assert await busy.wait_closed() == pytest.approx(stopped + 7.5, abs=EPSILON)

@@ -1,4 +1,4 @@
-"""The upstream clients against a real hypercorn simulated worker, in one trio loop; and a
+"""The upstream clients against a real simulated worker on real sockets, in one trio loop; and a
 gateway in front of a raw-socket worker that answers exact bytes (broken HTTP among them)."""
 
 from __future__ import annotations

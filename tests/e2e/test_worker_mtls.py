@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from smg.config import GatewayConfig
-from smg.http.server import hypercorn_config, serve_app
+from smg.http.server import serve_app, server_config
 from smg.settings import ConfigError
 from smg.simworker.app import SimWorker
 from smg.simworker.engine import SimConfig
@@ -93,7 +93,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def worker(pki: Pki) -> Iterator[str]:
     """A simulated worker on https that requires a client certificate from the private CA."""
-    config = hypercorn_config("127.0.0.1", 0, certfile=pki.server_cert, keyfile=pki.server_key, graceful_timeout=0.5)
+    config = server_config("127.0.0.1", 0, certfile=pki.server_cert, keyfile=pki.server_key, graceful_timeout=0.5)
     config.ca_certs = pki.ca
     config.verify_mode = ssl.CERT_REQUIRED
     started: list[str] = []

@@ -13,9 +13,11 @@ class NoEligibleWorker(Exception):
     """The policy cannot route this request (e.g. a targeted worker that is out of range)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestInfo:
-    """What a policy may look at; richer policies get more fields, not more calls."""
+    """What a policy may look at; richer policies get more fields, not more calls. Made once
+    per request; the attempt loop sets `now` before each choice (not frozen: a `replace` per
+    attempt cost more than the policy's choice)."""
 
     model: str
     path: str = ""
