@@ -435,7 +435,11 @@ async def relay_events(
     first = True
     tail = b""  # the end of the stream, where the usage event is
     error: GatewayError | None = None
-    with trio.CancelScope(deadline=trio.current_time() + stall) as stall_scope:
+    # The stall deadline moves at most every `slack` seconds (moving it costs more than the
+    # relay of a chunk): a silent worker is cut between `stall - slack` and `stall` after its last byte.
+    slack = min(stall / 16, 1.0)
+    moved = trio.current_time()
+    with trio.CancelScope(deadline=moved + stall) as stall_scope:
         chunks = response.aiter_body()
         try:
             async with keeping_alive(keepalive):
@@ -446,7 +450,10 @@ async def relay_events(
                         if tracing.ENABLED:
                             tracing.first_token(ttft)
                         first = False
-                    stall_scope.deadline = trio.current_time() + stall
+                    now = trio.current_time()
+                    if now - moved >= slack:
+                        stall_scope.deadline = now + stall
+                        moved = now
                     events = framer.feed(chunk)
                     if not events:
                         continue

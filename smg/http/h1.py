@@ -85,8 +85,10 @@ class Request:
         target = self.target
         if target[:1] != b"/" and target != b"*":  # absolute-form (a proxy's); `*` is OPTIONS'
             scheme_end = target.find(b"://")
-            slash = target.find(b"/", scheme_end + 3) if scheme_end > 0 else -1
-            target = target[slash:] if slash > 0 else b"/"
+            start = scheme_end + 3 if scheme_end > 0 else 0
+            slash, mark = target.find(b"/", start), target.find(b"?", start)
+            no_path = slash < 0 or 0 <= mark < slash
+            target = (b"/" + (target[mark:] if mark >= 0 else b"")) if no_path else target[slash:]
         raw, _, query = target.partition(b"?")
         path = raw.decode("latin-1")
         if "%" in path:
@@ -124,6 +126,7 @@ class _Callbacks:
         "head_bytes",
         "headers",
         "in_head",
+        "last",
         "llhttp",
         "raw_left",
         "upgrade_length",
@@ -136,6 +139,7 @@ class _Callbacks:
         self.body: list[bytes] = []
         self.url = b""
         self.in_head = False
+        self.last = False  # the request read last ends the connection (llhttp refuses bytes after it)
         self.llhttp: httptools.HttpRequestParser | None = None
         self.head_bytes = 0  # bytes of the head being read, across feeds (an upper bound)
         self.framing = 0  # bytes since the last one that carried body, within a chunked body
@@ -160,8 +164,14 @@ class _Callbacks:
         llhttp = self.llhttp
         assert llhttp is not None
         request, self.chunked, self.upgrade_length = _check_head(
-            self.headers, self.url, llhttp.get_method().decode("ascii"), llhttp.get_http_version(), llhttp.should_keep_alive()
+            self.headers,
+            self.url,
+            llhttp.get_method().decode("ascii"),
+            llhttp.get_http_version(),
+            llhttp.should_keep_alive(),
+            llhttp.should_upgrade(),
         )
+        self.last = not request.keep_alive
         self.in_head = False
         self.framing = -1  # the feed under way ended the head: its bytes are not framing
         self.events.append(request)
@@ -240,6 +250,9 @@ class RequestParser:
         except httptools.HttpParserInvalidMethodError:
             raise BadRequest(400, "unknown request method") from None
         except httptools.HttpParserError as exc:
+            if cb.last and not cb.in_head and cb.raw_left <= 0 and events and type(events[-1]) is EndOfMessage:
+                self.closed = True  # bytes after a request that closes the connection: not read, as h11
+                return
             message = str(exc)
             if "PRI/Upgrade" in message:
                 raise BadRequest(505, "HTTP/2 without TLS is not supported: send HTTP/1.1") from None
@@ -270,7 +283,9 @@ class RequestParser:
         return events
 
 
-def _check_head(headers: Headers, url: bytes, method: str, version: str, keep_alive: bool) -> tuple[Request, bool, int]:
+def _check_head(
+    headers: Headers, url: bytes, method: str, version: str, keep_alive: bool, upgrade: bool
+) -> tuple[Request, bool, int]:
     """The checks llhttp leaves to its caller: the head as a `Request`, whether its body is
     chunked, and an Upgrade request's Content-Length (0 for any other)."""
     if method == "CONNECT":
@@ -280,8 +295,6 @@ def _check_head(headers: Headers, url: bytes, method: str, version: str, keep_al
     length = 0
     chunked = False
     hosts = 0
-    upgrade = False
-    connection_upgrade = False
     expect = False
     for name, value in headers:
         if name == b"content-length":
@@ -292,18 +305,16 @@ def _check_head(headers: Headers, url: bytes, method: str, version: str, keep_al
             chunked = True
         elif name == b"host":
             hosts += 1
-        elif name == b"upgrade":
-            upgrade = True
-        elif name == b"connection":
-            connection_upgrade = connection_upgrade or b"upgrade" in value.lower()
+        elif name == b"connection" and keep_alive and b"close" in value.lower():
+            keep_alive = b"close" not in [token.strip() for token in value.lower().split(b",")]  # close wins, as h11
         elif name == b"expect" and value.lower() == b"100-continue":
             expect = True
-    if version == _HTTP11 and hosts != 1:
-        raise BadRequest(400, "an HTTP/1.1 request needs exactly one Host header")
+    if hosts > 1 or (version == _HTTP11 and hosts == 0):
+        raise BadRequest(400, "a request takes one Host header (HTTP/1.1: exactly one)")
     if chunked and version != _HTTP11:
         raise BadRequest(400, "transfer-encoding in an HTTP/1.0 request")
     upgrade_length = 0
-    if upgrade and connection_upgrade:
+    if upgrade:  # llhttp's verdict (Connection's `upgrade` token and an Upgrade header): it stops at the head
         if chunked:
             raise BadRequest(400, "a chunked body on an Upgrade request is not supported")
         keep_alive = False  # llhttp reads nothing after it: the connection ends with the answer
@@ -321,8 +332,21 @@ def _reason(status: int) -> bytes:
 
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
 _LAST_CHUNK = b"0\r\n\r\n"
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BLANK = (b" ", b"\t")
+_CHECKED_NAMES: dict[bytes, bytes] = {}  # header names the app used and that passed, lower-cased: names repeat
+_MAX_CHECKED = 4096
+
+
+def _check_name(name: bytes) -> bytes:
+    if not _TOKEN.fullmatch(name):
+        raise LocalProtocolError(f"bad header name from the application: {name[:40]!r}")
+    lower = name.lower()
+    if len(_CHECKED_NAMES) < _MAX_CHECKED:
+        _CHECKED_NAMES[name] = lower
+    return lower
 
 
 class ResponseFramer:
@@ -353,23 +377,27 @@ class ResponseFramer:
         out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
         length = -1
         close = closing or not self.keep_alive
+        checked = _CHECKED_NAMES
+        values = []
         for name, value in headers:
-            name = name.lower()
-            if name == b"content-length":
-                if not value.isdigit() or length >= 0:
-                    raise LocalProtocolError(f"bad content-length from the application: {value[:40]!r}")
-                length = int(value)
-                continue  # written below, once, when the status allows one
-            if name == b"transfer-encoding":
-                continue  # framing is this module's: chunked is added below when needed
-            if name == b"connection":
-                close = close or b"close" in value.lower()
-                continue  # hop-by-hop: written below, once
-            if not _TOKEN.fullmatch(name):
-                raise LocalProtocolError(f"bad header name from the application: {name[:40]!r}")
-            if _BAD_VALUE.search(value):
-                raise LocalProtocolError(f"bad value for header {name.decode('latin-1')} from the application")
-            out += (name, b": ", value, b"\r\n")
+            lower = checked.get(name)
+            if lower is None:
+                lower = _check_name(name)
+            if lower in _FRAMING:
+                if lower == b"content-length":
+                    if not value.isdigit() or length >= 0:
+                        raise LocalProtocolError(f"bad content-length from the application: {value[:40]!r}")
+                    length = int(value)  # written below, once, when the status allows one
+                elif lower == b"connection":
+                    close = close or b"close" in value.lower()  # hop-by-hop: written below, once
+                continue  # transfer-encoding: the framing is this module's, chunked added below when needed
+            out += (lower, b": ", value, b"\r\n")
+            values.append(value)
+        # as h11: no control character but HTAB in a value (CR or LF would split the response),
+        # no blank at either end; checked over all the values at once
+        if values and (_BAD_VALUE.search(b"\t".join(values)) or any(v[:1] in _BLANK or v[-1:] in _BLANK for v in values)):
+            bad = next(n for n, v in headers if _BAD_VALUE.search(v) or v[:1] in _BLANK or v[-1:] in _BLANK)
+            raise LocalProtocolError(f"bad value for header {bad.decode('latin-1')!r} from the application")
         if status == 204 or status == 304:
             self._no_body = True
         elif length >= 0:

@@ -45,6 +45,7 @@ import trio
 from smg.http.asgi import CLIENT_GONE, ASGIApp, Message, dump_json
 from smg.http.errors import error_body
 from smg.http.h1 import BadRequest, Data, EndOfMessage, Event, LocalProtocolError, Request, RequestParser, ResponseFramer
+from smg.http.sockio import stream_fd, write_now
 from smg.settings import ConfigError
 
 log = logging.getLogger("smg.serving")
@@ -207,6 +208,7 @@ class Connection:
             except OSError:
                 pass
         self.extensions = {CLIENT_GONE: self}
+        self.fd = stream_fd(stream)  # for `_write`'s fast path; -1 once the stream is lost
         # the request under way
         self.request: Request | None = None
         self.framer: ResponseFramer | None = None
@@ -397,9 +399,10 @@ class Connection:
                 self.reader_parked = None
                 trio.lowlevel.reschedule(reader)
         if not framer.started:
+            if self.eof:  # the client left first: nobody to answer
+                return False
             log.error("the application sent no response to %s %s", request.method, path)
-            if not self.eof:
-                await self._send_error(500, "internal_error", "the gateway failed to answer this request")
+            await self._send_error(500, "internal_error", "the gateway failed to answer this request")
             return False
         if not framer.complete or not framer.keep_alive or self.eof:
             return False
@@ -462,7 +465,21 @@ class Connection:
     async def _write(self, data: bytes) -> None:
         """One write, bounded by `write_timeout` and cancellable (the graceful deadline reaches
         it). A write cut short leaves the framing broken, so the connection closes; a client
-        that is gone makes later writes no-ops and the app's `receive` report the disconnect."""
+        that is gone makes later writes no-ops and the app's `receive` report the disconnect.
+
+        On a plain socket the bytes first go straight to the kernel (`sockio.write_now`): when
+        they all fit, as they nearly always do, that is the whole write, without a deadline to
+        register. Only a full send buffer takes the bounded, cancellable path."""
+        fd = self.fd
+        if fd >= 0:
+            try:
+                sent = write_now(fd, data)
+            except trio.BrokenResourceError:  # reset, broken pipe, or closed
+                self._lost()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
         done = False
         try:
             with trio.CancelScope(deadline=_deadline(self.config.write_timeout)) as scope:
@@ -481,6 +498,7 @@ class Connection:
 
     def _lost(self) -> None:
         self.eof = True
+        self.fd = -1
         self.guard.cancel()
         if self.waiter is not None:
             self._wake()

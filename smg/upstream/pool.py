@@ -35,6 +35,7 @@ from typing import cast
 
 import trio
 
+from smg.http.sockio import stream_fd, write_now
 from smg.upstream.base import (
     DEFAULT_MAX_RESPONSE_SIZE,
     Headers,
@@ -57,10 +58,11 @@ class _Stale(Exception):
 
 
 class _Connection:
-    __slots__ = ("idle_since", "stream")
+    __slots__ = ("fd", "idle_since", "stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
+        self.fd = stream_fd(stream)  # a plain socket's, for `write_now`; never used after the stream closes
         self.idle_since = 0.0
 
 
@@ -192,7 +194,9 @@ class PoolUpstream:
         parser = ResponseParser(method)
         received = False
         try:
-            await conn.stream.send_all(request)
+            sent = write_now(conn.fd, request) if conn.fd >= 0 else 0
+            if sent < len(request):
+                await conn.stream.send_all(request[sent:] if sent else request)
             while True:
                 data = cast(bytes, await conn.stream.receive_some(RECEIVE_SIZE))  # bytes, as above
                 if data:
