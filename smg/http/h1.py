@@ -12,14 +12,26 @@ to Transfer-Encoding, chunk sizes and extensions checked. What llhttp leaves to 
 `RequestParser` adds, so that it refuses what h11 (the trusted reference in
 tests/property/test_request_parser.py) refuses:
 
-- only HTTP/1.0 and HTTP/1.1 (llhttp also reads HTTP/0.9, 2.0 and 3.0 request lines): 505;
-- HTTP/1.1 requests carry exactly one Host header (RFC 9112 §3.2): 400;
+- only HTTP/1.0 and HTTP/1.1 (llhttp also reads HTTP/0.9, 2.0 and 3.0 request lines): 505
+  (other versions, HTTP/1.2 say, are llhttp's 400);
+- one Host header at most, exactly one on HTTP/1.1 (RFC 9112 §3.2): 400;
+- `Connection: close` wins over `keep-alive` in the same header, as in h11;
 - Transfer-Encoding is one header whose value is `chunked`, and not on HTTP/1.0: 501 or 400;
 - the head (request line and headers) at most `MAX_HEAD` bytes, counted from the first read
   that holds a part of it (so a read that also ends the requests before it counts those
   too): 431; chunk-size lines and
-  trailers at most `MAX_FRAMING` bytes between two pieces of body, so a client cannot hold a
-  connection with an endless chunk extension: 400.
+  trailers at most `MAX_FRAMING` bytes over the reads between two pieces of body, so a client
+  cannot hold a connection with an endless chunk extension: 400. The bound is counted per read
+  that carries no body, so a read that ends a head or carries body may hold one read's worth
+  more (llhttp keeps none of it).
+
+Known differences from h11 (tests/property/test_request_parser.py pins each), all refusals of
+what h11 takes, except where said: a method outside llhttp's list (below); a target in none of
+RFC 9112 §3.2's forms (`GET abc`); a Content-Length over 64 bits or in chunked trailers; a tab
+after `Transfer-Encoding: chunked`. Taken where h11 refuses: CR or LF before a request line
+(RFC 9112 §2.2 allows it), more than one space between the request line's parts, chunk sizes
+with more than 20 digits of leading zeros, and HTTP/1.0 `Connection: keep-alive` (kept open;
+h11 closes every HTTP/1.0 connection).
 
 llhttp knows a fixed list of methods (the HTTP, WebDAV and a few other registries); a method
 outside it is a 400 here, where h11 takes any token (the gateway would answer 404 anyway).
