@@ -2,6 +2,7 @@
 
     python bench/cluster_routing.py                       # 1, 3 and 8 gateways; smg and the reference
     python bench/cluster_routing.py --sizes 1 3 --no-reference
+    python bench/cluster_routing.py --sizes 1 --processes 2 4 --no-reference   # one gateway, N processes
 
 The multi-turn workload of `bench/routing.py` (default: 64 conversations x 6
 turns, 8 shared system prompts) runs against 1, 3 and 8 gateway processes in
@@ -14,6 +15,10 @@ workers' prefix-cache hit rate, uncached prompt tokens, TTFT p50/p99, load
 spread (requests per worker: max / mean), and the hit rate relative to one
 smg gateway. On 2 cores, 8 gateways compete for CPU: the hit rate is the
 figure, TTFT is secondary; the arrival rate is kept low.
+
+`--processes N` adds one gateway started with `--processes N`: its processes share one port
+(the kernel spreads the client's connections over them) and replicate their state as mesh
+members, so its hit rate should equal one process's.
 """
 
 from __future__ import annotations
@@ -30,24 +35,27 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, free_port, start, stop, wait_http
+from overhead import HOST, free_port, free_ports, start, stop, wait_http
 from routing import cache_figures, drive, make_workload, pct, start_workers, worker_stats
 
 
 def start_gateways(
-    label: str, count: int, mesh: bool, urls: list[str], logdir: Path, reference: str | None
+    label: str, count: int, mesh: bool, urls: list[str], logdir: Path, reference: str | None, processes: int = 1
 ) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
-    """`count` gateways, independent or in one mesh; the reference's when `reference` is its path."""
+    """`count` gateways, independent or in one mesh; the reference's when `reference` is its path;
+    each with `--processes processes` when more than 1."""
     procs, gateways, seed = [], [], None
     for i in range(count):
-        port, mesh_port = free_port(), free_port()
+        port, mesh_port = free_port(), free_ports(processes)
         base = (
             [reference, "launch"]
             if reference
             else [sys.executable, "-m", "smg", "--log-level", "warn", "--history-backend", "memory"]
         )
         command = [*base, "--policy", "cache_aware", "--host", HOST, "--port", str(port),
-                   "--prometheus-host", HOST, "--prometheus-port", str(free_port())]  # fmt: skip
+                   "--prometheus-host", HOST, "--prometheus-port", str(free_ports(processes))]  # fmt: skip
+        if processes > 1:
+            command += ["--processes", str(processes), "--mesh-host", HOST, "--mesh-port", str(mesh_port)]
         if i == 0 or not mesh:
             command += ["--worker-urls", *urls]  # mesh members learn the workers from the first
         if mesh:
@@ -81,6 +89,7 @@ def main() -> None:
     parser.add_argument("--think-secs", type=float, default=0.5)
     parser.add_argument("--cache-blocks", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--processes", type=int, nargs="*", default=[], help="also one smg gateway with --processes N")
     args = parser.parse_args()
     default_ref = Path(".venv-reference/bin/smg")
     reference = None if args.no_reference else (args.reference or (str(default_ref) if default_ref.exists() else None))
@@ -88,15 +97,16 @@ def main() -> None:
     logdir = Path(tempfile.mkdtemp(prefix="smg-cluster-routing-"))
     sim, urls = start_workers(args, logdir)
     systems, users = make_workload(args)
-    runs: list[tuple[str, int, bool, str | None]] = []  # label, gateways, mesh, reference binary
+    runs: list[tuple[str, int, bool, str | None, int]] = []  # label, gateways, mesh, reference binary, processes
     for n in args.sizes:
         if n == 1:
-            runs.append(("smg x1", 1, False, None))
+            runs.append(("smg x1", 1, False, None, 1))
         else:
-            runs += [(f"smg x{n} independent", n, False, None), (f"smg x{n} ha-mesh", n, True, None)]
+            runs += [(f"smg x{n} independent", n, False, None, 1), (f"smg x{n} ha-mesh", n, True, None, 1)]
+    runs += [(f"smg x1 --processes {p}", 1, False, None, p) for p in args.processes]
     if reference:
-        runs += [("reference x1", 1, False, reference), ("reference x3 independent", 3, False, reference)]
-        runs.append(("reference x3 mesh", 3, True, reference))
+        runs += [("reference x1", 1, False, reference, 1), ("reference x3 independent", 3, False, reference, 1)]
+        runs.append(("reference x3 mesh", 3, True, reference, 1))
     rows = []
     try:
         for url in urls:
@@ -105,8 +115,8 @@ def main() -> None:
         print(
             f"{'target':<26}{'hit rate':>9}{'vs x1':>7}{'uncached tok':>14}{'TTFT p50':>10}{'p99':>8}{'spread':>8}{'errors':>8}"
         )
-        for label, n, mesh, binary in runs:
-            gateways, procs = start_gateways(label.replace(" ", "-"), n, mesh, urls, logdir, binary)
+        for label, n, mesh, binary, processes in runs:
+            gateways, procs = start_gateways(label.replace(" ", "-"), n, mesh, urls, logdir, binary, processes)
             try:
                 for url in urls:
                     httpx.post(url + "/flush_cache")

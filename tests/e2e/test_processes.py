@@ -4,6 +4,7 @@ on SIGTERM; a start-up error stops everything with the child's one line."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from smg.supervisor import Supervisor
-from tests.helpers import Proc, _spawn, free_ports, start_sim, wait_until
+from tests.helpers import Proc, _spawn, free_ports, start_of_a_fresh_minute, start_sim, wait_until
 
 DEADLINE = 20.0
 
@@ -94,6 +95,31 @@ def test_processes_share_the_port_form_a_mesh_and_survive_a_kill(worker: Proc) -
         # each stopped: drained (status 0), or by the signal itself if it came before the process's
         # handler was installed (a process still starting has no requests to drain)
         assert len(re.findall(r"stopped \((status 0|signal SIGTERM)\)", parent.log())) == 2
+    finally:
+        parent.stop()
+
+
+def test_a_tenant_limit_holds_across_the_processes(worker: Proc, tmp_path: Path) -> None:
+    limit = 20
+    limits = tmp_path / "limits.json"
+    limits.write_text(json.dumps({"tenants": {"team": {"requests_per_minute": limit}}}))
+    parent, url, mesh, _ = launch(worker, "--tenant-api-key", "team:team-key", "--tenant-rate-limit-config", str(limits))
+    try:
+        names = {f"127.0.0.1:{mesh}", f"127.0.0.1:{mesh + 1}"}
+        wait_until(lambda: {n for n, (s, _) in members(url).items() if s == "alive"} == names, "both members alive", DEADLINE)
+        chat = {"model": "sim-model", "messages": [{"role": "user", "content": "limit me"}], "max_tokens": 2}
+        start_of_a_fresh_minute()  # a window boundary mid-test would age the counts being checked
+        admitted = refused = 0
+        for _ in range(limit + 12):  # a new connection each: the kernel spreads them over the two processes
+            response = httpx.post(url + "/v1/chat/completions", json=chat, headers={"authorization": "Bearer team-key"})
+            if response.status_code == 429:
+                assert response.json()["error"]["code"] == "rate_limit_exceeded"
+                refused += 1
+            else:
+                assert response.status_code == 200, response.text
+                admitted += 1
+        # as between separate gateways: sequential requests over-admit by a few at most, never under-admit
+        assert limit <= admitted <= limit + 3, (admitted, refused)
     finally:
         parent.stop()
 
