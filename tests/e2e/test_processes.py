@@ -29,9 +29,9 @@ def children_of(parent: int) -> list[int]:
     return [int(pid) for pid in text.split()]
 
 
-def members(url: str) -> dict[str, tuple[str, int]]:
+def members(url: str, headers: dict[str, str] | None = None) -> dict[str, tuple[str, int]]:
     """The mesh as whichever process answers sees it (none yet from one that is still starting)."""
-    nodes = httpx.get(url + "/mesh/status", timeout=5).json().get("nodes", [])
+    nodes = httpx.get(url + "/mesh/status", timeout=5, headers=headers).json().get("nodes", [])
     return {n["name"]: (n["status"], n["incarnation"]) for n in nodes}
 
 
@@ -103,10 +103,14 @@ def test_a_tenant_limit_holds_across_the_processes(worker: Proc, tmp_path: Path)
     limit = 20
     limits = tmp_path / "limits.json"
     limits.write_text(json.dumps({"tenants": {"team": {"requests_per_minute": limit}}}))
-    parent, url, mesh, _ = launch(worker, "--tenant-api-key", "team:team-key", "--tenant-rate-limit-config", str(limits))
+    flags = ("--api-key", "admin-key", "--tenant-api-key", "team:team-key", "--tenant-rate-limit-config", str(limits))
+    parent, url, mesh, _ = launch(worker, *flags)
     try:
         names = {f"127.0.0.1:{mesh}", f"127.0.0.1:{mesh + 1}"}
-        wait_until(lambda: {n for n, (s, _) in members(url).items() if s == "alive"} == names, "both members alive", DEADLINE)
+        admin = {"authorization": "Bearer admin-key"}
+        wait_until(
+            lambda: {n for n, (s, _) in members(url, admin).items() if s == "alive"} == names, "both members alive", DEADLINE
+        )
         chat = {"model": "sim-model", "messages": [{"role": "user", "content": "limit me"}], "max_tokens": 2}
         start_of_a_fresh_minute()  # a window boundary mid-test would age the counts being checked
         admitted = refused = 0
