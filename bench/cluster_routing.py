@@ -17,8 +17,9 @@ smg gateway. On 2 cores, 8 gateways compete for CPU: the hit rate is the
 figure, TTFT is secondary; the arrival rate is kept low.
 
 `--processes N` adds one gateway started with `--processes N`: its processes share one port
-(the kernel spreads the client's connections over them) and replicate their state as mesh
-members, so its hit rate should equal one process's.
+(the kernel spreads the client's connections over them; the client opens one per request, so
+consecutive turns land on different processes) and replicate their state as mesh members, so
+its hit rate should equal one process's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import HOST, free_port, free_ports, start, stop, wait_http
 from routing import cache_figures, drive, make_workload, pct, start_workers, worker_stats
 
+METRICS_PORTS: dict[str, list[int]] = {}  # gateway URL -> its processes' metrics ports
+
+
+def served_per_process(gateway: str) -> list[int]:
+    """Chat requests each process of `gateway` served, from its own metrics port."""
+    counts = []
+    for port in METRICS_PORTS.get(gateway, []):
+        text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text
+        counts.append(
+            round(
+                sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("smg_router_requests_total{"))
+            )
+        )
+    return counts
+
 
 def start_gateways(
     label: str, count: int, mesh: bool, urls: list[str], logdir: Path, reference: str | None, processes: int = 1
@@ -52,8 +68,10 @@ def start_gateways(
             if reference
             else [sys.executable, "-m", "smg", "--log-level", "warn", "--history-backend", "memory"]
         )
+        metrics = free_ports(processes)
+        METRICS_PORTS[f"http://{HOST}:{port}"] = [metrics + k for k in range(processes)]
         command = [*base, "--policy", "cache_aware", "--host", HOST, "--port", str(port),
-                   "--prometheus-host", HOST, "--prometheus-port", str(free_ports(processes))]  # fmt: skip
+                   "--prometheus-host", HOST, "--prometheus-port", str(metrics)]  # fmt: skip
         if processes > 1:
             command += ["--processes", str(processes), "--mesh-host", HOST, "--mesh-port", str(mesh_port)]
         if i == 0 or not mesh:
@@ -121,8 +139,11 @@ def main() -> None:
                 for url in urls:
                     httpx.post(url + "/flush_cache")
                 before = worker_stats(urls)
+                args.fresh_connections = processes > 1
                 stats = trio.run(drive, itertools.cycle(gateways).__next__, systems, users, args)
                 after = worker_stats(urls)
+                if processes > 1:
+                    print(f"  ({label}: requests per process {served_per_process(gateways[0])})")
             finally:
                 stop(procs)
             prompt, cached, _, spread = cache_figures(before, after)

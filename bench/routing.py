@@ -117,7 +117,10 @@ async def drive(
 ) -> Stats:
     stats = Stats()
     think = random.Random(args.seed + 1)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=args.users)
+    # fresh_connections: a new connection per request, so that the kernel spreads the requests
+    # of a gateway started with --processes over its processes (kept connections stick to one)
+    keepalive = 0 if getattr(args, "fresh_connections", False) else args.users
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=keepalive)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client, trio.open_nursery() as nursery:
         begin = trio.current_time()
         for user_id, (start_at, system, messages) in enumerate(users):
