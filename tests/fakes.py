@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -295,3 +296,16 @@ async def call(
     }
     await GatewayApp(ctx)(scope, client.receive, client.send)
     return client
+
+
+class FakeSocket:
+    """What `smg.http.server.Connection` asks of a stream's socket (its peer and its own
+    address), for the server end of an in-memory stream."""
+
+    family = socket.AF_INET
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 50000)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8000)

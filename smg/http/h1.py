@@ -110,7 +110,8 @@ class Request:
 
 @dataclass(slots=True)
 class Data:
-    """Body bytes: everything one `feed` brought of one request's body, chunk framing removed."""
+    """Body bytes: everything one `feed` brought of one message's body, chunk framing removed
+    (one piece however many chunks came). Shared with the upstream response parser."""
 
     data: bytes
 

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import httptools
 
+from smg.http.h1 import Data, EndOfMessage
+
 Headers = list[tuple[bytes, bytes]]
 
 MAX_HEAD = 64 * 1024
@@ -70,18 +72,6 @@ class Response:
     headers: Headers
     content_length: int | None  # None: chunked, or until the connection closes
     keep_alive: bool  # as the head says; see ResponseParser.reusable for the verdict
-
-
-@dataclass(slots=True)
-class Data:
-    """The body bytes of one `feed`, chunk framing removed (one piece however many chunks came)."""
-
-    data: bytes
-
-
-@dataclass(slots=True)
-class EndOfMessage:
-    pass
 
 
 Event = Response | Data | EndOfMessage

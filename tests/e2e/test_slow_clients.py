@@ -11,7 +11,6 @@ machine.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -27,6 +26,7 @@ from smg.http.asgi import Receive, Scope, Send, send_bytes
 from smg.http.server import Connection, Server, ServerConfig, server_config
 from smg.simworker.engine import SimConfig
 from smg.simworker.fleet import run_fleet
+from tests.fakes import FakeSocket
 
 HEAD = 1.0  # header-read timeout in these tests
 IDLE = 0.5  # idle timeout
@@ -38,22 +38,12 @@ SLACK = 5.0  # real clock: how late a loaded 2-core machine may notice a deadlin
 # -- Connection under MockClock ------------------------------------------------------
 
 
-class _FakeSocket:
-    family = socket.AF_INET
-
-    def getpeername(self) -> tuple[str, int]:
-        return ("127.0.0.1", 50000)
-
-    def getsockname(self) -> tuple[str, int]:
-        return ("127.0.0.1", 8000)
-
-
 class _ServerSide:
     """The server end of an in-memory stream, with a socket to name the peer as a real one does."""
 
     def __init__(self, inner: trio.StapledStream[Any, Any]) -> None:
         self.inner = inner
-        self.socket = _FakeSocket()
+        self.socket = FakeSocket()
         self.closed = trio.Event()  # the server closed its end
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:

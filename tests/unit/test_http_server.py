@@ -11,7 +11,6 @@ tests/e2e/test_slow_clients.py). Each test takes no real time.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import trio.testing
 from smg.http.asgi import CLIENT_GONE, Message, Receive, Scope, Send, send_bytes
 from smg.http.h1 import MAX_HEAD
 from smg.http.server import MAX_RECV, PIPELINE_BYTES, Connection, Server, ServerConfig, server_config
+from tests.fakes import FakeSocket
 
 FAR = 1000.0  # every server timeout: never reached here
 WAIT = 10.0  # how long (mock time) a test waits for something that should happen
@@ -50,23 +50,13 @@ def far_config(**settings: Any) -> ServerConfig:
 # -- the client side ----------------------------------------------------------------------
 
 
-class _FakeSocket:
-    family = socket.AF_INET
-
-    def getpeername(self) -> tuple[str, int]:
-        return ("127.0.0.1", 50000)
-
-    def getsockname(self) -> tuple[str, int]:
-        return ("127.0.0.1", 8000)
-
-
 class _ServerSide:
     """The server end of an in-memory stream: names its peer as a socket does, and records
     each `send_all` and how many bytes the server read."""
 
     def __init__(self, inner: trio.StapledStream[Any, Any]) -> None:
         self.inner = inner
-        self.socket = _FakeSocket()
+        self.socket = FakeSocket()
         self.closed = trio.Event()  # the server closed its end
         self.writes: list[bytes] = []
         self.read = 0
