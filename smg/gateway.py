@@ -44,6 +44,7 @@ from smg.observability.request_id import request_id_for
 from smg.simworker.engine import SimConfig
 from smg.storage import open_backend
 from smg.storage.service import History
+from smg.workers.providers import PROVIDERS, launch_keys
 from smg.workers.registry import DuplicateWorker, worker_id_for
 from smg.workers.spec import replaced_settings
 
@@ -265,10 +266,17 @@ async def serve_probes(
 
 
 def add_workers(ctx: GatewayContext, urls: Iterable[str]) -> None:
-    """Register workers the operator named at start (`--worker-urls`, `smg serve`'s own)."""
+    """Register workers the operator named at start (`--worker-urls`, `smg serve`'s own); with
+    `--backend openai` they are hosted providers, each with its key from the environment."""
+    urls = tuple(urls)
+    provider = ctx.config.backend if ctx.config.backend in PROVIDERS else None
+    keys = launch_keys(provider, urls, os.environ) if provider is not None else {}
     for url in urls:
         try:
-            ctx.add_worker(url)
+            if provider is not None:
+                ctx.add_worker(url, provider=provider, api_key=keys[url])
+            else:
+                ctx.add_worker(url)
         except DuplicateWorker:
             log.warning("ignoring duplicate worker URL %s", url)
     ctx.publish_worker_metrics()

@@ -10,6 +10,7 @@ the groups and keeps the checks that involve several of them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +38,7 @@ from smg.config.workers import (
 from smg.mesh.seeds import join_address
 from smg.settings import ConfigError, check_fields
 from smg.storage.settings import G_HISTORY, HistorySettings
+from smg.workers.providers import PROVIDERS, launch_keys
 
 # the groups of `smg --help`, in this order
 GROUPS = (
@@ -103,6 +105,13 @@ class GatewayConfig(
             raise ConfigError("--assignment-mode places new routing keys: it needs --policy manual or --routing-key-override")
         self.validate_auth()
         self.validate_tracing()
+        if self.backend in PROVIDERS:
+            if any(url.startswith("grpc://") for url in self.worker_urls):
+                raise ConfigError(f"--backend {self.backend}: a grpc:// worker is an engine, not a hosted provider")
+            try:
+                launch_keys(self.backend, self.worker_urls, os.environ)  # read again at start; never kept in the config
+            except LookupError as exc:
+                raise ConfigError(str(exc)) from None
         if self.trust_tenant_header and self.tenant_api_keys and not self.api_key:
             raise ConfigError(
                 "--trust-tenant-header has no effect when every request needs a --tenant-api-key key (a key's tenant "

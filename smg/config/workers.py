@@ -117,14 +117,15 @@ class WorkerSettings:
     backend: str = setting(
         "sglang",
         "--backend",
-        choices=("sglang", "vllm"),
+        choices=("sglang", "vllm", "openai"),
         refused_choices={
-            "openai": "hosted providers are not supported by smg yet; run an OpenAI-compatible server as a worker",
-            "anthropic": "hosted providers are not supported by smg yet",
+            "anthropic": "the hosted Anthropic API is not supported by smg yet; --backend openai serves OpenAI-compatible providers",
             "tokenspeed": "TokenSpeed's ZMQ protocol is not supported by smg; use its HTTP server as a worker",
         },
-        help="the workers' engine: sglang or vllm over HTTP (the engine of each HTTP worker is also read from its /v1/models)",
-        differs="HTTP workers only; gRPC and provider backends come later",
+        help="the workers' engine: sglang or vllm over HTTP (the engine of each HTTP worker is also read from its "
+        "/v1/models); openai: --worker-urls are hosted OpenAI-compatible providers (OpenAI, xAI, ...), their key read "
+        "from OPENAI_API_KEY (XAI_API_KEY for api.x.ai), their health judged by their answers",
+        differs="anthropic not yet",
     )
     connect_timeout_secs: float = setting(
         10.0,

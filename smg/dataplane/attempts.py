@@ -152,8 +152,12 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
 
 def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", JSON_TYPE), (REQUEST_ID_HEADER, ex.request_id.encode())]
-    key = worker.api_key or ctx.config.api_key
-    pass_authorization = key is None and ctx.forward_client_authorization
+    if worker.provider is not None:  # its own key only: never the gateway's, never the client's
+        key: str | None = worker.api_key
+        pass_authorization = False
+    else:
+        key = worker.api_key or ctx.config.api_key
+        pass_authorization = key is None and ctx.forward_client_authorization
     forwarded = FORWARDED_HEADERS
     if tracing.ENABLED and tracing.inject(headers):
         forwarded = FORWARDED_WHEN_TRACED
@@ -389,6 +393,15 @@ async def _exchange_with(
     if head_scope.cancelled_caught:
         return Failed(
             GatewayError(504, "upstream_timeout", f"worker {worker.url} sent no response headers within {first_byte:g}s")
+        )
+    if worker.provider is not None and answer.status in (401, 403):  # the gateway's key, not the client's
+        return Failed(
+            GatewayError(
+                502,
+                "upstream_auth_error",
+                f"the provider at {worker.url} refused the gateway's API key ({answer.status}); check the key the "
+                "gateway was started with",
+            )
         )
     if is_retryable(answer.status):
         return Failed(GatewayError(answer.status, "upstream_error", f"worker answered {answer.status}"), answer)

@@ -25,6 +25,7 @@ from smg.http.asgi import (
     Receive,
     Scope,
     Send,
+    header,
     read_body,
     send_json,
     send_text,
@@ -69,6 +70,20 @@ def prompt_text(prompt: Any) -> str:
     raise GatewayError(400, "invalid_value", "'prompt' must be a string or a list", param="prompt")
 
 
+_ENGINE_ONLY = frozenset(
+    {
+        "/health",
+        "/health_generate",
+        "/server_info",
+        "/get_server_info",
+        "/model_info",
+        "/get_model_info",
+        "/v1/loads",
+        "/flush_cache",
+    }
+)
+
+
 class SimWorker:
     """ASGI app of one simulated worker."""
 
@@ -109,6 +124,8 @@ class SimWorker:
             return
         handler = self._routes.get((scope["method"], scope["path"]))
         try:
+            if self.config.hosted_key and not scope["path"].startswith("/sim/"):
+                handler = self._as_provider(scope, handler)
             if handler is None:
                 raise GatewayError(404, "not_found", f"no route {scope['method']} {scope['path']}")
             await handler(scope, receive, send)
@@ -118,6 +135,16 @@ class SimWorker:
             await GatewayError(413, "request_body_too_large", str(exc)).send(send)
         except ClientDisconnected:
             pass
+
+    def _as_provider(self, scope: Scope, handler: Handler | None) -> Handler | None:
+        """`--hosted-key`: a provider's key check and its routes (the inference ones and the model list)."""
+        if header(scope, b"authorization") != b"Bearer " + self.config.hosted_key.encode():
+            raise GatewayError(
+                401, "invalid_api_key", "Incorrect API key provided.", type="invalid_request_error"
+            )  # OpenAI's answer to a wrong or missing key
+        if scope["path"] in _ENGINE_ONLY:
+            return None
+        return handler
 
     async def _json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         body = load_json_object(await read_body(scope, receive, MAX_BODY))

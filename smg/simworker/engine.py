@@ -70,6 +70,15 @@ class SimConfig:
     cache_blocks: int = setting(8192, "--cache-blocks", help="prefix KV-cache capacity in blocks of 16 tokens (LRU)")
     output_tokens: int = setting(16, "--output-tokens", help="output tokens when the request sets no max_tokens")
     embedding_dim: int = setting(16, "--embedding-dim", help="dimension of generated embeddings")
+    hosted_key: str = setting(
+        "",
+        "--hosted-key",
+        metavar="KEY",
+        help="impersonate a hosted OpenAI-compatible provider with this API key: every request needs "
+        "'Authorization: Bearer KEY' (else 401 in OpenAI's shape), and the engine endpoints a provider has not "
+        "(/health, /v1/loads, /flush_cache, server and model info) answer 404",
+        group=G_SIM,
+    )
     owned_by: str = setting(
         "sglang", "--owned-by", help="owned_by reported by /v1/models (gateways read the engine type from it)", group=G_SIM
     )

@@ -24,6 +24,7 @@ import trio
 
 from smg.workers.health import HealthState
 from smg.workers.overload import LoadReport, parse_load_report
+from smg.workers.providers import RUNTIME_TYPE, auth_headers
 from smg.workers.registry import Worker, WorkerRegistry
 
 log = logging.getLogger("smg.workers")
@@ -137,6 +138,8 @@ class Registrar:
         self._nursery.start_soon(fn, *args)
 
     def headers_for(self, worker: Worker) -> dict[str, str]:
+        if worker.provider is not None:  # its own key, never the gateway's
+            return {name.decode(): value.decode() for name, value in auth_headers(worker.api_key or "")}
         key = worker.api_key or self.api_key
         return {"authorization": f"Bearer {key}"} if key else {}
 
@@ -186,7 +189,7 @@ class Registrar:
         while True:
             attempt += 1
             ok = await self._start_up_step(worker)
-            if not self.health_checks:
+            if not self.health_checks or worker.provider is not None:  # a provider is ready once its models answer
                 if worker.discovered:
                     worker.health.reset(HealthState.READY)
             else:
@@ -221,7 +224,7 @@ class Registrar:
     async def _start_up_step(self, worker: Worker) -> bool:
         """Discover the models first; after that, probe health."""
         if worker.discovered:
-            return await self.probe_health(worker)
+            return worker.provider is not None or await self.probe_health(worker)
         try:
             await self._discover_models(worker)
         except httpx.HTTPError as exc:
@@ -237,9 +240,11 @@ class Registrar:
         if worker.is_grpc:
             await self._engines().discover(worker, DISCOVERY_SECS)
             return
-        if not await self.probe_health(worker):
+        if worker.provider is None and not await self.probe_health(worker):  # a provider has no /health
             raise ValueError(worker.last_error)
         response = await self.client.get(worker.url + "/v1/models", headers=self.headers_for(worker))
+        if response.status_code in (401, 403) and worker.provider is not None:
+            raise ValueError(f"/v1/models answered {response.status_code}: the provider refused the gateway's key")
         if response.status_code != 200:
             raise ValueError(f"/v1/models answered {response.status_code}")
         data = response.json().get("data")
@@ -249,7 +254,7 @@ class Registrar:
         if not models:
             raise ValueError("/v1/models lists no model id")
         worker.models = models
-        worker.runtime_type = str(data[0].get("owned_by") or "unknown")
+        worker.runtime_type = RUNTIME_TYPE if worker.provider is not None else str(data[0].get("owned_by") or "unknown")
 
     def _engines(self) -> EngineProbe:
         if self.engines is None:
@@ -282,7 +287,11 @@ class Registrar:
             workers = [
                 w
                 for w in self.registry
-                if w.discovered and not w.draining and w.health.state is not HealthState.PENDING and self.should_check(w)
+                if w.discovered
+                and not w.draining
+                and w.provider is None  # a provider has no /health: its answers are its health (the breaker)
+                and w.health.state is not HealthState.PENDING
+                and self.should_check(w)
             ]
             async with trio.open_nursery() as nursery:
                 for worker in workers:
@@ -313,7 +322,7 @@ class Registrar:
         """Poll each routable worker's /v1/loads; a worker that does not answer reports 0."""
         while True:
             workers = self.registry.available_any()
-            http = [w for w in workers if not w.is_grpc]
+            http = [w for w in workers if not w.is_grpc and w.provider is None]
             reports = [(worker, load_report(result)) for worker, result in await self.fan_out("GET", "/v1/loads", http)]
             if self.engines is not None and len(http) < len(workers):
                 reports += await self._engine_loads([w for w in workers if w.is_grpc], self.engines)
@@ -368,8 +377,10 @@ class Registrar:
         """Call `path` on every worker concurrently; results in worker order.
 
         `json`: a body for each call; `timeout`: seconds instead of the probes' 5 s, for
-        calls a worker may take long to answer (stopping a profile writes its traces).
+        calls a worker may take long to answer (stopping a profile writes its traces). Hosted
+        providers are left out: they have none of the engines' endpoints.
         """
+        workers = [w for w in workers if w.provider is None]
         results: list[httpx.Response | Exception | None] = [None] * len(workers)
         bound = self.client.timeout if timeout is None else httpx.Timeout(timeout)
 

@@ -78,7 +78,8 @@ class Worker:
     engine_labels: dict[str, str] = field(default_factory=dict)  # what a gRPC engine reported: each node's own
     priority: int = 50
     cost: float = 1.0
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a log line, a repr or GET /workers
+    provider: str | None = None  # a hosted provider (`smg.workers.providers`): no engine endpoints, its own key only
     in_flight: int = 0
     last_error: str | None = None
     health: HealthMachine = field(default_factory=lambda: HealthMachine(HealthConfig()))

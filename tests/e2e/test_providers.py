@@ -1,0 +1,111 @@
+"""Hosted OpenAI-compatible providers as workers (`--backend openai`, issue 17 stage 1), against the
+simulated worker impersonating one (`--hosted-key`: the key required, no /health), with the
+official `openai` client. No test reaches the internet."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import Proc, start_gateway, start_sim, wait_until
+
+KEY = "sk-provider-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[Proc]:
+    sim = start_sim(1, "--hosted-key", KEY, "--owned-by", "openai", "--ttft-ms", "0", "--tpot-ms", "0")
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(provider: Proc) -> Iterator[Proc]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", KEY)
+        proc = start_gateway(provider.urls, "--backend", "openai")
+    yield proc
+    proc.stop()
+
+
+def test_a_provider_serves_every_openai_api_with_the_gateways_key(gateway: Proc, provider: Proc) -> None:
+    # the provider answers /health with 404: the gateway became ready from its model list alone
+    assert httpx.get(provider.url + "/health", headers={"authorization": f"Bearer {KEY}"}).status_code == 404
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="the-clients-own-key", max_retries=0)
+    assert "sim-model" in [m.id for m in client.models.list()]
+    chat = client.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert chat.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "stream"}], max_tokens=4, stream=True
+        )
+    )
+    assert chunks and chunks[-1].choices[0].finish_reason is not None
+    assert client.completions.create(model="sim-model", prompt="once upon", max_tokens=3).choices[0].text
+    assert len(client.embeddings.create(model="sim-model", input="embed me").data[0].embedding) > 0
+    # the provider got the gateway's key (it answers 401 to any other), never the client's
+
+
+def test_the_key_is_never_shown_and_the_worker_is_external(gateway: Proc) -> None:
+    workers = httpx.get(gateway.url + "/workers").json()["workers"]
+    assert [w["runtime_type"] for w in workers] == ["external"]
+    assert workers[0]["is_healthy"]
+    assert KEY not in httpx.get(gateway.url + "/workers").text
+    assert KEY not in httpx.get(gateway.metrics_url + "/metrics").text
+    assert KEY not in gateway.log()
+    # no engine endpoint is asked of a provider: loads and cache flushes leave it out
+    assert httpx.get(gateway.url + "/get_loads").status_code == 200
+    assert httpx.post(gateway.url + "/flush_cache").status_code == 200
+
+
+def test_a_refused_key_is_a_502_about_the_gateways_key_not_the_clients(provider: Proc) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", KEY)
+        gateway = start_gateway(provider.urls, "--backend", "openai", "--retry-max-retries", "1")
+    try:
+        assert httpx.post(provider.url + "/sim/config", json={"hosted_key": "sk-rotated"}).status_code == 200
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        )
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert error["code"] == "upstream_auth_error" and "refused the gateway's API key" in error["message"]
+    finally:
+        httpx.post(provider.url + "/sim/config", json={"hosted_key": KEY})
+        gateway.stop()
+
+
+def test_a_provider_that_refuses_the_key_at_start_says_so(provider: Proc) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", "sk-wrong")
+        gateway = start_gateway(provider.urls, "--backend", "openai", ready=False)
+    try:
+        wait_until(
+            lambda: "refused the gateway's key" in (httpx.get(gateway.url + "/workers").json()["workers"][0]["last_error"] or ""),
+            "the worker's error names the key",
+        )
+        assert httpx.get(gateway.url + "/readiness").status_code == 503
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize(("url", "variable"), [("https://api.openai.com", "OPENAI_API_KEY"), ("https://api.x.ai", "XAI_API_KEY")])
+def test_a_missing_key_is_a_one_line_start_error_naming_the_variable(url: str, variable: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "XAI_API_KEY")}
+    done = subprocess.run(
+        [sys.executable, "-m", "smg", "launch", "--backend", "openai", "--worker-urls", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0] and lines[0].startswith("smg: error:"), done.stderr
