@@ -19,12 +19,13 @@ from typing import Any
 from smg.cluster.replication import Replication
 from smg.context import GatewayContext
 from smg.crdt.lww import LWWMap
+from smg.workers.providers import PROVIDERS
 from smg.workers.registry import DuplicateWorker, Worker
 
 log = logging.getLogger("smg.cluster")
 
 STORE = "workers"
-SETTINGS = ("labels", "priority", "cost", "api_key", "model_id")
+SETTINGS = ("labels", "priority", "cost", "api_key", "model_id", "provider")
 
 
 def wall_ms() -> int:
@@ -72,6 +73,9 @@ class ReplicatedWorkers:
             settings = {key: record.get(key) for key in SETTINGS if key in record}
             if not isinstance(settings.get("model_id"), str | None):
                 log.warning("ignoring replicated worker record %s: its model_id is not a string", worker_id)
+                continue
+            if settings.get("provider") not in (None, *PROVIDERS):
+                log.warning("ignoring replicated worker record %s: unknown provider %r", worker_id, settings.get("provider"))
                 continue
             if worker is None:
                 try:
