@@ -45,6 +45,9 @@ def worker_id_for(normalized_url: str) -> str:
     return blake2b(normalized_url.encode(), digest_size=8).hexdigest()
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where the upstream client connects, parsed once per worker."""
@@ -60,7 +63,10 @@ class Origin:
         parts = urlsplit(normalized_url)
         host = parts.hostname or ""
         port = parts.port or 80
-        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        name = f"[{host}]" if ":" in host else host
+        # the Host header names the port only when it is not the scheme's own, as clients do
+        # (a hosted provider's front end may not expect `api.openai.com:443`)
+        netloc = name if _DEFAULT_PORTS.get(parts.scheme) == port else f"{name}:{port}"
         return cls(parts.scheme, host, port, parts.path, netloc.encode())
 
 
