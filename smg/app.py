@@ -53,6 +53,7 @@ from smg.http.exchange import Exchange
 from smg.limits.tenants import DEFAULT_TENANT
 from smg.observability import tracing
 from smg.observability.request_id import request_id_for
+from smg.workers.providers import PROVIDERS
 
 log = logging.getLogger("smg.router")
 
@@ -164,6 +165,18 @@ class GatewayApp:
             log.warning(
                 "the control plane (/workers, /flush_cache, /mesh/*) is unauthenticated on %s: anyone who reaches "
                 "it can add, change or remove workers; set --api-key or --control-plane-api-keys",
+                config.host,
+            )
+        if (
+            config.backend in PROVIDERS
+            and self._api_key is None
+            and not self._tenant_keys
+            and not is_loopback(config.host)
+        ):
+            log.warning(
+                "--backend %s without --api-key or --tenant-api-key on %s: anyone who reaches the gateway spends "
+                "the provider key it was started with",
+                config.backend,
                 config.host,
             )
         if self._tenant_header is not None and self._api_key is None and not is_loopback(config.host):

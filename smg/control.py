@@ -157,11 +157,19 @@ async def patch_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> Non
     """
     _control(ex)
     worker = _worker(ctx, worker_id)
-    changes = _settings(await _body(ex))
+    changes = _keep_provider_key(worker, _settings(await _body(ex)))
     for key, value in changes.items():
         setattr(worker, key, value)
     ctx.worker_settings_changed(worker)
     await send_json(ex.send, 200, {**worker.to_json(), "worker_id": worker.id})
+
+
+def _keep_provider_key(worker: Worker, changes: dict[str, Any]) -> dict[str, Any]:
+    """A hosted provider keeps the key it was started with when a change gives none: without
+    it the provider refuses every request, and no other key may be sent in its place."""
+    if worker.provider is not None and changes.get("api_key", worker.api_key) is None:
+        changes.pop("api_key", None)
+    return changes
 
 
 async def put_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
@@ -181,7 +189,7 @@ async def put_worker(ctx: GatewayContext, ex: Exchange, worker_id: str) -> None:
             param="url",
         )
     try:
-        replacement = replaced_settings(body)
+        replacement = _keep_provider_key(worker, replaced_settings(body))
     except SpecError as exc:
         raise _bad_request(str(exc), param=exc.param) from None
     for key, value in replacement.items():

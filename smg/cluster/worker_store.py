@@ -12,6 +12,7 @@ every member holds it (see `smg.cluster.replication`).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from smg.cluster.replication import Replication
 from smg.context import GatewayContext
 from smg.crdt.lww import LWWMap
-from smg.workers.providers import PROVIDERS
+from smg.workers.providers import PROVIDERS, key_variable
 from smg.workers.registry import DuplicateWorker, Worker
 
 log = logging.getLogger("smg.cluster")
@@ -33,7 +34,19 @@ def wall_ms() -> int:
 
 
 def record_of(worker: Worker) -> dict[str, Any]:
-    return {"url": worker.url, **{key: getattr(worker, key) for key in SETTINGS}}
+    """A worker's replicated record. A hosted provider's key stays on its node: every node reads
+    its own from its environment (`provider_key`), so the key never crosses the network."""
+    record = {"url": worker.url, **{key: getattr(worker, key) for key in SETTINGS}}
+    if worker.provider is not None:
+        record["api_key"] = None
+    return record
+
+
+def provider_key(provider: str, url: str, local: Worker | None) -> str | None:
+    """This node's key for a provider a peer added: the one it holds, else its environment's."""
+    if local is not None and local.api_key:
+        return local.api_key
+    return os.environ.get(key_variable(provider, url), "").strip() or None
 
 
 class ReplicatedWorkers:
@@ -43,6 +56,7 @@ class ReplicatedWorkers:
         self.ctx = ctx
         self.replication = replication
         replication.add_store(STORE, LWWMap(), on_merge=self.reconcile)
+        self._keyless: set[str] = set()  # providers peers added that this node has no key for
 
     @property
     def map(self) -> LWWMap:
@@ -74,9 +88,21 @@ class ReplicatedWorkers:
             if not isinstance(settings.get("model_id"), str | None):
                 log.warning("ignoring replicated worker record %s: its model_id is not a string", worker_id)
                 continue
-            if settings.get("provider") not in (None, *PROVIDERS):
-                log.warning("ignoring replicated worker record %s: unknown provider %r", worker_id, settings.get("provider"))
+            provider = settings.get("provider")
+            if provider not in (None, *PROVIDERS):
+                log.warning("ignoring replicated worker record %s: unknown provider %r", worker_id, provider)
                 continue
+            if provider is not None:
+                settings["api_key"] = provider_key(provider, str(record.get("url")), worker)
+                if settings["api_key"] is None:
+                    if worker is None and worker_id not in self._keyless:
+                        self._keyless.add(worker_id)  # said once
+                        log.warning(
+                            "not serving provider %s that a peer added: this node has no %s",
+                            record.get("url"),
+                            key_variable(provider, str(record.get("url"))),
+                        )
+                    continue
             if worker is None:
                 try:
                     ctx.add_worker(record["url"], publish=False, **settings)

@@ -38,7 +38,7 @@ from smg.config.workers import (
 from smg.mesh.seeds import join_address
 from smg.settings import ConfigError, check_fields
 from smg.storage.settings import G_HISTORY, HistorySettings
-from smg.workers.providers import PROVIDERS, launch_keys
+from smg.workers.providers import PROVIDERS, check_urls, launch_keys
 
 # the groups of `smg --help`, in this order
 GROUPS = (
@@ -109,8 +109,9 @@ class GatewayConfig(
             if any(url.startswith("grpc://") for url in self.worker_urls):
                 raise ConfigError(f"--backend {self.backend}: a grpc:// worker is an engine, not a hosted provider")
             try:
+                check_urls(self.backend, self.worker_urls)
                 launch_keys(self.backend, self.worker_urls, os.environ)  # read again at start; never kept in the config
-            except LookupError as exc:
+            except (LookupError, ValueError) as exc:
                 raise ConfigError(str(exc)) from None
         if self.trust_tenant_header and self.tenant_api_keys and not self.api_key:
             raise ConfigError(

@@ -373,7 +373,7 @@ async def attempt_once(
 
 async def _exchange_with(
     ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, body: bytes
-) -> Answer | Failed | None:
+) -> Answer | Failed | Refused | None:
     headers = upstream_headers(ctx, ex, worker)
     first_byte = ctx.config.worker_first_byte_timeout_secs
     with trio.CancelScope(deadline=trio.current_time() + first_byte) as head_scope:
@@ -394,13 +394,12 @@ async def _exchange_with(
         return Failed(
             GatewayError(504, "upstream_timeout", f"worker {worker.url} sent no response headers within {first_byte:g}s")
         )
-    if worker.provider is not None and answer.status in (401, 403):  # the gateway's key, not the client's
-        return Failed(
+    if worker.provider is not None and answer.status == 401:  # the gateway's key, not the client's: final
+        return Refused(
             GatewayError(
                 502,
                 "upstream_auth_error",
-                f"the provider at {worker.url} refused the gateway's API key ({answer.status}); check the key the "
-                "gateway was started with",
+                f"the provider at {worker.url} refused the gateway's API key (401); check the key the gateway was started with",
             )
         )
     if is_retryable(answer.status):

@@ -9,6 +9,8 @@ line or a repr; and a client's own Authorization is never forwarded to it. No I/
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -40,8 +42,43 @@ def launch_keys(provider: str, urls: tuple[str, ...], environ: Mapping[str, str]
                 f"--backend {provider}: set {name} to the provider's API key for {url} (it is read from the environment, "
                 "never from a flag)"
             )
+        if not _KEY.fullmatch(value):
+            raise LookupError(f"--backend {provider}: {name} holds characters an HTTP header cannot carry")
         keys[url] = value
     return keys
+
+
+_KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: a header value, nothing to split it
+
+
+def check_urls(provider: str, urls: tuple[str, ...]) -> None:
+    """`ValueError` for provider URLs that would expose a key: plain http to anything but this
+    host (the key would cross the network in the clear), or one key variable for several hosts
+    (`OPENAI_API_KEY` would reach every OpenAI-compatible provider listed)."""
+    hosts: dict[str, set[str]] = {}
+    for url in urls:
+        parts = urlsplit(url if "://" in url else f"http://{url}")  # as normalize_url reads a bare host
+        host = (parts.hostname or "").lower()
+        if parts.scheme != "https" and not _is_loopback(host):
+            raise ValueError(
+                f"--backend {provider}: {url} is not https://, and the provider's key would cross the network in the clear"
+            )
+        hosts.setdefault(key_variable(provider, url), set()).add(host)
+    for name, named in hosts.items():
+        if len(named) > 1:
+            raise ValueError(
+                f"--backend {provider}: {name} would go to {len(named)} hosts ({', '.join(sorted(named))}); "
+                "a key goes to one provider: start a gateway per provider"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def auth_headers(key: str) -> list[tuple[bytes, bytes]]:

@@ -139,7 +139,8 @@ class Registrar:
 
     def headers_for(self, worker: Worker) -> dict[str, str]:
         if worker.provider is not None:  # its own key, never the gateway's
-            return {name.decode(): value.decode() for name, value in auth_headers(worker.api_key or "")}
+            key = worker.api_key
+            return {name.decode(): value.decode() for name, value in auth_headers(key)} if key else {}
         key = worker.api_key or self.api_key
         return {"authorization": f"Bearer {key}"} if key else {}
 
@@ -247,7 +248,10 @@ class Registrar:
             raise ValueError(f"/v1/models answered {response.status_code}: the provider refused the gateway's key")
         if response.status_code != 200:
             raise ValueError(f"/v1/models answered {response.status_code}")
-        data = response.json().get("data")
+        answer = response.json()
+        if not isinstance(answer, dict):
+            raise ValueError("/v1/models answered JSON that is not an object")
+        data = answer.get("data")
         if not isinstance(data, list) or not data:
             raise ValueError("/v1/models lists no model")
         models = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]

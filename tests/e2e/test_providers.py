@@ -13,6 +13,8 @@ import httpx
 import openai
 import pytest
 
+from smg.cluster.worker_store import record_of
+from smg.workers.registry import Worker
 from tests.helpers import Proc, start_gateway, start_sim, wait_until
 
 KEY = "sk-provider-test-0123456789"
@@ -96,11 +98,23 @@ def test_a_provider_that_refuses_the_key_at_start_says_so(provider: Proc) -> Non
         gateway.stop()
 
 
-@pytest.mark.parametrize(("url", "variable"), [("https://api.openai.com", "OPENAI_API_KEY"), ("https://api.x.ai", "XAI_API_KEY")])
-def test_a_missing_key_is_a_one_line_start_error_naming_the_variable(url: str, variable: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "XAI_API_KEY")}
+@pytest.mark.parametrize(
+    ("urls", "environment", "said"),
+    [
+        (["https://api.openai.com"], {}, "OPENAI_API_KEY"),
+        (["https://api.x.ai"], {}, "XAI_API_KEY"),
+        (["https://api.openai.com"], {"OPENAI_API_KEY": "sk-a b"}, "characters an HTTP header cannot carry"),
+        (["http://api.example.com"], {"OPENAI_API_KEY": KEY}, "is not https://"),
+        (["api.example.com"], {"OPENAI_API_KEY": KEY}, "is not https://"),
+        (["https://api.openai.com", "https://api.together.xyz"], {"OPENAI_API_KEY": KEY}, "would go to 2 hosts"),
+    ],
+)
+def test_a_key_that_is_missing_or_would_leak_is_a_one_line_start_error(
+    urls: list[str], environment: dict[str, str], said: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "XAI_API_KEY")} | environment
     done = subprocess.run(
-        [sys.executable, "-m", "smg", "launch", "--backend", "openai", "--worker-urls", url],
+        [sys.executable, "-m", "smg", "launch", "--backend", "openai", "--worker-urls", *urls],
         capture_output=True,
         text=True,
         timeout=60,
@@ -108,4 +122,19 @@ def test_a_missing_key_is_a_one_line_start_error_naming_the_variable(url: str, v
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and variable in lines[0] and lines[0].startswith("smg: error:"), done.stderr
+    assert len(lines) == 1 and said in lines[0] and lines[0].startswith("smg: error:"), done.stderr
+    assert KEY not in done.stderr
+
+
+def test_a_providers_key_stays_on_its_node_and_survives_a_change_without_one(gateway: Proc) -> None:
+    worker = Worker.from_url("https://api.openai.com", provider="openai", api_key=KEY)
+    assert record_of(worker)["api_key"] is None and record_of(worker)["provider"] == "openai"  # not replicated
+    assert KEY not in repr(worker)
+    worker_id = httpx.get(gateway.url + "/workers").json()["workers"][0]["id"]
+    patched = httpx.patch(f"{gateway.url}/workers/{worker_id}", json={"api_key": None, "priority": 10})
+    assert patched.status_code == 200 and patched.json()["priority"] == 10
+    chat = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "still mine"}], "max_tokens": 2},
+    )
+    assert chat.status_code == 200, chat.text  # the provider still gets the key it was started with
