@@ -265,11 +265,12 @@ async def serve_probes(
     await serve_app(ProbeApp(ctx), probe_config, task_status=task_status)
 
 
-def add_workers(ctx: GatewayContext, urls: Iterable[str]) -> None:
+def add_workers(ctx: GatewayContext, urls: Iterable[str], *, engines: bool = False) -> None:
     """Register workers the operator named at start (`--worker-urls`, `smg serve`'s own); with
-    `--backend openai` they are hosted providers, each with its key from the environment."""
+    `--backend openai` the named ones are hosted providers, each with its key from the
+    environment. `engines`: `smg serve`'s simulated workers, engines whatever the backend."""
     urls = tuple(urls)
-    provider = ctx.config.backend if ctx.config.backend in PROVIDERS else None
+    provider = ctx.config.backend if ctx.config.backend in PROVIDERS and not engines else None
     keys = launch_keys(provider, urls, os.environ) if provider is not None else {}
     for url in urls:
         try:
@@ -495,7 +496,7 @@ async def run_serve(
             *(["--log-json"] if config.log_json else []), *sim_flags(sim),
         ]  # fmt: skip
         urls = await nursery.start(supervise_sim_workers, command, sim_port)
-        add_workers(handle.ctx, urls)
+        add_workers(handle.ctx, urls, engines=True)
         task_status.started(handle)
 
 
