@@ -167,12 +167,7 @@ class GatewayApp:
                 "it can add, change or remove workers; set --api-key or --control-plane-api-keys",
                 config.host,
             )
-        if (
-            config.backend in PROVIDERS
-            and self._api_key is None
-            and not self._tenant_keys
-            and not is_loopback(config.host)
-        ):
+        if config.backend in PROVIDERS and self._api_key is None and not self._tenant_keys and not is_loopback(config.host):
             log.warning(
                 "--backend %s without --api-key or --tenant-api-key on %s: anyone who reaches the gateway spends "
                 "the provider key it was started with",
