@@ -164,10 +164,6 @@ class Server:
                 connection.guard.cancel()
 
 
-def _abort(raise_cancel: Any) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.SUCCEEDED
-
-
 class Connection:
     """One client connection: a reader task and an answering task.
 
@@ -237,7 +233,12 @@ class Connection:
             while not self.closing:
                 if self.read_ahead >= PIPELINE_BYTES and self.received > self.answered:
                     self.reader_parked = trio.lowlevel.current_task()
-                    await trio.lowlevel.wait_task_rescheduled(_abort)
+
+                    def unpark(raise_cancel: Any) -> trio.lowlevel.Abort:
+                        self.reader_parked = None  # cancelled: nobody may reschedule it any more
+                        return trio.lowlevel.Abort.SUCCEEDED
+
+                    await trio.lowlevel.wait_task_rescheduled(unpark)
                     continue
                 try:
                     data = await self.stream.receive_some(MAX_RECV)
