@@ -12,6 +12,7 @@ read `body["code"]`; every handler here sets that shape on its exchange
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,8 +25,9 @@ from smg.http.errors import GatewayError, load_json_object
 from smg.http.exchange import Exchange
 from smg.upstream.grpc.client import EngineClient
 from smg.upstream.grpc.status import EngineStatusError
+from smg.workers.providers import check_urls, environment_key, header_safe, key_variable
 from smg.workers.registry import DuplicateWorker, Worker, normalize_url, worker_id_for
-from smg.workers.spec import SpecError, replaced_settings, worker_settings
+from smg.workers.spec import SpecError, provider_of, replaced_settings, worker_settings
 
 CONTROL_BODY_LIMIT = 1024 * 1024
 
@@ -113,8 +115,12 @@ async def add_worker(ctx: GatewayContext, ex: Exchange) -> None:
     url = body.get("url")
     if not isinstance(url, str) or not url:
         raise _bad_request("missing required parameter: 'url'", param="url")
+    settings = _settings(body)
+    provider = _provider(body, url, settings)
+    if provider is not None:
+        settings["provider"] = provider
     try:
-        worker = ctx.add_worker(url, **_settings(body))
+        worker = ctx.add_worker(url, **settings)
     except DuplicateWorker:
         existing = worker_id_for(normalize_url(url))
         raise GatewayError(
@@ -127,6 +133,30 @@ async def add_worker(ctx: GatewayContext, ex: Exchange) -> None:
     except ValueError as exc:
         raise _bad_request(str(exc), param="url") from None
     await _accepted(ex, worker, "worker registration started; it serves traffic once its health check passes")
+
+
+def _provider(body: dict[str, Any], url: str, settings: dict[str, Any]) -> str | None:
+    """A hosted provider's API when `body` adds one (`runtime_type: external`), with its key
+    checked into `settings`: the body's `api_key`, else this node's environment's (the
+    variable `--backend` would read); refused where the key could leak or is missing."""
+    try:
+        provider = provider_of(body, url)
+    except SpecError as exc:
+        raise _bad_request(str(exc), param=exc.param) from None
+    if provider is None:
+        return None
+    try:
+        check_urls(provider, (url,))
+    except ValueError as exc:
+        raise _bad_request(str(exc).removeprefix(f"--backend {provider}: "), param="url") from None
+    key = settings.get("api_key") or environment_key(provider, url, os.environ)
+    if key is None:
+        message = f"a hosted provider needs 'api_key', or {key_variable(provider, url)} in the gateway's environment"
+        raise _bad_request(message, param="api_key")
+    if not header_safe(key):
+        raise _bad_request("'api_key' holds characters an HTTP header cannot carry", param="api_key")
+    settings["api_key"] = key
+    return provider
 
 
 async def _accepted(ex: Exchange, worker: Worker, message: str) -> None:

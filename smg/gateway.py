@@ -44,7 +44,7 @@ from smg.observability.request_id import request_id_for
 from smg.simworker.engine import SimConfig
 from smg.storage import open_backend
 from smg.storage.service import History
-from smg.workers.providers import PROVIDERS, launch_keys
+from smg.workers.providers import PROVIDERS, api_of, launch_keys
 from smg.workers.registry import DuplicateWorker, worker_id_for
 from smg.workers.spec import replaced_settings
 
@@ -267,15 +267,15 @@ async def serve_probes(
 
 def add_workers(ctx: GatewayContext, urls: Iterable[str], *, engines: bool = False) -> None:
     """Register workers the operator named at start (`--worker-urls`, `smg serve`'s own); with
-    `--backend openai` the named ones are hosted providers, each with its key from the
-    environment. `engines`: `smg serve`'s simulated workers, engines whatever the backend."""
+    `--backend openai|anthropic` the named ones are hosted providers, each speaking the API of
+    its host (or the backend's) with its key from the environment. `engines`: `smg serve`'s simulated workers, engines whatever the backend."""
     urls = tuple(urls)
     provider = ctx.config.backend if ctx.config.backend in PROVIDERS and not engines else None
     keys = launch_keys(provider, urls, os.environ) if provider is not None else {}
     for url in urls:
         try:
             if provider is not None:
-                ctx.add_worker(url, provider=provider, api_key=keys[url])
+                ctx.add_worker(url, provider=api_of(provider, url), api_key=keys[url])
             else:
                 ctx.add_worker(url)
         except DuplicateWorker:

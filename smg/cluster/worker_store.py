@@ -20,7 +20,7 @@ from typing import Any
 from smg.cluster.replication import Replication
 from smg.context import GatewayContext
 from smg.crdt.lww import LWWMap
-from smg.workers.providers import PROVIDERS, key_variable
+from smg.workers.providers import PROVIDERS, environment_key, key_variable
 from smg.workers.registry import DuplicateWorker, Worker
 
 log = logging.getLogger("smg.cluster")
@@ -46,7 +46,7 @@ def provider_key(provider: str, url: str, local: Worker | None) -> str | None:
     """This node's key for a provider a peer added: the one it holds, else its environment's."""
     if local is not None and local.api_key:
         return local.api_key
-    return os.environ.get(key_variable(provider, url), "").strip() or None
+    return environment_key(provider, url, os.environ)
 
 
 class ReplicatedWorkers:

@@ -117,15 +117,15 @@ class WorkerSettings:
     backend: str = setting(
         "sglang",
         "--backend",
-        choices=("sglang", "vllm", "openai"),
+        choices=("sglang", "vllm", "openai", "anthropic"),
         refused_choices={
-            "anthropic": "the hosted Anthropic API is not supported by smg yet; --backend openai serves OpenAI-compatible providers",
             "tokenspeed": "TokenSpeed's ZMQ protocol is not supported by smg; use its HTTP server as a worker",
         },
         help="the workers' engine: sglang or vllm over HTTP (the engine of each HTTP worker is also read from its "
-        "/v1/models); openai: --worker-urls are hosted OpenAI-compatible providers (OpenAI, xAI, ...), their key read "
-        "from OPENAI_API_KEY (XAI_API_KEY for api.x.ai), their health judged by their answers",
-        differs="anthropic not yet",
+        "/v1/models); openai or anthropic: --worker-urls are hosted providers (OpenAI, xAI or any OpenAI-compatible "
+        "API; anthropic: Anthropic's Messages API, OpenAI-shaped requests translated), each speaking its known host's "
+        "API (api.anthropic.com: Anthropic's) or else the backend's, its key read from OPENAI_API_KEY, "
+        "ANTHROPIC_API_KEY or XAI_API_KEY by host, its health judged by its answers",
     )
     connect_timeout_secs: float = setting(
         10.0,

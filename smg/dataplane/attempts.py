@@ -46,8 +46,9 @@ from smg.observability import tracing
 from smg.routing.policies import NoEligibleWorker, RequestInfo, load_of
 from smg.routing.policies.sticky import credential_key
 from smg.routing.text import routing_text
-from smg.upstream import UpstreamConnectError, UpstreamError, UpstreamResponse
+from smg.upstream import UpstreamConnectError, UpstreamError, UpstreamResponse, anthropic
 from smg.workers.breaker import STATE_GAUGE, Transition
+from smg.workers.providers import ANTHROPIC, auth_headers
 from smg.workers.registry import Worker
 from smg.workers.retry import is_retryable
 
@@ -57,6 +58,11 @@ log = logging.getLogger("smg.router")
 FORWARDED_HEADERS = frozenset({b"x-correlation-id", b"traceparent", b"tracestate", b"x-smg-routing-key"})
 # With --enable-trace the worker gets the attempt span's trace context instead of the client's.
 FORWARDED_WHEN_TRACED = FORWARDED_HEADERS - {b"traceparent", b"tracestate"}
+# A provider speaking Anthropic's API takes these from a Messages client as they are (the API
+# version it wrote against, the beta features it asked for); the gateway's default otherwise.
+ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta"})
+# Worker answer headers a client sees: how long to wait before trying again (a provider's 429).
+PASSED_ANSWER_HEADERS = frozenset({b"retry-after"})
 JSON_TYPE = b"application/json"
 USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
 
@@ -150,17 +156,26 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
     return worker
 
 
-def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker) -> list[tuple[bytes, bytes]]:
+def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker, route: InferenceRoute) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", JSON_TYPE), (REQUEST_ID_HEADER, ex.request_id.encode())]
-    if worker.provider is not None:  # its own key only: never the gateway's, never the client's
-        key: str | None = worker.api_key
-        pass_authorization = False
-    else:
-        key = worker.api_key or ctx.config.api_key
-        pass_authorization = key is None and ctx.forward_client_authorization
     forwarded = FORWARDED_HEADERS
     if tracing.ENABLED and tracing.inject(headers):
         forwarded = FORWARDED_WHEN_TRACED
+    provider = worker.provider
+    if provider is not None:  # its own key only: never the gateway's, never the client's
+        mine: dict[bytes, bytes] = dict(auth_headers(provider, worker.api_key)) if worker.api_key else {}
+        if provider == ANTHROPIC and route.target == anthropic.MESSAGES_PATH:
+            forwarded = forwarded | ANTHROPIC_HEADERS  # the client's own Messages request, relayed
+        for name, value in ex.scope["headers"]:
+            if name in forwarded:
+                if name in mine:
+                    mine[name] = value  # the client's anthropic-version over the default
+                else:
+                    headers.append((name, value))
+        headers += mine.items()
+        return headers
+    key = worker.api_key or ctx.config.api_key
+    pass_authorization = key is None and ctx.forward_client_authorization
     for name, value in ex.scope["headers"]:
         if name in forwarded or (pass_authorization and name == b"authorization"):
             headers.append((name, value))
@@ -316,8 +331,8 @@ async def _send_answer(ex: Exchange, route: InferenceRoute, request: dict[str, A
             return
     if ex.want_usage and answer.status == 200:
         ex.completion_tokens = completion_tokens(payload)
-    routed = (ROUTED_WORKER_HEADER, answer.worker.url.encode())
-    await send_bytes(ex.send, answer.status, payload, [routed], (b"content-type", answer.content_type))
+    headers = [(ROUTED_WORKER_HEADER, answer.worker.url.encode()), *answer.headers]
+    await send_bytes(ex.send, answer.status, payload, headers, (b"content-type", answer.content_type))
 
 
 def completion_tokens(payload: bytes) -> int:
@@ -355,7 +370,7 @@ async def attempt_once(
         if worker.is_grpc:
             result = await engine.exchange(ctx, ex, route, worker, request, len(body))
         else:
-            result = await _exchange_with(ctx, ex, route, worker, body)
+            result = await _exchange_with(ctx, ex, route, worker, body, request)
         ok = not isinstance(result, Failed) and not ex.error_code
         return result
     finally:
@@ -372,20 +387,35 @@ async def attempt_once(
 
 
 async def _exchange_with(
-    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, body: bytes
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, worker: Worker, body: bytes, request: dict[str, Any]
 ) -> Answer | Failed | Refused | None:
-    headers = upstream_headers(ctx, ex, worker)
+    target = route.target
+    translated = worker.provider == ANTHROPIC and target != anthropic.MESSAGES_PATH
+    if translated:  # an OpenAI-shaped request to a provider that speaks only Messages
+        if route.name not in anthropic.TRANSLATED:
+            message = f"model '{ex.model}' is served by an Anthropic provider, which has no {route.name} API"
+            return Refused(GatewayError(400, "unsupported_by_provider", message, param="model"))
+        try:
+            body = dump_json(anthropic.messages_request(route.name, request))
+        except GatewayError as error:
+            return Refused(error)
+        target = anthropic.MESSAGES_PATH
+    headers = upstream_headers(ctx, ex, worker, route)
     first_byte = ctx.config.worker_first_byte_timeout_secs
     with trio.CancelScope(deadline=trio.current_time() + first_byte) as head_scope:
         try:
-            async with ctx.upstream.request(worker.origin, b"POST", route.target, headers, body) as response:
+            async with ctx.upstream.request(worker.origin, b"POST", target, headers, body) as response:
                 head_scope.deadline = math.inf
                 ctx.metrics.upstream_responses(worker.url, str(response.status)).inc()
                 content_type = _content_type(response)
                 if response.status == 200 and content_type.startswith(b"text/event-stream"):
-                    await relay_events(ctx, ex, worker, response, content_type)
+                    events = None
+                    if translated:
+                        events = anthropic.ChatEvents(route.name, int(time.time()), _asks_usage(request))
+                    await relay_events(ctx, ex, worker, response, content_type, events)
                     return None
-                answer = Answer(worker, response.status, content_type, await response.read())
+                passed = [(name, value) for name, value in response.headers if name in PASSED_ANSWER_HEADERS]
+                answer = Answer(worker, response.status, content_type, await response.read(), passed)
         except UpstreamConnectError as exc:
             return Failed(GatewayError(502, "upstream_connect_error", f"cannot reach worker {worker.url}: {exc}"))
         except UpstreamError as exc:
@@ -394,6 +424,10 @@ async def _exchange_with(
         return Failed(
             GatewayError(504, "upstream_timeout", f"worker {worker.url} sent no response headers within {first_byte:g}s")
         )
+    if translated:
+        translation = _translated_answer(route, answer)
+        if isinstance(translation, Failed):
+            return translation
     if worker.provider is not None and answer.status == 401:  # the gateway's key, not the client's: final
         return Refused(
             GatewayError(
@@ -407,8 +441,37 @@ async def _exchange_with(
     return answer
 
 
+def _asks_usage(request: dict[str, Any]) -> bool:
+    options = request.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _translated_answer(route: InferenceRoute, answer: Answer) -> Failed | None:
+    """A Messages answer (or Anthropic error) made OpenAI's, in place; `Failed` when the
+    provider's 200 is not a message object."""
+    if answer.status != 200:
+        answer.status, answer.payload = anthropic.error_answer(answer.status, answer.payload)
+    else:
+        try:
+            payload = json.loads(answer.payload)
+            answer.payload = dump_json(anthropic.chat_answer(route.name, payload, int(time.time())))
+        except ValueError:
+            return Failed(
+                GatewayError(502, "upstream_invalid_response", f"worker {answer.worker.url} sent an answer that is not JSON")
+            )
+        except GatewayError as error:
+            return Failed(error)
+    answer.content_type = JSON_TYPE
+    return None
+
+
 async def relay_events(
-    ctx: GatewayContext, ex: Exchange, worker: Worker, response: UpstreamResponse, content_type: bytes
+    ctx: GatewayContext,
+    ex: Exchange,
+    worker: Worker,
+    response: UpstreamResponse,
+    content_type: bytes,
+    translate: anthropic.ChatEvents | None = None,
 ) -> None:
     """Relay an SSE body as raw bytes, as it arrives, whole events only; end with an error event
     if the worker breaks, stalls or sends an event over `--max-sse-event-size`.
@@ -423,9 +486,15 @@ async def relay_events(
     client gets nothing, since committing to a 200 early would rule out retrying elsewhere
     (`--worker-first-byte-timeout-secs` bounds that wait; vLLM and SGLang send a stream's head
     before its prefill). Keep-alives do not move the stall deadline, which measures the
-    worker's silence."""
+    worker's silence.
+
+    `translate`: the worker speaks Anthropic's Messages events and the client reads OpenAI
+    chunks; each run of whole events is translated before it goes out, and the stream ends
+    with the translator's verdict (an error event in the provider's stream, or no end)."""
     ex.event_stream = True
     send = ex.send
+    if translate is not None:
+        content_type = b"text/event-stream"
     await send(
         {
             "type": "http.response.start",
@@ -467,12 +536,20 @@ async def relay_events(
                         stall_scope.deadline = now + stall
                         moved = now
                     events = framer.feed(chunk)
-                    if not events:
-                        continue
-                    if ex.want_usage:
-                        tail = (tail + events)[-USAGE_TAIL:]
-                    await send({"type": "http.response.body", "body": events, "more_body": True})
+                    if translate is not None and events:
+                        events = translate.feed(events)
+                    if events:
+                        if ex.want_usage:
+                            tail = (tail + events)[-USAGE_TAIL:]
+                        await send({"type": "http.response.body", "body": events, "more_body": True})
+                    if translate is not None and translate.failure is not None:
+                        break
                 rest = framer.rest()  # the worker ended cleanly without closing its last event: as it sent it
+                if translate is not None:
+                    rest = (translate.feed(rest) if rest and translate.failure is None else b"") + translate.finish()
+                    if ex.want_usage:
+                        tail = (tail + rest)[-USAGE_TAIL:]
+                    error = translate.failure
                 if rest:
                     await send({"type": "http.response.body", "body": rest, "more_body": True})
         except UpstreamError as exc:  # a broken connection, or bytes that break HTTP/1.1 framing

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -36,6 +36,7 @@ class Answer:
     status: int
     content_type: bytes
     payload: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # the worker's that the client sees (Retry-After)
 
 
 @dataclass(slots=True)

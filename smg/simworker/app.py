@@ -70,6 +70,16 @@ def prompt_text(prompt: Any) -> str:
     raise GatewayError(400, "invalid_value", "'prompt' must be a string or a list", param="prompt")
 
 
+# Anthropic's error type by status (its clients read `error.type`), for `--hosted-api anthropic`.
+ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}  # fmt: skip
+ANTHROPIC_ROUTES = frozenset({"/v1/models", "/v1/messages"})
+
+
+def anthropic_error(error: GatewayError) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": ANTHROPIC_ERRORS.get(error.status, "api_error"), "message": error.message}}
+
+
 _ENGINE_ONLY = frozenset(
     {
         "/health",
@@ -123,21 +133,31 @@ class SimWorker:
         if scope["type"] != "http":
             return
         handler = self._routes.get((scope["method"], scope["path"]))
+        hosted = bool(self.config.hosted_key) and not scope["path"].startswith("/sim/")
+        shape = anthropic_error if hosted and self.config.hosted_api == "anthropic" else None
         try:
-            if self.config.hosted_key and not scope["path"].startswith("/sim/"):
+            if hosted:
                 handler = self._as_provider(scope, handler)
             if handler is None:
                 raise GatewayError(404, "not_found", f"no route {scope['method']} {scope['path']}")
             await handler(scope, receive, send)
         except GatewayError as error:
-            await error.send(send)
+            await error.send(send, shape=shape)
         except BodyTooLarge as exc:
-            await GatewayError(413, "request_body_too_large", str(exc)).send(send)
+            await GatewayError(413, "request_body_too_large", str(exc)).send(send, shape=shape)
         except ClientDisconnected:
             pass
 
     def _as_provider(self, scope: Scope, handler: Handler | None) -> Handler | None:
-        """`--hosted-key`: a provider's key check and its routes (the inference ones and the model list)."""
+        """`--hosted-key`: a provider's key check and its routes (the inference ones and the model
+        list); `--hosted-api anthropic`: Anthropic's (its key header, its required version header,
+        the Messages API alone)."""
+        if self.config.hosted_api == "anthropic":
+            if header(scope, b"x-api-key") != self.config.hosted_key.encode():
+                raise GatewayError(401, "authentication_error", "invalid x-api-key")
+            if not header(scope, b"anthropic-version"):
+                raise GatewayError(400, "invalid_request_error", "anthropic-version: header is required")
+            return handler if scope["path"] in ANTHROPIC_ROUTES else None
         if header(scope, b"authorization") != b"Bearer " + self.config.hosted_key.encode():
             raise GatewayError(
                 401, "invalid_api_key", "Incorrect API key provided.", type="invalid_request_error"
@@ -161,6 +181,11 @@ class SimWorker:
             await send_text(send, 200, "OK")
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.config.hosted_key and self.config.hosted_api == "anthropic":  # Anthropic's list, paged
+            name = self.config.model
+            listed = {"type": "model", "id": name, "display_name": name, "created_at": "2025-01-01T00:00:00Z"}
+            await send_json(send, 200, {"data": [listed], "has_more": False, "first_id": name, "last_id": name})
+            return
         model = {
             "id": self.config.model,
             "object": "model",
@@ -263,12 +288,19 @@ class SimWorker:
         self._check_model(body)
         if "messages" not in body:
             raise missing_parameter("messages")
+        anthropic = bool(self.config.hosted_key) and self.config.hosted_api == "anthropic"
+        if anthropic:
+            _check_anthropic(body)
         system = body.get("system")
         if isinstance(system, list):
             system = " ".join(b.get("text", "") for b in system if isinstance(b, dict))
         prompt = chat_prompt(([{"role": "system", "content": system}] if system else []) + list(body["messages"]))
         count = self._max_tokens(body, "max_tokens")
-        await self._generate_tokens(scope, receive, send, body, prompt, count, _MessagesShape("msg"))
+        stop = "max_tokens"
+        if anthropic and count > self.config.output_tokens:  # the model ends its turn before the client's limit
+            count, stop = self.config.output_tokens, "end_turn"
+        shape = _MessagesShape("msg", hosted=anthropic, stop=stop)
+        await self._generate_tokens(scope, receive, send, body, prompt, count, shape)
 
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self._json_body(scope, receive)
@@ -308,7 +340,11 @@ class SimWorker:
         engine.requests += 1
         outcome = engine.decide(count)
         if outcome.fail:
-            raise GatewayError(self.config.fail_status, "injected_failure", "simulated worker failure")
+            status, after = self.config.fail_status, self.config.fail_retry_after
+            if status == 503 and self.config.hosted_key and self.config.hosted_api == "anthropic":
+                status = 529  # Anthropic's "overloaded"
+            headers = [(b"retry-after", str(after).encode())] if after and status in (429, 503, 529) else []
+            raise GatewayError(status, "injected_failure", "simulated worker failure", headers=headers)
         if outcome.hang:
             await _wait_for_disconnect(receive)
             return
@@ -571,8 +607,38 @@ class _GenerateShape(_Shape):
         return events
 
 
+def _check_anthropic(body: dict[str, Any]) -> None:
+    """What Anthropic's API refuses and an engine's Messages route may let by: a missing
+    `max_tokens`, a role other than user and assistant, a turn that is not text or blocks."""
+    if not isinstance(body.get("max_tokens"), int):
+        raise GatewayError(400, "invalid_request_error", "max_tokens: Field required")
+    turns = body.get("messages")
+    if not isinstance(turns, list) or not turns:
+        raise GatewayError(400, "invalid_request_error", "messages: at least one message is required")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
+            raise GatewayError(400, "invalid_request_error", f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        content = turn.get("content")
+        if not isinstance(content, str) and not (
+            isinstance(content, list) and all(isinstance(b, dict) and "type" in b for b in content)
+        ):
+            raise GatewayError(400, "invalid_request_error", f"messages.{i}.content: Input should be text or content blocks")
+
+
 class _MessagesShape(_ChatShape):
-    """Anthropic's message object and its SSE events."""
+    """Anthropic's message object and its SSE events. `hosted`: usage as Anthropic's own API
+    counts it, the cached prompt tokens apart from `input_tokens`."""
+
+    def __init__(self, prefix: str, hosted: bool = False, stop: str = "max_tokens") -> None:
+        super().__init__(prefix)
+        self.hosted = hosted
+        self.stop = stop
+
+    def _usage(self, usage: dict[str, Any], output: int) -> dict[str, Any]:
+        if not self.hosted:
+            return {"input_tokens": usage["prompt_tokens"], "output_tokens": output}
+        cached = usage["prompt_tokens_details"]["cached_tokens"]
+        return {"input_tokens": usage["prompt_tokens"] - cached, "cache_read_input_tokens": cached, "output_tokens": output}
 
     end = _sse({"type": "message_stop"}).replace(b"data: ", b"event: message_stop\ndata: ", 1)
 
@@ -583,9 +649,9 @@ class _MessagesShape(_ChatShape):
             "role": "assistant",
             "model": model,
             "content": [{"type": "text", "text": " ".join(words)}],
-            "stop_reason": "max_tokens",
+            "stop_reason": self.stop,
             "stop_sequence": None,
-            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]},
+            "usage": self._usage(usage, usage["completion_tokens"]),
         }
 
     def stream(self, model: str, words: list[str], usage: dict[str, Any], include_usage: bool) -> list[bytes]:
@@ -593,7 +659,7 @@ class _MessagesShape(_ChatShape):
             return f"event: {kind}\n".encode() + _sse({"type": kind, **fields})
 
         message = {**self.full(model, [], usage), "content": [], "stop_reason": None}
-        message["usage"] = {"input_tokens": usage["prompt_tokens"], "output_tokens": 0}
+        message["usage"] = self._usage(usage, 0)
         events = [event("message_start", message=message)]
         events.append(event("content_block_start", index=0, content_block={"type": "text", "text": ""}))
         for i in range(len(words)):
@@ -602,7 +668,7 @@ class _MessagesShape(_ChatShape):
         events.append(
             event(
                 "message_delta",
-                delta={"stop_reason": "max_tokens", "stop_sequence": None},
+                delta={"stop_reason": self.stop, "stop_sequence": None},
                 usage={"output_tokens": usage["completion_tokens"]},
             )
         )

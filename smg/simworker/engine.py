@@ -44,6 +44,7 @@ VOCABULARY = [
 
 
 G_SIM = "simulated worker"
+HOSTED_APIS = ("openai", "anthropic")
 GRPC_ENGINES = ("sglang", "vllm")  # --grpc-engine
 
 
@@ -77,6 +78,22 @@ class SimConfig:
         help="impersonate a hosted OpenAI-compatible provider with this API key: every request needs "
         "'Authorization: Bearer KEY' (else 401 in OpenAI's shape), and the engine endpoints a provider has not "
         "(/health, /v1/loads, /flush_cache, server and model info) answer 404",
+        group=G_SIM,
+    )
+    hosted_api: str = setting(
+        "openai",
+        "--hosted-api",
+        choices=HOSTED_APIS,
+        help="the provider --hosted-key impersonates: openai, or anthropic (the key in 'x-api-key', "
+        "'anthropic-version' required, only /v1/messages and /v1/models, errors in Anthropic's shape, 529 for an "
+        "injected 503)",
+        group=G_SIM,
+    )
+    fail_retry_after: int = setting(
+        0,
+        "--fail-retry-after",
+        metavar="SECS",
+        help="injected 429 and 503 failures carry 'Retry-After: SECS' (0: none), as a provider's rate limit does",
         group=G_SIM,
     )
     owned_by: str = setting(
@@ -130,6 +147,10 @@ class SimConfig:
             raise ValueError("output_tokens must not be negative")
         if self.grpc_engine not in GRPC_ENGINES:
             raise ValueError(f"grpc_engine must be one of {', '.join(GRPC_ENGINES)}, got {self.grpc_engine!r}")
+        if self.hosted_api not in HOSTED_APIS:
+            raise ValueError(f"hosted_api must be one of {', '.join(HOSTED_APIS)}, got {self.hosted_api!r}")
+        if self.fail_retry_after < 0:
+            raise ValueError("fail_retry_after must not be negative")
         if not 100 <= self.fail_status <= 599:
             raise ValueError(f"fail_status must be an HTTP status, got {self.fail_status}")
 

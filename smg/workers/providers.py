@@ -1,7 +1,10 @@
-"""Hosted providers as workers (`--backend openai`): which key a provider takes, and from where.
+"""Hosted providers as workers (`--backend openai|anthropic`): which API and key a provider takes.
 
 A provider is a worker the gateway does not run: an OpenAI-compatible API (OpenAI, xAI, or any
-service that speaks it) reached over HTTPS with the operator's key. It has no `/health`,
+service that speaks it) or Anthropic's Messages API, reached over HTTPS with the operator's
+key. Which of the two a provider speaks (`Worker.provider`) comes from its host when the host
+is a known one (api.anthropic.com speaks Anthropic's even under `--backend openai`, as with the
+reference), else from `--backend`. It has no `/health`,
 `/v1/loads` or `/flush_cache`; it is ready once its model list answers, and its health is its
 answers. Its key goes to it alone: never to another worker, never in `GET /workers`, a log
 line or a repr; and a client's own Authorization is never forwarded to it. No I/O here.
@@ -14,20 +17,36 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-OPENAI = "openai"
-PROVIDERS = (OPENAI,)
+OPENAI = "openai"  # the OpenAI API: Bearer key, /v1/chat/completions and the rest
+ANTHROPIC = "anthropic"  # Anthropic's Messages API: x-api-key, /v1/messages only (chat is translated)
+PROVIDERS = (OPENAI, ANTHROPIC)
 RUNTIME_TYPE = "external"  # GET /workers' runtime_type for a provider, as the reference's
+ANTHROPIC_VERSION = "2023-06-01"  # the `anthropic-version` sent when the client named none
 
-# The variable a provider's key is read from at launch, by the host of its URL; the default for
-# any other OpenAI-compatible host is OpenAI's.
-KEY_VARIABLES = {"api.x.ai": "XAI_API_KEY"}
-DEFAULT_KEY_VARIABLE = {OPENAI: "OPENAI_API_KEY"}
+# Known hosts: the API each speaks and the variable its key is read from at launch. Any other
+# host speaks the API `--backend` names, with that API's usual variable.
+KNOWN_HOSTS = {
+    "api.openai.com": (OPENAI, "OPENAI_API_KEY"),
+    "api.anthropic.com": (ANTHROPIC, "ANTHROPIC_API_KEY"),
+    "api.x.ai": (OPENAI, "XAI_API_KEY"),
+}
+DEFAULT_KEY_VARIABLE = {OPENAI: "OPENAI_API_KEY", ANTHROPIC: "ANTHROPIC_API_KEY"}
 
 
-def key_variable(provider: str, url: str) -> str:
-    """The environment variable `smg launch --backend <provider>` reads the key of `url` from."""
-    host = (urlsplit(url if "://" in url else f"https://{url}").hostname or "").lower()
-    return KEY_VARIABLES.get(host, DEFAULT_KEY_VARIABLE[provider])
+def _host(url: str) -> str:
+    return (urlsplit(url if "://" in url else f"https://{url}").hostname or "").lower()
+
+
+def api_of(backend: str, url: str) -> str:
+    """The API the provider at `url` speaks: its host's when the host is known, else `backend`'s."""
+    known = KNOWN_HOSTS.get(_host(url))
+    return known[0] if known is not None else backend
+
+
+def key_variable(backend: str, url: str) -> str:
+    """The environment variable the key of the provider at `url` is read from."""
+    known = KNOWN_HOSTS.get(_host(url))
+    return known[1] if known is not None else DEFAULT_KEY_VARIABLE[backend]
 
 
 def launch_keys(provider: str, urls: tuple[str, ...], environ: Mapping[str, str]) -> dict[str, str]:
@@ -42,13 +61,23 @@ def launch_keys(provider: str, urls: tuple[str, ...], environ: Mapping[str, str]
                 f"--backend {provider}: set {name} to the provider's API key for {url} (it is read from the environment, "
                 "never from a flag)"
             )
-        if not _KEY.fullmatch(value):
+        if not header_safe(value):
             raise LookupError(f"--backend {provider}: {name} holds characters an HTTP header cannot carry")
         keys[url] = value
     return keys
 
 
 _KEY = re.compile(r"[\x21-\x7e]+")  # visible ASCII: a header value, nothing to split it
+
+
+def header_safe(key: str) -> bool:
+    """`key` can go in a header as it is (visible ASCII: nothing to split the header with)."""
+    return bool(_KEY.fullmatch(key))
+
+
+def environment_key(provider: str, url: str, environ: Mapping[str, str]) -> str | None:
+    """The key this node's environment holds for the provider at `url`, if any."""
+    return environ.get(key_variable(provider, url), "").strip() or None
 
 
 def check_urls(provider: str, urls: tuple[str, ...]) -> None:
@@ -81,6 +110,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def auth_headers(key: str) -> list[tuple[bytes, bytes]]:
-    """The headers that carry the gateway's key to an OpenAI-compatible provider."""
+def models_path(provider: str) -> str:
+    """Where the provider lists its models (Anthropic's lists 20 a page unless asked for more)."""
+    return "/v1/models?limit=1000" if provider == ANTHROPIC else "/v1/models"
+
+
+def auth_headers(provider: str, key: str) -> list[tuple[bytes, bytes]]:
+    """The headers that carry the gateway's key to a provider speaking `provider`'s API
+    (Anthropic's also names the API version, which it requires on every request)."""
+    if provider == ANTHROPIC:
+        return [(b"x-api-key", key.encode()), (b"anthropic-version", ANTHROPIC_VERSION.encode())]
     return [(b"authorization", b"Bearer " + key.encode())]

@@ -24,7 +24,7 @@ import trio
 
 from smg.workers.health import HealthState
 from smg.workers.overload import LoadReport, parse_load_report
-from smg.workers.providers import RUNTIME_TYPE, auth_headers
+from smg.workers.providers import RUNTIME_TYPE, auth_headers, models_path
 from smg.workers.registry import Worker, WorkerRegistry
 
 log = logging.getLogger("smg.workers")
@@ -140,7 +140,7 @@ class Registrar:
     def headers_for(self, worker: Worker) -> dict[str, str]:
         if worker.provider is not None:  # its own key, never the gateway's
             key = worker.api_key
-            return {name.decode(): value.decode() for name, value in auth_headers(key)} if key else {}
+            return {name.decode(): value.decode() for name, value in auth_headers(worker.provider, key)} if key else {}
         key = worker.api_key or self.api_key
         return {"authorization": f"Bearer {key}"} if key else {}
 
@@ -243,7 +243,8 @@ class Registrar:
             return
         if worker.provider is None and not await self.probe_health(worker):  # a provider has no /health
             raise ValueError(worker.last_error)
-        response = await self.client.get(worker.url + "/v1/models", headers=self.headers_for(worker))
+        path = models_path(worker.provider) if worker.provider is not None else "/v1/models"
+        response = await self.client.get(worker.url + path, headers=self.headers_for(worker))
         if response.status_code in (401, 403) and worker.provider is not None:
             raise ValueError(f"/v1/models answered {response.status_code}: the provider refused the gateway's key")
         if response.status_code != 200:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from smg.workers.providers import OPENAI, PROVIDERS, RUNTIME_TYPE, api_of
+
 MAX_PRIORITY = 2**32 - 1  # a u32, as the reference's: the replicated record is msgpack, whose integers stop at 64 bits
 
 
@@ -53,3 +55,23 @@ def worker_settings(body: dict[str, Any]) -> dict[str, Any]:
             raise SpecError("api_key", "'api_key' must be a string")
         out["api_key"] = body["api_key"] or None
     return out
+
+
+RUNTIMES = ("sglang", "vllm", "trtllm", RUNTIME_TYPE)  # `runtime_type` (or the reference's `runtime`) a body may give
+
+
+def provider_of(body: dict[str, Any], url: str) -> str | None:
+    """The API of the hosted provider `body` describes (`runtime_type: external`, as with the
+    reference, or `provider` naming the API), else None: an engine, whose type discovery reads.
+    Without `provider`, a known host's API (api.anthropic.com: Anthropic's), else OpenAI's."""
+    runtime = body.get("runtime_type", body.get("runtime"))
+    if runtime is not None and runtime not in RUNTIMES:
+        raise SpecError("runtime_type", f"'runtime_type' must be one of {', '.join(RUNTIMES)}")
+    provider = body.get("provider")
+    if provider is not None and provider not in PROVIDERS:
+        raise SpecError("provider", f"'provider' must be one of {', '.join(PROVIDERS)}")
+    if provider is None:
+        return api_of(OPENAI, url) if runtime == RUNTIME_TYPE else None
+    if runtime not in (None, RUNTIME_TYPE):
+        raise SpecError("provider", f"'provider' names a hosted provider: 'runtime_type' must be {RUNTIME_TYPE}")
+    return str(provider)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -102,6 +103,7 @@ def test_a_provider_that_refuses_the_key_at_start_says_so(provider: Proc) -> Non
     ("urls", "environment", "said"),
     [
         (["https://api.openai.com"], {}, "OPENAI_API_KEY"),
+        (["https://api.anthropic.com"], {}, "ANTHROPIC_API_KEY"),  # its host's API and key, as with the reference
         (["https://api.x.ai"], {}, "XAI_API_KEY"),
         (["https://api.openai.com"], {"OPENAI_API_KEY": "sk-a b"}, "characters an HTTP header cannot carry"),
         (["http://api.example.com"], {"OPENAI_API_KEY": KEY}, "is not https://"),
@@ -112,7 +114,7 @@ def test_a_provider_that_refuses_the_key_at_start_says_so(provider: Proc) -> Non
 def test_a_key_that_is_missing_or_would_leak_is_a_one_line_start_error(
     urls: list[str], environment: dict[str, str], said: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "XAI_API_KEY")} | environment
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "XAI_API_KEY", "ANTHROPIC_API_KEY")} | environment
     done = subprocess.run(
         [sys.executable, "-m", "smg", "launch", "--backend", "openai", "--worker-urls", *urls],
         capture_output=True,
@@ -138,3 +140,51 @@ def test_a_providers_key_stays_on_its_node_and_survives_a_change_without_one(gat
         json={"model": "sim-model", "messages": [{"role": "user", "content": "still mine"}], "max_tokens": 2},
     )
     assert chat.status_code == 200, chat.text  # the provider still gets the key it was started with
+
+
+ANTHROPIC_KEY = "sk-ant-test-89abcdef"
+
+
+@pytest.fixture(scope="module")
+def claude() -> Iterator[Proc]:
+    sim = start_sim(1, "--hosted-key", ANTHROPIC_KEY, "--hosted-api", "anthropic", "--ttft-ms", "0", "--tpot-ms", "0")
+    yield sim
+    sim.stop()
+
+
+def test_backend_anthropic_serves_messages_natively_and_chat_translated(claude: Proc) -> None:
+    """`smg launch --backend anthropic`: the Anthropic client's requests go through as they are
+    (its anthropic-version too); the OpenAI client's are translated; the key is Anthropic's header."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        gateway = start_gateway(claude.urls, "--backend", "anthropic")
+    try:
+        ant = anthropic.Anthropic(base_url=gateway.url, api_key="the-clients-own-key", max_retries=0)
+        message = ant.messages.create(model="sim-model", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+        assert message.content[0].type == "text" and message.stop_reason == "max_tokens"
+        sent = httpx.get(claude.url + "/sim/requests").json()["requests"][-1]
+        assert sent["path"] == "/v1/messages" and sent["body"] == {
+            "model": "sim-model",
+            "max_tokens": 3,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        chat = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert chat.choices[0].finish_reason == "stop" and chat.object == "chat.completion"
+        assert httpx.get(gateway.url + "/workers").json()["workers"][0]["runtime_type"] == "external"
+        # a rotated key: the gateway's key was refused, in each client's shape
+        assert httpx.post(claude.url + "/sim/config", json={"hosted_key": "sk-ant-rotated"}).status_code == 200
+        with pytest.raises(anthropic.InternalServerError) as refused:
+            ant.messages.create(model="sim-model", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 502 and "refused the gateway's API key" in refused.value.message
+        assert refused.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+        with pytest.raises(openai.InternalServerError) as translated:
+            openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
+                model="sim-model", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert translated.value.code == "upstream_auth_error"
+        assert ANTHROPIC_KEY not in gateway.log()
+    finally:
+        httpx.post(claude.url + "/sim/config", json={"hosted_key": ANTHROPIC_KEY})
+        gateway.stop()

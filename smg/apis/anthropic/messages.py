@@ -1,7 +1,7 @@
 """Anthropic's Messages API (`POST /v1/messages`), JSON and SSE.
 
-Workers that speak it (their `/v1/models` says `owned_by: anthropic`) get
-the request unchanged and their answer is relayed as it comes, like any
+Workers that speak it (their `/v1/models` says `owned_by: anthropic`, or a
+hosted Anthropic provider) get the request unchanged and their answer is relayed as it comes, like any
 inference route. For every other worker the gateway translates: the
 request becomes a chat completion (`messages_format.chat_request`), sent
 through the normal routing, and its answer (or stream) comes back as a
@@ -26,6 +26,7 @@ from smg.http.asgi import read_body, send_json
 from smg.http.errors import GatewayError, load_json_object
 from smg.http.exchange import Exchange
 from smg.http.schemas import MessagesRequest, validate
+from smg.workers.providers import ANTHROPIC
 
 NATIVE = InferenceRoute("messages", b"/v1/messages")
 NATIVE_RUNTIME = "anthropic"
@@ -60,7 +61,7 @@ async def create_message(ctx: GatewayContext, ex: Exchange) -> None:
 def _native(ctx: GatewayContext, model: str) -> bool:
     """Every worker serving `model` speaks the Messages API itself."""
     workers = ctx.registry.serving(model)
-    return bool(workers) and all(w.runtime_type == NATIVE_RUNTIME for w in workers)
+    return bool(workers) and all(w.runtime_type == NATIVE_RUNTIME or w.provider == ANTHROPIC for w in workers)
 
 
 async def _stream(ctx: GatewayContext, ex: Exchange, chat: dict[str, Any], model: str) -> None:
