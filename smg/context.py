@@ -10,6 +10,7 @@ import trio
 
 from smg.background import Background
 from smg.config import GatewayConfig
+from smg.config.workers import alias_table
 from smg.generation.requests import PipelineOptions
 from smg.limits.admission import Admission
 from smg.limits.tenants import TenantRateLimiter
@@ -134,6 +135,22 @@ class GatewayContext:
     def forward_client_authorization(self) -> bool:
         """A client's own Authorization goes to workers only when the gateway checks no keys."""
         return not self.config.api_key and not self.tenant_keys
+
+    def canonical_model(self, model: str) -> str | None:
+        """The served model that `model` (as a client named it) is an alias of, or None to route
+        `model` as it is.
+
+        Matching is exact (case-sensitive). A name that some worker serves under its own name is
+        never treated as an alias: a real model is not shadowed by a flag. Nor is an alias whose
+        canonical model no worker serves now: the client's error then names the model it asked for.
+        """
+        canonical = alias_table(self.config.model_alias).get(model)
+        if canonical is None:
+            return None
+        registry = self.registry
+        if registry.serving(model) or not registry.serving(canonical):
+            return None
+        return canonical
 
     def add_worker(self, url: str, *, publish: bool = True, **settings: object) -> Worker:
         """Register a worker by URL; raises DuplicateWorker or ValueError.

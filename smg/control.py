@@ -25,7 +25,7 @@ from smg.http.errors import GatewayError, load_json_object
 from smg.http.exchange import Exchange
 from smg.upstream.grpc.client import EngineClient
 from smg.upstream.grpc.status import EngineStatusError
-from smg.workers.providers import check_urls, environment_key, header_safe, key_variable
+from smg.workers.providers import check_urls, environment_key, header_safe, key_source
 from smg.workers.registry import DuplicateWorker, Worker, normalize_url, worker_id_for
 from smg.workers.spec import SpecError, provider_of, replaced_settings, worker_settings
 
@@ -151,7 +151,7 @@ def _provider(body: dict[str, Any], url: str, settings: dict[str, Any]) -> str |
         raise _bad_request(str(exc).removeprefix(f"--backend {provider}: "), param="url") from None
     key = settings.get("api_key") or environment_key(provider, url, os.environ)
     if key is None:
-        message = f"a hosted provider needs 'api_key', or {key_variable(provider, url)} in the gateway's environment"
+        message = f"a hosted provider needs 'api_key' ({key_source(provider, url)})"
         raise _bad_request(message, param="api_key")
     if not header_safe(key):
         raise _bad_request("'api_key' holds characters an HTTP header cannot carry", param="api_key")

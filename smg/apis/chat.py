@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from smg.context import GatewayContext
+from smg.dataplane.attempts import FALLBACK_HEADERS
 from smg.dataplane.dispatch import dispatch
 from smg.dataplane.relay import KEEPALIVE_COMMENT
 from smg.dataplane.routes import ROUTES
@@ -225,6 +226,7 @@ async def chat_completion(
                 start = await messages.receive()
             except trio.EndOfChannel:  # nothing answered: the client left first
                 raise ClientDisconnected() from None
+            outer.extra_headers += [h for h in inner.extra_headers if h[0] in FALLBACK_HEADERS]  # the step that answered
             content_type = dict(start.get("headers", [])).get(b"content-type", b"")
             answer = InnerAnswer(start["status"], content_type.startswith(b"text/event-stream"), messages)
             try:

@@ -20,7 +20,7 @@ from typing import Any
 from smg.cluster.replication import Replication
 from smg.context import GatewayContext
 from smg.crdt.lww import LWWMap
-from smg.workers.providers import PROVIDERS, environment_key, key_variable
+from smg.workers.providers import PROVIDERS, environment_key, key_source
 from smg.workers.registry import DuplicateWorker, Worker
 
 log = logging.getLogger("smg.cluster")
@@ -98,9 +98,9 @@ class ReplicatedWorkers:
                     if worker is None and worker_id not in self._keyless:
                         self._keyless.add(worker_id)  # said once
                         log.warning(
-                            "not serving provider %s that a peer added: this node has no %s",
+                            "not serving provider %s that a peer added: this node has no key for it (an 'api_key' given here, %s)",
                             record.get("url"),
-                            key_variable(provider, str(record.get("url"))),
+                            key_source(provider, str(record.get("url"))),
                         )
                     continue
             if worker is None:

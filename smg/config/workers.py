@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass
 from typing import ClassVar
@@ -35,6 +36,37 @@ def _aliases(flag: str, aliases: tuple[str, ...]) -> None:
         if alias in seen:
             raise ConfigError(f"{flag}: '{alias}' is given twice")
         seen.add(alias)
+
+
+@functools.cache
+def alias_table(entries: tuple[str, ...]) -> dict[str, str]:
+    """`--model-alias` entries (`ALIAS=CANONICAL`, checked when the flags were read) as a dict,
+    built once per configuration rather than on every request."""
+    return {alias: canonical for alias, _, canonical in (entry.partition("=") for entry in entries)}
+
+
+@functools.cache
+def fallback_table(entries: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """`--model-fallback` entries as MODEL -> its fallbacks, in order."""
+    table = {}
+    for entry in entries:
+        model, _, chain = entry.partition("=")
+        table[model] = tuple(name.strip() for name in chain.split(","))
+    return table
+
+
+def _fallbacks(flag: str, entries: tuple[str, ...]) -> None:
+    seen: set[str] = set()
+    for entry in entries:
+        model, sep, chain = entry.partition("=")
+        names = [name.strip() for name in chain.split(",")]
+        if not sep or not model or not all(names):
+            raise ConfigError(f"{flag} must look like MODEL=FALLBACK[,FALLBACK...], got '{entry}'")
+        if model in names or len(set(names)) < len(names):
+            raise ConfigError(f"{flag}: '{entry}' names a model twice (a model is not its own fallback)")
+        if model in seen:
+            raise ConfigError(f"{flag}: '{model}' is given twice (list all its fallbacks in one entry)")
+        seen.add(model)
 
 
 def _existing_files(flag: str, paths: tuple[str, ...]) -> None:
@@ -84,6 +116,17 @@ class WorkerSettings:
         help="accept another client-facing name for a served model (repeatable; case-sensitive); the worker "
         "gets the canonical name, and answers carry it",
         differs="/v1/models lists the aliases too",
+    )
+    model_fallback: tuple[str, ...] = setting(
+        (),
+        "--model-fallback",
+        metavar="MODEL=FALLBACK[,FALLBACK...]",
+        many="append",
+        check=_fallbacks,
+        help="when no worker of MODEL can answer (none available, every breaker open, overloaded, or its attempts "
+        "failed: 429, 5xx, unreachable), try these models' pools in order (repeatable); a fallback's own fallbacks are "
+        "not followed, and none starts once a stream has begun. The answer names the step (x-smg-fallback-step, "
+        "x-smg-fallback-model)",
     )
     upstream_pool_idle_timeout_secs: float = setting(
         3.0,

@@ -12,6 +12,7 @@ the last worker answer (or error) goes to the client.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,10 +20,11 @@ import random
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import trio
 
+from smg.config.workers import fallback_table
 from smg.context import GatewayContext
 from smg.dataplane import engine
 from smg.dataplane.relay import (
@@ -64,6 +66,8 @@ ANTHROPIC_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta"})
 # Worker answer headers a client sees: how long to wait before trying again (a provider's 429).
 PASSED_ANSWER_HEADERS = frozenset({b"retry-after"})
 JSON_TYPE = b"application/json"
+COOLDOWN_CAP_SECS = 600.0  # the longest Retry-After a worker is taken at its word for
+FALLBACK_HEADERS = (b"x-smg-fallback-step", b"x-smg-fallback-model")
 USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
 
 
@@ -117,18 +121,28 @@ def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> 
     )
 
 
-def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] = ()) -> Worker:
+def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] = (), unfit: GatewayError | None = None) -> Worker:
+    """`unfit`: why an Anthropic provider cannot take this request (`untranslatable`): the
+    others are chosen among, and it is the answer when there are none."""
     registry = ctx.registry
     model = info.model or None
     candidates = registry.available(model) if model is not None else registry.available_any()
+    if unfit is not None:
+        fit = [w for w in candidates if w.provider != ANTHROPIC]
+        if candidates and not fit:
+            raise unfit
+        candidates = fit
     if not candidates:
         if model is not None and not registry.serves(model) and all(w.discovered for w in registry):
             raise model_not_found(model)
         what = f"model '{model}'" if model is not None else "this request"
         raise GatewayError(503, "no_available_workers", f"no available worker for {what}")
     now = trio.current_time()
-    workers = [w for w in candidates if w.breaker.is_available(now)]
+    workers = [w for w in candidates if w.breaker.is_available(now) and w.cooldown_until <= now]
     if not workers:
+        cooling = [w for w in candidates if w.cooldown_until > now]
+        if cooling:
+            raise _cooling_down(cooling, now)
         raise GatewayError(503, "no_available_workers", "every worker's circuit breaker is open; try again shortly")
     if tried:
         fresh = [w for w in workers if w.id not in tried]
@@ -156,6 +170,35 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
     return worker
 
 
+def _cooling_down(workers: list[Worker], now: float) -> GatewayError:
+    """Every worker that could answer asked the gateway to wait (a 429 or 503 with Retry-After):
+    the client is told the same, with the shortest wait."""
+    wait = str(max(1, math.ceil(min(w.cooldown_until for w in workers) - now))).encode()
+    limited = any(w.cooldown_status == 429 for w in workers)
+    status, code = (429, "rate_limit_exceeded") if limited else (503, "no_available_workers")
+    message = (
+        f"every worker that could serve this request asked to be left alone for a while (Retry-After); retry in {wait.decode()}s"
+    )
+    return GatewayError(status, code, message, headers=[(b"retry-after", wait)])
+
+
+def cool_down(worker: Worker, status: int, headers: list[tuple[bytes, bytes]], now: float) -> bool:
+    """A 429 or 503 with Retry-After (seconds, at most `COOLDOWN_CAP_SECS`): the worker is not
+    chosen until then (an HTTP-date Retry-After is not read). True if it is cooling down."""
+    for name, value in headers:
+        if name == b"retry-after":
+            try:
+                secs = float(value)
+            except ValueError:
+                return False
+            if secs > 0 and math.isfinite(secs):
+                worker.cooldown_until = now + min(secs, COOLDOWN_CAP_SECS)
+                worker.cooldown_status = status
+                return True
+            return False
+    return False
+
+
 def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker, route: InferenceRoute) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", JSON_TYPE), (REQUEST_ID_HEADER, ex.request_id.encode())]
     forwarded = FORWARDED_HEADERS
@@ -165,13 +208,11 @@ def upstream_headers(ctx: GatewayContext, ex: Exchange, worker: Worker, route: I
     if provider is not None:  # its own key only: never the gateway's, never the client's
         mine: dict[bytes, bytes] = dict(auth_headers(provider, worker.api_key)) if worker.api_key else {}
         if provider == ANTHROPIC and route.target == anthropic.MESSAGES_PATH:
-            forwarded = forwarded | ANTHROPIC_HEADERS  # the client's own Messages request, relayed
-        for name, value in ex.scope["headers"]:
-            if name in forwarded:
-                if name in mine:
-                    mine[name] = value  # the client's anthropic-version over the default
-                else:
-                    headers.append((name, value))
+            # the client's own Messages request, relayed: the API version and betas it wrote for.
+            # Nothing else of the client's goes to a third party (routing keys, correlation ids).
+            for name, value in ex.scope["headers"]:
+                if name in ANTHROPIC_HEADERS:
+                    mine[name] = value
         headers += mine.items()
         return headers
     key = worker.api_key or ctx.config.api_key
@@ -209,7 +250,7 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
         if connection is not None:  # the server calls back when the client leaves: no watcher task
             if connection.on_client_gone(partial(_client_gone, ex, deadline)):
                 try:
-                    outcome = await _attempts(ctx, ex, route, info, request, body)
+                    outcome = await _answer(ctx, ex, route, info, request, body)
                 finally:
                     connection.on_client_gone(None)
             else:
@@ -217,7 +258,7 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
         else:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_disconnect, ex, nursery.cancel_scope)
-                outcome = await _attempts(ctx, ex, route, info, request, body)
+                outcome = await _answer(ctx, ex, route, info, request, body)
                 nursery.cancel_scope.cancel()
     if ex.client_gone:
         ex.status = 499
@@ -232,6 +273,39 @@ async def proxy(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, reques
         await _send_answer(ex, route, request, outcome)
 
 
+async def _answer(
+    ctx: GatewayContext, ex: Exchange, route: InferenceRoute, info: RequestInfo, request: dict[str, Any], body: bytes
+) -> Answer | Failed | Refused | None:
+    """The model's pool first, then its `--model-fallback` pools in order, each with its own
+    attempts, while the previous one failed (`Failed`: no worker available, every breaker open,
+    overloaded, cooling down, or every attempt failed). A final answer, a refusal, or a stream
+    that started (even one that broke) ends it: a fallback never starts after a stream began."""
+    outcome = await _attempts(ctx, ex, route, info, request, body)
+    if not _falls_back(outcome) or not ctx.config.model_fallback or ex.client_gone:
+        return outcome
+    primary = info.model
+    for step, model in enumerate(fallback_table(ctx.config.model_fallback).get(primary, ()), start=1):
+        model = ctx.canonical_model(model) or model
+        ctx.metrics.fallbacks(primary, model, outcome.error.code).inc()
+        log.info("request %s: model %s failed (%s); falling back to %s", ex.request_id, primary, outcome.error.code, model)
+        request = {**request, "model": model}
+        body = dump_json(request)
+        info = dataclasses.replace(info, model=model, pool=ctx.registry.serving(model), tokens=None)
+        headers = [h for h in ex.extra_headers if h[0] not in FALLBACK_HEADERS]
+        ex.extra_headers = [*headers, (FALLBACK_HEADERS[0], str(step).encode()), (FALLBACK_HEADERS[1], model.encode())]
+        outcome = await _attempts(ctx, ex, route, info, request, body)
+        if not _falls_back(outcome) or ex.client_gone:
+            break
+    return outcome
+
+
+def _falls_back(outcome: Answer | Failed | Refused | None) -> TypeGuard[Failed]:
+    """The pool could not answer: no worker (404 `model_not_found` included), or its attempts
+    failed (429, 5xx, unreachable). A request the pool refused as malformed (400) is not one a
+    fallback would take better."""
+    return isinstance(outcome, Failed) and (outcome.error.status >= 500 or outcome.error.status in (404, 408, 429))
+
+
 async def _attempts(
     ctx: GatewayContext, ex: Exchange, route: InferenceRoute, info: RequestInfo, request: dict[str, Any], body: bytes
 ) -> Answer | Failed | Refused | None:
@@ -240,11 +314,15 @@ async def _attempts(
     retry = ctx.retry
     outcome: Answer | Failed | Refused | None = None
     tried: list[str] = []
+    messages_body, unfit = _for_anthropic(ctx, route, info, request)
     for attempt in range(1, retry.max_attempts + 1):
         if attempt > 1:
             await trio.sleep(retry.delay(attempt - 1, random.random()))
         try:
-            worker = _choose_traced(ctx, info, tried, attempt) if tracing.ENABLED else choose_worker(ctx, info, tried)
+            if tracing.ENABLED:
+                worker = _choose_traced(ctx, info, tried, attempt, unfit)
+            else:
+                worker = choose_worker(ctx, info, tried, unfit)
         except GatewayError as error:
             if outcome is None:  # nothing tried yet: this is the answer
                 outcome = Failed(error)
@@ -252,6 +330,8 @@ async def _attempts(
         tried.append(worker.id)
         ex.worker = worker
         sent = body if worker.model_id is None else body_for(worker, request, body)
+        if messages_body is not None and worker.provider == ANTHROPIC:
+            sent = messages_body
         if tracing.ENABLED:
             outcome = await _attempt_traced(ctx, ex, route, worker, sent, request, attempt, outcome)
         else:
@@ -272,6 +352,23 @@ async def _attempts(
     return outcome
 
 
+def _for_anthropic(
+    ctx: GatewayContext, route: InferenceRoute, info: RequestInfo, request: dict[str, Any]
+) -> tuple[bytes | None, GatewayError | None]:
+    """When an Anthropic provider may be chosen for an OpenAI-shaped request: the Messages
+    request it gets (made once, for every attempt), or why it cannot take it (an API it has
+    not, a field with no Messages counterpart)."""
+    if route.target == anthropic.MESSAGES_PATH or not any(w.provider == ANTHROPIC for w in info.pool or ctx.registry):
+        return None, None
+    if route.name not in anthropic.TRANSLATED:
+        message = f"model '{info.model}' is served by an Anthropic provider, which has no {route.name} API"
+        return None, GatewayError(400, "unsupported_by_provider", message, param="model")
+    try:
+        return dump_json(anthropic.messages_request(route.name, request)), None
+    except GatewayError as error:
+        return None, error
+
+
 def _client_gone(ex: Exchange, scope: trio.CancelScope) -> None:
     """The server saw the client leave while `ex` was answered: the attempts stop."""
     if not ex.finished:
@@ -279,11 +376,13 @@ def _client_gone(ex: Exchange, scope: trio.CancelScope) -> None:
         scope.cancel()
 
 
-def _choose_traced(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str], attempt: int) -> Worker:
+def _choose_traced(
+    ctx: GatewayContext, info: RequestInfo, tried: Sequence[str], attempt: int, unfit: GatewayError | None
+) -> Worker:
     """`choose_worker` in an `smg.route` span: the policy, the candidates it chose among and,
     from cache_aware, the matched share of the prompt are noted on it from inside."""
     with tracing.span("smg.route", {"smg.policy": ctx.policy.name, "smg.attempt": attempt}) as span:
-        worker = choose_worker(ctx, info, tried)
+        worker = choose_worker(ctx, info, tried, unfit)
         span.set_attribute("smg.worker", worker.url)
         return worker
 
@@ -336,10 +435,11 @@ async def _send_answer(ex: Exchange, route: InferenceRoute, request: dict[str, A
 
 
 def completion_tokens(payload: bytes) -> int:
-    """`usage.completion_tokens` of an OpenAI answer (a JSON body, or one SSE data line); 0 if absent."""
+    """`usage.completion_tokens` of an OpenAI answer (a JSON body, or one SSE data line), or
+    `usage.output_tokens` of a Messages one (a message, or its `message_delta` event); 0 if absent."""
     try:
         usage = json.loads(payload).get("usage")
-        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else 0
+        tokens = usage.get("completion_tokens", usage.get("output_tokens")) if isinstance(usage, dict) else 0
     except (ValueError, AttributeError):
         return 0
     return tokens if isinstance(tokens, int) and tokens > 0 else 0
@@ -365,12 +465,14 @@ async def attempt_once(
     active = ctx.metrics.worker_active(worker.url)
     worker.in_flight += 1
     active.inc()
-    ok = False
+    ok = neutral = False
     try:
         if worker.is_grpc:
             result = await engine.exchange(ctx, ex, route, worker, request, len(body))
         else:
             result = await _exchange_with(ctx, ex, route, worker, body, request)
+        # a refusal, or a worker asking for time (Retry-After), says nothing of its health
+        neutral = isinstance(result, Refused) or (isinstance(result, Failed) and result.cooled)
         ok = not isinstance(result, Failed) and not ex.error_code
         return result
     finally:
@@ -378,12 +480,12 @@ async def attempt_once(
         active.dec()
         breaker = worker.breaker
         now = trio.current_time()
-        if ok:
-            _publish(ctx, worker, breaker.record_success(now, probe))
-        elif not ex.client_gone:
-            _publish(ctx, worker, breaker.record_failure(now, probe))
-        else:  # the client left: says nothing about the worker
+        if neutral or ex.client_gone:  # the client left: says nothing about the worker either
             breaker.abandon(probe)
+        elif ok:
+            _publish(ctx, worker, breaker.record_success(now, probe))
+        else:
+            _publish(ctx, worker, breaker.record_failure(now, probe))
 
 
 async def _exchange_with(
@@ -391,15 +493,8 @@ async def _exchange_with(
 ) -> Answer | Failed | Refused | None:
     target = route.target
     translated = worker.provider == ANTHROPIC and target != anthropic.MESSAGES_PATH
-    if translated:  # an OpenAI-shaped request to a provider that speaks only Messages
-        if route.name not in anthropic.TRANSLATED:
-            message = f"model '{ex.model}' is served by an Anthropic provider, which has no {route.name} API"
-            return Refused(GatewayError(400, "unsupported_by_provider", message, param="model"))
-        try:
-            body = dump_json(anthropic.messages_request(route.name, request))
-        except GatewayError as error:
-            return Refused(error)
-        target = anthropic.MESSAGES_PATH
+    if translated:  # an OpenAI-shaped request to a provider that speaks only Messages: `body` is its
+        target = anthropic.MESSAGES_PATH  # Messages request (`_for_anthropic`)
     headers = upstream_headers(ctx, ex, worker, route)
     first_byte = ctx.config.worker_first_byte_timeout_secs
     with trio.CancelScope(deadline=trio.current_time() + first_byte) as head_scope:
@@ -436,8 +531,10 @@ async def _exchange_with(
                 f"the provider at {worker.url} refused the gateway's API key (401); check the key the gateway was started with",
             )
         )
-    if is_retryable(answer.status):
-        return Failed(GatewayError(answer.status, "upstream_error", f"worker answered {answer.status}"), answer)
+    status = anthropic.error_status(answer.status) if worker.provider == ANTHROPIC else answer.status  # 529: 503
+    cooled = status in (429, 503) and cool_down(worker, status, answer.headers, trio.current_time())
+    if is_retryable(status):
+        return Failed(GatewayError(status, "upstream_error", f"worker answered {answer.status}"), answer, cooled)
     return answer
 
 
@@ -542,11 +639,12 @@ async def relay_events(
                         if ex.want_usage:
                             tail = (tail + events)[-USAGE_TAIL:]
                         await send({"type": "http.response.body", "body": events, "more_body": True})
-                    if translate is not None and translate.failure is not None:
-                        break
+                    if translate is not None and (translate.failure is not None or translate.done):
+                        break  # after message_stop (or an error) the provider has nothing more to say
                 rest = framer.rest()  # the worker ended cleanly without closing its last event: as it sent it
                 if translate is not None:
-                    rest = (translate.feed(rest) if rest and translate.failure is None else b"") + translate.finish()
+                    live = translate.failure is None and not translate.done
+                    rest = (translate.feed(rest) if rest and live else b"") + translate.finish()
                     if ex.want_usage:
                         tail = (tail + rest)[-USAGE_TAIL:]
                     error = translate.failure
@@ -569,7 +667,9 @@ async def relay_events(
     if stall_scope.cancelled_caught:
         error = GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
     if ex.want_usage:
-        ex.completion_tokens = stream_usage(tail)
+        # a translated stream's count is the provider's own, even when it broke off or the
+        # client asked for no usage chunk
+        ex.completion_tokens = translate.output_tokens if translate is not None else stream_usage(tail)
     if error is not None:
         await end_stream_with(ex, error)
         return

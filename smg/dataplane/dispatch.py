@@ -13,12 +13,13 @@ parse was done anyway, a dump is added); every other request keeps its original 
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
+from smg.config.workers import alias_table
 from smg.context import GatewayContext
 from smg.dataplane.attempts import proxy, text_of
+from smg.dataplane.relay import MESSAGES_ROUTE
 from smg.dataplane.routes import InferenceRoute
 from smg.http.asgi import dump_json, read_body, send_json
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
@@ -48,7 +49,7 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
     model = ex.model
     rewrite = False  # the body no longer matches `request`: dump it again before it leaves
     if model is not None:
-        canonical = canonical_model(ctx, model)
+        canonical = ctx.canonical_model(model)
         if canonical is not None:
             ex.model = model = request["model"] = canonical
             rewrite = True
@@ -74,8 +75,9 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
         )
     if counts_tokens:
         ex.want_usage = True
-        if stream and not _asks_usage(request):
-            # so the stream reports its tokens; the options may be null (or anything on /v1/messages, not its field)
+        if stream and ex.route != MESSAGES_ROUTE and not _asks_usage(request):
+            # so the stream reports its tokens, even when the client asked for none (the options may be null).
+            # A Messages stream always does (`message_delta`), and Anthropic refuses a field it does not know.
             options = request.get("stream_options")
             request["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             rewrite = True
@@ -88,33 +90,9 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
             limiter.charge_tokens(tenant, ex.completion_tokens, time.time())
 
 
-@functools.cache
-def alias_table(entries: tuple[str, ...]) -> dict[str, str]:
-    """`--model-alias` entries (`ALIAS=CANONICAL`, checked when the flags were read) as a dict,
-    built once per configuration rather than on every request."""
-    return {alias: canonical for alias, _, canonical in (entry.partition("=") for entry in entries)}
-
-
-def canonical_model(ctx: GatewayContext, model: str) -> str | None:
-    """The served model that `model` (as a client named it) is an alias of, or None to route
-    `model` as it is.
-
-    Matching is exact (case-sensitive). A name that some worker serves under its own name is
-    never treated as an alias: a real model is not shadowed by a flag. Nor is an alias whose
-    canonical model no worker serves now: the client's error then names the model it asked for.
-    """
-    canonical = alias_table(ctx.config.model_alias).get(model)
-    if canonical is None:
-        return None
-    registry = ctx.registry
-    if registry.serving(model) or not registry.serving(canonical):
-        return None
-    return canonical
-
-
 def _asks_usage(request: dict[str, Any]) -> bool:
     options = request.get("stream_options")
-    return isinstance(options, dict) and "include_usage" in options
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 async def _admitted(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:
@@ -152,6 +130,6 @@ async def handle_models(ctx: GatewayContext, ex: Exchange) -> None:
     data += [
         {"id": alias, "object": "model", "created": 0, "owned_by": served[canonical].runtime_type}
         for alias, canonical in sorted(aliases.items())
-        if canonical in served and not ctx.registry.serving(alias)  # as `canonical_model` routes it
+        if canonical in served and not ctx.registry.serving(alias)  # as `GatewayContext.canonical_model` routes it
     ]
     await send_json(ex.send, 200, {"object": "list", "data": data})

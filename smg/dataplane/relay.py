@@ -45,6 +45,9 @@ class Failed:
 
     error: GatewayError
     answer: Answer | None = None  # the worker's own answer, when it sent one
+    # it answered 429 or 503 with Retry-After: it is cooling down (`attempts.cool_down`), which
+    # says it is busy, not broken: its breaker is left alone
+    cooled: bool = False
 
 
 @dataclass(slots=True)

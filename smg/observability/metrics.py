@@ -98,6 +98,14 @@ class GatewayMetrics:
         self.retries_exhausted = _Cached(
             Counter("smg_worker_retries_exhausted_total", "Requests whose every attempt failed", ["route"], registry=r)
         )
+        self.fallbacks = _Cached(
+            Counter(
+                "smg_router_fallbacks_total",
+                "Requests sent on to a --model-fallback pool, by the model that failed, the fallback and why",
+                ["model", "fallback", "reason"],
+                registry=r,
+            )
+        )
         self.cb_state = _Cached(
             Gauge("smg_worker_cb_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open", ["worker"], registry=r)
         )

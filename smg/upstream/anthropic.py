@@ -9,15 +9,19 @@ builds as chat completions) gets one all the same: the request goes out as a Mes
 the two share the stop-reason table.
 
 What translates: system and developer messages (Anthropic has one top-level `system`),
-text and image parts, assistant tool calls and tool messages (as `tool_use` and
-`tool_result` blocks, consecutive turns of one role merged as Anthropic requires),
-`tools`, `tool_choice` and `parallel_tool_calls`, `max_completion_tokens`/`max_tokens`
-(Anthropic requires one: `DEFAULT_MAX_TOKENS` otherwise, as LiteLLM does), `stop`,
-`temperature`, `top_p`, `top_k`, `user`, and usage with cached prompt tokens. Thinking
-comes back as `reasoning_content`. What cannot, is refused with a 400 naming the field
-rather than dropped: several choices (`n`), `logprobs`, a `response_format` other than
-text, tools that are not functions, audio and file parts, and several prompts at once.
-Penalties and `seed` have no Anthropic counterpart and change no answer's shape: dropped.
+text, image and refusal parts, assistant tool calls and tool messages (as `tool_use` and
+`tool_result` blocks, consecutive turns of one role merged as Anthropic requires; a call's
+arguments that are not a JSON object go as `{"_raw": ...}`, as `messages_format` reads them
+back), `tools`, `tool_choice` and `parallel_tool_calls`, `max_completion_tokens`/`max_tokens`
+(Anthropic requires one: `DEFAULT_MAX_TOKENS` otherwise, as LiteLLM does; a completion's
+default is OpenAI's, 16), `stop`, `temperature` (Anthropic's range is 0 to 1), `top_p`,
+`top_k`, `user`, and usage with cached prompt tokens. Thinking comes back as
+`reasoning_content`. What cannot, is refused with a 400 naming the field rather than
+dropped: several choices (`n`), `logprobs` and `top_logprobs`, `logit_bias`, audio output,
+`reasoning_effort`, a `response_format` other than text, tools that are not functions, a
+`tool_choice` other than auto, required, none or a function, audio and file parts, and
+several prompts at once. Penalties, `seed` and a function's `strict` have no Anthropic
+counterpart and change no answer's shape: dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from smg.http.sse import SseReader
 
 MESSAGES_PATH = b"/v1/messages"
 DEFAULT_MAX_TOKENS = 4096
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 TRANSLATED = ("chat", "completions")  # the routes a Messages API can answer (route names)
 
 # A Messages stop reason as a chat finish reason; `messages_format.STOP_REASONS` is the reverse.
@@ -83,7 +88,9 @@ def messages_request(route: str, request: dict[str, Any]) -> dict[str, Any]:
     limit = request.get("max_completion_tokens")
     if limit is None:
         limit = request.get("max_tokens")
-    out["max_tokens"] = DEFAULT_MAX_TOKENS if limit is None else limit
+    if limit is None:
+        limit = DEFAULT_MAX_TOKENS if route == "chat" else DEFAULT_COMPLETION_TOKENS
+    out["max_tokens"] = limit
     stop = request.get("stop")
     if isinstance(stop, str):
         out["stop_sequences"] = [stop]
@@ -92,6 +99,9 @@ def messages_request(route: str, request: dict[str, Any]) -> dict[str, Any]:
     for name in ("temperature", "top_p", "top_k"):
         if request.get(name) is not None:
             out[name] = request[name]
+    temperature = out.get("temperature")
+    if isinstance(temperature, (int, float)) and temperature > 1:
+        raise _refuse("temperature", "'temperature' above 1 is not offered (Anthropic's range is 0 to 1)")
     if isinstance(request.get("user"), str) and request["user"]:
         out["metadata"] = {"user_id": request["user"]}
     if request.get("stream") is True:
@@ -100,6 +110,14 @@ def messages_request(route: str, request: dict[str, Any]) -> dict[str, Any]:
         raise _refuse("n", "only one choice per request ('n': 1)")
     if request.get("logprobs") not in (None, False, 0):
         raise _refuse("logprobs", "'logprobs' are not offered")
+    for name in ("top_logprobs", "reasoning_effort", "audio"):
+        if request.get(name) is not None:
+            raise _refuse(name, f"'{name}' is not offered")
+    if request.get("logit_bias"):
+        raise _refuse("logit_bias", "'logit_bias' is not offered")
+    modalities = request.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise _refuse("modalities", "only text output is offered")
     response_format = request.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
         raise _refuse("response_format", f"'response_format' {response_format.get('type')!r} is not offered")
@@ -142,7 +160,7 @@ def _turns(messages: Any) -> tuple[str, list[dict[str, Any]]]:
             block = {
                 "type": "tool_result",
                 "tool_use_id": str(message.get("tool_call_id") or ""),
-                "content": _text(content, where),
+                "content": content or "" if isinstance(content, str) or content is None else _blocks(content, where),
             }
             _append(turns, "user", [block])
             continue
@@ -158,6 +176,9 @@ def _turns(messages: Any) -> tuple[str, list[dict[str, Any]]]:
             _append(turns, role, blocks)
     if not turns:
         raise GatewayError(400, "invalid_value", "'messages' has no user or assistant message", param="messages")
+    last = turns[-1]["content"][-1]
+    if turns[-1]["role"] == "assistant" and last["type"] == "text":  # a prefill: Anthropic refuses one ending in space
+        last["text"] = last["text"].rstrip()
     return "\n\n".join(s for s in system if s), turns
 
 
@@ -186,9 +207,9 @@ def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
     blocks = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            if part.get("text"):
-                blocks.append({"type": "text", "text": str(part["text"])})
+        if kind in ("text", "refusal"):
+            if part.get(kind):
+                blocks.append({"type": "text", "text": str(part[kind])})
         elif kind == "image_url":
             blocks.append(_image(part.get("image_url"), f"{where}.content[{j}]"))
         else:
@@ -217,9 +238,9 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
     try:
         arguments = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
     except ValueError:
-        raise GatewayError(400, "invalid_value", f"{where}.function.arguments is not JSON", param=where) from None
-    if not isinstance(arguments, dict):
-        raise GatewayError(400, "invalid_value", f"{where}.function.arguments must be a JSON object", param=where)
+        arguments = None
+    if not isinstance(arguments, dict):  # a model's malformed arguments, kept rather than lost
+        arguments = {"_raw": raw}
     return {"type": "tool_use", "id": str(call.get("id") or ""), "name": str(function.get("name") or ""), "input": arguments}
 
 
@@ -239,7 +260,9 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
         out: dict[str, Any] | None = {"type": "auto"} if parallel is False else None
     elif isinstance(choice, dict):
         function = _obj(choice.get("function"))
-        out = {"type": "tool", "name": str(function.get("name") or "")}
+        if choice.get("type") != "function" or not isinstance(function.get("name"), str):
+            raise _refuse("tool_choice", "a 'tool_choice' other than auto, required, none or a function is not offered")
+        out = {"type": "tool", "name": function["name"]}
     else:
         kind = {"auto": "auto", "required": "any", "none": "none"}.get(str(choice))
         if kind is None:
@@ -447,6 +470,11 @@ class ChatEvents:
             said = f"the Anthropic provider failed mid-stream: {error.get('message') or kind}"
             self.failure = GatewayError(status, kind, said, type=_openai_type(status, kind))
         # ping, content_block_stop and kinds added later carry nothing a chat stream shows
+
+    @property
+    def output_tokens(self) -> int:
+        """The tokens the provider generated so far (its count, whatever the client saw)."""
+        return _count(self.usage.get("output_tokens"))
 
     def _head(self) -> dict[str, Any]:
         if self.route == "chat":

@@ -76,8 +76,21 @@ def header_safe(key: str) -> bool:
 
 
 def environment_key(provider: str, url: str, environ: Mapping[str, str]) -> str | None:
-    """The key this node's environment holds for the provider at `url`, if any."""
+    """The key this node's environment holds for the provider at `url`, if any: only for a
+    known host, the variable's own (OPENAI_API_KEY for api.openai.com, ...). A provider added
+    at run time (`POST /workers`, a peer's record) on any other host never gets a key the
+    operator set for another: it brings its own, or the node was started with it."""
+    if _host(url) not in KNOWN_HOSTS:
+        return None
     return environ.get(key_variable(provider, url), "").strip() or None
+
+
+def key_source(provider: str, url: str) -> str:
+    """Where a node may take the key for the provider at `url` from, besides an `api_key`
+    given with it, for error messages."""
+    if _host(url) in KNOWN_HOSTS:
+        return f"or {key_variable(provider, url)} in the gateway's environment"
+    return f"environment keys go only to {', '.join(sorted(KNOWN_HOSTS))}"
 
 
 def check_urls(provider: str, urls: tuple[str, ...]) -> None:

@@ -95,6 +95,10 @@ class Worker:
     reported_load: int = 0  # running + waiting from the worker's /v1/loads (load monitor), else 0
     reported_waiting: int = 0  # waiting requests in that report (overload protection)
     reported_token_usage: float | None = None  # its mean KV-cache usage; None: not reported
+    # it answered 429 or 503 with Retry-After: not chosen before this time (trio's clock), when
+    # the request gets `cooldown_status` if no other worker (or fallback) can take it
+    cooldown_until: float = 0.0
+    cooldown_status: int = 0
     peer_in_flight: int = 0  # HA mesh: requests other gateways have in flight on it
     cluster_down: bool = False  # HA mesh: the majority of its health owners report it unhealthy
 

@@ -57,16 +57,12 @@ def worker_settings(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-RUNTIMES = ("sglang", "vllm", "trtllm", RUNTIME_TYPE)  # `runtime_type` (or the reference's `runtime`) a body may give
-
-
 def provider_of(body: dict[str, Any], url: str) -> str | None:
-    """The API of the hosted provider `body` describes (`runtime_type: external`, as with the
-    reference, or `provider` naming the API), else None: an engine, whose type discovery reads.
+    """The API of the hosted provider `body` describes (`runtime_type: external`, or the
+    reference's `runtime`, or `provider` naming the API), else None: an engine, whose type
+    discovery reads (any other `runtime_type`, as `GET /workers` shows them, is not read).
     Without `provider`, a known host's API (api.anthropic.com: Anthropic's), else OpenAI's."""
     runtime = body.get("runtime_type", body.get("runtime"))
-    if runtime is not None and runtime not in RUNTIMES:
-        raise SpecError("runtime_type", f"'runtime_type' must be one of {', '.join(RUNTIMES)}")
     provider = body.get("provider")
     if provider is not None and provider not in PROVIDERS:
         raise SpecError("provider", f"'provider' must be one of {', '.join(PROVIDERS)}")

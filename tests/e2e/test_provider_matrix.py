@@ -37,7 +37,10 @@ def sims() -> Iterator[dict[str, Proc]]:
 
 @pytest.fixture(scope="module")
 def gateway(sims: dict[str, Proc]) -> Iterator[Proc]:
-    proc = start_gateway([sims[ENGINE].url], "--policy", "round_robin", "--retry-max-retries", "1")
+    with pytest.MonkeyPatch.context() as env:  # a key meant for api.openai.com, never for another host
+        env.setenv("OPENAI_API_KEY", "sk-meant-for-openai-only")
+        env.delenv("ANTHROPIC_API_KEY", raising=False)
+        proc = start_gateway([sims[ENGINE].url], "--policy", "round_robin", "--retry-max-retries", "2")
     try:
         for model, key, extra in ((GPT, OPENAI_KEY, {}), (CLAUDE, ANTHROPIC_KEY, {"provider": "anthropic"})):
             body = {"url": sims[model].url, "runtime_type": "external", "api_key": key, **extra}
@@ -186,30 +189,55 @@ def test_cached_prompt_tokens_come_back_in_openai_usage(gateway: Proc) -> None:
     assert second.prompt_tokens_details.cached_tokens > 0
 
 
+def served(sim: Proc) -> int:
+    return int(httpx.get(sim.url + "/sim/stats").json()["requests"])
+
+
+def answers_again(gateway: Proc, model: str) -> None:
+    """Wait (bounded) for the end of a provider's Retry-After."""
+    body = {"model": model, "messages": [{"role": "user", "content": "back?"}], "max_tokens": 1}
+    wait_until(lambda: httpx.post(gateway.url + "/v1/chat/completions", json=body).status_code == 200, f"{model} answers")
+
+
 @pytest.mark.parametrize("model", [GPT, CLAUDE])
 def test_a_providers_429_reaches_the_client_with_its_retry_after(gateway: Proc, sims: dict[str, Proc], model: str) -> None:
+    """A 429 with Retry-After is taken at its word: not retried, not a breaker failure, and the
+    requests during the wait are answered 429 by the gateway without asking the provider."""
     sim = sims[model]
-    httpx.post(sim.url + "/sim/config", json={"fail_rate": 1.0, "fail_status": 429, "fail_retry_after": 7})
+    httpx.post(sim.url + "/sim/config", json={"fail_rate": 1.0, "fail_status": 429, "fail_retry_after": 2})
     try:
+        asked = served(sim)
         with pytest.raises(openai.RateLimitError) as limited:
             oai(gateway).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-        assert limited.value.response.headers["retry-after"] == "7"
-        assert limited.value.status_code == 429
-        if model == CLAUDE:  # the Messages client gets Anthropic's own error, relayed
+        assert limited.value.response.headers["retry-after"] == "2" and limited.value.status_code == 429
+        assert served(sim) == asked + 1  # the provider said when: no retry before then
+        for _ in range(3):
+            with pytest.raises(openai.RateLimitError) as waiting:
+                oai(gateway).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            assert waiting.value.response.headers["retry-after"] in ("1", "2")
+        assert served(sim) == asked + 1
+        workers = httpx.get(gateway.url + "/workers").json()["workers"]
+        assert {w["circuit_breaker"] for w in workers if w["url"] == sim.url} == {"closed"}
+        if model == CLAUDE:  # the Messages client gets a 429 in Anthropic's shape
             with pytest.raises(anthropic.RateLimitError) as native:
                 ant(gateway).messages.create(model=model, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
-            assert native.value.response.headers["retry-after"] == "7"
+            assert native.value.response.headers["retry-after"] in ("1", "2")
     finally:
-        httpx.post(sim.url + "/sim/config", json={"fail_rate": 0.0})
+        httpx.post(sim.url + "/sim/config", json={"fail_rate": 0.0, "fail_retry_after": 0})
+        answers_again(gateway, model)
 
 
-def test_anthropics_overloaded_529_is_a_503_to_openai_clients(gateway: Proc, sims: dict[str, Proc]) -> None:
-    httpx.post(sims[CLAUDE].url + "/sim/config", json={"fail_rate": 1.0, "fail_status": 503})
+def test_anthropics_overloaded_529_is_retried_and_a_503_to_openai_clients(gateway: Proc, sims: dict[str, Proc]) -> None:
+    httpx.post(sims[CLAUDE].url + "/sim/config", json={"fail_rate": 1.0, "fail_status": 503, "fail_retry_after": 0})
     try:
         with pytest.raises(openai.InternalServerError) as overloaded:
             oai(gateway).chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
         assert overloaded.value.status_code == 503
         assert overloaded.value.body["code"] == "overloaded_error"  # type: ignore[index]
+        asked = served(sims[CLAUDE])
+        with pytest.raises(anthropic.APIStatusError) as native:  # relayed as Anthropic said it, after a retry
+            ant(gateway).messages.create(model=CLAUDE, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        assert native.value.status_code == 529 and served(sims[CLAUDE]) == asked + 2
     finally:
         httpx.post(sims[CLAUDE].url + "/sim/config", json={"fail_rate": 0.0})
 
@@ -217,10 +245,10 @@ def test_anthropics_overloaded_529_is_a_503_to_openai_clients(gateway: Proc, sim
 @pytest.mark.parametrize(
     ("body", "param", "said"),
     [
-        ({"url": "https://api.example.com", "runtime_type": "external"}, "api_key", "OPENAI_API_KEY"),
+        # OPENAI_API_KEY is set, but for api.openai.com alone: another host brings its own
+        ({"url": "https://api.example.com", "runtime_type": "external"}, "api_key", "environment keys go only to"),
         ({"url": "https://api.anthropic.com", "runtime": "external"}, "api_key", "ANTHROPIC_API_KEY"),
         ({"url": "http://api.example.com", "runtime_type": "external", "api_key": "k"}, "url", "not https://"),
-        ({"url": "https://api.example.com", "runtime_type": "engine"}, "runtime_type", "must be one of"),
         ({"url": "https://api.example.com", "provider": "gemini", "api_key": "k"}, "provider", "must be one of"),
         ({"url": "https://api.example.com", "provider": "openai", "runtime_type": "vllm"}, "provider", "external"),
         ({"url": "https://api.example.com", "runtime_type": "external", "api_key": "a b"}, "api_key", "header"),
@@ -232,3 +260,35 @@ def test_a_provider_added_without_a_usable_key_is_a_400_naming_the_field(
     response = httpx.post(gateway.url + "/workers", json=body)
     assert response.status_code == 400, response.text
     assert said in response.json()["error"] and response.json()["code"] == "BAD_REQUEST"
+
+
+def test_a_pool_of_an_engine_and_an_anthropic_provider_sends_what_only_the_engine_can_do_to_it() -> None:
+    """One model served two ways: a request the Messages API cannot take (several choices,
+    embeddings) goes to the engine every time, never refused for having drawn the provider."""
+    engine = start_sim(1, "--model", "both", *FAST)
+    claude = start_sim(1, "--model", "both", "--hosted-key", ANTHROPIC_KEY, "--hosted-api", "anthropic", *FAST)
+    gateway = start_gateway([engine.url], "--policy", "round_robin")
+    try:
+        body = {"url": claude.url, "runtime_type": "external", "provider": "anthropic", "api_key": ANTHROPIC_KEY}
+        assert httpx.post(gateway.url + "/workers", json=body).status_code == 202
+        wait_until(lambda: all(w["is_healthy"] for w in httpx.get(gateway.url + "/workers").json()["workers"]), "both ready")
+        for _ in range(4):
+            several = httpx.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "both", "n": 2, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            )
+            assert several.status_code == 200 and several.headers["x-smg-routed-worker-id"] == engine.url
+            embedded = httpx.post(gateway.url + "/v1/embeddings", json={"model": "both", "input": "x"})
+            assert embedded.status_code == 200 and embedded.headers["x-smg-routed-worker-id"] == engine.url
+        plain = {
+            httpx.post(
+                gateway.url + "/v1/chat/completions",
+                json={"model": "both", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            ).headers["x-smg-routed-worker-id"]
+            for _ in range(4)
+        }
+        assert plain == {engine.url, claude.url}  # the rest goes to both
+    finally:
+        gateway.stop()
+        engine.stop()
+        claude.stop()

@@ -57,7 +57,7 @@ def test_a_chat_request_becomes_a_messages_request() -> None:
     assert assistant[1] == {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}}
     # both tool results and the next user message are one user turn, as Anthropic requires
     assert [b["type"] for b in results] == ["tool_result", "tool_result", "text"]
-    assert results[1] == {"type": "tool_result", "tool_use_id": "call_2", "content": "warm"}
+    assert results[1] == {"type": "tool_result", "tool_use_id": "call_2", "content": [{"type": "text", "text": "warm"}]}
     assert out["max_tokens"] == 50 and out["stop_sequences"] == ["END"] and out["temperature"] == 0.5
     assert out["metadata"] == {"user_id": "u-1"} and out["stream"] is True and "seed" not in out
     assert out["tools"] == [{"name": "weather", "input_schema": {"type": "object"}, "description": "look it up"}]
@@ -101,6 +101,12 @@ def test_a_completion_is_one_user_turn() -> None:
         ("completions", {"prompt": ["one", "two"]}, "prompt"),
         ("completions", {"prompt": [1, 2, 3]}, "prompt"),
         ("completions", {"prompt": "x", "echo": True}, "echo"),
+        ("chat", {"temperature": 1.5}, "temperature"),
+        ("chat", {"top_logprobs": 2}, "top_logprobs"),
+        ("chat", {"logit_bias": {"50256": -100}}, "logit_bias"),
+        ("chat", {"reasoning_effort": "high"}, "reasoning_effort"),
+        ("chat", {"modalities": ["text", "audio"]}, "modalities"),
+        ("chat", {"tools": TOOLS, "tool_choice": {"type": "allowed_tools", "allowed_tools": {}}}, "tool_choice"),
     ],
 )
 def test_what_has_no_messages_counterpart_is_a_400_naming_the_field(route: str, request_: dict[str, Any], param: str) -> None:
@@ -116,7 +122,6 @@ def test_what_has_no_messages_counterpart_is_a_400_naming_the_field(route: str, 
     [
         [{"role": "system", "content": "only a system prompt"}],
         [{"role": "narrator", "content": "x"}],
-        [{"role": "assistant", "content": "x", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]}],
         "not a list",
     ],
 )
@@ -124,6 +129,23 @@ def test_malformed_chat_messages_are_400s(messages: Any) -> None:
     with pytest.raises(GatewayError) as refused:
         messages_request("chat", {"model": "m", "messages": messages})
     assert refused.value.status == 400
+
+
+def test_what_anthropic_would_refuse_is_made_acceptable() -> None:
+    """A history's malformed tool arguments are kept as text; a prefill loses its trailing
+    space; a refusal part is text; a tool result keeps its image; a completion's default
+    length is OpenAI's."""
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I would rather "}]},
+    ]
+    out = messages_request("chat", {"model": "m", "messages": messages})
+    assert out["messages"][1]["content"] == [{"type": "tool_use", "id": "c", "name": "f", "input": {"_raw": "{bad"}}]
+    assert out["messages"][2]["content"][0]["content"] == [{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]
+    assert out["messages"][3]["content"] == [{"type": "text", "text": "I would rather"}]
+    assert messages_request("completions", {"model": "m", "prompt": "hi"})["max_tokens"] == 16
 
 
 def test_the_two_translations_agree_a_chat_request_survives_the_round_trip() -> None:

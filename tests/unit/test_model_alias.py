@@ -16,8 +16,8 @@ from typing import Any
 
 from trio.testing import MockClock
 
+from smg.config.workers import alias_table
 from smg.context import GatewayContext
-from smg.dataplane.dispatch import alias_table
 from tests.fakes import (
     MODEL,
     FakeUpstream,

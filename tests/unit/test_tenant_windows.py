@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from smg.dataplane import dispatch
+from smg.dataplane.attempts import completion_tokens, stream_usage
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
 from smg.limits.admission import Admission
@@ -154,6 +155,7 @@ class Scenario:
             metrics=self.metrics,
             admission=Admission(None, queue_size=0, queue_timeout=1.0),
             config=SimpleNamespace(model_alias=()),
+            canonical_model=lambda model: None,  # no aliases
         )
         self.answers: list[dict[str, Any]] = []
         self.answer: Any = None  # what the stub answer does: (exchange, request, body) -> None
@@ -165,8 +167,8 @@ class Scenario:
 
         monkeypatch.setattr(dispatch, "proxy", proxy)
 
-    async def send(self, request: dict[str, Any]) -> Exchange:
-        ex = Exchange({"type": "http", "headers": []}, None, None, "req-1", "/v1/completions")  # type: ignore[arg-type]
+    async def send(self, request: dict[str, Any], route: str = "/v1/completions") -> Exchange:
+        ex = Exchange({"type": "http", "headers": []}, None, None, "req-1", route)  # type: ignore[arg-type]
         ex.tenant, ex.model = "acme", "m"
         await dispatch.dispatch(self.ctx, ex, SimpleNamespace(name="completions"), request, json.dumps(request).encode())  # type: ignore[arg-type]
         return ex
@@ -190,6 +192,25 @@ async def test_dispatch_counts_the_prompt_estimate_first_and_the_completion_afte
     assert scenario.limiter.counter.total("acme/tokens_per_minute", E + 1) == 30  # charged at the end, where it ended
     assert scenario.limiter.counter.total("acme/requests_per_minute", E) == 1
     assert ex.want_usage and scenario.answers[0]["stream_options"] == {"include_usage": True}  # so a stream reports them
+
+
+async def test_a_stream_asking_for_no_usage_reports_it_anyway_but_a_messages_stream_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`include_usage: false` would let a stream's tokens go uncounted; a Messages stream always
+    counts them (`message_delta`), and Anthropic refuses a field it does not know."""
+    scenario = Scenario(monkeypatch, Limit(tokens_per_minute=1000))
+    scenario.answer = lambda ex, request, body: None
+    await scenario.send({"model": "m", "prompt": "x", "stream": True, "stream_options": {"include_usage": False}})
+    assert scenario.answers[-1]["stream_options"] == {"include_usage": True}
+    await scenario.send({"model": "m", "max_tokens": 3, "messages": [], "stream": True}, route="/v1/messages")
+    assert "stream_options" not in scenario.answers[-1]
+
+
+def test_completion_tokens_are_read_from_openai_and_messages_usage() -> None:
+    assert completion_tokens(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 7}}') == 7
+    assert completion_tokens(b'{"type": "message", "usage": {"input_tokens": 3, "output_tokens": 9}}') == 9
+    assert stream_usage(b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":5}}\n\n') == 5
 
 
 async def test_dispatch_charges_a_failed_answer_and_nothing_for_a_refused_request(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 from smg.apis.anthropic.messages_format import MessagesStream, chat_request, error_body, message_from_chat
 from smg.apis.chat import KEEPALIVE, answer_error, chat_completion
+from smg.config.workers import fallback_table
 from smg.context import GatewayContext
-from smg.dataplane.dispatch import canonical_model, dispatch
+from smg.dataplane.dispatch import dispatch
 from smg.dataplane.relay import MESSAGES_PING
 from smg.dataplane.routes import InferenceRoute
 from smg.http.asgi import read_body, send_json
@@ -41,7 +42,7 @@ async def create_message(ctx: GatewayContext, ex: Exchange) -> None:
     model = request.model
     if not model:
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
-    canonical = canonical_model(ctx, model)  # an alias: the served model's workers, and its name
+    canonical = ctx.canonical_model(model)  # an alias: the served model's workers, and its name
     if _native(ctx, canonical or model):
         ex.model = model  # as the client named it: `dispatch` puts the canonical name in the body it sends
         await dispatch(ctx, ex, NATIVE, sent, body)
@@ -59,9 +60,14 @@ async def create_message(ctx: GatewayContext, ex: Exchange) -> None:
 
 
 def _native(ctx: GatewayContext, model: str) -> bool:
-    """Every worker serving `model` speaks the Messages API itself."""
-    workers = ctx.registry.serving(model)
-    return bool(workers) and all(w.runtime_type == NATIVE_RUNTIME or w.provider == ANTHROPIC for w in workers)
+    """Every worker serving `model`, and its `--model-fallback` pools', speaks the Messages API
+    itself (a fallback to a pool that does not is reached through the chat translation)."""
+    chain = (model, *(ctx.canonical_model(m) or m for m in fallback_table(ctx.config.model_fallback).get(model, ())))
+    for name in chain:
+        workers = ctx.registry.serving(name)
+        if not workers or not all(w.runtime_type == NATIVE_RUNTIME or w.provider == ANTHROPIC for w in workers):
+            return False
+    return True
 
 
 async def _stream(ctx: GatewayContext, ex: Exchange, chat: dict[str, Any], model: str) -> None:

@@ -49,7 +49,6 @@ from smg.apis.openai.responses_format import (
     usage_of,
 )
 from smg.context import GatewayContext
-from smg.dataplane.dispatch import canonical_model
 from smg.dataplane.relay import KEEPALIVE_COMMENT
 from smg.http.asgi import Receive, read_body, send_json
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
@@ -102,7 +101,7 @@ async def _plan(ctx: GatewayContext, ex: Exchange, request: ResponsesRequest, bo
         raise GatewayError(400, "invalid_value", "'model' must be a non-empty string", param="model")
     # an alias (--model-alias) is the canonical model's name from here on: the response object
     # names the model that ran, as a chat completion's answer (from the worker) does
-    model = canonical_model(ctx, model) or model
+    model = ctx.canonical_model(model) or model
     previous, conversation = request.previous_response_id, request.conversation
     if isinstance(conversation, ConversationRef):
         conversation = conversation.id
