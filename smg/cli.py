@@ -7,6 +7,7 @@ switch by changing the command name only.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -18,6 +19,7 @@ import trio
 from smg import __version__
 from smg.cluster.node import advertise_host
 from smg.config import GROUPS, LOG_LEVELS, GatewayConfig
+from smg.config.file import FileConfig, layered
 from smg.config.server import process_count
 from smg.gateway import run_gateway, run_serve
 from smg.http.server import ServeError, find_error
@@ -58,7 +60,14 @@ def sim_config_from(args: argparse.Namespace) -> SimConfig:
 
 
 def gateway_config_from(args: argparse.Namespace) -> GatewayConfig:
-    return GatewayConfig(**values_from(GatewayConfig, args))
+    return configured(args)[0]
+
+
+def configured(args: argparse.Namespace) -> tuple[GatewayConfig, FileConfig | None]:
+    """The gateway's settings (flags over `SMG_*` variables over `--config`'s file over the
+    defaults), and what the file says (its workers and providers); again on SIGHUP."""
+    values, loaded = layered(values_from(GatewayConfig, args), os.environ, GatewayConfig)
+    return GatewayConfig(**values), loaded
 
 
 def build_parser(command: str) -> Parser:
@@ -182,7 +191,7 @@ def _runner(command: str, args: argparse.Namespace, argv: list[str]) -> tuple[An
             _checked(config.for_process(0))  # a mesh that cannot start fails here, once, not in every process
             return partial(supervise, config, argv), logging
         config = _checked(config)
-        return partial(run_gateway, config, handle_signals=True), logging
+        return partial(run_gateway, config, handle_signals=True, reconfigure=partial(configured, args)), logging
     sim = sim_config_from(args)
     if command == "serve":
         if args.sim_workers < 1:

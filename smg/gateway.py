@@ -41,6 +41,7 @@ from smg.http.server import BindError, ServeError, ServerConfig, format_bind, se
 from smg.observability import tracing
 from smg.observability.metrics import GatewayMetrics, MetricsApp
 from smg.observability.request_id import request_id_for
+from smg.reconfigure import ConfigFile, Reconfigure
 from smg.simworker.engine import SimConfig
 from smg.storage import open_backend
 from smg.storage.service import History
@@ -76,11 +77,13 @@ async def run_gateway(
     config: GatewayConfig,
     *,
     handle_signals: bool = False,
+    reconfigure: Reconfigure | None = None,
     task_status: trio.TaskStatus[GatewayHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`reconfigure`: the settings built again as the command line built them, for SIGHUP."""
     ctx = GatewayContext.create(config)
     try:
-        await _run_gateway(ctx, config, handle_signals, task_status)
+        await _run_gateway(ctx, config, handle_signals, reconfigure, task_status)
     finally:
         # Also when cancelled or failing (a port taken, `smg serve` losing its workers): the
         # pool's sockets and the history store (a SQLite file, a PostgreSQL pool) are closed
@@ -96,7 +99,11 @@ async def run_gateway(
 
 
 async def _run_gateway(
-    ctx: GatewayContext, config: GatewayConfig, handle_signals: bool, task_status: trio.TaskStatus[GatewayHandle]
+    ctx: GatewayContext,
+    config: GatewayConfig,
+    handle_signals: bool,
+    reconfigure: Reconfigure | None,
+    task_status: trio.TaskStatus[GatewayHandle],
 ) -> None:
     backend = open_backend(config)
     if backend is not None:
@@ -116,6 +123,8 @@ async def _run_gateway(
             await nursery.start(app.guard.jwks.run)  # --jwt-issuer's keys: fetched now, then kept fresh
         nursery.start_soon(ctx.maintain_policy)
         add_workers(ctx, config.worker_urls)
+        config_file = ConfigFile(ctx, discovered_by(ctx), reconfigure)
+        config_file.start()
         main = server_config(
             config.host,
             config.port,
@@ -170,6 +179,7 @@ async def _run_gateway(
         )
         if handle_signals:
             nursery.start_soon(_watch_signals, handle, nursery.cancel_scope)
+            await nursery.start(config_file.run)
         if config.process_parent_fd is not None:
             nursery.start_soon(_watch_parent, handle, config.process_parent_fd)
         task_status.started(handle)

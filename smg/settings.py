@@ -280,13 +280,14 @@ def values_from(cls: type, namespace: argparse.Namespace, *, dest_prefix: str = 
         elif flag.env and os.environ.get(flag.env):
             text = os.environ[flag.env]
             try:
-                values[f.name] = tuple(_csv(shape.item)(text)) if shape.is_list else _from_text(shape.item, text)
+                values[f.name] = tuple(_csv(shape.item)(text)) if shape.is_list else from_text(shape.item, text)
             except ValueError:
                 raise ConfigError(f"${flag.env}: '{text}' is not a valid {flag.name}") from None
     return values
 
 
-def _from_text(item: type, text: str) -> Any:
+def from_text(item: type, text: str) -> Any:
+    """A setting's value from text (an environment variable's): switches as yes/no words, the rest by type."""
     if item is bool:
         lowered = text.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -299,22 +300,27 @@ def check_fields(settings: object) -> None:
     """Refused flags that were given, then each setting's choices and declared checks, in
     declaration order."""
     for f, flag in settings_of(type(settings)):
-        value = getattr(settings, f.name)
-        if flag.refuse is not None:
-            if value != f.default:
-                raise ConfigError(f"{flag.name}: {flag.refuse}")
-            continue
-        for refused_value, why in flag.refused_choices:
-            if value == refused_value:
-                raise ConfigError(f"{flag.name} {value}: {why}")
-        if flag.choices is not None and value is not None:
-            for item in value if isinstance(value, tuple) else (value,):
-                if item not in flag.choices:
-                    raise ConfigError(f"{flag.name} must be one of {', '.join(flag.choices)}, got '{item}'")
-        if value is None:
-            continue
-        for check in flag.checks:
-            check(flag.name, value)
+        check_setting(flag, getattr(settings, f.name), f.default, flag.name)
+
+
+def check_setting(flag: Flag, value: Any, default: Any, said: str) -> None:
+    """One setting's value: refused if the flag is (and `value` is not `default`), else its
+    choices and declared checks; messages name it as `said` (the flag, or a config file's key)."""
+    if flag.refuse is not None:
+        if value != default:
+            raise ConfigError(f"{said}: {flag.refuse}")
+        return
+    for refused_value, why in flag.refused_choices:
+        if value == refused_value:
+            raise ConfigError(f"{said} {value}: {why}")
+    if flag.choices is not None and value is not None:
+        for item in value if isinstance(value, tuple) else (value,):
+            if item not in flag.choices:
+                raise ConfigError(f"{said} must be one of {', '.join(flag.choices)}, got '{item}'")
+    if value is None:
+        return
+    for check in flag.checks:
+        check(said, value)
 
 
 # Checks a setting can declare. Each is (flag, value) -> None, raising ConfigError with one line.

@@ -131,9 +131,11 @@ class Supervisor:
             log.warning("gateway process %d (pid %d) exited with %s; restarting it", index, process.pid, _status(code))
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
             async for signum in received:
-                if not self.stopping:
+                if signum == signal.SIGHUP:  # --config reread: by every process, each its own
+                    self._signal_all(signal.SIGHUP)
+                elif not self.stopping:
                     log.info("%s: stopping %d gateway processes", signal.Signals(signum).name, self.count)
                     self.stop(0)
                 else:  # asked twice: do not wait for the drains

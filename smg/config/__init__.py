@@ -122,8 +122,10 @@ class GatewayConfig(
             raise ConfigError("--tenant-header-name is read only with --trust-tenant-header")
         if self.worker_overload_protection and self.disable_worker_overload_protection:
             raise ConfigError("--worker-overload-protection and --disable-worker-overload-protection contradict each other")
-        if self.tenant_rate_limit_enabled and self.tenant_rate_limit_config is None:
-            raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config")
+        if self.tenant_rate_limit_config is not None and self.file_tenant_limits is not None:
+            raise ConfigError("--tenant-rate-limit-config and the tenant_limits section of --config: give one of them")
+        if self.tenant_rate_limit_enabled and self.tenant_limits() is None:
+            raise ConfigError("--tenant-rate-limit-enabled needs --tenant-rate-limit-config (or tenant_limits in --config)")
         self.tenant_limits()
         self.validate_history()
         if process_count(self.processes) > 1 and self.process_index is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from smg.limits.tenants import TenantLimits
@@ -108,9 +108,12 @@ class AdmissionSettings:
         differs="--tenant-rate-limit-config alone also turns them on",
     )
 
+    # the `tenant_limits` section of --config (not a flag: the file's own form of the one above)
+    file_tenant_limits: TenantLimits | None = field(default=None, repr=False)
+
     def tenant_limits(self) -> TenantLimits | None:
         if self.tenant_rate_limit_config is None:
-            return None
+            return self.file_tenant_limits
         try:
             return TenantLimits.load(self.tenant_rate_limit_config)
         except OSError as exc:

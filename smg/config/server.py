@@ -98,6 +98,15 @@ class ServerSettings:
         check=at_least(1),
         help="open client connections this process accepts at once; more wait in the listen backlog, with a warning in the log",
     )
+    config_file: str | None = setting(
+        None,
+        "--config",
+        metavar="FILE",
+        check=existing_file,
+        help="settings, workers, providers, aliases, fallbacks and tenant limits from one YAML file (keys as "
+        "env:NAME, never inline); flags and SMG_* variables override it; reread on SIGHUP (workers, providers, "
+        "aliases, fallbacks and tenant limits change without a restart)",
+    )
     processes: str = setting(
         "1",
         "--processes",

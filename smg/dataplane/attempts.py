@@ -36,10 +36,12 @@ from smg.dataplane.relay import (
     Failed,
     KeepAlive,
     Refused,
+    count_usage,
     end_stream_with,
     keeping_alive,
 )
 from smg.dataplane.routes import InferenceRoute
+from smg.dataplane.usage import usage_in, usage_of
 from smg.http.asgi import CLIENT_GONE, dump_json, send_bytes
 from smg.http.errors import GatewayError, model_not_found
 from smg.http.exchange import REQUEST_ID_HEADER, Exchange
@@ -68,7 +70,6 @@ PASSED_ANSWER_HEADERS = frozenset({b"retry-after"})
 JSON_TYPE = b"application/json"
 COOLDOWN_CAP_SECS = 600.0  # the longest Retry-After a worker is taken at its word for
 FALLBACK_HEADERS = (b"x-smg-fallback-step", b"x-smg-fallback-model")
-USAGE_TAIL = 8192  # bytes of a stream's end kept to read its usage event
 
 
 def text_of(ex: Exchange, request: dict[str, Any]) -> str:
@@ -428,31 +429,8 @@ async def _send_answer(ex: Exchange, route: InferenceRoute, request: dict[str, A
             message = f"worker {answer.worker.url} sent an unexpected {route.name} answer: {exc}"
             await ex.fail(GatewayError(502, "upstream_invalid_response", message))
             return
-    if ex.want_usage and answer.status == 200:
-        ex.completion_tokens = completion_tokens(payload)
     headers = [(ROUTED_WORKER_HEADER, answer.worker.url.encode()), *answer.headers]
     await send_bytes(ex.send, answer.status, payload, headers, (b"content-type", answer.content_type))
-
-
-def completion_tokens(payload: bytes) -> int:
-    """`usage.completion_tokens` of an OpenAI answer (a JSON body, or one SSE data line), or
-    `usage.output_tokens` of a Messages one (a message, or its `message_delta` event); 0 if absent."""
-    try:
-        usage = json.loads(payload).get("usage")
-        tokens = usage.get("completion_tokens", usage.get("output_tokens")) if isinstance(usage, dict) else 0
-    except (ValueError, AttributeError):
-        return 0
-    return tokens if isinstance(tokens, int) and tokens > 0 else 0
-
-
-def stream_usage(tail: bytes) -> int:
-    """Completion tokens from the last SSE event that carries `usage` (streams end with it)."""
-    for line in reversed(tail.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            tokens = completion_tokens(line[6:])
-            if tokens:
-                return tokens
-    return 0
 
 
 async def attempt_once(
@@ -507,7 +485,7 @@ async def _exchange_with(
                     events = None
                     if translated:
                         events = anthropic.ChatEvents(route.name, int(time.time()), _asks_usage(request))
-                    await relay_events(ctx, ex, worker, response, content_type, events)
+                    await relay_events(ctx, ex, worker, response, content_type, events, request.get("model"))
                     return None
                 passed = [(name, value) for name, value in response.headers if name in PASSED_ANSWER_HEADERS]
                 answer = Answer(worker, response.status, content_type, await response.read(), passed)
@@ -523,6 +501,8 @@ async def _exchange_with(
         translation = _translated_answer(route, answer)
         if isinstance(translation, Failed):
             return translation
+    if answer.status == 200:
+        count_usage(ctx, ex, worker, str(request.get("model") or ex.model or ""), usage_in(answer.payload))
     if worker.provider is not None and answer.status == 401:  # the gateway's key, not the client's: final
         return Refused(
             GatewayError(
@@ -569,6 +549,7 @@ async def relay_events(
     response: UpstreamResponse,
     content_type: bytes,
     translate: anthropic.ChatEvents | None = None,
+    model: str | None = None,
 ) -> None:
     """Relay an SSE body as raw bytes, as it arrives, whole events only; end with an error event
     if the worker breaks, stalls or sends an event over `--max-sse-event-size`.
@@ -611,7 +592,10 @@ async def relay_events(
     stall = ctx.config.stream_stall_timeout_secs
     framer = EventFramer(ctx.config.max_sse_event_size)
     first = True
-    tail = b""  # the end of the stream, where the usage event is
+    # where usage is reported: the last two runs of events (OpenAI's usage chunk and [DONE], or
+    # Anthropic's message_delta and message_stop), and the first (Anthropic's message_start)
+    head: bytes | None = None
+    previous = last = b""
     error: GatewayError | None = None
     # The stall deadline moves at most every `slack` seconds (moving it costs more than the
     # relay of a chunk): a silent worker is cut between `stall - slack` and `stall` after its last byte.
@@ -636,8 +620,9 @@ async def relay_events(
                     if translate is not None and events:
                         events = translate.feed(events)
                     if events:
-                        if ex.want_usage:
-                            tail = (tail + events)[-USAGE_TAIL:]
+                        if head is None:
+                            head = events
+                        previous, last = last, events
                         await send({"type": "http.response.body", "body": events, "more_body": True})
                     if translate is not None and (translate.failure is not None or translate.done):
                         break  # after message_stop (or an error) the provider has nothing more to say
@@ -645,9 +630,9 @@ async def relay_events(
                 if translate is not None:
                     live = translate.failure is None and not translate.done
                     rest = (translate.feed(rest) if rest and live else b"") + translate.finish()
-                    if ex.want_usage:
-                        tail = (tail + rest)[-USAGE_TAIL:]
                     error = translate.failure
+                elif rest:
+                    previous, last = last, rest
                 if rest:
                     await send({"type": "http.response.body", "body": rest, "more_body": True})
         except UpstreamError as exc:  # a broken connection, or bytes that break HTTP/1.1 framing
@@ -666,10 +651,15 @@ async def relay_events(
                     await aclose()
     if stall_scope.cancelled_caught:
         error = GatewayError(504, "upstream_stream_stalled", f"worker {worker.url} sent nothing for {stall:g}s")
-    if ex.want_usage:
-        # a translated stream's count is the provider's own, even when it broke off or the
-        # client asked for no usage chunk
-        ex.completion_tokens = translate.output_tokens if translate is not None else stream_usage(tail)
+    if translate is not None:  # the provider's own count, even when it broke off or the client asked for none
+        usage = usage_of(translate.usage)
+    else:
+        usage = usage_in(previous + last)
+        if head is not None and head is not last and usage is not None:
+            usage = usage.merged(usage_in(head))
+        elif head is not None and usage is None:
+            usage = usage_in(head)
+    count_usage(ctx, ex, worker, model or ex.model or "", usage)
     if error is not None:
         await end_stream_with(ex, error)
         return

@@ -41,10 +41,12 @@ from smg.dataplane.relay import (
     Failed,
     KeepAlive,
     Refused,
+    count_usage,
     end_stream_with,
     keeping_alive,
 )
 from smg.dataplane.routes import InferenceRoute
+from smg.dataplane.usage import usage_in, usage_of
 from smg.generation.outputs import StreamBuilder, complete_response, embedding_response, start_stream
 from smg.generation.requests import Prepared, prepare_chat, prepare_completion, prepare_embedding, prepare_generate
 from smg.generation.types import EngineComplete, EngineOutput
@@ -81,7 +83,10 @@ async def exchange(
         return Refused(_no_tokenizer(fleet, model))
     try:
         if route.name == "embeddings":
-            return await _embed(ctx, fleet, ex, worker, request, tokenizer, model)
+            embedded = await _embed(ctx, fleet, ex, worker, request, tokenizer, model)
+            if isinstance(embedded, Answer):
+                count_usage(ctx, ex, worker, str(request.get("model") or model), usage_in(embedded.payload))
+            return embedded
         prepared = await _prepared(ctx, ex, route, request, tokenizer, model, size)
         _check_context(worker, prepared)
     except GatewayError as error:
@@ -104,6 +109,7 @@ async def exchange(
             result, engine_done = await _complete(ctx, worker, prepared, tokenizer, call, request_id)
         if isinstance(result, Answer):
             ctx.metrics.upstream_responses(worker.url, "200").inc()
+            count_usage(ctx, ex, worker, str(request.get("model") or ex.model or model), usage_in(result.payload))
         return result
     finally:
         if not engine_done:  # the client left, a deadline passed, or every choice stopped on a stop string
@@ -307,8 +313,7 @@ async def _stream(
         if not ex.started:
             return _status_outcome(worker, exc), ended
         error = GatewayError(exc.http_status, exc.code, f"Stream error: {exc.status}: {exc.details}", type=STREAM_ERROR)
-    if ex.want_usage:
-        ex.completion_tokens = _completion_tokens(builder.usage)
+    count_usage(ctx, ex, worker, ex.model or "", usage_of(builder.usage))
     if error is None:
         ctx.metrics.upstream_responses(worker.url, "200").inc()
         await ex.send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})
@@ -403,11 +408,6 @@ def _status_outcome(worker: Worker, exc: EngineStatusError) -> Failed | Refused:
 
 def _timeout(worker: Worker, seconds: float) -> GatewayError:
     return GatewayError(504, "upstream_timeout", f"worker {worker.url} sent nothing within {seconds:g}s")
-
-
-def _completion_tokens(usage: Any) -> int:
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else 0
-    return tokens if isinstance(tokens, int) and tokens > 0 else 0
 
 
 __all__ = ["exchange"]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from smg.context import GatewayContext
+from smg.dataplane.usage import Usage
 from smg.http.asgi import Message, Send, dump_json
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
@@ -152,3 +154,17 @@ async def end_stream_with(ex: Exchange, error: GatewayError) -> None:
     ex.error_code, ex.error_message = error.code, error.message
     event = b"event: error\ndata: " + dump_json(ex.error_shape(error)) + b"\n\n"
     await ex.send({"type": "http.response.body", "body": event, "more_body": False})
+
+
+def count_usage(ctx: GatewayContext, ex: Exchange, worker: Worker, model: str, usage: Usage | None) -> None:
+    """An answer's reported tokens: in `smg_router_tokens_total` (by the model that ran and the
+    worker's backend: its provider's API, or its engine) and on the exchange, for the tenant's
+    token limit. An answer that reports none counts nothing."""
+    if usage is None:
+        return
+    ex.completion_tokens = usage.completion
+    backend = worker.provider or worker.runtime_type
+    tokens = ctx.metrics.tokens
+    for kind, count in (("prompt", usage.prompt), ("completion", usage.completion), ("cached", usage.cached)):
+        if count:
+            tokens(model, backend, kind).inc(count)

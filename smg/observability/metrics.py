@@ -98,6 +98,15 @@ class GatewayMetrics:
         self.retries_exhausted = _Cached(
             Counter("smg_worker_retries_exhausted_total", "Requests whose every attempt failed", ["route"], registry=r)
         )
+        self.tokens = _Cached(
+            Counter(
+                "smg_router_tokens_total",
+                "Tokens answers reported, by the model that ran, the worker's backend (a provider's API or the engine) "
+                "and kind: prompt (cached ones included), completion, cached (prompt tokens served from a cache)",
+                ["model", "backend", "kind"],
+                registry=r,
+            )
+        )
         self.fallbacks = _Cached(
             Counter(
                 "smg_router_fallbacks_total",

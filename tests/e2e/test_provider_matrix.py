@@ -189,6 +189,44 @@ def test_cached_prompt_tokens_come_back_in_openai_usage(gateway: Proc) -> None:
     assert second.prompt_tokens_details.cached_tokens > 0
 
 
+def tokens(gateway: Proc) -> dict[tuple[str, str, str], float]:
+    """smg_router_tokens_total by (model, backend, kind)."""
+    out = {}
+    for line in httpx.get(gateway.metrics_url + "/metrics").text.splitlines():
+        if line.startswith("smg_router_tokens_total{"):
+            labels, value = line[len("smg_router_tokens_total{") :].split("} ")
+            named = dict(part.split("=") for part in labels.split(","))
+            out[tuple(named[k].strip('"') for k in ("model", "backend", "kind"))] = float(value)
+    return out
+
+
+@pytest.mark.parametrize(("model", "backend"), [(ENGINE, "sglang"), (GPT, "openai"), (CLAUDE, "anthropic")])
+def test_tokens_are_counted_per_model_and_backend_with_cached_ones(gateway: Proc, model: str, backend: str) -> None:
+    """Item 6: every answer that reports usage, streamed (when usage is in the stream) or not."""
+    prompt = f"count me for {model} " * 30
+    before = tokens(gateway)
+    client = oai(gateway)
+    for _ in range(2):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], max_tokens=3)
+    list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    after = tokens(gateway)
+
+    def added(kind: str) -> float:
+        return after.get((model, backend, kind), 0.0) - before.get((model, backend, kind), 0.0)
+
+    assert added("completion") == 9
+    assert added("prompt") >= 3 * 30  # the same prompt three times
+    assert added("cached") > 0  # the second and third found it cached
+
+
 def served(sim: Proc) -> int:
     return int(httpx.get(sim.url + "/sim/stats").json()["requests"])
 

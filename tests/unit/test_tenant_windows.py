@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from smg.dataplane import dispatch
-from smg.dataplane.attempts import completion_tokens, stream_usage
+from smg.dataplane.usage import Usage, usage_in
 from smg.http.errors import GatewayError
 from smg.http.exchange import Exchange
 from smg.limits.admission import Admission
@@ -207,10 +207,24 @@ async def test_a_stream_asking_for_no_usage_reports_it_anyway_but_a_messages_str
     assert "stream_options" not in scenario.answers[-1]
 
 
-def test_completion_tokens_are_read_from_openai_and_messages_usage() -> None:
-    assert completion_tokens(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 7}}') == 7
-    assert completion_tokens(b'{"type": "message", "usage": {"input_tokens": 3, "output_tokens": 9}}') == 9
-    assert stream_usage(b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":5}}\n\n') == 5
+def test_usage_is_read_from_either_apis_answers_without_parsing_them() -> None:
+    assert usage_in(b'{"usage": {"prompt_tokens": 3, "completion_tokens": 7}}') == Usage(3, 7, 0)
+    # Anthropic counts cached prompt tokens apart; OpenAI's count includes them
+    message = b'{"type": "message", "usage": {"input_tokens": 3, "cache_read_input_tokens": 10, "output_tokens": 9}}'
+    assert usage_in(message) == Usage(13, 9, 10)
+    delta = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":5}}\n\n'
+    assert usage_in(delta) == Usage(0, 5, 0)
+    start = b'event: message_start\ndata: {"message":{"usage":{"input_tokens":4,"output_tokens":1}}}\n\n'
+    assert usage_in(delta).merged(usage_in(start)) == Usage(4, 5, 0)  # type: ignore[union-attr]
+    # the last usage object counts; a "usage" a model wrote, or a null one, does not
+    chunk = b'data: {"choices":[{"delta":{"content":"the \\"usage\\": {} of it"}}],"usage":null}\n\n'
+    tail = (
+        b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}}\n\n'
+    )
+    assert usage_in(tail + chunk) == Usage(2, 4, 1)
+    assert usage_in(chunk) is None and usage_in(b"data: [DONE]\n\n") is None
+    embedding = b'{"data":[{"embedding":[' + b"0.1," * 100_000 + b'0.1]}],"usage":{"prompt_tokens":8,"total_tokens":8}}'
+    assert usage_in(embedding) == Usage(8, 0, 0)
 
 
 async def test_dispatch_charges_a_failed_answer_and_nothing_for_a_refused_request(monkeypatch: pytest.MonkeyPatch) -> None:
