@@ -501,6 +501,10 @@ async def _exchange_with(
         translation = _translated_answer(route, answer)
         if isinstance(translation, Failed):
             return translation
+    elif worker.provider is not None and answer.status == 200:
+        problem = _provider_answer_problem(route, answer.payload)
+        if problem is not None:  # a third party's answer is checked before a client gets it
+            return Failed(GatewayError(502, "upstream_invalid_response", f"the provider at {worker.url} sent {problem}"))
     if answer.status == 200:
         count_usage(ctx, ex, worker, str(request.get("model") or ex.model or ""), usage_in(answer.payload))
     if worker.provider is not None and answer.status == 401:  # the gateway's key, not the client's: final
@@ -516,6 +520,24 @@ async def _exchange_with(
     if is_retryable(status):
         return Failed(GatewayError(status, "upstream_error", f"worker answered {answer.status}"), answer, cooled)
     return answer
+
+
+_ANSWER_LISTS = {"chat": "choices", "completions": "choices", "embeddings": "data"}
+
+
+def _provider_answer_problem(route: InferenceRoute, payload: bytes) -> str | None:
+    """What makes a provider's 200 answer unusable, else None: not a JSON object, or without
+    the list its API answers with (`choices`, `data`)."""
+    try:
+        answer = json.loads(payload)
+    except ValueError:
+        return "an answer that is not JSON"
+    if not isinstance(answer, dict):
+        return "an answer that is not a JSON object"
+    key = _ANSWER_LISTS.get(route.name)
+    if key is not None and not isinstance(answer.get(key), list):
+        return f"a {route.name} answer without its '{key}' list"
+    return None
 
 
 def _asks_usage(request: dict[str, Any]) -> bool:
