@@ -116,11 +116,15 @@ def test_a_taken_port_ends_start_up_with_one_line_naming_the_flag(flag: str, hel
     assert one_error_line(result.stderr) == f"smg: error: {flag} {held_port}: address already in use"
 
 
-def test_the_second_simulated_worker_s_port_is_named_too(held_port: int) -> None:
-    args = ["--port", "0", "--prometheus-port", "0", "--sim-workers", "2", "--sim-port", str(held_port - 1)]
-    result = subprocess.run(smg(*SERVE, *args), capture_output=True, text=True, timeout=60)
+def test_the_second_simulated_worker_s_port_is_named_too() -> None:
+    first = free_pair()  # free, with the next one held: the port just below a held one may be anyone's
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", first + 1))
+        held.listen()
+        args = ["--port", "0", "--prometheus-port", "0", "--sim-workers", "2", "--sim-port", str(first)]
+        result = subprocess.run(smg(*SERVE, *args), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
-    expected = f"smg: error: --sim-port {held_port - 1}: port {held_port}: address already in use"
+    expected = f"smg: error: --sim-port {first}: port {first + 1}: address already in use"
     assert one_error_line(result.stderr) == expected
 
 
