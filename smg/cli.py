@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -127,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(*logging)  # before anything starts: an unusable --log-dir is one line too
     except (ConfigError, ValueError) as exc:
         parser.error(str(exc))
+    # SIGHUP rereads --config once the gateway can (`smg.reconfigure`); until then, and for
+    # processes that never handle it, it must not end the process as its default action would
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         result = trio.run(runner)
     except KeyboardInterrupt:
@@ -201,7 +205,8 @@ def _runner(command: str, args: argparse.Namespace, argv: list[str]) -> tuple[An
             raise ConfigError("--processes is for smg launch: smg serve runs its simulated workers in its own process")
         if args.sim_port is not None and not 1 <= args.sim_port <= 65536 - args.sim_workers:
             raise ConfigError(f"--sim-port {args.sim_port} leaves no room for {args.sim_workers} workers")
-        return partial(run_serve, config, sim, args.sim_workers, args.sim_host, args.sim_port), (
+        serve = partial(run_serve, config, sim, args.sim_workers, args.sim_host, args.sim_port)
+        return partial(serve, reconfigure=partial(configured, args)), (
             config.log_level,
             config.log_json,
             config.log_dir,

@@ -478,6 +478,7 @@ async def run_serve(
     sim_host: str,
     sim_port: int | None,
     *,
+    reconfigure: Reconfigure | None = None,
     task_status: trio.TaskStatus[GatewayHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The embedded default: a gateway plus simulated workers in a child process it supervises.
@@ -494,7 +495,7 @@ async def run_serve(
     async with trio.open_nursery() as nursery:
 
         async def gateway_then_workers(task_status: trio.TaskStatus[GatewayHandle]) -> None:
-            await run_gateway(config, handle_signals=True, task_status=task_status)
+            await run_gateway(config, handle_signals=True, reconfigure=reconfigure, task_status=task_status)
             nursery.cancel_scope.cancel()  # the gateway has drained: stop the workers too
 
         handle: GatewayHandle = await nursery.start(gateway_then_workers)

@@ -34,6 +34,8 @@ from smg.config.workers import (
     OverloadSettings,
     RetrySettings,
     WorkerSettings,
+    alias_table,
+    fallback_table,
 )
 from smg.mesh.seeds import join_address
 from smg.settings import ConfigError, check_fields
@@ -122,6 +124,12 @@ class GatewayConfig(
             raise ConfigError("--tenant-header-name is read only with --trust-tenant-header")
         if self.worker_overload_protection and self.disable_worker_overload_protection:
             raise ConfigError("--worker-overload-protection and --disable-worker-overload-protection contradict each other")
+        aliases = alias_table(self.model_alias)
+        for model in fallback_table(self.model_fallback):
+            if model in aliases:  # requests are routed (and their chains found) by the model an alias names
+                raise ConfigError(
+                    f"--model-fallback: '{model}' is a --model-alias; give the chain to the model it names, '{aliases[model]}'"
+                )
         if self.tenant_rate_limit_config is not None and self.file_tenant_limits is not None:
             raise ConfigError("--tenant-rate-limit-config and the tenant_limits section of --config: give one of them")
         if self.tenant_rate_limit_enabled and self.tenant_limits() is None:

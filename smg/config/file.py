@@ -79,16 +79,34 @@ def load(path: str, environ: Mapping[str, str], settings_class: type) -> FileCon
             text = f.read()
     except OSError as exc:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not UTF-8 text (byte {exc.start})") from None
     return parse(text, path, environ, settings_class)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: a pasted second
+    `providers:` would otherwise replace the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"'{key}' is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse(text: str, name: str, environ: Mapping[str, str], settings_class: type) -> FileConfig:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{name}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply") from None
     reader = _Reader(name, environ)
     if doc is None:
         return FileConfig()
@@ -109,6 +127,9 @@ def parse(text: str, name: str, environ: Mapping[str, str], settings_class: type
         )
     tenant_keys = reader.mapping(doc.get("tenant_keys"), "tenant_keys")
     if tenant_keys:
+        for tenant in tenant_keys:
+            if ":" in tenant:
+                raise reader.error(f"tenant_keys.{tenant}", "a tenant name has no ':'")
         values["tenant_api_keys"] = tuple(
             f"{tenant}:{reader.secret(key, f'tenant_keys.{tenant}')}" for tenant, key in tenant_keys.items()
         )
@@ -188,11 +209,16 @@ class _Reader:
             if found is None:
                 raise self.error(path, "not a setting (any `smg launch` flag, by its long name)")
             name, flag = found
+            if flag.hidden and flag.refuse is None:  # set by smg itself (a process's index, a pipe)
+                raise self.error(path, "not a setting (any `smg launch` flag, by its long name)")
             if name in BY_SECTION:
                 raise self.error(path, f"given in the {BY_SECTION[name]} section")
             if name in values:
                 raise self.error(path, f"{flag.name} is given twice")
-            values[name] = self.setting(value, path, name, shape_of(settings_class, name))
+            shape = shape_of(settings_class, name)
+            if flag.many == "csv" and shape.is_list and isinstance(value, str):  # as `--seeds a:1,b:2` reads
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            values[name] = self.setting(value, path, name, shape)
             check_setting(flag, values[name], _GIVEN, f"{self.name}: {path}")  # a refused flag: refused whatever its value
         return values
 

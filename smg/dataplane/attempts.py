@@ -139,11 +139,12 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
         what = f"model '{model}'" if model is not None else "this request"
         raise GatewayError(503, "no_available_workers", f"no available worker for {what}")
     now = trio.current_time()
-    workers = [w for w in candidates if w.breaker.is_available(now) and w.cooldown_until <= now]
+    key = model or ""
+    workers = [w for w in candidates if w.breaker.is_available(now) and not (w.cooldowns and _cooling(w, key, now))]
     if not workers:
-        cooling = [w for w in candidates if w.cooldown_until > now]
+        cooling = [w for w in candidates if w.cooldowns and _cooling(w, key, now)]
         if cooling:
-            raise _cooling_down(cooling, now)
+            raise _cooling_down(cooling, key, now)
         raise GatewayError(503, "no_available_workers", "every worker's circuit breaker is open; try again shortly")
     if tried:
         fresh = [w for w in workers if w.id not in tried]
@@ -171,11 +172,23 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
     return worker
 
 
-def _cooling_down(workers: list[Worker], now: float) -> GatewayError:
+def _cooling(worker: Worker, model: str, now: float) -> bool:
+    """`worker` asked for time (Retry-After) for `model`, and it is not over (an ended wait is forgotten)."""
+    wait = worker.cooldowns.get(model)
+    if wait is None:
+        return False
+    if wait[0] <= now:
+        del worker.cooldowns[model]
+        return False
+    return True
+
+
+def _cooling_down(workers: list[Worker], model: str, now: float) -> GatewayError:
     """Every worker that could answer asked the gateway to wait (a 429 or 503 with Retry-After):
     the client is told the same, with the shortest wait."""
-    wait = str(max(1, math.ceil(min(w.cooldown_until for w in workers) - now))).encode()
-    limited = any(w.cooldown_status == 429 for w in workers)
+    waits = [w.cooldowns[model] for w in workers]
+    wait = str(max(1, math.ceil(min(until for until, _ in waits) - now))).encode()
+    limited = any(status == 429 for _, status in waits)
     status, code = (429, "rate_limit_exceeded") if limited else (503, "no_available_workers")
     message = (
         f"every worker that could serve this request asked to be left alone for a while (Retry-After); retry in {wait.decode()}s"
@@ -183,9 +196,10 @@ def _cooling_down(workers: list[Worker], now: float) -> GatewayError:
     return GatewayError(status, code, message, headers=[(b"retry-after", wait)])
 
 
-def cool_down(worker: Worker, status: int, headers: list[tuple[bytes, bytes]], now: float) -> bool:
+def cool_down(worker: Worker, model: str, status: int, headers: list[tuple[bytes, bytes]], now: float) -> bool:
     """A 429 or 503 with Retry-After (seconds, at most `COOLDOWN_CAP_SECS`): the worker is not
-    chosen until then (an HTTP-date Retry-After is not read). True if it is cooling down."""
+    chosen for `model` until then (a provider limits each model apart; an HTTP-date
+    Retry-After is not read). True if it is cooling down."""
     for name, value in headers:
         if name == b"retry-after":
             try:
@@ -193,8 +207,7 @@ def cool_down(worker: Worker, status: int, headers: list[tuple[bytes, bytes]], n
             except ValueError:
                 return False
             if secs > 0 and math.isfinite(secs):
-                worker.cooldown_until = now + min(secs, COOLDOWN_CAP_SECS)
-                worker.cooldown_status = status
+                worker.cooldowns[model] = (now + min(secs, COOLDOWN_CAP_SECS), status)
                 return True
             return False
     return False
@@ -285,6 +298,8 @@ async def _answer(
     if not _falls_back(outcome) or not ctx.config.model_fallback or ex.client_gone:
         return outcome
     primary = info.model
+    kept, kept_step, kept_model = outcome, 0, ""  # the failure the client gets if every step fails
+    step = 0
     for step, model in enumerate(fallback_table(ctx.config.model_fallback).get(primary, ()), start=1):
         model = ctx.canonical_model(model) or model
         ctx.metrics.fallbacks(primary, model, outcome.error.code).inc()
@@ -292,12 +307,33 @@ async def _answer(
         request = {**request, "model": model}
         body = dump_json(request)
         info = dataclasses.replace(info, model=model, pool=ctx.registry.serving(model), tokens=None)
-        headers = [h for h in ex.extra_headers if h[0] not in FALLBACK_HEADERS]
-        ex.extra_headers = [*headers, (FALLBACK_HEADERS[0], str(step).encode()), (FALLBACK_HEADERS[1], model.encode())]
+        _name_step(ex, step, model)  # before the attempts: a stream's head goes out during them
         outcome = await _attempts(ctx, ex, route, info, request, body)
         if not _falls_back(outcome) or ex.client_gone:
-            break
-    return outcome
+            return outcome
+        if _found_no_worker(kept) or not _found_no_worker(outcome):
+            kept, kept_step, kept_model = outcome, step, model
+    if kept_step != step:  # an earlier step's answer (a 429 and its Retry-After) says more than "no worker"
+        _name_step(ex, kept_step, kept_model)
+    return kept
+
+
+def _name_step(ex: Exchange, step: int, model: str) -> None:
+    """The headers naming the fallback step that answered (none for the model's own pool)."""
+    headers = [h for h in ex.extra_headers if h[0] not in FALLBACK_HEADERS]
+    if step:
+        headers += [(FALLBACK_HEADERS[0], str(step).encode()), (FALLBACK_HEADERS[1], model.encode())]
+    ex.extra_headers = headers
+
+
+def _found_no_worker(outcome: Failed) -> bool:
+    """The pool had no worker to ask (none serves the model, none is available): a failure that
+    says less than one a worker answered."""
+    return (
+        outcome.answer is None
+        and outcome.error.code in ("model_not_found", "no_available_workers")
+        and not any(name == b"retry-after" for name, _ in outcome.error.headers)
+    )
 
 
 def _falls_back(outcome: Answer | Failed | Refused | None) -> TypeGuard[Failed]:
@@ -516,7 +552,8 @@ async def _exchange_with(
             )
         )
     status = anthropic.error_status(answer.status) if worker.provider == ANTHROPIC else answer.status  # 529: 503
-    cooled = status in (429, 503) and cool_down(worker, status, answer.headers, trio.current_time())
+    model = str(request.get("model") or "")
+    cooled = status in (429, 503) and cool_down(worker, model, status, answer.headers, trio.current_time())
     if is_retryable(status):
         return Failed(GatewayError(status, "upstream_error", f"worker answered {answer.status}"), answer, cooled)
     return answer
@@ -677,10 +714,9 @@ async def relay_events(
         usage = usage_of(translate.usage)
     else:
         usage = usage_in(previous + last)
-        if head is not None and head is not last and usage is not None:
-            usage = usage.merged(usage_in(head))
-        elif head is not None and usage is None:
-            usage = usage_in(head)
+        opening = usage_in(head, first=True) if head is not None else None  # Anthropic's message_start
+        if opening is not None:
+            usage = opening.merged(usage)
     count_usage(ctx, ex, worker, model or ex.model or "", usage)
     if error is not None:
         await end_stream_with(ex, error)

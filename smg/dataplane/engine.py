@@ -104,7 +104,8 @@ async def exchange(
     result: Answer | Failed | Refused | None
     try:
         if engine.stream:
-            result, engine_done = await _stream(ctx, ex, worker, prepared, tokenizer, call, request_id)
+            served = str(request.get("model") or ex.model or model)  # a fallback step's, not the client's
+            result, engine_done = await _stream(ctx, ex, worker, prepared, tokenizer, call, request_id, served)
         else:
             result, engine_done = await _complete(ctx, worker, prepared, tokenizer, call, request_id)
         if isinstance(result, Answer):
@@ -289,6 +290,7 @@ async def _stream(
     tokenizer: ModelTokenizer,
     call: Any,
     request_id: str,
+    model: str,
 ) -> tuple[Failed | Refused | None, bool]:
     """A streamed answer. Until the engine's first message nothing went to the client, so a
     failure may still be retried elsewhere; after it, a failure ends the stream with an error
@@ -313,7 +315,7 @@ async def _stream(
         if not ex.started:
             return _status_outcome(worker, exc), ended
         error = GatewayError(exc.http_status, exc.code, f"Stream error: {exc.status}: {exc.details}", type=STREAM_ERROR)
-    count_usage(ctx, ex, worker, ex.model or "", usage_of(builder.usage))
+    count_usage(ctx, ex, worker, model, usage_of(builder.usage))
     if error is None:
         ctx.metrics.upstream_responses(worker.url, "200").inc()
         await ex.send({"type": "http.response.body", "body": DONE_EVENT, "more_body": False})

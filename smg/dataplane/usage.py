@@ -53,11 +53,11 @@ def usage_of(usage: Any) -> Usage | None:
     return None
 
 
-def usage_in(payload: bytes) -> Usage | None:
-    """The last usage object in a JSON body or a run of SSE events, if there is one."""
-    at = len(payload)
+def usage_in(payload: bytes, *, first: bool = False) -> Usage | None:
+    """The last (or `first`) usage object in a JSON body or a run of SSE events, if any."""
+    at = len(payload) if not first else -1
     while True:
-        at = payload.rfind(_KEY, 0, at)
+        at = payload.find(_KEY, at + 1) if first else payload.rfind(_KEY, 0, at)
         if at < 0:
             return None
         start = payload.find(b"{", at + len(_KEY))
@@ -70,4 +70,4 @@ def usage_in(payload: bytes) -> Usage | None:
             found = usage_of(usage)
             if found is not None:
                 return found
-        # "usage" inside a string (a model writing about usage), or null: look further back
+        # "usage" inside a string (a model writing about usage), or null: look further on

@@ -95,10 +95,9 @@ class Worker:
     reported_load: int = 0  # running + waiting from the worker's /v1/loads (load monitor), else 0
     reported_waiting: int = 0  # waiting requests in that report (overload protection)
     reported_token_usage: float | None = None  # its mean KV-cache usage; None: not reported
-    # it answered 429 or 503 with Retry-After: not chosen before this time (trio's clock), when
-    # the request gets `cooldown_status` if no other worker (or fallback) can take it
-    cooldown_until: float = 0.0
-    cooldown_status: int = 0
+    # model -> (until, status): it answered 429 or 503 with Retry-After for that model, and is not
+    # chosen for it before then (trio's clock); a request no one else can take gets that status
+    cooldowns: dict[str, tuple[float, int]] = field(default_factory=dict)
     peer_in_flight: int = 0  # HA mesh: requests other gateways have in flight on it
     cluster_down: bool = False  # HA mesh: the majority of its health owners report it unhealthy
 

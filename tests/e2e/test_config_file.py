@@ -134,6 +134,9 @@ def test_sighup_rereads_the_file_without_dropping_a_request(gateway: tuple[Proc,
 
 def test_a_file_that_breaks_changes_nothing(gateway: tuple[Proc, Path]) -> None:
     proc, path = gateway
+    path.write_bytes(b"# caf\xe9 (Latin-1)\nsettings: {policy: random}\n")
+    proc.popen.send_signal(signal.SIGHUP)
+    wait_until(lambda: "is not UTF-8 text" in proc.log(), "the error logged")
     path.write_text("settings: {polcy: random}\n")
     proc.popen.send_signal(signal.SIGHUP)
     wait_until(lambda: "settings.polcy: not a setting (any" in proc.log(), "the error logged")

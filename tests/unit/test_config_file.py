@@ -104,6 +104,11 @@ def test_an_empty_file_says_nothing() -> None:
         ("tenant_limits: {default: {requests_per_minute: -3}}", "tenant_limits: default.requests_per_minute must be"),
         ("settings: {port: 1\n  policy: x", "smg.yaml: not valid YAML (line"),
         ("[1, 2]", "smg.yaml: expected a mapping of settings"),
+        ("settings: {port: 1, port: 2}", "smg.yaml: not valid YAML (line 1): 'port' is given twice in one mapping"),
+        ("aliases: {a: b}\naliases: {c: d}", "'aliases' is given twice"),
+        ("tenant_keys: {'ac:me': env:ACME_KEY}", "tenant_keys.ac:me: a tenant name has no ':'"),
+        ("settings: {process_index: 1}", "settings.process_index: not a setting"),
+        ("settings: {process-parent-fd: 0}", "settings.process-parent-fd: not a setting"),
     ],
 )
 def test_what_a_file_gets_wrong_is_one_line_naming_the_key(text: str, said: str) -> None:
@@ -143,3 +148,20 @@ def test_a_missing_file_or_limits_given_twice_are_one_line(tmp_path: Path) -> No
         )
     with pytest.raises(ConfigError, match=r"^--config: cannot read .*absent\.yaml: No such file or directory$"):
         configured(build_parser("launch").parse_args(["--config", str(tmp_path / "absent.yaml")]))
+
+
+def test_a_comma_separated_flag_is_split_as_on_the_command_line() -> None:
+    file = parse("settings: {mesh_seeds: 'a:1, b:2'}", "smg.yaml", ENV, GatewayConfig)
+    assert file.values["mesh_seeds"] == ("a:1", "b:2")
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "smg.yaml"
+    path.write_bytes(b"# caf\xe9\nsettings: {policy: random}\n")
+    with pytest.raises(ConfigError, match=r"^--config: .*smg\.yaml is not UTF-8 text \(byte 5\)$"):
+        configured(build_parser("launch").parse_args(["--config", str(path)]))
+
+
+def test_a_fallback_chain_is_given_to_a_model_not_an_alias() -> None:
+    with pytest.raises(ConfigError, match="'fast' is a --model-alias; give the chain to the model it names, 'm'"):
+        GatewayConfig(model_alias=("fast=m",), model_fallback=("fast=other",))

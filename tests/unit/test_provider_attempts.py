@@ -11,7 +11,7 @@ from trio.testing import MockClock
 
 from smg.context import GatewayContext
 from smg.dataplane.attempts import proxy
-from smg.dataplane.routes import ROUTES
+from smg.dataplane.routes import ROUTES, InferenceRoute
 from smg.http.exchange import Exchange
 from smg.workers.breaker import BreakerState
 from smg.workers.registry import Worker
@@ -162,3 +162,37 @@ async def test_a_refused_request_or_a_started_stream_never_falls_back(autojump_c
     upstream.handler = lambda call: sse_reply(*claude_events(stop=False))
     client, _ = await ask(ctx, "claude", stream=True)
     assert [call.worker_url for call in upstream.calls] == [CLAUDE] and b"x-smg-fallback-step" not in client.headers
+
+
+async def test_a_fallback_with_no_worker_leaves_the_primarys_429_and_its_retry_after(autojump_clock: MockClock) -> None:
+    upstream = FakeUpstream(lambda call: json_reply(429, {"error": {"message": "slow"}}, [(b"retry-after", b"30")]))
+    ctx = fleet(upstream, retry_max_retries=1, model_fallback=("gpt=nobody-serves-this",))
+    client, _ = await ask(ctx, "gpt")
+    assert client.status == 429 and client.headers[b"retry-after"] == b"30"
+    assert b"x-smg-fallback-step" not in client.headers  # the answer is the primary's
+
+
+async def test_a_retry_after_for_one_model_leaves_the_providers_other_models_alone(autojump_clock: MockClock) -> None:
+    def handler(call: UpstreamCall) -> Any:
+        if json.loads(call.body)["model"] == "gpt":
+            return json_reply(429, {}, [(b"retry-after", b"60")])
+        return json_reply(200, OK)
+
+    upstream = FakeUpstream(handler)
+    ctx = fleet(upstream, retry_max_retries=1)
+    by_url(ctx, GPT).models.append("gpt-mini")
+    ctx.registry.refresh()
+    assert (await ask(ctx, "gpt"))[0].status == 429
+    assert (await ask(ctx, "gpt-mini"))[0].status == 200 and len(upstream.calls) == 2
+
+
+async def test_a_relayed_messages_stream_in_one_piece_counts_its_prompt_too(autojump_clock: MockClock) -> None:
+    """Native /v1/messages: the prompt's usage is in message_start, the output's in message_delta."""
+    ctx = fleet(FakeUpstream(lambda call: sse_reply(b"".join(claude_events()))))
+    request = {"model": "claude", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    client = FakeClient()
+    ex = exchange(client, "/v1/messages", model="claude")
+    await proxy(ctx, ex, InferenceRoute("messages", b"/v1/messages"), request, json.dumps(request).encode())
+    assert b"message_stop" in client.body_bytes
+    assert sample(ctx, "smg_router_tokens_total", model="claude", backend="anthropic", kind="prompt") == 4
+    assert sample(ctx, "smg_router_tokens_total", model="claude", backend="anthropic", kind="completion") == 3
