@@ -13,6 +13,7 @@ from smg.config import GatewayConfig
 from smg.config.workers import alias_table
 from smg.generation.requests import PipelineOptions
 from smg.limits.admission import Admission
+from smg.limits.metrics import TenantCollector
 from smg.limits.tenants import TenantRateLimiter
 from smg.observability import tracing
 from smg.observability.logs import AccessLog
@@ -121,6 +122,7 @@ class GatewayContext:
         limits = config.tenant_limits()
         if limits is not None:
             ctx.limiter = TenantRateLimiter(limits)
+        metrics.registry.register(TenantCollector(lambda: ctx.limiter))
         ctx.registrar.on_change = ctx.workers_changed
         ctx.registrar.on_removed = ctx.worker_failed
         ctx.registrar.on_checked = ctx.worker_checked
