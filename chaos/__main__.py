@@ -20,7 +20,17 @@ from pathlib import Path
 
 from chaos import netns
 from chaos.cluster import LIMIT_PER_MINUTE, Cluster
-from chaos.invariants import Report, classify, count_flaps, draining, memory, no_failures, rate_limit, wait_converged
+from chaos.invariants import (
+    Report,
+    classify,
+    count_flaps,
+    draining,
+    memory,
+    no_failures,
+    rate_limit,
+    shared_history,
+    wait_converged,
+)
 from chaos.scenarios import SCENARIOS
 from chaos.traffic import Traffic
 
@@ -38,6 +48,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> Report:
         cluster.start()
         since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         time.sleep(2)  # the mesh settles
+        if cluster.database is not None:  # the compose file's shared PostgreSQL: any gateway continues any response
+            shared_history(report, cluster, "sim-model")
         rss = [node.rss_kb() for node in cluster.gateway_nodes]
         traffic = Traffic(cluster, rate=args.rate, seed=args.seed)
         traffic.start()

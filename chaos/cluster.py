@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,13 @@ from typing import Any
 import httpx
 
 from chaos import netns
+from chaos.compose import databases
 from chaos.compose import load as load_compose
 
+# The machine's own PostgreSQL stands in for a compose file's postgres service: a database of
+# its own per run, dropped at the end (as the tests' history backends do).
+POSTGRES_ADMIN_URL = os.environ.get("SMG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_PROXY_PORT = 15432  # in namespaces the gateways reach it through the harness's forwarder
 ADMIN_KEY = "chaos-admin"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 LIMITED_TENANT, LIMITED_KEY, LIMIT_PER_MINUTE = "limited", "chaos-limited-key", 30  # a tenant held to a cluster-wide limit
@@ -102,6 +108,8 @@ class Cluster:
     _filters: dict[int, tuple[set[str], float]] = field(default_factory=dict)  # loopback: mesh filter per gateway
     events: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, what happened)
     timings: dict[str, float | None] = field(default_factory=dict)  # "kill -> dead everywhere": seconds
+    database: str | None = None  # the PostgreSQL database made for a compose file's postgres service
+    forwarder: Node | None = None  # in namespaces: the harness's way to the machine's PostgreSQL
 
     # -- addresses -------------------------------------------------------------------
 
@@ -137,11 +145,14 @@ class Cluster:
         if self.net == "netns":
             self.network = netns.Network()
             self.network.create()
+        gateway_env: list[dict[str, str]] = []
         if self.compose is not None:
-            gateways, workers = load_compose(self.compose, self.base)
+            database_url = self._database() if databases(self.compose) else None
+            gateways, workers = load_compose(self.compose, self.base, database_url)
             self.gateways, self.workers = len(gateways), len(workers)
             worker_commands = [w.command for w in workers]
             gateway_commands = [[*g.command, *self._test_flags(i)] for i, g in enumerate(gateways)]
+            gateway_env = [g.env for g in gateways]
         else:
             worker_commands = [self._worker_command(j) for j in range(self.workers)]
             gateway_commands = [self._gateway_command(i) for i in range(self.gateways)]
@@ -154,6 +165,7 @@ class Cluster:
         for i, command in enumerate(gateway_commands):
             # each its own history file (one host: the default path would be shared, and is locked)
             env = {"SMG_MESH_KEY": self.key, "SMG_HISTORY_DB_PATH": str(self.logdir / f"history-{i}.db")}
+            env |= gateway_env[i] if gateway_env else {}
             node = Node(f"gateway-{i}", command, self.logdir / f"gateway-{i}.log", env, self._host(f"g{i}", GATEWAY_OCTET + i))
             node.start()
             self.gateway_nodes.append(node)
@@ -167,12 +179,38 @@ class Cluster:
         self.network.add_host(name, octet)
         return self.network.prefix(name)
 
+    def _database(self) -> str:
+        """A fresh database on the machine's PostgreSQL for the compose file's postgres service;
+        in namespaces, reached through a forwarder on the harness's address."""
+        import psycopg
+
+        name = f"smg_chaos_{os.urandom(6).hex()}"
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        self.database = name
+        server = POSTGRES_ADMIN_URL.split("@", 1)[1].split("/", 1)[0]
+        if self.network is None:
+            return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        forwarder = Node("postgres-forwarder", [sys.executable, "-m", "chaos.delay_proxy", "--listen",
+                         f"{self.client_host}:{POSTGRES_PROXY_PORT}", "--to", server, "--delay-ms", "0"],
+                         self.logdir / "postgres-forwarder.log")  # fmt: skip
+        forwarder.start()
+        self.forwarder = forwarder
+        self._wait_port(self.client_host, POSTGRES_PROXY_PORT, "the PostgreSQL forwarder")
+        user = POSTGRES_ADMIN_URL.split("://", 1)[1].split("@", 1)[0]
+        return f"postgresql://{user}@{self.client_host}:{POSTGRES_PROXY_PORT}/{name}"
+
     def close(self) -> None:
-        for node in [*self.gateway_nodes, *self.worker_nodes, *self.proxies.values()]:
+        for node in [*self.gateway_nodes, *self.worker_nodes, *self.proxies.values(), *filter(None, [self.forwarder])]:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 node.kill()
         if self.network is not None:
             self.network.close()
+        if self.database is not None:
+            import psycopg
+
+            with contextlib.suppress(psycopg.Error), psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
     def _gateway_command(self, i: int) -> list[str]:
         host = self.gateway_host(i)
@@ -201,6 +239,14 @@ class Cluster:
     def _worker_command(self, j: int) -> list[str]:
         return [sys.executable, "-m", "smg", "sim-worker", "--host", self.worker_host(j), "--port", str(WORKER_PORT),
                 "--seed", str(self.seed + j), "--ttft-ms", "20", "--tpot-ms", "5", "--log-level", "warn"]  # fmt: skip
+
+    def _wait_port(self, host: str, port: int, what: str, deadline: float = 10.0) -> None:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{what} not listening after {deadline:g}s (logs: {self.logdir})")
 
     def _wait(self, url: str, what: str, deadline: float = 60.0) -> None:
         end = time.monotonic() + deadline

@@ -9,7 +9,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos.cluster import Cluster
+import openai
+
+from chaos.cluster import ADMIN_KEY, Cluster
 from chaos.traffic import Outcome
 
 DEAD_LINE = re.compile(r"^(\S+) .* smg\.mesh: mesh (\S+): (\S+) is dead")
@@ -39,6 +41,7 @@ class Report:
     limited_refused: int = 0  # 429s: the limit was reached
     admitted_per_window: list[int] = field(default_factory=list)  # per aligned minute the run touched
     timings: dict[str, float | None] = field(default_factory=dict)
+    history_shared: bool | None = None  # a stored response continued on every other gateway (shared history)
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -160,3 +163,24 @@ def memory(report: Report, before: list[int], cluster: Cluster) -> None:
     report.rss_growth_mb = round(max(growth, default=0.0), 1)
     if report.rss_growth_mb > 100:
         report.violations.append(f"a gateway's memory grew by {report.rss_growth_mb} MB")
+
+
+def shared_history(report: Report, cluster: Cluster, model: str) -> None:
+    """With a shared history (the compose file's PostgreSQL): a response stored through one
+    gateway is continued (`previous_response_id`) through every other, as a client behind a
+    balancer would; a gateway that cannot find it is a violation."""
+    clients = [
+        openai.OpenAI(base_url=cluster.url(i) + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30)
+        for i in range(cluster.gateways)
+    ]
+    try:
+        first = clients[0].responses.create(model=model, input="remember the word kiwi")
+        for i, client in enumerate(clients[1:], start=1):
+            follow = client.responses.create(model=model, input="which word?", previous_response_id=first.id)
+            if follow.status != "completed":
+                report.violations.append(f"gateway {i} continued a stored response as {follow.status}")
+    except openai.APIError as exc:
+        report.history_shared = False
+        report.violations.append(f"a stored response did not continue on another gateway: {exc}")
+        return
+    report.history_shared = True

@@ -47,5 +47,6 @@ def test_the_ci_scenarios_keep_every_invariant(tmp_path: Path) -> None:
     for s in scenarios:
         assert s["verdict"] == "PASS" and s["other_failures"] == 0 and s["ok"] > 0, s
         assert s["converge_secs"] is not None and s["digests_agree_secs"] is not None
+        assert s["history_shared"] is True, s  # compose's PostgreSQL: a stored response continued on every gateway
     rolling = next(s for s in scenarios if s["scenario"] == "rolling-restart")
     assert rolling["ok"] == rolling["sent"] and rolling["max_deaths_per_pair"] == 0, rolling  # left, never dead
