@@ -25,9 +25,8 @@ from smg.http.errors import GatewayError, load_json_object
 from smg.http.exchange import Exchange
 from smg.upstream.grpc.client import EngineClient
 from smg.upstream.grpc.status import EngineStatusError
-from smg.workers.providers import check_urls, environment_key, header_safe, key_source
 from smg.workers.registry import DuplicateWorker, Worker, normalize_url, worker_id_for
-from smg.workers.spec import SpecError, provider_of, replaced_settings, worker_settings
+from smg.workers.spec import SpecError, provider_key, provider_of, replaced_settings, worker_settings
 
 CONTROL_BODY_LIMIT = 1024 * 1024
 
@@ -141,21 +140,10 @@ def _provider(body: dict[str, Any], url: str, settings: dict[str, Any]) -> str |
     variable `--backend` would read); refused where the key could leak or is missing."""
     try:
         provider = provider_of(body, url)
+        if provider is not None:
+            settings["api_key"] = provider_key(provider, url, settings.get("api_key"), os.environ)
     except SpecError as exc:
         raise _bad_request(str(exc), param=exc.param) from None
-    if provider is None:
-        return None
-    try:
-        check_urls(provider, (url,))
-    except ValueError as exc:
-        raise _bad_request(str(exc).removeprefix(f"--backend {provider}: "), param="url") from None
-    key = settings.get("api_key") or environment_key(provider, url, os.environ)
-    if key is None:
-        message = f"a hosted provider needs 'api_key' ({key_source(provider, url)})"
-        raise _bad_request(message, param="api_key")
-    if not header_safe(key):
-        raise _bad_request("'api_key' holds characters an HTTP header cannot carry", param="api_key")
-    settings["api_key"] = key
     return provider
 
 

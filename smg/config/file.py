@@ -36,9 +36,8 @@ import yaml
 from smg.discovery.manifest import WorkerSpec
 from smg.limits.tenants import TenantLimits
 from smg.settings import ConfigError, Flag, Shape, check_setting, from_text, settings_of, shape_of
-from smg.workers.providers import PROVIDERS, api_of, check_urls, environment_key, header_safe, key_source
 from smg.workers.registry import normalize_url
-from smg.workers.spec import SpecError, worker_settings
+from smg.workers.spec import SpecError, provider_api, provider_key, worker_settings
 
 ENV_PREFIX = "env:"
 SECTIONS = ("settings", "workers", "providers", "aliases", "fallbacks", "tenant_keys", "tenant_limits")
@@ -293,20 +292,12 @@ class _Reader:
         return specs
 
     def provider(self, body: dict[str, Any], url: str, key: str | None, path: str) -> dict[str, Any]:
-        api = body.get("provider")
-        if api is not None and api not in PROVIDERS:
-            raise self.error(f"{path}.provider", f"must be one of {', '.join(PROVIDERS)}")
-        api = api or api_of("openai", url)
+        """A provider entry's API and key, checked as `POST /workers` checks them."""
         try:
-            check_urls(api, (url,))
-        except ValueError as exc:
-            raise self.error(f"{path}.url", str(exc).removeprefix(f"--backend {api}: ")) from None
-        key = key or environment_key(api, url, self.environ)
-        if key is None:
-            raise self.error(f"{path}.api_key", f"a provider needs its key as {ENV_PREFIX}NAME ({key_source(api, url)})")
-        if not header_safe(key):
-            raise self.error(f"{path}.api_key", "holds characters an HTTP header cannot carry")
-        return {"provider": api, "api_key": key}
+            api = provider_api(body, url)
+            return {"provider": api, "api_key": provider_key(api, url, key, self.environ)}
+        except SpecError as exc:
+            raise self.error(f"{path}.{exc.param}", str(exc)) from None
 
 
 def _has_password(url: str) -> bool:

@@ -520,7 +520,7 @@ async def _exchange_with(
                 if response.status == 200 and content_type.startswith(b"text/event-stream"):
                     events = None
                     if translated:
-                        events = anthropic.ChatEvents(route.name, int(time.time()), _asks_usage(request))
+                        events = anthropic.ChatEvents(route.name, int(time.time()), asks_usage(request))
                     await relay_events(ctx, ex, worker, response, content_type, events, request.get("model"))
                     return None
                 passed = [(name, value) for name, value in response.headers if name in PASSED_ANSWER_HEADERS]
@@ -541,8 +541,9 @@ async def _exchange_with(
         problem = _provider_answer_problem(route, answer.payload)
         if problem is not None:  # a third party's answer is checked before a client gets it
             return Failed(GatewayError(502, "upstream_invalid_response", f"the provider at {worker.url} sent {problem}"))
+    model = str(request.get("model") or "")  # a fallback step's, not necessarily the client's
     if answer.status == 200:
-        count_usage(ctx, ex, worker, str(request.get("model") or ex.model or ""), usage_in(answer.payload))
+        count_usage(ctx, ex, worker, model or ex.model or "", usage_in(answer.payload))
     if worker.provider is not None and answer.status == 401:  # the gateway's key, not the client's: final
         return Refused(
             GatewayError(
@@ -552,7 +553,6 @@ async def _exchange_with(
             )
         )
     status = anthropic.error_status(answer.status) if worker.provider == ANTHROPIC else answer.status  # 529: 503
-    model = str(request.get("model") or "")
     cooled = status in (429, 503) and cool_down(worker, model, status, answer.headers, trio.current_time())
     if is_retryable(status):
         return Failed(GatewayError(status, "upstream_error", f"worker answered {answer.status}"), answer, cooled)
@@ -577,7 +577,8 @@ def _provider_answer_problem(route: InferenceRoute, payload: bytes) -> str | Non
     return None
 
 
-def _asks_usage(request: dict[str, Any]) -> bool:
+def asks_usage(request: dict[str, Any]) -> bool:
+    """The client asked for a stream's usage chunk (`stream_options.include_usage: true`)."""
     options = request.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from smg.config.workers import alias_table
 from smg.context import GatewayContext
-from smg.dataplane.attempts import proxy, text_of
+from smg.dataplane.attempts import asks_usage, proxy, text_of
 from smg.dataplane.relay import MESSAGES_ROUTE
 from smg.dataplane.routes import InferenceRoute
 from smg.http.asgi import dump_json, read_body, send_json
@@ -75,7 +75,7 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
         )
     if counts_tokens:
         ex.want_usage = True
-        if stream and ex.route != MESSAGES_ROUTE and not _asks_usage(request):
+        if stream and ex.route != MESSAGES_ROUTE and not asks_usage(request):
             # so the stream reports its tokens, even when the client asked for none (the options may be null).
             # A Messages stream always does (`message_delta`), and Anthropic refuses a field it does not know.
             options = request.get("stream_options")
@@ -88,11 +88,6 @@ async def dispatch(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, req
     finally:
         if ex.completion_tokens:
             limiter.charge_tokens(tenant, ex.completion_tokens, time.time())
-
-
-def _asks_usage(request: dict[str, Any]) -> bool:
-    options = request.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 async def _admitted(ctx: GatewayContext, ex: Exchange, route: InferenceRoute, request: dict[str, Any], body: bytes) -> None:

@@ -7,9 +7,10 @@ listed in a discovery file mean the same thing. Errors name the field (`param`).
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-from smg.workers.providers import OPENAI, PROVIDERS, RUNTIME_TYPE, api_of
+from smg.workers.providers import OPENAI, PROVIDERS, RUNTIME_TYPE, api_of, check_urls, environment_key, header_safe, key_source
 
 MAX_PRIORITY = 2**32 - 1  # a u32, as the reference's: the replicated record is msgpack, whose integers stop at 64 bits
 
@@ -60,14 +61,38 @@ def worker_settings(body: dict[str, Any]) -> dict[str, Any]:
 def provider_of(body: dict[str, Any], url: str) -> str | None:
     """The API of the hosted provider `body` describes (`runtime_type: external`, or the
     reference's `runtime`, or `provider` naming the API), else None: an engine, whose type
-    discovery reads (any other `runtime_type`, as `GET /workers` shows them, is not read).
-    Without `provider`, a known host's API (api.anthropic.com: Anthropic's), else OpenAI's."""
+    discovery reads (any other `runtime_type`, as `GET /workers` shows them, is not read)."""
     runtime = body.get("runtime_type", body.get("runtime"))
-    provider = body.get("provider")
-    if provider is not None and provider not in PROVIDERS:
-        raise SpecError("provider", f"'provider' must be one of {', '.join(PROVIDERS)}")
-    if provider is None:
-        return api_of(OPENAI, url) if runtime == RUNTIME_TYPE else None
+    if body.get("provider") is None:
+        return provider_api(body, url) if runtime == RUNTIME_TYPE else None
     if runtime not in (None, RUNTIME_TYPE):
         raise SpecError("provider", f"'provider' names a hosted provider: 'runtime_type' must be {RUNTIME_TYPE}")
+    return provider_api(body, url)
+
+
+def provider_api(body: dict[str, Any], url: str) -> str:
+    """The API a provider entry speaks: its `provider`, else a known host's (api.anthropic.com:
+    Anthropic's), else OpenAI's."""
+    provider = body.get("provider")
+    if provider is None:
+        return api_of(OPENAI, url)
+    if provider not in PROVIDERS:
+        raise SpecError("provider", f"'provider' must be one of {', '.join(PROVIDERS)}")
     return str(provider)
+
+
+def provider_key(provider: str, url: str, key: str | None, environ: Mapping[str, str]) -> str:
+    """The key a provider added at run time (`POST /workers`, a config file) is sent: the one
+    given with it, else this node's environment's for a known host. `SpecError` naming `url`
+    (not https://, so the key would cross the network in the clear) or `api_key` (none, or
+    one a header cannot carry)."""
+    try:
+        check_urls(provider, (url,))
+    except ValueError as exc:
+        raise SpecError("url", str(exc).removeprefix(f"--backend {provider}: ")) from None
+    key = key or environment_key(provider, url, environ)
+    if key is None:
+        raise SpecError("api_key", f"a hosted provider needs 'api_key' ({key_source(provider, url)})")
+    if not header_safe(key):
+        raise SpecError("api_key", "'api_key' holds characters an HTTP header cannot carry")
+    return key

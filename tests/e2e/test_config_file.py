@@ -43,24 +43,25 @@ def models(gateway: Proc) -> set[str]:
     return {m["id"] for m in httpx.get(gateway.url + "/v1/models").json()["data"]}
 
 
-def first(sims: dict[str, Proc]) -> str:
+def config(sims: dict[str, Proc], policy: str, engine: str, aliases: str, fallbacks: str = "{}") -> str:
+    """A config file: one engine, the Anthropic provider (its key by reference), aliases, fallbacks."""
     return f"""
         settings:
-          policy: round_robin
+          policy: {policy}
           retry-max-retries: 1
         workers:
-          - {sims["a"].url}
+          - {sims[engine].url}
         providers:
           - {{url: {sims["claude"].url}, provider: anthropic, api_key: env:CLAUDE_KEY}}
-        aliases: {{fast: engine-a}}
-        fallbacks: {{engine-a: [claude-sim]}}
+        aliases: {aliases}
+        fallbacks: {fallbacks}
     """
 
 
 @pytest.fixture
 def gateway(sims: dict[str, Proc], tmp_path: Path) -> Iterator[tuple[Proc, Path]]:
     path = tmp_path / "smg.yaml"
-    write(path, first(sims))
+    write(path, config(sims, "round_robin", "a", "{fast: engine-a}", "{engine-a: [claude-sim]}"))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CLAUDE_KEY", KEY)
         proc = start_gateway([], "--config", str(path), ready=False)
@@ -105,19 +106,7 @@ def test_sighup_rereads_the_file_without_dropping_a_request(gateway: tuple[Proc,
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        write(
-            path,
-            f"""
-            settings:
-              policy: random
-              retry-max-retries: 1
-            workers:
-              - {sims["b"].url}
-            providers:
-              - {{url: {sims["claude"].url}, provider: anthropic, api_key: env:CLAUDE_KEY}}
-            aliases: {{quick: engine-b}}
-            """,
-        )
+        write(path, config(sims, "random", "b", "{quick: engine-b}"))
         proc.popen.send_signal(signal.SIGHUP)
         wait_until(lambda: models(proc) == {"engine-b", "quick", "claude-sim"}, "the new file applied")
         wait_until(lambda: "SIGHUP:" in proc.log() and "reread" in proc.log(), "the reread logged")

@@ -77,14 +77,14 @@ def test_an_empty_file_says_nothing() -> None:
         ("tenant_keys: {acme: plain}", "tenant_keys.acme: a key is given by reference"),
         ("settings: {postgres_db_url: 'postgresql://u:pw@db/smg'}", "settings.postgres_db_url: a URL with a password"),
         ("settings: {api_key: env:NOT_SET}", "settings.api_key: NOT_SET is not set (it is named by env:NOT_SET)"),
-        ("providers: [{url: https://llm.example.com}]", "providers[0].api_key: a provider needs its key as env:NAME"),
+        ("providers: [{url: https://llm.example.com}]", "providers[0].api_key: a hosted provider needs 'api_key'"),
         (
             "providers: [{url: http://llm.example.com, api_key: env:LOCAL_KEY}]",
             "providers[0].url: http://llm.example.com:80 is not https://",
         ),
         (
             "providers: [{url: https://x.example, provider: gemini, api_key: env:LOCAL_KEY}]",
-            "providers[0].provider: must be one of",
+            "providers[0].provider: 'provider' must be one of",
         ),
         ("workers: [{url: http://w:1, provider: openai}]", "workers[0].provider: unknown field"),
         ("workers: [{url: http://w:1, priority: high}]", "workers[0].priority: 'priority' must be an integer"),
