@@ -53,6 +53,7 @@ from smg.http.exchange import Exchange
 from smg.limits.tenants import DEFAULT_TENANT
 from smg.observability import tracing
 from smg.observability.request_id import request_id_for
+from smg.ui import routes as ui
 from smg.workers.providers import PROVIDERS
 
 log = logging.getLogger("smg.router")
@@ -104,7 +105,11 @@ def _static_routes() -> dict[tuple[str, str], Route]:
         ("POST", "/mesh/keys"): Route(mesh.mesh_keys, "/mesh/keys", CONTROL),
         ("POST", "/mesh/faults"): Route(mesh.mesh_faults, "/mesh/faults", CONTROL),
         ("POST", "/v1/messages"): Route(messages.create_message, "/v1/messages", DATA, anthropic_error),
+        ("GET", "/ui/api/cluster"): Route(ui.api_cluster, "/ui/api/cluster", CONTROL),
+        ("GET", "/ui/api/node"): Route(ui.api_node, "/ui/api/node", CONTROL),
     }
+    for path in ui.ASSETS:  # the page's static shell: no data, no credentials needed (smg.ui.routes)
+        routes[("GET", path)] = Route(ui.asset, path, OPEN)
     for path, inference in ROUTES.items():
         routes[("POST", path)] = Route(partial(handle_inference, route=inference), path, DATA)
     return routes
@@ -328,6 +333,9 @@ class GatewayApp:
         finally:
             if is_data:
                 ctx.in_flight -= 1
+                ctx.answered += 1
+                if ex.status >= 400 and ex.status != 499:
+                    ctx.failed += 1
             if traced is not None:
                 tracing.request_ended(traced, ex)
             self._record(ex, method)

@@ -7,6 +7,7 @@ switch by changing the command name only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -96,9 +97,12 @@ def build_parser(command: str) -> Parser:
         add_sim_args(parser, "sim-")
     elif command == "mesh":
         parser = Parser(prog="smg mesh", description="inspect a running HA mesh through one gateway")
-        parser.add_argument("action", choices=["status"], help="status: members table and store digests")
+        parser.add_argument(
+            "action", choices=["status"], help="status: members, store digests (agreeing or not) and each gateway's workers"
+        )
         parser.add_argument("--url", default="http://127.0.0.1:30000", help="a gateway's URL (default: %(default)s)")
-        parser.add_argument("--api-key", help="the gateway's --api-key, if it has one")
+        parser.add_argument("--api-key", help="a control-plane credential: the gateway's --api-key, a control-plane key or a JWT")
+        parser.add_argument("--json", action="store_true", help="print the view as JSON (what the /ui page reads)")
     else:
         parser = Parser(prog="smg sim-worker", description="simulated OpenAI-compatible workers with a prefix KV-cache model")
         parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(args_list)
     if command == "mesh":
-        return print_mesh_status(args.url, args.api_key)
+        return print_mesh_status(args.url, args.api_key, as_json=args.json)
     try:
         runner, logging = _runner(command, args, args_list)
         setup_logging(*logging)  # before anything starts: an unusable --log-dir is one line too
@@ -144,19 +148,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-def print_mesh_status(url: str, api_key: str | None) -> int:
-    """`smg mesh status`: one line per member, then each store's size and digest."""
+def print_mesh_status(url: str, api_key: str | None, *, as_json: bool = False) -> int:
+    """`smg mesh status`: one line per member, each store's digest and whether the gateways agree on
+    it, then each gateway's own view of the workers: what the cluster page (`/ui`) shows, from the
+    same endpoint."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    endpoint = url.rstrip("/") + "/ui/api/cluster"
     try:
-        response = httpx.get(url.rstrip("/") + "/mesh/status", headers=headers, timeout=10)
+        response = httpx.get(endpoint, params={"series": "0"}, headers=headers, timeout=10)
         body = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        print(f"smg: error: cannot read {url}/mesh/status: {exc}", file=sys.stderr)
+        print(f"smg: error: cannot read {endpoint}: {exc}", file=sys.stderr)
         return 1
     if response.status_code != 200:
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-        print(f"smg: error: {url}/mesh/status answered {response.status_code}: {message or response.text}", file=sys.stderr)
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        print(f"smg: error: {endpoint} answered {response.status_code}: {message or response.text}", file=sys.stderr)
         return 1
+    if as_json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+        return 0
     rows = [("NAME", "ADDRESS", "HTTP", "HOST", "STATUS", "INCARNATION")]
     # the processes of one host (--processes N) together, each named by its index
     for node in sorted(body["nodes"], key=lambda n: (n.get("host") or "", n.get("process") is None, n["name"])):
@@ -164,13 +175,33 @@ def print_mesh_status(url: str, api_key: str | None) -> int:
         host = node.get("host") or "-"
         if node.get("process") is not None:
             host += f" (process {node['process']})"
-        rows.append((name, node["address"], node.get("http_address") or "-", host, node["status"], str(node["incarnation"])))
+        address = node.get("address") or "-"
+        rows.append((name, address, node.get("http_address") or "-", host, node["status"], str(node["incarnation"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print(f"\n{body['node_count']} live of {len(body['nodes'])} known members (* = the node asked)")
     for store, info in sorted(body.get("stores", {}).items()):
         print(f"store {store}: {info['entries']} entries, digest {info['digest']}")
+    views = body.get("views", {})
+    differing = sorted(store for store, same in body.get("agreeing", {}).items() if not same)
+    if differing:
+        for store in differing:
+            found = ", ".join(
+                f"{name}: {view['replication']['stores'][store]['digest']}"
+                for name, view in sorted(views.items())
+                if store in view.get("replication", {}).get("stores", {})
+            )
+            print(f"store {store}: digests differ ({found})")
+    elif body.get("agreeing"):
+        print(f"digests agree on every gateway that answered ({sum(1 for v in views.values() if 'error' not in v)})")
+    for name, view in sorted(views.items()):
+        if "error" in view:
+            print(f"gateway {name}: {view['error']}")
+            continue
+        workers = view.get("workers", [])
+        ready = sum(1 for w in workers if w.get("status") == "ready")
+        print(f"gateway {name}: {len(workers)} workers ({ready} ready), {view.get('in_flight', 0)} in flight")
     if body.get("error"):
         print(f"mesh error: {body['error']}")
     return 0

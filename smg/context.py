@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,8 +17,10 @@ from smg.limits.admission import Admission
 from smg.limits.metrics import TenantCollector
 from smg.limits.tenants import TenantRateLimiter
 from smg.observability import tracing
+from smg.observability.events import EventLog
 from smg.observability.logs import AccessLog
 from smg.observability.metrics import GatewayMetrics
+from smg.observability.series import SeriesSet
 from smg.routing.policies import Policy, base_policy, make_policy
 from smg.storage.service import History
 from smg.upstream import Upstream, make_upstream
@@ -63,6 +66,10 @@ class GatewayContext:
     background: Background | None = None  # background responses (None: --max-background-responses 0)
     engines: EngineFleet | None = None  # gRPC workers: the clients and the models' tokenizers (run by the gateway)
     pipeline_options: PipelineOptions = field(default_factory=PipelineOptions)  # gRPC workers: parsers
+    events: EventLog = field(default_factory=EventLog)  # recent membership, health and breaker events (the page's)
+    series: SeriesSet = field(default_factory=SeriesSet)  # the last 15 minutes, sampled by smg.ui.sampler
+    answered: int = 0  # data-plane requests answered (the page's request rate)
+    failed: int = 0  # ... of which with a status of 400 or more (a client that left is not counted)
     _known_worker_urls: set[str] = field(default_factory=set)
 
     @classmethod
@@ -126,6 +133,7 @@ class GatewayContext:
         ctx.registrar.on_change = ctx.workers_changed
         ctx.registrar.on_removed = ctx.worker_failed
         ctx.registrar.on_checked = ctx.worker_checked
+        ctx.registrar.on_event = ctx.worker_event
         policy = base_policy(ctx.policy)
         if hasattr(policy, "on_match"):
             observe = metrics.cache_match_ratio.observe
@@ -163,6 +171,7 @@ class GatewayContext:
         worker = Worker.from_url(url, health=config.health_config(), breaker=config.breaker_config(), **settings)
         self.registry.add(worker)
         self.registrar.register(worker)
+        self.worker_event(worker, "added" if publish else "added by a peer")
         if publish and self.worker_sink is not None:
             self.worker_sink.added(worker)
         return worker
@@ -170,6 +179,7 @@ class GatewayContext:
     def remove_worker(self, worker: Worker, *, publish: bool = True) -> None:
         """Stop routing to `worker` and forget it once its requests finish."""
         self.registrar.drain_and_remove(worker, self.config.shutdown_grace_period_secs)
+        self.worker_event(worker, "draining, to be removed" if publish else "draining, removed by a peer")
         if publish and self.worker_sink is not None:
             self.worker_sink.removed(worker.id)
 
@@ -181,6 +191,10 @@ class GatewayContext:
         self.metrics.health_checks(worker.url, "ok" if ok else "failed").inc()
         if self.health_sink is not None:
             self.health_sink(worker)
+
+    def worker_event(self, worker: Worker, text: str, severity: str = "info") -> None:
+        """Something happened to `worker` that the cluster page's event list shows."""
+        self.events.record(time.time(), "worker", worker.url, text, severity)
 
     def worker_failed(self, worker: Worker) -> None:
         """--remove-unhealthy-workers removed `worker`: a cluster-wide delete."""

@@ -45,6 +45,8 @@ from smg.reconfigure import ConfigFile, Reconfigure
 from smg.simworker.engine import SimConfig
 from smg.storage import open_backend
 from smg.storage.service import History
+from smg.ui.sampler import run_sampler
+from smg.ui.views import peer_view
 from smg.workers.providers import PROVIDERS, api_of, launch_keys
 from smg.workers.registry import DuplicateWorker, worker_id_for
 from smg.workers.spec import replaced_settings
@@ -122,6 +124,7 @@ async def _run_gateway(
         if app.guard is not None and app.guard.jwks is not None:
             await nursery.start(app.guard.jwks.run)  # --jwt-issuer's keys: fetched now, then kept fresh
         nursery.start_soon(ctx.maintain_policy)
+        nursery.start_soon(run_sampler, ctx)  # the cluster page's last 15 minutes
         add_workers(ctx, config.worker_urls)
         config_file = ConfigFile(ctx, discovered_by(ctx), reconfigure)
         config_file.start()
@@ -154,6 +157,7 @@ async def _run_gateway(
         if config.ha_mesh:
             bound = urls[0] if urls else shared_url(config)
             ctx.cluster = await nursery.start(ClusterNode(config, ctx).run, advertised_url(config, bound))
+            ctx.cluster.describe = partial(peer_view, ctx)
         if config.discovery_provider == "file" and config.discovery_file:
             discovery = FileDiscovery(config.discovery_file, config.discovery_check_interval_secs, discovered_by(ctx))
             await nursery.start(discovery.run)

@@ -122,8 +122,8 @@ def start_of_a_fresh_minute(needed: float = 20.0) -> None:
         time.sleep(left + 0.1)
 
 
-def wait_until(predicate, what: str, deadline: float = STARTUP_DEADLINE) -> None:  # type: ignore[no-untyped-def]
-    """Poll `predicate` until true; fail with `what` after `deadline` seconds."""
+def wait_until(predicate, what: str, deadline: float = STARTUP_DEADLINE, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    """Poll `predicate` every `interval` seconds until true; fail with `what` after `deadline` seconds."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         try:
@@ -131,7 +131,7 @@ def wait_until(predicate, what: str, deadline: float = STARTUP_DEADLINE) -> None
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.02)
+        time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what}")
 
 

@@ -10,7 +10,11 @@ a member whose digest differs gets the full state on the stream.
 from __future__ import annotations
 
 import logging
+import math
+import secrets
 import socket
+import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -50,6 +54,19 @@ RATE_LIMITS = "rate_limits"
 SYNC_SECS = 5.0  # a joining node waits this long at most for its peers' state before it serves
 LOAD_SECS = 0.2  # in-flight counts are published this often (when they changed)
 BIND_RETRY_SECS = 5.0  # a mesh that fails after its start-up bind runs again after this
+# the cluster page: a member asks the others for their own views on the mesh's authenticated
+# streams (not over HTTP: no credential leaves the gateway, and each process of --processes N,
+# which share one HTTP port, answers for itself)
+VIEW, VIEW_REPLY = "ui.view", "ui.view.reply"
+VIEW_CACHE_SECS = 0.5  # one view built per half second however many pages ask: no amplification
+
+
+MEMBER_EVENTS = {
+    State.ALIVE: "alive",
+    State.SUSPECT: "suspected of having failed",
+    State.DEAD: "declared dead",
+    State.LEFT: "left the cluster",
+}
 
 
 def advertise_host(config: GatewayConfig) -> str:
@@ -102,6 +119,11 @@ class ClusterNode:
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
         self._kick = trio.Event()
+        # this node's own view for the cluster page (set by the gateway: `smg.ui.views.node_view`)
+        self.describe: Callable[[bool], dict[str, Any]] | None = None
+        self._views: dict[bool, tuple[float, bytes]] = {}  # series? -> (built at, packed view)
+        self._view_requests: dict[str, tuple[dict[str, Any], set[str], trio.Event]] = {}
+        self._digests: tuple[float, dict[str, dict[str, Any]]] = (-math.inf, {})
         ctx.metrics.registry.register(MeshCollector(self.mesh))
         ctx.metrics.registry.register(ClusterCollector(self))
 
@@ -256,6 +278,9 @@ class ClusterNode:
     async def _watch_members(self) -> None:
         events = self.mesh.subscribe()
         async for event in events:
+            text = MEMBER_EVENTS.get(event.state, event.state.value)
+            severity = "warning" if event.state in (State.SUSPECT, State.DEAD) else "info"
+            self.ctx.events.record(time.time(), "member", event.name, f"{text} (incarnation {event.incarnation})", severity)
             if event.state is State.LEFT and self.replication is not None:
                 self.replication.forget(event.name)
             if self.health is not None and self.load is not None:
@@ -281,6 +306,9 @@ class ClusterNode:
                 self.mesh.send_to(peer, channel, payload)
 
     def _on_app_message(self, source: str, channel: str, payload: bytes) -> None:
+        if channel in (VIEW, VIEW_REPLY):
+            self._on_view_message(source, channel, payload)
+            return
         replication = self.replication
         if channel not in CHANNELS or replication is None:
             log.warning("cluster %s: message on unknown channel '%s' from %s dropped", self.name, channel, source)
@@ -349,9 +377,81 @@ class ClusterNode:
                     if count:
                         log.info("cluster %s: collected %d tombstones of %s", self.name, count, store)
 
+    # -- the cluster page: each member's own view ------------------------------------------
+
+    async def ask_views(self, series: bool, timeout: float) -> dict[str, dict[str, Any] | str]:
+        """Every live peer's own view (`describe`), asked on the mesh; a peer that does not answer
+        within `timeout` gets the reason instead."""
+        peers = self.live_peers()
+        request = secrets.token_hex(8)
+        results: dict[str, dict[str, Any] | str] = {}
+        done = trio.Event()
+        self._view_requests[request] = (results, set(peers), done)
+        payload = msgpack.packb({"id": request, "series": series}, use_bin_type=True)
+        for peer in peers:
+            if not self.mesh.send_to(peer, VIEW, payload):
+                results[peer] = "its mesh stream is full"
+        try:
+            if peers and len(results) < len(peers):
+                with trio.move_on_after(timeout):
+                    await done.wait()
+        finally:
+            del self._view_requests[request]
+        for peer in peers:
+            results.setdefault(peer, f"no answer on the mesh within {timeout:g}s")
+        return results
+
+    def _own_view(self, series: bool) -> bytes:
+        """This node's view, packed; rebuilt at most every VIEW_CACHE_SECS."""
+        now = trio.current_time()
+        cached = self._views.get(series)
+        if cached is not None and now - cached[0] < VIEW_CACHE_SECS:
+            return cached[1]
+        assert self.describe is not None
+        packed = cast(bytes, msgpack.packb(self.describe(series), use_bin_type=True))
+        self._views[series] = (now, packed)
+        return packed
+
+    def _on_view_message(self, source: str, channel: str, payload: bytes) -> None:
+        try:
+            body = msgpack.unpackb(payload, raw=False)
+            if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+                raise ValueError("not a view message")
+            if channel == VIEW:
+                if self.describe is not None:
+                    reply = {"id": body["id"], "view": self._own_view(body.get("series") is not False)}
+                    self.mesh.send_to(source, VIEW_REPLY, msgpack.packb(reply, use_bin_type=True))
+                return
+            pending = self._view_requests.get(body["id"])
+            if pending is None:
+                return  # asked too long ago
+            results, waiting, done = pending
+            if source not in waiting:
+                return
+            view = msgpack.unpackb(body.get("view"), raw=False) if isinstance(body.get("view"), bytes) else None
+            results[source] = view if isinstance(view, dict) else "its answer was not a view"
+            waiting.discard(source)
+            if not waiting:
+                done.set()
+        except (ValueError, TypeError) as exc:  # msgpack's unpack errors are ValueErrors
+            log.warning("cluster %s: malformed view message from %s dropped: %s", self.name, source, exc)
+
+    def store_digests(self, max_age: float = 0.0) -> dict[str, dict[str, Any]]:
+        """Each store's entries and digest; computed again when older than `max_age` seconds
+        (the cluster page's polls pass DIGEST_CACHE_SECS: digests sort and hash whole stores)."""
+        now = trio.current_time()
+        if now - self._digests[0] < max_age:
+            return self._digests[1]
+        stores = {}
+        if self.replication is not None:
+            for name, digest in self.replication.digests().items():
+                stores[name] = {"entries": len(self.replication.state(name)), "digest": digest}
+        self._digests = (now, stores)
+        return stores
+
     # -- views for /mesh/* ---------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, digest_age: float = 0.0) -> dict[str, Any]:
         members = self.mesh.members()
         nodes = [
             {
@@ -365,11 +465,7 @@ class ClusterNode:
             }
             for m in sorted(members, key=lambda m: m["name"])
         ]
-        stores = {}
-        if self.replication is not None:
-            for name, digest in self.replication.digests().items():
-                state = self.replication.state(name)
-                stores[name] = {"entries": len(state), "digest": digest}
+        stores = self.store_digests(digest_age)
         status = {
             "node_name": self.name,
             "node_count": sum(1 for n in nodes if n["status"] in (State.ALIVE.value, State.SUSPECT.value)),

@@ -248,7 +248,8 @@ class Replication:
             replicator.note_epoch(peer, message.sender)
         else:
             try:  # the check sees this message's wall clock, for the drift check and the lag
-                seq = replicator.receive(peer, message, partial(self._vet, store, physical_ms))
+                # a full state (a join, a digest mismatch) carries old writes: no lag to observe
+                seq = replicator.receive(peer, message, partial(self._vet, store, physical_ms, not message.is_full))
             except ValueError as exc:  # CodecError, ClockDriftError, a store's refusal
                 raise ReplicationError(f"store '{store.name}': {exc}") from None
             if seq is not None:
@@ -284,13 +285,15 @@ class Replication:
         if last is not None and seq >= last.seq:
             state.waiting_since = None
 
-    def _vet(self, store: _Store, physical_ms: int, crdt: CRDT) -> None:
-        """Fold remote LWW stamps into our clock; a stamp too far ahead rejects the message."""
+    def _vet(self, store: _Store, physical_ms: int, fresh: bool, crdt: CRDT) -> None:
+        """Fold remote LWW stamps into our clock; a stamp too far ahead rejects the message.
+        `fresh`: a delta of recent writes, whose newest stamp measures the replication lag."""
         if isinstance(crdt, LWWMap) and crdt.entries:
             newest = max(entry.ts for entry in crdt.entries.values())
             self.clock.observe(newest, physical_ms)
-            self._observe_lag(newest.wall, physical_ms)
-        elif isinstance(crdt, PrefixSummary):
+            if fresh:
+                self._observe_lag(newest.wall, physical_ms)
+        elif isinstance(crdt, PrefixSummary) and fresh:
             stamps = [ts.wall for entries in crdt.models.values() for ts in entries.values()]
             if stamps:
                 self._observe_lag(max(stamps), physical_ms)

@@ -747,3 +747,7 @@ def _publish(ctx: GatewayContext, worker: Worker, transition: Transition | None)
     metrics.cb_state(worker.url).set(STATE_GAUGE[transition.new])
     metrics.cb_transitions(worker.url, transition.old.value, transition.new.value).inc()
     log.warning("worker %s circuit breaker %s -> %s", worker.url, transition.old.value, transition.new.value)
+    severity = "info" if transition.new.value == "closed" else "warning"
+    ctx.events.record(
+        time.time(), "breaker", worker.url, f"circuit breaker {transition.old.value} -> {transition.new.value}", severity
+    )

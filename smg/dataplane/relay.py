@@ -168,3 +168,9 @@ def count_usage(ctx: GatewayContext, ex: Exchange, worker: Worker, model: str, u
     for kind, count in (("prompt", usage.prompt), ("completion", usage.completion), ("cached", usage.cached)):
         if count:
             tokens(model, backend, kind).inc(count)
+    if usage.prompt:
+        counts = worker.tokens.get(model)
+        if counts is None:
+            counts = worker.tokens[model] = [0, 0]
+        counts[0] += usage.prompt
+        counts[1] += min(usage.cached, usage.prompt)

@@ -112,6 +112,8 @@ class Registrar:
         # with the HA mesh: only a worker's health owners probe it, and they publish each result
         self.should_check: Callable[[Worker], bool] = lambda worker: True
         self.on_checked: Callable[[Worker, bool], None] = lambda worker, ok: None
+        # what an operator would look for first, beside its log line: (worker, text, "info" | "warning")
+        self.on_event: Callable[[Worker, str, str], None] = lambda worker, text, severity: None
         self.client = httpx.AsyncClient(timeout=DISCOVERY_TIMEOUT, transport=transport, verify=ssl_context or True)
         self._nursery: trio.Nursery | None = None
         self._probes: dict[str, trio.CancelScope] = {}
@@ -166,6 +168,7 @@ class Registrar:
                 if self.remove_failed and self.should_check(worker):  # with the mesh: its health owners decide
                     self.registry.remove(worker.id)
                     log.warning("worker %s removed: it never became ready (--remove-unhealthy-workers)", worker.url)
+                    self.on_event(worker, "removed: it never became ready", "warning")
                     self.on_removed(worker)
                     break
                 # keep looking, slowly: a worker registered before its engine was up is found
@@ -175,6 +178,7 @@ class Registrar:
                     if await self._start_up_step(worker):
                         break
                 log.info("worker %s answers after failing its start-up; starting it again", worker.url)
+                self.on_event(worker, "answers after failing its start-up", "info")
                 worker.health.reset()
             self.changed()
         if self._probes.get(worker.id) is scope:
@@ -198,6 +202,7 @@ class Registrar:
             if worker.health.state is HealthState.READY:
                 worker.last_error = None
                 log.info("worker %s ready: models %s (%s)", worker.url, ", ".join(worker.models), worker.runtime_type)
+                self.on_event(worker, f"ready: models {', '.join(worker.models)}", "info")
                 return True
             now = trio.current_time()
             if now + delay > deadline:
@@ -209,6 +214,7 @@ class Registrar:
                     worker.last_error,
                     "removing it" if self.remove_failed else f"retrying every {self.health_interval:g}s",
                 )
+                self.on_event(worker, f"failed to become ready: {worker.last_error}", "warning")
                 return False
             if not ok and now >= next_log:
                 next_log = now + self.startup_log_secs
@@ -313,11 +319,14 @@ class Registrar:
         if transition.new is HealthState.READY:
             worker.last_error = None
             log.info("worker %s is healthy again (%s -> ready)", worker.url, transition.old.value)
+            self.on_event(worker, f"healthy again ({transition.old.value} -> ready)", "info")
         else:
             log.warning("worker %s: %s -> %s (%s)", worker.url, transition.old.value, transition.new.value, worker.last_error)
+            self.on_event(worker, f"{transition.old.value} -> {transition.new.value} ({worker.last_error})", "warning")
         if transition.new is HealthState.FAILED and self.remove_failed:
             self.registry.remove(worker.id)
             log.warning("worker %s removed after %d failed probes", worker.url, worker.health.failures)
+            self.on_event(worker, f"removed after {worker.health.failures} failed probes", "warning")
             self.on_removed(worker)
         self.changed()
 
@@ -367,6 +376,7 @@ class Registrar:
         if self.registry.get(worker.id) is worker:
             self.registry.remove(worker.id)
             log.info("worker %s removed", worker.url)
+            self.on_event(worker, "removed", "info")
             self.changed()
 
     def changed(self) -> None:

@@ -99,6 +99,9 @@ class Worker:
     # chosen for it before then (trio's clock); a request no one else can take gets that status
     cooldowns: dict[str, tuple[float, int]] = field(default_factory=dict)
     peer_in_flight: int = 0  # HA mesh: requests other gateways have in flight on it
+    # model -> [prompt tokens, of which cached]: what its answers through this gateway reported,
+    # the cache hit rate the cluster page shows per worker and model
+    tokens: dict[str, list[int]] = field(default_factory=dict)
     cluster_down: bool = False  # HA mesh: the majority of its health owners report it unhealthy
 
     @classmethod
