@@ -16,6 +16,18 @@ spread (requests per worker: max / mean), and the hit rate relative to one
 smg gateway. On 2 cores, 8 gateways compete for CPU: the hit rate is the
 figure, TTFT is secondary; the arrival rate is kept low.
 
+The issue-20 workload (TTFT tails at 8 gateways) is
+
+    python bench/cluster_routing.py --sizes 1 8 --no-reference --users 192 --turns 6 --cache-blocks 1000 \
+        --prefill-slots 1 --prefill-tokens-per-sec 10000 --spread random --trace
+
+`--prefill-slots 1` makes uncached prompts queue behind one another on each worker; `--spread
+random` sends each request to a gateway drawn at random; `--trace` starts the gateways with
+`--log-routing-decisions` and, after each run, joins every request's client record, its
+gateway's beliefs and its worker's prefill record (`bench/routing_trace.py`): it prints where
+the slow requests' time went and writes the joined records to `<logs>/<target>.jsonl`. The
+gateways' CPU during each run is printed too (2 cores are shared by all the processes).
+
 `--processes N` adds one gateway started with `--processes N`: its processes share one port
 (the kernel spreads the client's connections over them; the client opens one per request, so
 consecutive turns land on different processes) and replicate their state as mesh members, so
@@ -26,18 +38,22 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import random
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, free_port, free_ports, start, stop, wait_http
+from overhead import HOST, family_cpu_seconds, free_port, free_ports, start, stop, wait_http
 from routing import cache_figures, drive, make_workload, pct, start_workers, worker_stats
+from routing_trace import explain, read_decisions
 
 METRICS_PORTS: dict[str, list[int]] = {}  # gateway URL -> its processes' metrics ports
 
@@ -56,7 +72,14 @@ def served_per_process(gateway: str) -> list[int]:
 
 
 def start_gateways(
-    label: str, count: int, mesh: bool, urls: list[str], logdir: Path, reference: str | None, processes: int = 1
+    label: str,
+    count: int,
+    mesh: bool,
+    urls: list[str],
+    logdir: Path,
+    reference: str | None,
+    processes: int = 1,
+    trace: bool = False,
 ) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     """`count` gateways, independent or in one mesh; the reference's when `reference` is its path;
     each with `--processes processes` when more than 1."""
@@ -74,6 +97,8 @@ def start_gateways(
                    "--prometheus-host", HOST, "--prometheus-port", str(metrics)]  # fmt: skip
         if processes > 1:
             command += ["--processes", str(processes), "--mesh-host", HOST, "--mesh-port", str(mesh_port)]
+        if trace and not reference:
+            command += ["--log-routing-decisions", "--log-json"]
         if i == 0 or not mesh:
             command += ["--worker-urls", *urls]  # mesh members learn the workers from the first
         if mesh:
@@ -108,6 +133,13 @@ def main() -> None:
     parser.add_argument("--cache-blocks", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--processes", type=int, nargs="*", default=[], help="also one smg gateway with --processes N")
+    parser.add_argument("--prefill-slots", type=int, default=0, help="prefills each worker runs at once (0: no limit)")
+    parser.add_argument("--prefill-tokens-per-sec", type=float, default=20000.0)
+    parser.add_argument("--spread", choices=["round-robin", "random"], default="round-robin", help="how requests pick a gateway")
+    parser.add_argument("--trace", action="store_true", help="explain the TTFT tail from the gateways' and workers' records")
+    parser.add_argument(
+        "--slow-ms", type=float, default=300.0, help="--trace: a request slower than this to its first token is slow"
+    )
     args = parser.parse_args()
     default_ref = Path(".venv-reference/bin/smg")
     reference = None if args.no_reference else (args.reference or (str(default_ref) if default_ref.exists() else None))
@@ -134,16 +166,28 @@ def main() -> None:
             f"{'target':<26}{'hit rate':>9}{'vs x1':>7}{'uncached tok':>14}{'TTFT p50':>10}{'p99':>8}{'spread':>8}{'errors':>8}"
         )
         for label, n, mesh, binary, processes in runs:
-            gateways, procs = start_gateways(label.replace(" ", "-"), n, mesh, urls, logdir, binary, processes)
+            name = label.replace(" ", "-")
+            trace = args.trace and binary is None
+            gateways, procs = start_gateways(name, n, mesh, urls, logdir, binary, processes, trace)
             try:
                 for url in urls:
                     httpx.post(url + "/flush_cache")
+                    httpx.delete(url + "/sim/prefills")
                 before = worker_stats(urls)
                 args.fresh_connections = processes > 1
-                stats = trio.run(drive, itertools.cycle(gateways).__next__, systems, users, args)
+                target: Callable[[], str]
+                if args.spread == "random":
+                    target = partial(random.Random(args.seed + 2).choice, gateways)
+                else:
+                    target = itertools.cycle(gateways).__next__
+                cpu_before, wall_before = sum(family_cpu_seconds(p.pid) for p in procs), time.monotonic()
+                stats = trio.run(drive, target, systems, users, args)
+                cpu = sum(family_cpu_seconds(p.pid) for p in procs) - cpu_before
+                wall = time.monotonic() - wall_before
                 after = worker_stats(urls)
                 if processes > 1:
                     print(f"  ({label}: requests per process {served_per_process(gateways[0])})")
+                prefills = {url: httpx.get(url + "/sim/prefills", timeout=30).json()["prefills"] for url in urls} if trace else {}
             finally:
                 stop(procs)
             prompt, cached, _, spread = cache_figures(before, after)
@@ -160,9 +204,20 @@ def main() -> None:
                 f"{label:<26}{hit:>9.3f}{relative}{row['uncached_tokens']:>14}{row['ttft_p50_ms']:>10.1f}"
                 f"{row['ttft_p99_ms']:>8.1f}{row['spread']:>8.2f}{row['errors']:>8}"
             )
+            print(f"  gateways' CPU: {100 * cpu / wall:.0f} % of one core over {wall:.0f} s; "
+                  f"TTFT max {1000 * max(stats.ttft, default=0):.0f} ms; requests per worker {_per_worker(before, after)}")  # fmt: skip
+            if trace:
+                logs = [path for path in logdir.glob(f"{name}-*.log") if path.stem[len(name) + 1 :].isdigit()]
+                logs.sort(key=lambda path: int(path.stem[len(name) + 1 :]))
+                for line in explain(stats.records, read_decisions(logs), prefills, args.slow_ms, logdir / f"{name}.jsonl"):
+                    print(line)
     finally:
         stop([sim])
         print(f"logs: {logdir}")
+
+
+def _per_worker(before: list[dict], after: list[dict]) -> str:
+    return "/".join(str(a["requests"] - b["requests"]) for a, b in zip(after, before, strict=True))
 
 
 if __name__ == "__main__":

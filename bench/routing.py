@@ -45,6 +45,8 @@ class Stats:
     ttft: list[float] = field(default_factory=list)
     e2e: list[float] = field(default_factory=list)
     errors: int = 0
+    # per request: id, gateway (or worker) asked, worker that served, sent at (wall clock), TTFT (s)
+    records: list[dict] = field(default_factory=list)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -79,17 +81,18 @@ async def run_user(
     stats: Stats,
 ) -> None:
     history = [{"role": "system", "content": system}]
-    for text in messages:
+    for turn, text in enumerate(messages):
         history.append({"role": "user", "content": text})
         body = {"model": "sim-model", "messages": history, "max_tokens": max_tokens, "stream": True}
         target = url() if callable(url) else url  # a cluster bench spreads turns over gateways
-        started = time.perf_counter()
+        started, sent_at = time.perf_counter(), time.time()
         first = None
         reply = []
+        request_id = f"u{user_id}-t{turn}"
+        headers = {"x-smg-routing-key": f"user-{user_id}", "x-request-id": request_id}
         try:
-            async with client.stream(
-                "POST", target + "/v1/chat/completions", json=body, headers={"x-smg-routing-key": f"user-{user_id}"}
-            ) as response:
+            async with client.stream("POST", target + "/v1/chat/completions", json=body, headers=headers) as response:
+                worker = response.headers.get("x-smg-routed-worker-id", target)
                 if response.status_code != 200:
                     stats.errors += 1
                     await response.aread()
@@ -108,6 +111,9 @@ async def run_user(
         done = time.perf_counter()
         stats.ttft.append((first or done) - started)
         stats.e2e.append(done - started)
+        stats.records.append(
+            {"id": request_id, "target": target, "worker": worker, "at": sent_at, "ttft": (first or done) - started}
+        )
         history.append({"role": "assistant", "content": "".join(reply)})
         await trio.sleep(think.expovariate(1 / mean_think))
 
@@ -136,13 +142,16 @@ def worker_stats(urls: list[str]) -> list[dict]:
 
 
 def start_workers(args: argparse.Namespace, logdir: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
-    """`--workers` simulated workers in one process; a realistic-ish engine: 20k prefill tokens/s,
-    2 ms per output token, 32 running at most, `--cache-blocks` of prefix cache each."""
+    """`--workers` simulated workers in one process; a realistic-ish engine: 20k prefill tokens/s
+    (or `--prefill-tokens-per-sec`), prefills unlimited (or `--prefill-slots` at once), 2 ms per
+    output token, 32 running at most, `--cache-blocks` of prefix cache each."""
     port = free_port()
+    speed = getattr(args, "prefill_tokens_per_sec", 20000)
+    slots = getattr(args, "prefill_slots", 0)
     sim = start(
         [sys.executable, "-m", "smg", "sim-worker", "--port", str(port), "--count", str(args.workers), "--ttft-ms", "2",
-         "--prefill-tokens-per-sec", "20000", "--tpot-ms", "2", "--max-running", "32", "--cache-blocks", str(args.cache_blocks),
-         "--log-level", "warn"],
+         "--prefill-tokens-per-sec", str(speed), "--prefill-slots", str(slots), "--tpot-ms", "2", "--max-running", "32",
+         "--cache-blocks", str(args.cache_blocks), "--log-level", "warn"],
         logdir / "workers.log",
     )  # fmt: skip
     return sim, [f"http://{HOST}:{port + i}" for i in range(args.workers)]

@@ -24,6 +24,13 @@ class ObservabilitySettings:
 
     log_level: str = setting("info", "--log-level", choices=LOG_LEVELS, help="how much to log")
     log_json: bool = setting(False, "--log-json", help="one JSON object per log line, with the request id")
+    log_routing_decisions: bool = setting(
+        False,
+        "--log-routing-decisions",
+        help="one log line per worker choice: the request id, the worker chosen, and what this gateway believed of "
+        "each candidate (in flight from it, from its peers, the worker's own running and waiting counts); for "
+        "studying routing against what the workers saw (bench/cluster_routing.py)",
+    )
     prometheus_host: str | None = setting(
         None,
         "--prometheus-host",

@@ -119,6 +119,7 @@ def request_info(ctx: GatewayContext, ex: Exchange, request: dict[str, Any]) -> 
         client_key=client_key,
         lineage_key=ex.lineage,
         pool=ctx.registry.serving(model) if ex.model is not None else (),
+        request_id=ex.request_id,
     )
 
 
@@ -169,7 +170,18 @@ def choose_worker(ctx: GatewayContext, info: RequestInfo, tried: Sequence[str] =
     except NoEligibleWorker as exc:
         raise GatewayError(503, "no_available_workers", str(exc)) from None
     ctx.metrics.worker_selection(ctx.policy.name, worker.url).inc()
+    if ctx.config.log_routing_decisions:
+        _log_decision(ctx, info, workers, worker)
     return worker
+
+
+def _log_decision(ctx: GatewayContext, info: RequestInfo, workers: Sequence[Worker], chosen: Worker) -> None:
+    """`--log-routing-decisions`: the choice and what this gateway believed of each candidate at
+    that moment: [in flight from this gateway, from its peers, the worker's reported running +
+    waiting, of which waiting] (the last two from its latest load report)."""
+    beliefs = {w.url: [w.in_flight, w.peer_in_flight, w.reported_load, w.reported_waiting] for w in workers}
+    fields = {"request_id": info.request_id, "model": info.model, "worker": chosen.url, "candidates": beliefs}
+    ctx.access_log.write(logging.INFO, "route", fields)
 
 
 def _cooling(worker: Worker, model: str, now: float) -> bool:

@@ -34,7 +34,7 @@ from smg.http.asgi import (
 from smg.http.errors import GatewayError, load_json_object, missing_parameter
 from smg.simworker.engine import Outcome, SimConfig, SimEngine
 from smg.simworker.kvcache import tokenize
-from smg.simworker.slots import running_slot
+from smg.simworker.slots import PrefillSlots, prefill, running_slot
 
 log = logging.getLogger("smg.sim")
 
@@ -101,6 +101,7 @@ class SimWorker:
         self.config = config
         self.engine = SimEngine(config)
         self._slots = trio.Semaphore(config.max_running)
+        self._prefill_slots = PrefillSlots()
         self.created = int(time.time())
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)  # what gateways sent, newest last
         self._routes: dict[tuple[str, str], Handler] = {
@@ -117,6 +118,8 @@ class SimWorker:
             ("GET", "/sim/config"): self._get_config,
             ("POST", "/sim/config"): self._set_config,
             ("GET", "/sim/requests"): self._requests,
+            ("GET", "/sim/prefills"): self._prefills,
+            ("DELETE", "/sim/prefills"): self._clear_prefills,
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/messages"): self._messages,
             ("POST", "/v1/completions"): self._completions,
@@ -238,6 +241,14 @@ class SimWorker:
         """The last requests received, oldest first: lets tests check what a gateway sent."""
         await send_json(send, 200, {"requests": list(self.recent)})
 
+    async def _prefills(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every prefill kept, oldest first: the queue each request found, its wait and its work."""
+        await send_json(send, 200, {"prefills": list(self.engine.prefills)})
+
+    async def _clear_prefills(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.engine.prefills.clear()
+        await send_json(send, 200, {"cleared": True})
+
     async def _get_config(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, self.config.as_dict())
 
@@ -352,7 +363,10 @@ class SimWorker:
         prompt_tokens = max(1, len(tokens))
         async with running_slot(engine, self._slots, prompt_tokens + count), trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)  # a real engine aborts
-            await self._run(send, body, prompt, tokens, prompt_tokens, count, shape, outcome)  # when its client leaves
+            request_id = (header(scope, b"x-request-id") or b"").decode("latin-1")
+            await self._run(
+                send, body, prompt, tokens, prompt_tokens, count, shape, outcome, request_id
+            )  # when its client leaves
             nursery.cancel_scope.cancel()
 
     async def _run(
@@ -365,12 +379,11 @@ class SimWorker:
         count: int,
         shape: _Shape,
         outcome: Outcome,
+        request_id: str,
     ) -> None:
         engine = self.engine
-        cached = engine.cache.admit(tokens)
-        delay = engine.ttft_secs(prompt_tokens - cached)
-        if delay > 0:
-            await trio.sleep(delay)
+        slots = self._prefill_slots.current(self.config.prefill_slots)
+        cached = await prefill(engine, slots, tokens, prompt_tokens, request_id)
         words = engine.output_words(prompt, count)
         engine.completion_tokens += count
         usage = {

@@ -7,12 +7,15 @@ whether to misbehave; the model itself never sleeps and never reads a clock.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import asdict, dataclass, fields
 from hashlib import blake2b
 from typing import Any, ClassVar
 
 from smg.settings import setting
 from smg.simworker.kvcache import PrefixKVCache
+
+PREFILLS_KEPT = 100_000  # a benchmark run's worth of prefill records (about 200 bytes each)
 
 VOCABULARY = [
     "the",
@@ -61,6 +64,13 @@ class SimConfig:
         50_000.0,
         "--prefill-tokens-per-sec",
         help="prefill speed: uncached prompt tokens per second added to the TTFT",
+        group=G_SIM,
+    )
+    prefill_slots: int = setting(
+        0,
+        "--prefill-slots",
+        help="prefills run at once (0: no limit); the others wait their turn in arrival order, so uncached "
+        "prompts queue behind one another as in an engine that prefills one batch at a time",
         group=G_SIM,
     )
     tpot_ms: float = setting(1.0, "--tpot-ms", help="decode time per output token, in ms, with one running request")
@@ -149,6 +159,8 @@ class SimConfig:
             raise ValueError(f"grpc_engine must be one of {', '.join(GRPC_ENGINES)}, got {self.grpc_engine!r}")
         if self.hosted_api not in HOSTED_APIS:
             raise ValueError(f"hosted_api must be one of {', '.join(HOSTED_APIS)}, got {self.hosted_api!r}")
+        if self.prefill_slots < 0:
+            raise ValueError("prefill_slots must not be negative")
         if self.fail_retry_after < 0:
             raise ValueError("fail_retry_after must not be negative")
         if not 100 <= self.fail_status <= 599:
@@ -190,6 +202,27 @@ class SimEngine:
         self.requests = 0
         self.completion_tokens = 0
         self.failures_injected = 0
+        self.prefill_waiting = 0  # requests waiting for a prefill slot (--prefill-slots)
+        self.prefill_queued_tokens = 0  # uncached prompt tokens waiting for or in prefill
+        # each prefill as the engine saw it (the truth a routing benchmark compares the gateways' beliefs with)
+        self.prefills: deque[dict[str, Any]] = deque(maxlen=PREFILLS_KEPT)
+
+    def record_prefill(
+        self, at: float, request_id: str, queued: tuple[int, int], uncached: int, waited: float, took: float
+    ) -> None:
+        """One prefill: when it arrived (wall clock), the queue it found (requests waiting for a slot,
+        uncached tokens waiting or in prefill), its own uncached tokens, its wait and its duration."""
+        self.prefills.append(
+            {
+                "at": round(at, 4),
+                "request_id": request_id,
+                "queued_requests": queued[0],
+                "queued_tokens": queued[1],
+                "uncached_tokens": uncached,
+                "wait_ms": round(waited * 1000, 3),
+                "prefill_ms": round(took * 1000, 3),
+            }
+        )
 
     def decide(self, output_tokens: int) -> Outcome:
         """Draw this request's faults from the seeded stream."""
@@ -234,11 +267,14 @@ class SimEngine:
         # as SGLang counts it: tokens the running requests hold; cached prefixes nobody uses are
         # evictable, not in use (a full prefix cache is not an overloaded engine)
         used = min(capacity, self.running_tokens)
+        # a request waiting for a prefill slot holds a running slot but is, as SGLang counts it, waiting
+        running, waiting = self.running - self.prefill_waiting, self.waiting + self.prefill_waiting
         return {
             "dp_rank": 0,
-            "num_running_reqs": self.running,
-            "num_waiting_reqs": self.waiting,
-            "num_total_reqs": self.running + self.waiting,
+            "num_running_reqs": running,
+            "num_waiting_reqs": waiting,
+            "num_total_reqs": running + waiting,
+            "num_queued_prefill_tokens": self.prefill_queued_tokens,
             "num_used_tokens": used,
             "max_total_num_tokens": capacity,
             "token_usage": round(used / capacity, 4),

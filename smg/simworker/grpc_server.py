@@ -54,7 +54,7 @@ from smg.simworker.engine import SimConfig, SimEngine
 from smg.simworker.grpc_model import Sampling, Sequence, SimModel, load_shipped_tokenizer, model_directory
 from smg.simworker.kvcache import KvEvent, KvRemoved, KvStored
 from smg.simworker.kvevents import KvBatch, KvEventLog
-from smg.simworker.slots import running_slot
+from smg.simworker.slots import PrefillSlots, prefill, running_slot
 from smg.tokenization.archive import CHUNK_SIZE, archive_chunks, build_archive
 
 log = logging.getLogger("smg.sim")
@@ -172,6 +172,7 @@ class GrpcSimWorker:
         self.model = model
         self.engine = SimEngine(config, record_kv_events=True)
         self._slots = trio.Semaphore(config.max_running)
+        self._prefill_slots = PrefillSlots()
         self._running: dict[str, trio.CancelScope] = {}
         self.rpcs_cancelled = 0  # generations cut short by their RPC's cancellation (the client left)
         self.kv_log = KvEventLog()
@@ -220,9 +221,9 @@ class GrpcSimWorker:
         self, emit: Callable[[EngineOutput], None], request: Request, progress: _Progress, die_after: int | None
     ) -> None:
         engine = self.engine
-        progress.cached = engine.cache.admit([str(i) for i in request.prompt_ids])
-        self._kv_step()
-        await trio.sleep(engine.ttft_secs(progress.prompt_tokens - progress.cached))
+        slots = self._prefill_slots.current(self.config.prefill_slots)
+        tokens = [str(i) for i in request.prompt_ids]
+        progress.cached = await prefill(engine, slots, tokens, progress.prompt_tokens, request.request_id, self._kv_step)
         step = 0
         while not progress.done:
             if step:

@@ -99,6 +99,17 @@ class PrefixKVCache:
         stats.cached_tokens += cached
         return cached
 
+    def peek(self, tokens: list[str]) -> int:
+        """The tokens `admit` would find cached now, without changing the cache or its figures
+        (what a request arriving now will not have to prefill, as far as the cache knows)."""
+        blocks = self._blocks
+        matched = 0
+        for h in chain_hashes(tokens, self.block_tokens):
+            if h not in blocks:
+                break
+            matched += 1
+        return matched * self.block_tokens
+
     def retain(self, tokens: list[str]) -> None:
         """Keep the KV of prompt + generated tokens, as a radix-cache engine does after decoding."""
         self._store(chain_hashes(tokens, self.block_tokens), tokens)

@@ -29,6 +29,7 @@ class RequestInfo:
     client_key: str | None = None  # a digest of Authorization, else the first X-Forwarded-For address
     lineage_key: str | None = None  # the conversation: first response of a previous_response_id chain, or `conversation`
     pool: Sequence[Worker] = ()  # every worker of the model, in registration order
+    request_id: str = ""  # for --log-routing-decisions
 
 
 ASSIGNMENT_MODES = ("random", "min_load", "min_group", "delegate")  # of a new routing key to a worker
