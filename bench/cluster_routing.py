@@ -84,14 +84,24 @@ def start_gateways(
     """`count` gateways, independent or in one mesh; the reference's when `reference` is its path;
     each with `--processes processes` when more than 1."""
     procs, gateways, seed = [], [], None
+    taken: set[int] = set()  # a port is free only until someone binds it: never hand one out twice
+
+    def fresh(pick: Callable[[], int], span: int = 1) -> int:
+        while True:
+            first = pick()
+            ports = set(range(first, first + span))
+            if not ports & taken:
+                taken.update(ports)
+                return first
+
     for i in range(count):
-        port, mesh_port = free_port(), free_ports(processes)
+        port, mesh_port = fresh(free_port), fresh(lambda: free_ports(processes), processes)
         base = (
             [reference, "launch"]
             if reference
             else [sys.executable, "-m", "smg", "--log-level", "warn", "--history-backend", "memory"]
         )
-        metrics = free_ports(processes)
+        metrics = fresh(lambda: free_ports(processes), processes)
         METRICS_PORTS[f"http://{HOST}:{port}"] = [metrics + k for k in range(processes)]
         command = [*base, "--policy", "cache_aware", "--host", HOST, "--port", str(port),
                    "--prometheus-host", HOST, "--prometheus-port", str(metrics)]  # fmt: skip
@@ -136,6 +146,7 @@ def main() -> None:
     parser.add_argument("--prefill-slots", type=int, default=0, help="prefills each worker runs at once (0: no limit)")
     parser.add_argument("--prefill-tokens-per-sec", type=float, default=20000.0)
     parser.add_argument("--spread", choices=["round-robin", "random"], default="round-robin", help="how requests pick a gateway")
+    parser.add_argument("--no-independent", action="store_true", help="N > 1: only the meshed gateways")
     parser.add_argument("--trace", action="store_true", help="explain the TTFT tail from the gateways' and workers' records")
     parser.add_argument(
         "--slow-ms", type=float, default=300.0, help="--trace: a request slower than this to its first token is slow"
@@ -152,7 +163,9 @@ def main() -> None:
         if n == 1:
             runs.append(("smg x1", 1, False, None, 1))
         else:
-            runs += [(f"smg x{n} independent", n, False, None, 1), (f"smg x{n} ha-mesh", n, True, None, 1)]
+            if not args.no_independent:
+                runs.append((f"smg x{n} independent", n, False, None, 1))
+            runs.append((f"smg x{n} ha-mesh", n, True, None, 1))
     runs += [(f"smg x1 --processes {p}", 1, False, None, p) for p in args.processes]
     if reference:
         runs += [("reference x1", 1, False, reference, 1), ("reference x3 independent", 3, False, reference, 1)]
@@ -161,7 +174,7 @@ def main() -> None:
     try:
         for url in urls:
             wait_http(url + "/health")
-        print(f"{len(users)} conversations x {args.turns} turns, {args.workers} workers, requests round-robin over gateways")
+        print(f"{len(users)} conversations x {args.turns} turns, {args.workers} workers, requests {args.spread} over gateways")
         print(
             f"{'target':<26}{'hit rate':>9}{'vs x1':>7}{'uncached tok':>14}{'TTFT p50':>10}{'p99':>8}{'spread':>8}{'errors':>8}"
         )
@@ -181,13 +194,16 @@ def main() -> None:
                 else:
                     target = itertools.cycle(gateways).__next__
                 cpu_before, wall_before = sum(family_cpu_seconds(p.pid) for p in procs), time.monotonic()
+                sim_before, client_before = family_cpu_seconds(sim.pid), time.process_time()
                 stats = trio.run(drive, target, systems, users, args)
                 cpu = sum(family_cpu_seconds(p.pid) for p in procs) - cpu_before
                 wall = time.monotonic() - wall_before
+                sim_cpu, client_cpu = family_cpu_seconds(sim.pid) - sim_before, time.process_time() - client_before
                 after = worker_stats(urls)
                 if processes > 1:
                     print(f"  ({label}: requests per process {served_per_process(gateways[0])})")
                 prefills = {url: httpx.get(url + "/sim/prefills", timeout=30).json()["prefills"] for url in urls} if trace else {}
+                replicated = replication_bytes(gateways) if mesh and binary is None else {}
             finally:
                 stop(procs)
             prompt, cached, _, spread = cache_figures(before, after)
@@ -204,8 +220,14 @@ def main() -> None:
                 f"{label:<26}{hit:>9.3f}{relative}{row['uncached_tokens']:>14}{row['ttft_p50_ms']:>10.1f}"
                 f"{row['ttft_p99_ms']:>8.1f}{row['spread']:>8.2f}{row['errors']:>8}"
             )
-            print(f"  gateways' CPU: {100 * cpu / wall:.0f} % of one core over {wall:.0f} s; "
+            print(f"  CPU over {wall:.0f} s, in % of one core (2 cores here): gateways {100 * cpu / wall:.0f}, "
+                  f"workers {100 * sim_cpu / wall:.0f}, this client {100 * client_cpu / wall:.0f}; "
                   f"TTFT max {1000 * max(stats.ttft, default=0):.0f} ms; requests per worker {_per_worker(before, after)}")  # fmt: skip
+            if replicated:
+                print(
+                    "  replication sent by all gateways (KiB): "
+                    + ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(replicated.items()))
+                )
             if trace:
                 logs = [path for path in logdir.glob(f"{name}-*.log") if path.stem[len(name) + 1 :].isdigit()]
                 logs.sort(key=lambda path: int(path.stem[len(name) + 1 :]))
@@ -214,6 +236,20 @@ def main() -> None:
     finally:
         stop([sim])
         print(f"logs: {logdir}")
+
+
+def replication_bytes(gateways: list[str]) -> dict[str, float]:
+    """`smg_mesh_replication_bytes_sent` summed over the gateways, by store and kind (delta, full)."""
+    sums: dict[str, float] = {}
+    for gateway in gateways:
+        for port in METRICS_PORTS.get(gateway, []):
+            for line in httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text.splitlines():
+                if line.startswith("smg_mesh_replication_bytes_sent"):
+                    labels, _, value = line.rpartition(" ")
+                    store = labels.split('store="')[1].split('"')[0]
+                    kind = labels.split('kind="')[1].split('"')[0]
+                    sums[f"{store}/{kind}"] = sums.get(f"{store}/{kind}", 0.0) + float(value)
+    return sums
 
 
 def _per_worker(before: list[dict], after: list[dict]) -> str:

@@ -16,6 +16,7 @@ can be compared with the truth of every candidate, not only the chosen one.
 from __future__ import annotations
 
 import bisect
+import datetime
 import json
 import statistics
 from collections import Counter
@@ -23,8 +24,14 @@ from pathlib import Path
 from typing import Any
 
 
+def _wall(ts: str) -> float:
+    """A log line's `ts` (ISO 8601, UTC, milliseconds) as wall-clock seconds."""
+    return datetime.datetime.strptime(ts.rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.UTC).timestamp()
+
+
 def read_decisions(logs: list[Path]) -> dict[str, dict[str, Any]]:
-    """request id -> the gateway's decision (the last, if it retried), with `gateway` = log index."""
+    """request id -> the gateway's decision (the last, if it retried), with `gateway` = log index
+    and `decided` = its wall-clock time."""
     decisions: dict[str, dict[str, Any]] = {}
     for index, path in enumerate(logs):
         for line in path.read_text(errors="replace").splitlines():
@@ -35,6 +42,7 @@ def read_decisions(logs: list[Path]) -> dict[str, dict[str, Any]]:
             except ValueError:
                 continue
             entry["gateway"] = index
+            entry["decided"] = _wall(entry["ts"])
             decisions[entry.get("request_id", "")] = entry
     return decisions
 
@@ -84,6 +92,13 @@ def explain(
         if p is not None:
             row.update(wait_ms=p["wait_ms"], prefill_ms=p["prefill_ms"], uncached=p["uncached_tokens"],
                        queued_requests=p["queued_requests"], queued_tokens=p["queued_tokens"])  # fmt: skip
+            # the request's time to first token in parts: client -> the gateway's choice -> the
+            # worker's handler -> its prefill wait and work -> the first token back at the client
+            row["worker_ms"] = p["wait_ms"] + p["prefill_ms"]
+            if d is not None:
+                row["to_decision_ms"] = (d["decided"] - r["at"]) * 1000
+                row["to_worker_ms"] = (p["at"] - d["decided"]) * 1000
+            row["back_ms"] = row["ttft_ms"] - (p["at"] - r["at"]) * 1000 - row["worker_ms"]
         if d is not None:
             row["gateway"] = d["gateway"]
             beliefs = d.get("candidates", {})
@@ -108,6 +123,19 @@ def explain(
     lines = [f"  {len(slow)} of {len(rows)} requests ({100 * len(slow) / max(1, len(rows)):.1f} %) over {slow_ms:g} ms TTFT"]
     if not slow:
         return lines
+    parts = [r for r in slow if "to_worker_ms" in r]
+    segments = (
+        ("client to the gateway's choice", "to_decision_ms"),
+        ("choice to the worker", "to_worker_ms"),
+        ("prefill wait + work", "worker_ms"),
+        ("first token back", "back_ms"),
+    )
+    if parts:
+        shown = [
+            f"{label} {statistics.median(r[key] for r in parts):.0f} / {max(r[key] for r in parts):.0f}"
+            for label, key in segments
+        ]
+        lines.append("  slow ones' TTFT in parts (median / max ms): " + ", ".join(shown))
     traced = [r for r in slow if "wait_ms" in r]
     if traced:
         lines.append(

@@ -325,7 +325,8 @@ class ClusterNode:
             self.changed()  # the peer has room for what changed while the interval was in flight
 
     def _app_state(self) -> bytes:
-        digests = self.replication.digests() if self.replication is not None else {}
+        # not the soft stores changing with the traffic: they differ by their deltas in flight
+        digests = self.replication.digests(at=trio.current_time()) if self.replication is not None else {}
         return cast(bytes, msgpack.packb({"digests": digests}, use_bin_type=True))
 
     def _merge_app_state(self, source: str, data: bytes) -> None:
@@ -333,7 +334,8 @@ class ClusterNode:
             return
         try:
             body = msgpack.unpackb(data, raw=False)
-            differing = self.replication.compare(source, body.get("digests") if isinstance(body, dict) else None)
+            digests = body.get("digests") if isinstance(body, dict) else None
+            differing = self.replication.compare(source, digests, trio.current_time())
         except (ValueError, ReplicationError) as exc:
             self.replication_errors += 1
             log.warning("cluster %s: push-pull state from %s ignored: %s", self.name, source, exc)

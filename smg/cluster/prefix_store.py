@@ -25,7 +25,7 @@ class SharedPrefixes:
         self.replication = replication
         self.summary = PrefixSummary(budget, ttl_ms)
         self.refresh_ms = ttl_ms // 4
-        replication.add_store(STORE, self.summary, vet=self._vet)
+        replication.add_store(STORE, self.summary, vet=self._vet, soft=True)  # hints, refreshed by traffic
 
     def record(self, model: str, worker: str, chain: list[bytes]) -> None:
         now_ms = wall_ms()

@@ -25,6 +25,7 @@ resurrects a deleted key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +44,7 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELTA = "crdt.delta"
 ACK = "crdt.ack"
 CHANNELS = (DELTA, ACK)
+SETTLE_SECS = 3.0  # a store unchanged this long is compared at push-pull (deltas are acked within ms)
 
 
 class ReplicationError(ValueError):
@@ -87,6 +89,10 @@ class _Store:
     delta_bytes: int = 0
     full_bytes: int = 0
     merged: int = 0
+    soft: bool = False  # compared at push-pull only once settled (`Replication.compare`)
+    version: int = 0  # local changes and merges so far
+    seen_version: int = -1  # `version` when the shell last passed the time (`Replication._note_changes`)
+    changed_at: float = -math.inf  # when a change was last seen (the shell's clock)
 
     def peer(self, name: str) -> _PeerState:
         """The peer's record, made on the first send to it or ack from it (reads make none)."""
@@ -116,6 +122,7 @@ class Replication:
         sync_interval: float = 5.0,
         gc_grace_ms: int = 60_000,
         chunk_bytes: int = 1024 * 1024,
+        settle_secs: float = SETTLE_SECS,
     ) -> None:
         self.node = node
         self.clock = clock
@@ -124,6 +131,7 @@ class Replication:
         self.sync_interval = sync_interval
         self.gc_grace_ms = gc_grace_ms
         self.chunk_bytes = chunk_bytes
+        self.settle_secs = settle_secs
         self._stores: dict[str, _Store] = {}
         self.on_change: Callable[[], None] | None = None  # a local change: the shell flushes at once
         # replication lag: from a write's HLC stamp to its merge here (deltas only), cumulative counts
@@ -139,13 +147,16 @@ class Replication:
         state: CRDT,
         on_merge: Callable[[], None] | None = None,
         vet: Callable[[CRDT, int], None] | None = None,
+        soft: bool = False,
     ) -> None:
         """Replicate `state` under `name`; `on_merge` runs after remote data was merged into it.
 
         `vet(remote, wall_ms)` may raise ValueError to refuse remote data before it is merged.
+        `soft`: hints that change with every request and that every writer keeps refreshing (load
+        counts, prefix summaries): push-pull compares them only once they are settled (`compare`).
         """
         replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes, relay=False)
-        self._stores[name] = _Store(name, replicator, on_merge, vet)
+        self._stores[name] = _Store(name, replicator, on_merge, vet, soft=soft)
 
     def state(self, name: str) -> Any:
         return self._stores[name].replicator.state
@@ -155,7 +166,9 @@ class Replication:
 
     def changed(self, name: str, delta: CRDT) -> None:
         """A local mutation of store `name` (already applied) produced `delta`."""
-        self._stores[name].replicator.apply_local(delta)
+        store = self._stores[name]
+        store.replicator.apply_local(delta)
+        store.version += 1
         if self.on_change is not None:
             self.on_change()
 
@@ -172,8 +185,11 @@ class Replication:
         """An HLC timestamp for a local write."""
         return self.clock.now(physical_ms)
 
-    def digests(self) -> dict[str, str]:
-        return {name: s.replicator.state.state_digest() for name, s in self._stores.items()}
+    def digests(self, at: float | None = None) -> dict[str, str]:
+        """Each store's digest; with `at` (the shell's clock), only the comparable stores' (what
+        push-pull carries: see `compare`)."""
+        names = list(self._stores) if at is None else self.comparable(at)
+        return {name: self._stores[name].replicator.state.state_digest() for name in names}
 
     def synced(self) -> bool:
         """Every store received a full state from some peer (a joining node has caught up)."""
@@ -183,6 +199,7 @@ class Replication:
 
     def outgoing(self, peers: Iterable[str], now: float, physical_ms: int) -> list[Outgoing]:
         """Messages due now for the live `peers`."""
+        self._note_changes(now)
         out: list[Outgoing] = []
         for peer in peers:
             if peer == self.node:
@@ -254,6 +271,7 @@ class Replication:
                 raise ReplicationError(f"store '{store.name}': {exc}") from None
             if seq is not None:
                 store.merged += 1
+                store.version += 1
                 store.synced = store.synced or message.is_full
                 if store.on_merge is not None:
                     store.on_merge()
@@ -336,12 +354,39 @@ class Replication:
 
     # -- anti-entropy and GC -------------------------------------------------------------
 
-    def compare(self, peer: str, digests: Any) -> list[str]:
-        """Stores whose digest differs from `peer`'s (from push-pull): they get full state."""
+    def _note_changes(self, now: float) -> None:
+        """Date the changes since the last call (the shell calls `outgoing` at least every second)."""
+        for store in self._stores.values():
+            if store.version != store.seen_version:
+                store.seen_version, store.changed_at = store.version, now
+
+    def comparable(self, now: float) -> list[str]:
+        """The stores push-pull compares now: every store but a soft one that changed here within
+        `settle_secs` (deltas in flight would explain a difference)."""
+        self._note_changes(now)
+        return [n for n, s in self._stores.items() if not s.soft or now - s.changed_at >= self.settle_secs]
+
+    def compare(self, peer: str, digests: Any, now: float | None = None) -> list[str]:
+        """Stores whose digest differs from `peer`'s (from push-pull): they get full state.
+
+        With `now`, a soft store (`add_store(soft=True)`) is compared only when settled on both
+        sides: the peer sends the digests of its comparable stores only (`digests(at=...)`), and
+        one that changed here within `settle_secs` is skipped. Under traffic the soft stores
+        change with every request and differ at any instant by the deltas in flight; resending
+        them whole on every push-pull cost more CPU than the traffic itself (bench/
+        cluster_routing.py --trace: 5 MB of full prefix states against 1.4 MB of deltas, each
+        one encoded, sent and merged in one go, stalling gateways into a TTFT tail). Their
+        deltas are acknowledged and resent, and every writer keeps refreshing them, so
+        anti-entropy only has to catch what that misses, which it does once the store is quiet.
+        The other stores are compared every time, as before."""
         if not isinstance(digests, dict):
             raise ReplicationError("push-pull digests are not a map")
+        names = (
+            list(self._stores) if now is None else [n for n in self.comparable(now) if n in digests or not self._stores[n].soft]
+        )
         differing = []
-        for name, store in self._stores.items():
+        for name in names:
+            store = self._stores[name]
             if digests.get(name) != store.replicator.state.state_digest():
                 store.replicator.resync(peer)
                 state = store.peers.get(peer)

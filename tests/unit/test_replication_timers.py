@@ -190,3 +190,30 @@ def test_a_differing_digest_sends_the_full_state_at_once_in_chunks() -> None:
     acknowledge(a, b, acks, 2.2)
     assert a.confirmed(STORE, ["b"]) == a.sequence(STORE) and a.lagging(["b"], 10.0, bound=0.0) == []
     assert a.outgoing(["b"], 3.5, ms(3.5)) == []  # up to date: nothing until the sync interval
+
+
+def test_a_soft_store_is_compared_only_once_settled_on_both_sides() -> None:
+    def soft_node(name: str) -> Replication:
+        replication = node(name, sync_interval=100.0)
+        replication.add_store("load", LWWMap(), soft=True)
+        return replication
+
+    a, b = soft_node("a"), soft_node("b")
+
+    def hint(at: Replication, key: str, now: float) -> None:
+        at.changed("load", at.state("load").set(key, 1, at.stamp(ms(now))))
+        at.outgoing([], now, ms(now))  # the shell's flush dates the change (its deltas go out now)
+
+    hint(a, "w|a", 1.0)  # neither has the other's hint yet: their deltas are in flight
+    hint(b, "w|b", 1.0)
+    # a digest mismatch explained by deltas in flight: neither side offers or compares the soft store
+    assert set(b.digests(at=2.0)) == {STORE} and set(a.digests(at=2.0)) == {STORE}
+    assert a.compare("b", b.digests(at=2.0), 2.0) == []
+    assert a.compare("b", {**b.digests(), "load": b.digests()["load"]}, 2.0) == []  # a is busy itself
+    # settled (nothing changed for SETTLE_SECS): a real difference gets the full state, as before
+    settled = 1.0 + a.settle_secs
+    assert set(b.digests(at=settled)) == {STORE, "load"}
+    assert a.compare("b", b.digests(at=settled), settled) == ["load"]
+    # a store that is not soft is compared busy or not, even missing from the peer's digests
+    write(a, "w9", 1, settled)
+    assert a.compare("b", {}, settled) == [STORE]
