@@ -118,8 +118,12 @@ def start_gateways(
             seed = seed or f"{HOST}:{mesh_port}"
         procs.append(start(command, logdir / f"{label}-{i}.log"))
         gateways.append(f"http://{HOST}:{port}")
-    for url in gateways:
-        wait_http(url + "/readiness", 60)
+    try:
+        for url in gateways:
+            wait_http(url + "/readiness", 60)
+    except TimeoutError:
+        stop(procs)  # a gateway that could not start leaves no others running behind it
+        raise
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # every gateway lists every worker (a mesh spreads them)
         if all(len(httpx.get(g + "/workers").json().get("workers", [])) == len(urls) for g in gateways):

@@ -26,7 +26,7 @@ class ReplicatedLoad:
         self.replication = replication
         self.node = node
         self.live_members = live_members
-        replication.add_store(STORE, LWWMap(), on_merge=self.apply, soft=True)  # republished as it changes
+        replication.add_store(STORE, LWWMap(), on_merge=self.apply)
 
     @property
     def map(self) -> LWWMap:

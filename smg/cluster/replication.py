@@ -44,7 +44,10 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELTA = "crdt.delta"
 ACK = "crdt.ack"
 CHANNELS = (DELTA, ACK)
-SETTLE_SECS = 3.0  # a store unchanged this long is compared at push-pull (deltas are acked within ms)
+SETTLE_SECS = 3.0  # a soft store unchanged this long is compared at push-pull (deltas are acked within ms)
+# ... and compared with a peer at least this often whatever the traffic: a member that cannot hear
+# a writer (a partial partition; nothing is relayed) gets its hints within this long
+MAX_SKIP_SECS = 300.0
 
 
 class ReplicationError(ValueError):
@@ -76,6 +79,7 @@ class _PeerState:
     ack_stamp: Timestamp = ZERO  # the newest acknowledged send stamp (ZERO: it holds nothing of ours we know of)
     reported: Timestamp = ZERO  # its own frontier, from its acks
     waiting_since: float | None = None  # the first unacknowledged send; None: nothing in flight
+    compared_at: float | None = None  # the last push-pull that compared this store with the peer (soft stores)
 
 
 @dataclass(slots=True)
@@ -123,6 +127,7 @@ class Replication:
         gc_grace_ms: int = 60_000,
         chunk_bytes: int = 1024 * 1024,
         settle_secs: float = SETTLE_SECS,
+        max_skip_secs: float = MAX_SKIP_SECS,
     ) -> None:
         self.node = node
         self.clock = clock
@@ -132,6 +137,7 @@ class Replication:
         self.gc_grace_ms = gc_grace_ms
         self.chunk_bytes = chunk_bytes
         self.settle_secs = settle_secs
+        self.max_skip_secs = max_skip_secs
         self._stores: dict[str, _Store] = {}
         self.on_change: Callable[[], None] | None = None  # a local change: the shell flushes at once
         # replication lag: from a write's HLC stamp to its merge here (deltas only), cumulative counts
@@ -152,8 +158,8 @@ class Replication:
         """Replicate `state` under `name`; `on_merge` runs after remote data was merged into it.
 
         `vet(remote, wall_ms)` may raise ValueError to refuse remote data before it is merged.
-        `soft`: hints that change with every request and that every writer keeps refreshing (load
-        counts, prefix summaries): push-pull compares them only once they are settled (`compare`).
+        `soft`: hints that change with every request and that every writer keeps refreshing (prefix
+        summaries): push-pull compares them only once they are settled (`compare`).
         """
         replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes, relay=False)
         self._stores[name] = _Store(name, replicator, on_merge, vet, soft=soft)
@@ -370,28 +376,35 @@ class Replication:
         """Stores whose digest differs from `peer`'s (from push-pull): they get full state.
 
         With `now`, a soft store (`add_store(soft=True)`) is compared only when settled on both
-        sides: the peer sends the digests of its comparable stores only (`digests(at=...)`), and
-        one that changed here within `settle_secs` is skipped. Under traffic the soft stores
-        change with every request and differ at any instant by the deltas in flight; resending
-        them whole on every push-pull cost more CPU than the traffic itself (bench/
-        cluster_routing.py --trace: 5 MB of full prefix states against 1.4 MB of deltas, each
-        one encoded, sent and merged in one go, stalling gateways into a TTFT tail). Their
-        deltas are acknowledged and resent, and every writer keeps refreshing them, so
-        anti-entropy only has to catch what that misses, which it does once the store is quiet.
-        The other stores are compared every time, as before."""
+        sides, or when it was last compared with this peer `max_skip_secs` ago: the peer sends
+        the digests of its comparable stores only (`digests(at=...)`), and one that changed here
+        within `settle_secs` waits. Under traffic a soft store changes with every request and
+        differs at any instant by the deltas in flight; resending it whole on every push-pull
+        cost more CPU than the traffic itself (bench/cluster_routing.py --trace: 6 MB of full
+        prefix states against 1.4 MB of deltas in a run, each encoded, sent and merged in one
+        go, stalling gateways into a TTFT tail). Its deltas are acknowledged and resent, so
+        anti-entropy only has to catch what that misses: at once when the store is quiet, and
+        within `max_skip_secs` for a member that cannot hear a writer. Every other store is
+        compared every time, as before."""
         if not isinstance(digests, dict):
             raise ReplicationError("push-pull digests are not a map")
-        names = (
-            list(self._stores) if now is None else [n for n in self.comparable(now) if n in digests or not self._stores[n].soft]
-        )
+        comparable = set(self._stores) if now is None else set(self.comparable(now))
         differing = []
-        for name in names:
-            store = self._stores[name]
-            if digests.get(name) != store.replicator.state.state_digest():
+        for name, store in self._stores.items():
+            theirs = digests.get(name)
+            if store.soft and now is not None:
+                state = store.peer(peer)
+                if state.compared_at is None:
+                    state.compared_at = now  # a new peer gets the full state anyway: the clock starts here
+                overdue = now - state.compared_at >= self.max_skip_secs
+                if not overdue and (name not in comparable or name not in digests):
+                    continue
+                state.compared_at = now
+            if theirs != store.replicator.state.state_digest():
                 store.replicator.resync(peer)
-                state = store.peers.get(peer)
-                if state is not None:
-                    state.last_sent = None  # the full state goes out now, not at the next resend or sync
+                known = store.peers.get(peer)
+                if known is not None:
+                    known.last_sent = None  # the full state goes out now, not at the next resend or sync
                 differing.append(name)
         return differing
 

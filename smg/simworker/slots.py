@@ -53,11 +53,13 @@ async def prefill(
     tokens: list[str],
     prompt_tokens: int,
     request_id: str,
-    on_admit: Callable[[], None] | None = None,
+    on_change: Callable[[], None] | None = None,
 ) -> int:
     """Wait for a prefill slot in arrival order (trio's semaphores are FIFO), then look the prompt
     up in the cache and spend its time to first token; returns the cached tokens. What the
-    request found and waited for is recorded in `engine.prefills`."""
+    request found and waited for is recorded in `engine.prefills` (a prefill cancelled by its
+    client's leaving is not). `on_change`: the load changed (it started waiting, or its prompt
+    entered the cache), for the gRPC shell's KV events."""
     arrival, wall = trio.current_time(), time.time()
     guess = prompt_tokens - engine.cache.peek(tokens)  # its prefill work, as the queue sees it now
     queued = (engine.prefill_waiting, engine.prefill_queued_tokens)
@@ -68,6 +70,8 @@ async def prefill(
                 slots.acquire_nowait()  # a free slot: no wait counted (a release hands a slot to the first waiter)
             except trio.WouldBlock:
                 engine.prefill_waiting += 1
+                if on_change is not None:
+                    on_change()
                 try:
                     await slots.acquire()
                 finally:
@@ -75,8 +79,8 @@ async def prefill(
         try:
             started = trio.current_time()
             cached = engine.cache.admit(tokens)
-            if on_admit is not None:
-                on_admit()
+            if on_change is not None:
+                on_change()
             delay = engine.ttft_secs(prompt_tokens - cached)
             if delay > 0:
                 await trio.sleep(delay)

@@ -209,7 +209,8 @@ def test_a_soft_store_is_compared_only_once_settled_on_both_sides() -> None:
     # a digest mismatch explained by deltas in flight: neither side offers or compares the soft store
     assert set(b.digests(at=2.0)) == {STORE} and set(a.digests(at=2.0)) == {STORE}
     assert a.compare("b", b.digests(at=2.0), 2.0) == []
-    assert a.compare("b", {**b.digests(), "load": b.digests()["load"]}, 2.0) == []  # a is busy itself
+    # a is busy itself: even offered the store (as an older node offers every store), it waits
+    assert a.compare("b", {**b.digests(), "load": b.digests()["load"]}, 2.0) == []
     # settled (nothing changed for SETTLE_SECS): a real difference gets the full state, as before
     settled = 1.0 + a.settle_secs
     assert set(b.digests(at=settled)) == {STORE, "load"}
@@ -217,3 +218,36 @@ def test_a_soft_store_is_compared_only_once_settled_on_both_sides() -> None:
     # a store that is not soft is compared busy or not, even missing from the peer's digests
     write(a, "w9", 1, settled)
     assert a.compare("b", {}, settled) == [STORE]
+
+
+def test_a_soft_store_busy_for_ever_is_still_compared_every_max_skip_secs() -> None:
+    """A member that cannot hear a writer (a partial partition) still gets its hints, however
+    busy the store: anti-entropy skips a soft store with a peer for `max_skip_secs` at most."""
+    a = node("a", max_skip_secs=300.0)
+    a.add_store("prefixes", LWWMap(), soft=True)
+    busy = {"prefixes": "digest of a store that never settles", STORE: a.digests()[STORE]}
+
+    def touch(now: float) -> None:
+        a.changed("prefixes", a.state("prefixes").set(f"k{now}", 1, a.stamp(ms(now))))
+        a.outgoing([], now, ms(now))
+
+    touch(0.0)
+    assert a.compare("b", busy, 0.0) == []  # the first push-pull with b starts its clock
+    for now in (30.0, 120.0, 299.0):
+        touch(now)
+        assert a.compare("b", busy, now) == []
+    touch(300.0)
+    assert a.compare("b", busy, 300.0) == ["prefixes"]  # overdue: compared, differs, full state
+    touch(330.0)
+    assert a.compare("b", busy, 330.0) == []  # and the clock starts again
+
+
+def test_a_merged_delta_makes_a_soft_store_busy_too() -> None:
+    a, b = node("a"), node("b")
+    for replication in (a, b):
+        replication.add_store("prefixes", LWWMap(), soft=True)
+    b.changed("prefixes", b.state("prefixes").set("k", 1, b.stamp(ms(0.0))))
+    full = b.outgoing(["a"], 0.0, ms(0.0))
+    deliver(b, a, [m for m in full if body(m)["s"] == "prefixes"], 10.0)
+    assert "prefixes" not in a.digests(at=10.0)  # it just changed here, by the merge
+    assert "prefixes" in a.digests(at=10.0 + a.settle_secs)

@@ -68,3 +68,34 @@ def test_the_slot_count_can_change_at_run_time() -> None:
     one = slots.current(1)
     assert one is not None and slots.current(1) is one
     assert slots.current(2) is not one
+
+
+async def test_a_request_that_leaves_gives_its_slot_and_its_counts_back(autojump_clock: Any) -> None:
+    engine = SimEngine(SimConfig(ttft_ms=0, prefill_tokens_per_sec=1000, prefill_slots=1))
+    slots = PrefillSlots().current(1)
+    done: list[str] = []
+
+    async def one(name: str, blocks: int) -> None:
+        tokens = _prompt(name, blocks)
+        await prefill(engine, slots, tokens, len(tokens), name)
+        done.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, "a", 10)  # 0.16 s in prefill
+        await trio.sleep(0)
+
+        async def leaving(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await one("b", 5)  # will leave while waiting
+
+        waiting = await nursery.start(leaving)
+        await trio.sleep(0)
+        nursery.start_soon(one, "c", 5)
+        await trio.sleep(0.05)
+        assert engine.prefill_waiting == 2
+        waiting.cancel()
+        await trio.sleep(0.01)
+        assert engine.prefill_waiting == 1 and engine.prefill_queued_tokens == 160 + 80  # b's are gone
+    assert done == ["a", "c"] and [p["request_id"] for p in engine.prefills] == ["a", "c"]
+    assert engine.prefill_waiting == 0 and engine.prefill_queued_tokens == 0
