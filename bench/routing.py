@@ -30,7 +30,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, free_port, start, stop, wait_http
+from overhead import HOST, free_port, free_ports, start, stop, wait_http
 
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
@@ -145,7 +145,7 @@ def start_workers(args: argparse.Namespace, logdir: Path) -> tuple[subprocess.Po
     """`--workers` simulated workers in one process; a realistic-ish engine: 20k prefill tokens/s
     (or `--prefill-tokens-per-sec`), prefills unlimited (or `--prefill-slots` at once), 2 ms per
     output token, 32 running at most, `--cache-blocks` of prefix cache each."""
-    port = free_port()
+    port = free_ports(args.workers)  # consecutive ports, all free now
     speed = getattr(args, "prefill_tokens_per_sec", 20000)
     slots = getattr(args, "prefill_slots", 0)
     sim = start(
