@@ -119,7 +119,7 @@ class ClusterNode:
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
         self._kick = trio.Event()
-        # this node's own view for the cluster page (set by the gateway: `smg.ui.views.node_view`)
+        # this node's own view for the cluster page (set by the gateway: `smg.ui.views.peer_view`)
         self.describe: Callable[[bool], dict[str, Any]] | None = None
         self._views: dict[bool, tuple[float, bytes]] = {}  # series? -> (built at, packed view)
         self._view_requests: dict[str, tuple[dict[str, Any], set[str], trio.Event]] = {}
@@ -388,13 +388,15 @@ class ClusterNode:
         request = secrets.token_hex(8)
         results: dict[str, dict[str, Any] | str] = {}
         done = trio.Event()
-        self._view_requests[request] = (results, set(peers), done)
+        waiting = set(peers)
+        self._view_requests[request] = (results, waiting, done)
         payload = msgpack.packb({"id": request, "series": series}, use_bin_type=True)
         for peer in peers:
             if not self.mesh.send_to(peer, VIEW, payload):
                 results[peer] = "its mesh stream is full"
+                waiting.discard(peer)  # no answer can come: do not wait the timeout for it
         try:
-            if peers and len(results) < len(peers):
+            if waiting:
                 with trio.move_on_after(timeout):
                     await done.wait()
         finally:

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Proc, start_gateway, start_mesh_gateway, start_of_a_fresh_minute, start_sim, wait_until
+from tests.helpers import Proc, start_gateway, start_mesh_gateway, start_of_a_fresh_minute, wait_until
 
 KEY = base64.b64encode(b"k" * 32).decode()
 ADMIN = "admin-key"
@@ -33,13 +33,6 @@ def worker_ids(node: Proc) -> set[str]:
 
 def states(node: Proc) -> dict[str, str]:
     return {n["name"]: n["status"] for n in status(node)["nodes"]}
-
-
-@pytest.fixture(scope="module")
-def workers() -> Iterator[Proc]:
-    sim = start_sim(2)
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture(scope="module")

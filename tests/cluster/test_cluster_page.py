@@ -39,13 +39,6 @@ HOSTILE_MODEL = '<img src=x onerror="document.title=1">'  # a worker's model nam
 
 
 @pytest.fixture(scope="module")
-def workers() -> Iterator[Proc]:
-    sim = start_sim(2)
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture(scope="module")
 def hostile_worker() -> Iterator[Proc]:
     sim = start_sim(1, "--model", HOSTILE_MODEL)
     yield sim
