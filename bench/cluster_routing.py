@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
 import trio
@@ -80,6 +82,7 @@ def start_gateways(
     reference: str | None,
     processes: int = 1,
     trace: bool = False,
+    policy: str = "cache_aware",
 ) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     """`count` gateways, independent or in one mesh; the reference's when `reference` is its path;
     each with `--processes processes` when more than 1."""
@@ -103,7 +106,7 @@ def start_gateways(
         )
         metrics = fresh(lambda: free_ports(processes), processes)
         METRICS_PORTS[f"http://{HOST}:{port}"] = [metrics + k for k in range(processes)]
-        command = [*base, "--policy", "cache_aware", "--host", HOST, "--port", str(port),
+        command = [*base, "--policy", policy, "--host", HOST, "--port", str(port),
                    "--prometheus-host", HOST, "--prometheus-port", str(metrics)]  # fmt: skip
         if processes > 1:
             command += ["--processes", str(processes), "--mesh-host", HOST, "--mesh-port", str(mesh_port)]
@@ -132,6 +135,17 @@ def start_gateways(
     return gateways, procs
 
 
+class Run(NamedTuple):
+    """One target of the bench: gateways (or the oracle: none) and how requests reach them."""
+
+    label: str
+    count: int  # gateways (0: the oracle, straight to the workers)
+    mesh: bool
+    binary: str | None  # the reference's `smg`, or None for ours
+    processes: int
+    policy: str
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 3, 8])
@@ -146,11 +160,14 @@ def main() -> None:
     parser.add_argument("--think-secs", type=float, default=0.5)
     parser.add_argument("--cache-blocks", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="run everything this often (seeds --seed, --seed+1, ...); medians")
     parser.add_argument("--processes", type=int, nargs="*", default=[], help="also one smg gateway with --processes N")
     parser.add_argument("--prefill-slots", type=int, default=0, help="prefills each worker runs at once (0: no limit)")
     parser.add_argument("--prefill-tokens-per-sec", type=float, default=20000.0)
     parser.add_argument("--spread", choices=["round-robin", "random"], default="round-robin", help="how requests pick a gateway")
     parser.add_argument("--no-independent", action="store_true", help="N > 1: only the meshed gateways")
+    parser.add_argument("--oracle", action="store_true", help="also clients pinned to workers by system prompt, no gateway")
+    parser.add_argument("--round-robin", action="store_true", help="also every size with --policy round_robin (meshed)")
     parser.add_argument("--trace", action="store_true", help="explain the TTFT tail from the gateways' and workers' records")
     parser.add_argument(
         "--slow-ms", type=float, default=300.0, help="--trace: a request slower than this to its first token is slow"
@@ -161,85 +178,139 @@ def main() -> None:
 
     logdir = Path(tempfile.mkdtemp(prefix="smg-cluster-routing-"))
     sim, urls = start_workers(args, logdir)
-    systems, users = make_workload(args)
-    runs: list[tuple[str, int, bool, str | None, int]] = []  # label, gateways, mesh, reference binary, processes
+    runs = [Run("oracle (pinned)", 0, False, None, 1, "")] if args.oracle else []
     for n in args.sizes:
         if n == 1:
-            runs.append(("smg x1", 1, False, None, 1))
+            runs.append(Run("smg x1", 1, False, None, 1, "cache_aware"))
         else:
             if not args.no_independent:
-                runs.append((f"smg x{n} independent", n, False, None, 1))
-            runs.append((f"smg x{n} ha-mesh", n, True, None, 1))
-    runs += [(f"smg x1 --processes {p}", 1, False, None, p) for p in args.processes]
+                runs.append(Run(f"smg x{n} independent", n, False, None, 1, "cache_aware"))
+            runs.append(Run(f"smg x{n} ha-mesh", n, True, None, 1, "cache_aware"))
+    if args.round_robin:
+        runs += [Run(f"smg x{n} round_robin", n, n > 1, None, 1, "round_robin") for n in args.sizes]
+    runs += [Run(f"smg x1 --processes {p}", 1, False, None, p, "cache_aware") for p in args.processes]
     if reference:
-        runs += [("reference x1", 1, False, reference, 1), ("reference x3 independent", 3, False, reference, 1)]
-        runs.append(("reference x3 mesh", 3, True, reference, 1))
-    rows = []
+        runs += [Run("reference x1", 1, False, reference, 1, "cache_aware")]
+        runs += [Run("reference x3 independent", 3, False, reference, 1, "cache_aware")]
+        runs.append(Run("reference x3 mesh", 3, True, reference, 1, "cache_aware"))
+    rows: list[dict[str, Any]] = []
+    first_seed = args.seed
     try:
         for url in urls:
             wait_http(url + "/health")
-        print(f"{len(users)} conversations x {args.turns} turns, {args.workers} workers, requests {args.spread} over gateways")
-        print(
-            f"{'target':<26}{'hit rate':>9}{'vs x1':>7}{'uncached tok':>14}{'TTFT p50':>10}{'p99':>8}{'spread':>8}{'errors':>8}"
-        )
-        for label, n, mesh, binary, processes in runs:
-            name = label.replace(" ", "-")
-            trace = args.trace and binary is None
-            gateways, procs = start_gateways(name, n, mesh, urls, logdir, binary, processes, trace)
-            try:
-                for url in urls:
-                    httpx.post(url + "/flush_cache")
-                    httpx.delete(url + "/sim/prefills")
-                before = worker_stats(urls)
-                args.fresh_connections = processes > 1
-                target: Callable[[], str]
-                if args.spread == "random":
-                    target = partial(random.Random(args.seed + 2).choice, gateways)
-                else:
-                    target = itertools.cycle(gateways).__next__
-                cpu_before, wall_before = sum(family_cpu_seconds(p.pid) for p in procs), time.monotonic()
-                sim_before, client_before = family_cpu_seconds(sim.pid), time.process_time()
-                stats = trio.run(drive, target, systems, users, args)
-                cpu = sum(family_cpu_seconds(p.pid) for p in procs) - cpu_before
-                wall = time.monotonic() - wall_before
-                sim_cpu, client_cpu = family_cpu_seconds(sim.pid) - sim_before, time.process_time() - client_before
-                after = worker_stats(urls)
-                if processes > 1:
-                    print(f"  ({label}: requests per process {served_per_process(gateways[0])})")
-                prefills = {url: httpx.get(url + "/sim/prefills", timeout=30).json()["prefills"] for url in urls} if trace else {}
-                replicated = replication_bytes(gateways) if mesh and binary is None else {}
-            finally:
-                stop(procs)
-            prompt, cached, _, spread = cache_figures(before, after)
-            hit = cached / prompt if prompt else 0.0
-            base = next(
-                (r["hit_rate"] for r in rows if r["target"] == ("reference x1" if "reference" in label else "smg x1")), None
-            )
-            row = {"target": label, "hit_rate": round(hit, 3), "uncached_tokens": prompt - cached,
-                   "ttft_p50_ms": round(pct(stats.ttft, 50), 1), "ttft_p99_ms": round(pct(stats.ttft, 99), 1),
-                   "spread": round(spread, 2), "errors": stats.errors}  # fmt: skip
-            rows.append(row)
-            relative = f"{hit / base:>6.2f}x" if base else f"{'':>7}"
+        for repeat in range(args.repeat):
+            args.seed = first_seed + repeat
+            systems, users = make_workload(args)
             print(
-                f"{label:<26}{hit:>9.3f}{relative}{row['uncached_tokens']:>14}{row['ttft_p50_ms']:>10.1f}"
-                f"{row['ttft_p99_ms']:>8.1f}{row['spread']:>8.2f}{row['errors']:>8}"
+                f"seed {args.seed}: {len(users)} conversations x {args.turns} turns, {args.workers} workers, "
+                f"requests {args.spread} over gateways"
             )
-            print(f"  CPU over {wall:.0f} s, in % of one core (2 cores here): gateways {100 * cpu / wall:.0f}, "
-                  f"workers {100 * sim_cpu / wall:.0f}, this client {100 * client_cpu / wall:.0f}; "
-                  f"TTFT max {1000 * max(stats.ttft, default=0):.0f} ms; requests per worker {_per_worker(before, after)}")  # fmt: skip
-            if replicated:
-                print(
-                    "  replication sent by all gateways (KiB): "
-                    + ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(replicated.items()))
-                )
-            if trace:
-                logs = [path for path in logdir.glob(f"{name}-*.log") if path.stem[len(name) + 1 :].isdigit()]
-                logs.sort(key=lambda path: int(path.stem[len(name) + 1 :]))
-                for line in explain(stats.records, read_decisions(logs), prefills, args.slow_ms, logdir / f"{name}.jsonl"):
-                    print(line)
+            print(
+                f"{'target':<26}{'hit rate':>9}{'vs x1':>7}{'uncached tok':>14}{'TTFT p50':>10}{'p99':>8}{'spread':>8}{'errors':>8}"
+            )
+            this_seed: list[dict[str, Any]] = []
+            for run in runs:
+                row = run_target(run, args, urls, sim, logdir, systems, users, this_seed)
+                this_seed.append(row)
+            rows += this_seed
+        if args.repeat > 1:
+            print_medians(runs, rows, args.repeat)
     finally:
         stop([sim])
         print(f"logs: {logdir}")
+
+
+def run_target(
+    run: Run,
+    args: argparse.Namespace,
+    urls: list[str],
+    sim: subprocess.Popen[bytes],
+    logdir: Path,
+    systems: list[str],
+    users: list[tuple[float, int, list[str]]],
+    earlier: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Run the workload against one target; print its row (and its trace); return the row."""
+    label = run.label
+    name = f"{label.replace(' ', '-')}-seed{args.seed}"
+    trace = args.trace and run.binary is None and run.count > 0
+    procs: list[subprocess.Popen[bytes]] = []
+    if run.count:
+        gateways, procs = start_gateways(name, run.count, run.mesh, urls, logdir, run.binary, run.processes, trace, run.policy)
+    try:
+        for url in urls:
+            httpx.post(url + "/flush_cache")
+            httpx.delete(url + "/sim/prefills")
+        before = worker_stats(urls)
+        args.fresh_connections = run.processes > 1
+        target: Callable[[int], str]
+        if not run.count:  # the oracle: every conversation of a system prompt on one worker
+            target = lambda user: urls[users[user][1] % len(urls)]  # noqa: E731
+        elif args.spread == "random":
+            pick = partial(random.Random(args.seed + 2).choice, gateways)
+            target = lambda _user: pick()  # noqa: E731
+        else:
+            turn = itertools.cycle(gateways).__next__
+            target = lambda _user: turn()  # noqa: E731
+        cpu_before, wall_before = sum(family_cpu_seconds(p.pid) for p in procs), time.monotonic()
+        sim_before, client_before = family_cpu_seconds(sim.pid), time.process_time()
+        stats = trio.run(drive, target, systems, users, args)
+        cpu = sum(family_cpu_seconds(p.pid) for p in procs) - cpu_before
+        wall = time.monotonic() - wall_before
+        sim_cpu, client_cpu = family_cpu_seconds(sim.pid) - sim_before, time.process_time() - client_before
+        after = worker_stats(urls)
+        if run.processes > 1:
+            print(f"  ({label}: requests per process {served_per_process(gateways[0])})")
+        prefills = {url: httpx.get(url + "/sim/prefills", timeout=30).json()["prefills"] for url in urls} if trace else {}
+        replicated = replication_bytes(gateways) if run.mesh and run.binary is None else {}
+    finally:
+        stop(procs)
+    prompt, cached, _, spread = cache_figures(before, after)
+    hit = cached / prompt if prompt else 0.0
+    one = "reference x1" if run.binary else "smg x1"
+    base = next((r["hit_rate"] for r in earlier if r["target"] == one), None)
+    row = {"target": label, "seed": args.seed, "hit_rate": round(hit, 3), "vs_x1": hit / base if base else None,
+           "uncached_tokens": prompt - cached, "ttft_p50_ms": round(pct(stats.ttft, 50), 1),
+           "ttft_p99_ms": round(pct(stats.ttft, 99), 1), "ttft_max_ms": round(1000 * max(stats.ttft, default=0)),
+           "spread": round(spread, 2), "errors": stats.errors, "cpu": 100 * cpu / wall}  # fmt: skip
+    relative = f"{row['vs_x1']:>6.2f}x" if base else f"{'':>7}"
+    print(
+        f"{label:<26}{hit:>9.3f}{relative}{row['uncached_tokens']:>14}{row['ttft_p50_ms']:>10.1f}"
+        f"{row['ttft_p99_ms']:>8.1f}{row['spread']:>8.2f}{row['errors']:>8}"
+    )
+    print(f"  CPU over {wall:.0f} s, in % of one core (2 cores here): gateways {row['cpu']:.0f}, "
+          f"workers {100 * sim_cpu / wall:.0f}, this client {100 * client_cpu / wall:.0f}; "
+          f"TTFT max {row['ttft_max_ms']} ms; requests per worker {_per_worker(before, after)}")  # fmt: skip
+    if replicated:
+        print(
+            "  replication sent by all gateways (KiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(replicated.items()))
+        )
+    if trace:
+        logs = [path for path in logdir.glob(f"{name}-*.log") if path.stem[len(name) + 1 :].isdigit()]
+        logs.sort(key=lambda path: int(path.stem[len(name) + 1 :]))
+        for line in explain(stats.records, read_decisions(logs), prefills, args.slow_ms, logdir / f"{name}.jsonl"):
+            print(line)
+    return row
+
+
+def print_medians(runs: list[Run], rows: list[dict[str, Any]], repeat: int) -> None:
+    """Per target, the median of each figure over the seeds, and every seed's p99 and max."""
+    print(f"\nmedians of {repeat} runs (one per seed; each seed's figure in brackets)")
+    print(f"{'target':<26}{'hit rate':>9}{'vs x1':>7}{'TTFT p50':>10}{'p99':>8}  {'(p99 per seed)':<22}{'max':>6}{'CPU %':>7}")
+    for run in runs:
+        mine = [r for r in rows if r["target"] == run.label]
+        if not mine:
+            continue
+
+        def med(key: str, mine: list[dict[str, Any]] = mine) -> float:
+            values = [r[key] for r in mine if r[key] is not None]
+            return statistics.median(values) if values else float("nan")
+
+        seeds = ", ".join(f"{r['ttft_p99_ms']:.0f}" for r in mine)
+        print(
+            f"{run.label:<26}{med('hit_rate'):>9.3f}{_ratio(med('vs_x1'))}{med('ttft_p50_ms'):>10.1f}{med('ttft_p99_ms'):>8.1f}"
+            f"  {'(' + seeds + ')':<22}{med('ttft_max_ms'):>6.0f}{med('cpu'):>7.0f}"
+        )
 
 
 def replication_bytes(gateways: list[str]) -> dict[str, float]:
@@ -254,6 +325,10 @@ def replication_bytes(gateways: list[str]) -> dict[str, float]:
                     kind = labels.split('kind="')[1].split('"')[0]
                     sums[f"{store}/{kind}"] = sums.get(f"{store}/{kind}", 0.0) + float(value)
     return sums
+
+
+def _ratio(value: float) -> str:
+    return f"{'':>7}" if value != value else f"{value:>6.2f}x"  # NaN: no x1 row to compare with
 
 
 def _per_worker(before: list[dict], after: list[dict]) -> str:

@@ -71,7 +71,7 @@ def make_workload(args: argparse.Namespace) -> tuple[list[str], list[tuple[float
 
 async def run_user(
     client: httpx.AsyncClient,
-    url: str | Callable[[], str],
+    url: str | Callable[[int], str],
     user_id: int,
     system: str,
     messages: list[str],
@@ -84,7 +84,7 @@ async def run_user(
     for turn, text in enumerate(messages):
         history.append({"role": "user", "content": text})
         body = {"model": "sim-model", "messages": history, "max_tokens": max_tokens, "stream": True}
-        target = url() if callable(url) else url  # a cluster bench spreads turns over gateways
+        target = url(user_id) if callable(url) else url  # a cluster bench spreads turns over gateways
         started, sent_at = time.perf_counter(), time.time()
         first = None
         reply = []
@@ -119,7 +119,7 @@ async def run_user(
 
 
 async def drive(
-    url: str | Callable[[], str], systems: list[str], users: list[tuple[float, int, list[str]]], args: argparse.Namespace
+    url: str | Callable[[int], str], systems: list[str], users: list[tuple[float, int, list[str]]], args: argparse.Namespace
 ) -> Stats:
     stats = Stats()
     think = random.Random(args.seed + 1)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import trio
 
@@ -56,7 +57,9 @@ async def run_fleet(
         task_status.started(urls)
 
 
-async def run_supervised(base: SimConfig, host: str, port: int, count: int) -> int:
+async def run_supervised(
+    base: SimConfig, host: str, port: int, count: int, once_started: Callable[[], None] | None = None
+) -> int:
     """`smg sim-worker --supervised`: the child process of `smg serve`.
 
     Reports to the parent on stdout, one JSON line: `{"urls": [...]}` once
@@ -66,7 +69,8 @@ async def run_supervised(base: SimConfig, host: str, port: int, count: int) -> i
     parent holds the other end of that pipe, and the kernel closes it when
     the parent exits in any way, `kill -9` included, so the workers never
     outlive it (portable, unlike Linux's PR_SET_PDEATHSIG, and with no
-    polling). Returns the exit code.
+    polling). Returns the exit code. `once_started` runs once the workers listen (the
+    process's owner settles its heap: `smg.cli.settle_heap`).
     """
     async with trio.open_nursery() as nursery:
         try:
@@ -78,6 +82,8 @@ async def run_supervised(base: SimConfig, host: str, port: int, count: int) -> i
             _report({"error": {"port": error.port, "reason": error.reason}})
             return 2
         _report({"urls": urls})
+        if once_started is not None:
+            once_started()
         await until_stdin_closes()
         log.info("stdin closed (the parent stopped or is gone): stopping the simulated workers")
         nursery.cancel_scope.cancel()

@@ -1,0 +1,61 @@
+"""The process shell's runtime policy: the heap is settled once a server has started."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import trio
+
+from smg import cli
+
+
+def test_settle_heap_freezes_what_exists() -> None:
+    gc.unfreeze()
+    kept = [object() for _ in range(10)]
+    try:
+        cli.settle_heap()
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as before
+
+
+def test_the_heap_is_settled_after_start_up_and_the_result_passes_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[str] = []
+    monkeypatch.setattr(cli, "settle_heap", lambda: steps.append("settled"))
+    release = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        steps.append("starting")
+        task_status.started()
+        await release.wait()  # serving: settled meanwhile, not at the end
+        steps.append("stopped")
+        return 3
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_release_when_settled, steps, release)
+            return int(await cli.settled_once_started(serve))
+
+    assert trio.run(main) == 3
+    assert steps == ["starting", "settled", "stopped"]
+
+
+def test_a_server_that_fails_to_start_is_not_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[str] = []
+    monkeypatch.setattr(cli, "settle_heap", lambda: steps.append("settled"))
+
+    async def serve(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise OSError("port taken")
+
+    with pytest.raises(ExceptionGroup) as failed:  # as every start-up failure reaches `cli.main`: grouped
+        trio.run(cli.settled_once_started, serve)
+    assert failed.group_contains(OSError, match="port taken")
+    assert steps == []
+
+
+async def _release_when_settled(steps: list[str], release: trio.Event) -> None:
+    with trio.fail_after(5):
+        while "settled" not in steps:
+            await trio.sleep(0)
+    release.set()
