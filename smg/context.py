@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class GatewayContext:
                 load_interval=config.load_monitor_interval if config.load_monitoring else None,
                 api_key=config.api_key,
                 ssl_context=worker_tls,
+                stagger=random.Random(),
             ),
             request_id_headers=tuple(h.lower().encode() for h in config.request_id_headers),
             retry=config.retry_config(),

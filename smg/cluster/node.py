@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import secrets
 import socket
 import time
@@ -369,8 +370,12 @@ class ClusterNode:
                 replication.changed(store, records.delete(key, replication.stamp(wall_ms())))
 
     async def _collect_garbage(self) -> None:
+        # the first round after 0.5-1.5 periods: members started together do not collect (and
+        # send their raised floors to everyone) at the same instant every period
+        wait = GC_SECS * random.uniform(0.5, 1.5)
         while True:
-            await trio.sleep(GC_SECS)
+            await trio.sleep(wait)
+            wait = GC_SECS
             self._forget_removed_workers()
             if self.pins is not None:
                 self.pins.sweep()

@@ -24,6 +24,8 @@ from smg.mesh.transport import TCP_TIMEOUT, MeshTransport, split_address
 log = logging.getLogger("smg.mesh")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+BATCH_BYTES = 256 * 1024  # one write takes the queued messages up to about this much
+RECHECK_SECS = 10.0  # an idle stream checks this often that its peer has not moved
 UNRESOLVED_POLL = 0.2
 
 
@@ -99,48 +101,48 @@ class PeerStreams:
             outbox.connection = None
 
     async def _write(self, peer: str, address: str, stream: trio.SocketStream, outbox: _Outbox) -> None:
-        """Write queued messages in order until the peer moves, closes or the connection breaks."""
-        async with stream:
+        """Write queued messages in order until the peer moves, closes or the connection breaks.
+
+        Whatever is queued goes out in one write (up to BATCH_BYTES): a flush of replication
+        deltas and acks to a peer is one system call and one trio checkpoint, not one per
+        message. A task watching the connection for the peer's close lives as long as it does
+        (the receiving side never writes, so anything readable is its end: noticing it now,
+        instead of at the next write, keeps the next messages from vanishing into a dead
+        connection)."""
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
+            faults = self.transport.faults
+            batch: list[AppMessage] = []
             try:
                 while self.resolve(peer) == address:
-                    while outbox.queue:
-                        if self.transport.faults.outgoing_dropped(address):
-                            outbox.queue.popleft()  # an injected partition or loss (tests, chaos)
-                            self.transport.dropped["fault_filter"] += 1
+                    if not outbox.queue:
+                        outbox.wakeup = trio.Event()
+                        with trio.move_on_after(RECHECK_SECS):  # the peer may move while we idle
+                            await outbox.wakeup.wait()
+                        continue
+                    frames, size = [], 0
+                    while outbox.queue and size < BATCH_BYTES:
+                        message = outbox.queue.popleft()
+                        if faults.outgoing_dropped(address):
+                            self.transport.dropped["fault_filter"] += 1  # an injected partition or loss (tests, chaos)
                             continue
-                        if self.transport.faults.delay:
-                            await trio.sleep(self.transport.faults.delay)
-                        await stream.send_all(self.transport.frame(outbox.queue[0]))
-                        outbox.queue.popleft()
-                    outbox.wakeup = trio.Event()
-                    if await _closed_while_idle(stream, outbox.wakeup):
-                        return  # the peer went away: reconnect when there is work
+                        batch.append(message)
+                        frames.append(self.transport.frame(message))
+                        size += len(frames[-1])
+                    if frames:
+                        if faults.delay:
+                            await trio.sleep(faults.delay)
+                        await stream.send_all(b"".join(frames))
+                    batch.clear()
             except (trio.BrokenResourceError, OSError) as exc:
                 log.debug("mesh stream to %s broke: %s", peer, exc)
+            finally:
+                outbox.queue.extendleft(reversed(batch))  # not written: first on the next connection
+            nursery.cancel_scope.cancel()
 
 
-async def _closed_while_idle(stream: trio.SocketStream, wakeup: trio.Event, recheck: float = 10.0) -> bool:
-    """Wait for work (or `recheck` seconds); True if the peer closed the connection meanwhile.
-
-    The receiving side never writes on a stream, so anything readable is its
-    end: noticing it now, instead of at the next write, keeps the next
-    message from vanishing into a dead connection.
-    """
-    closed = False
-    with trio.move_on_after(recheck):
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                nonlocal closed
-                with contextlib.suppress(trio.BrokenResourceError, OSError):
-                    await stream.receive_some(1)
-                closed = True
-                nursery.cancel_scope.cancel()
-
-            async def work() -> None:
-                await wakeup.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            nursery.start_soon(work)
-    return closed
+async def _cancel_when_closed(stream: trio.SocketStream, connection: trio.CancelScope) -> None:
+    """Cancel `connection` once the peer closes its end (or the connection breaks)."""
+    with contextlib.suppress(trio.BrokenResourceError, OSError):
+        await stream.receive_some(1)
+    connection.cancel()

@@ -11,8 +11,8 @@ outcome of TCP sends are also handed to the node's hooks (`on_rejected`,
 from __future__ import annotations
 
 import logging
+import math
 import random
-import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +21,14 @@ import trio
 
 from smg.mesh.keyring import NOT_MESH, Keyring, SealError, open_frame, seal
 from smg.mesh.messages import Message
-from smg.mesh.wire import MAX_MESSAGE, WireError, decode_message, encode_message
+from smg.mesh.wire import FrameReader, FrameTooLarge, WireError, decode_message, encode_message, frame_bytes
 
 log = logging.getLogger("smg.mesh")
 
 UDP_MAX = 65_507
 RCVBUF = 4 * 1024 * 1024
 TCP_TIMEOUT = 5.0
+RECEIVE_BYTES = 256 * 1024  # one receive takes whatever a stream holds, up to this
 
 
 @dataclass
@@ -128,26 +129,36 @@ class MeshTransport:
             self._accept(frame, host, port, "udp")
 
     async def _tcp_handler(self, stream: trio.SocketStream) -> None:
-        """Frames until the peer closes: one for a push-pull, many on a per-peer stream."""
+        """Frames until the peer closes: one for a push-pull, many on a per-peer stream. A frame
+        begun must be complete within TCP_TIMEOUT; between frames, the stream may idle."""
         async with stream:
             host, port, *_ = stream.socket.getpeername()
+            reader = FrameReader()
+            begun = math.inf  # when the frame now arriving began (inf: none is)
             while True:
                 try:
-                    header = await _receive_exactly(stream, 4, allow_eof=True)
-                    if header is None:
-                        return
-                    (length,) = struct.unpack(">I", header)
-                    if length > MAX_MESSAGE:  # no smg frame is this long: someone else's protocol
-                        self.dropped["oversize"] += 1
-                        if self.on_rejected is not None:
-                            self.on_rejected(host, port, "tcp", NOT_MESH)
-                        return
-                    with trio.fail_after(TCP_TIMEOUT):
-                        frame = await _receive_exactly(stream, length)
-                except (trio.TooSlowError, trio.BrokenResourceError, EOFError):
+                    with trio.fail_at(begun + TCP_TIMEOUT):
+                        data = await stream.receive_some(RECEIVE_BYTES)
+                except (trio.TooSlowError, trio.BrokenResourceError):
                     self.dropped["truncated"] += 1
                     return
-                self._accept(frame, host, port, "tcp")
+                if not data:
+                    if reader.pending:
+                        self.dropped["truncated"] += 1
+                    return
+                try:
+                    frames = reader.feed(data)
+                except FrameTooLarge:  # no smg frame is this long: someone else's protocol
+                    self.dropped["oversize"] += 1
+                    if self.on_rejected is not None:
+                        self.on_rejected(host, port, "tcp", NOT_MESH)
+                    return
+                for frame in frames:
+                    self._accept(frame, host, port, "tcp")
+                if not reader.pending:
+                    begun = math.inf
+                elif frames or begun == math.inf:
+                    begun = trio.current_time()
 
     # -- sending --------------------------------------------------------------------------
 
@@ -170,7 +181,7 @@ class MeshTransport:
             with trio.fail_after(TCP_TIMEOUT):
                 stream = await trio.open_tcp_stream(host, port)
                 async with stream:
-                    await stream.send_all(struct.pack(">I", len(frame)) + frame)
+                    await stream.send_all(frame_bytes(frame))
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             log.debug("mesh: TCP to %s failed: %s", address, exc)
             if self.on_tcp_result is not None:
@@ -181,24 +192,11 @@ class MeshTransport:
 
     def frame(self, message: Message) -> bytes:
         """A length-prefixed sealed frame, for a persistent stream."""
-        sealed = seal(self.keyring, encode_message(message))
-        self.sent_bytes += len(sealed) + 4
+        framed = frame_bytes(seal(self.keyring, encode_message(message)))
+        self.sent_bytes += len(framed)
         self.sent_packets += 1
-        return struct.pack(">I", len(sealed)) + sealed
+        return framed
 
     def send_soon(self, address: str, message: Message, reliable: bool) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(self.send, address, message, reliable)
-
-
-async def _receive_exactly(stream: trio.SocketStream, n: int, allow_eof: bool = False) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        data = await stream.receive_some(n - got)
-        if not data:
-            if allow_eof and not got:
-                return None  # type: ignore[return-value]
-            raise EOFError
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)

@@ -6,6 +6,7 @@ message, never another exception: a garbage packet is dropped and counted.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, cast
 
 import msgpack
@@ -29,10 +30,60 @@ from smg.mesh.messages import (
 )
 
 MAX_MESSAGE = 8 * 1024 * 1024
+LENGTH = struct.Struct(">I")  # a TCP frame's prefix: the sealed frame's length
 
 
 class WireError(ValueError):
     """Not a valid mesh message."""
+
+
+class FrameTooLarge(WireError):
+    """A length prefix beyond MAX_MESSAGE: no smg frame is this long (someone else's protocol)."""
+
+
+def frame_bytes(sealed: bytes) -> bytes:
+    """`sealed` with its length prefix, as written on a TCP stream."""
+    return LENGTH.pack(len(sealed)) + sealed
+
+
+class FrameReader:
+    """Splits a TCP stream's bytes into the sealed frames written by `frame_bytes` (sans-IO).
+
+    The stream's reader hands over whatever one receive returned, however many frames (or
+    parts of one) it holds: a batch of small messages costs one receive, not two per
+    message (a length, then its body), which was most of a meshed gateway's receive work.
+    """
+
+    __slots__ = ("_buffer", "limit")
+
+    def __init__(self, limit: int = MAX_MESSAGE) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        """Part of a frame (or of its prefix) has arrived and the rest has not."""
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The frames completed by `data`, in order. Raises FrameTooLarge (the stream is not ours:
+        drop it; the frames returned by earlier calls stand)."""
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        start, size = 0, len(buffer)
+        while size - start >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(buffer, start)
+            if length > self.limit:
+                raise FrameTooLarge(f"a frame of {length} bytes")
+            end = start + LENGTH.size + length
+            if end > size:
+                break
+            frames.append(bytes(buffer[start + LENGTH.size : end]))
+            start = end
+        if start:
+            del buffer[:start]
+        return frames
 
 
 def _update_out(u: Update) -> list[Any]:

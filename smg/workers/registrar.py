@@ -15,6 +15,7 @@ nursery.
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -84,6 +85,7 @@ class Registrar:
         startup_log_secs: float = STARTUP_LOG_SECS,
         transport: httpx.AsyncBaseTransport | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        stagger: random.Random | None = None,
     ) -> None:
         """`transport` (default: httpx's own) lets tests fake the workers without sockets;
         `ssl_context`: for https:// workers (None: the system's CAs), as the data plane's.
@@ -93,6 +95,12 @@ class Registrar:
         (model loading): probing them at once only fills the log with refused
         connections. The start-up timeout counts from the end of the delay, as the
         reference's does (its delay sits on the registration workflow's first step).
+
+        `stagger`: the first health round, and the second load poll, come after a random
+        0.5-1.5 intervals instead of one, so the rounds of gateways started together (a
+        cluster, --processes N) do not fall on the same instant every interval. They did: 8
+        gateways polling 4 workers at once every 10 s stalled each other and the workers
+        into a burst of slow first tokens (bench/cluster_routing.py --trace).
         """
         self.registry = registry
         self.startup_timeout = startup_timeout
@@ -104,6 +112,7 @@ class Registrar:
         self.health_checks = health_checks
         self.remove_failed = remove_failed
         self.load_interval = load_interval
+        self.stagger = stagger
         self.api_key = api_key
         self.on_change = on_change
         self.startup_log_secs = startup_log_secs
@@ -292,9 +301,15 @@ class Registrar:
 
     # -- periodic health checks ---------------------------------------------
 
+    def _phase(self, interval: float) -> float:
+        """The wait before a loop's first periodic round: `interval`, or 0.5-1.5 of it with `stagger`."""
+        return interval if self.stagger is None else interval * self.stagger.uniform(0.5, 1.5)
+
     async def _health_loop(self) -> None:
+        wait = self._phase(self.health_interval)
         while True:
-            await trio.sleep(self.health_interval)
+            await trio.sleep(wait)
+            wait = self.health_interval
             workers = [
                 w
                 for w in self.registry
@@ -334,6 +349,7 @@ class Registrar:
 
     async def _load_loop(self, interval: float) -> None:
         """Poll each routable worker's /v1/loads; a worker that does not answer reports 0."""
+        wait = self._phase(interval)
         while True:
             workers = self.registry.available_any()
             http = [w for w in workers if not w.is_grpc and w.provider is None]
@@ -344,7 +360,8 @@ class Registrar:
                 worker.reported_load = report.load
                 worker.reported_waiting = report.waiting
                 worker.reported_token_usage = report.token_usage
-            await trio.sleep(interval)
+            await trio.sleep(wait)
+            wait = interval
 
     async def _engine_loads(self, workers: list[Worker], engines: EngineProbe) -> list[tuple[Worker, LoadReport]]:
         """GetLoads on every gRPC worker at once (`--load-monitor-interval`, like /v1/loads)."""

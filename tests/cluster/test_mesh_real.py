@@ -10,10 +10,12 @@ import socket
 import pytest
 import trio
 
-from smg.mesh.keyring import Keyring, parse_key
-from smg.mesh.messages import State
+from smg.mesh import transport as transport_module
+from smg.mesh.keyring import NOT_MESH, Keyring, parse_key
+from smg.mesh.messages import AppMessage, Message, State
 from smg.mesh.node import MeshNode
 from smg.mesh.swim import MemberEvent, SwimConfig
+from smg.mesh.transport import MeshTransport
 
 FAST = SwimConfig(probe_interval=0.1, probe_timeout=0.04, gossip_interval=0.05, push_pull_interval=2.0, reconnect_interval=1.0)
 KEY = os.urandom(32)
@@ -260,3 +262,38 @@ async def test_an_unreachable_seed_is_named_with_its_error(nursery: trio.Nursery
     await nursery.start(node.run)
     await until(lambda: any(f"seed {dead_seed} is unreachable" in r.getMessage() for r in caplog.records), 5)
     assert node.diagnostics()["seeds"][0]["reachable"] is False
+
+
+async def test_tcp_frames_in_one_write_cut_frames_strangers_and_stalls(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream reader: several frames in one write all arrive; a frame cut by a close, a
+    stranger's protocol, and a frame that stalls mid-way are each dropped and counted."""
+    monkeypatch.setattr(transport_module, "TCP_TIMEOUT", 0.3)
+    delivered: list[Message] = []
+    rejected: list[str] = []
+    transport = MeshTransport("127.0.0.1", 0, None, delivered.append)
+    transport.on_rejected = lambda host, port, via, cause: rejected.append(cause)
+    port = await nursery.start(transport.run)
+    hellos = [AppMessage(f"n{i}", "chan", b"x" * (i * 300)) for i in range(5)]
+
+    async def send(data: bytes, close: bool = True) -> trio.SocketStream:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(data)
+        if close:
+            await stream.aclose()
+        return stream
+
+    await send(b"".join(transport.frame(m) for m in hellos))
+    await until(lambda: len(delivered) == 5, 5)
+    assert delivered == hellos
+    await send(transport.frame(hellos[1]) + transport.frame(hellos[2])[:-3])  # the second cut by the close
+    await until(lambda: transport.dropped["truncated"] == 1, 5)
+    assert delivered[5:] == [hellos[1]]
+    await send(b"GET / HTTP/1.1\r\nHost: mesh\r\n\r\n")
+    await until(lambda: transport.dropped["oversize"] == 1, 5)
+    assert rejected == [NOT_MESH]
+    stalled = await send(transport.frame(hellos[3])[:10], close=False)  # then nothing: the sender hangs
+    await until(lambda: transport.dropped["truncated"] == 2, 5)  # after TCP_TIMEOUT, not never
+    await stalled.aclose()
+    assert len(delivered) == 6

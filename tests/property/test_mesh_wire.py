@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from smg.mesh.keyring import Keyring, SealError, open_frame, seal
 from smg.mesh.messages import Ack, Alive, Dead, Gossip, MemberState, Nack, Ping, PingReq, PushPull, State, Suspect
-from smg.mesh.wire import WireError, decode_message, encode_message
+from smg.mesh.wire import FrameReader, FrameTooLarge, WireError, decode_message, encode_message, frame_bytes
 
 UPDATES = (Alive("a", 3, "10.0.0.1:7946", {"http": "10.0.0.1:30000"}), Suspect("b", 1, "a"), Dead("c", 2, "c"))
 MESSAGES = [
@@ -71,3 +72,29 @@ def test_mutated_messages(rng: random.Random) -> None:
         data[rng.randrange(len(data))] = rng.randrange(256)
     with contextlib.suppress(WireError):
         decode_message(bytes(data))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=600), max_size=12), st.lists(st.integers(1, 700), min_size=1, max_size=40))
+def test_frames_come_out_whole_and_in_order_however_the_stream_is_cut(frames: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(frame_bytes(f) for f in frames)
+    reader, got, position = FrameReader(), [], 0
+    for size in itertools.cycle(cuts):  # receives of arbitrary sizes, as TCP hands them over
+        if position >= len(stream):
+            break
+        got += reader.feed(stream[position : position + size])
+        position += size
+    assert got == frames
+    assert not reader.pending
+
+
+def test_a_frame_beyond_the_limit_is_refused_and_a_partial_one_is_pending() -> None:
+    reader = FrameReader(limit=100)
+    assert reader.feed(frame_bytes(b"ok") + frame_bytes(b"x" * 10)[:5]) == [b"ok"]
+    assert reader.pending
+    assert reader.feed(b"x" * 9) == [b"x" * 10]
+    assert not reader.pending
+    with pytest.raises(FrameTooLarge):
+        reader.feed(frame_bytes(b"y" * 101))
+    with pytest.raises(FrameTooLarge):  # an HTTP request to the mesh port: "GET " is 1.2 GB long
+        FrameReader().feed(b"GET / HTTP/1.1\r\n")

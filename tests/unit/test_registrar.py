@@ -9,7 +9,9 @@ two tasks waking at one time never matters.
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -301,6 +303,21 @@ async def test_health_rounds_run_every_health_check_interval(autojump_clock: tri
         assert fleet.times("/health", host, after=0.5) == [7.5, 15.0, 22.5, 30.0, 37.5]
     periodic = [c for c in fleet.calls if c.at > 0.5]
     assert all(c.timeout == {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0} for c in periodic)
+
+
+async def test_staggered_rounds_start_at_a_random_phase_then_keep_the_interval(autojump_clock: trio.testing.MockClock) -> None:
+    fleet = Fleet()
+    fleet.add("w1")
+    registrar = make_registrar(fleet, health_interval=10.0, load_interval=4.0, stagger=random.Random(7))
+    async with running(registrar, make_worker("w1")):
+        await trio.sleep_until(60.0)
+    checks = fleet.times("/health", "w1", after=0.5)
+    assert 5.0 <= checks[0] < 15.0 and checks[0] != 10.0  # (seeded: not by chance one interval)
+    assert [b - a for a, b in itertools.pairwise(checks)] == pytest.approx([10.0] * (len(checks) - 1))
+    # the first poll at once (it found the worker not yet routable), the next after the phase
+    polls = fleet.times("/v1/loads", "w1")
+    assert 2.0 <= polls[0] < 6.0 and polls[0] != pytest.approx(4.0)
+    assert [b - a for a, b in itertools.pairwise(polls)] == pytest.approx([4.0] * (len(polls) - 1))
 
 
 async def test_failure_threshold_takes_a_worker_out_and_success_threshold_brings_it_back(
