@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import random
 import statistics
 import subprocess
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--no-independent", action="store_true", help="N > 1: only the meshed gateways")
     parser.add_argument("--oracle", action="store_true", help="also clients pinned to workers by system prompt, no gateway")
     parser.add_argument("--round-robin", action="store_true", help="also every size with --policy round_robin (meshed)")
+    parser.add_argument("--kill-at", type=float, help="meshed runs: SIGKILL the last gateway this many seconds in")
     parser.add_argument("--trace", action="store_true", help="explain the TTFT tail from the gateways' and workers' records")
     parser.add_argument(
         "--slow-ms", type=float, default=300.0, help="--trace: a request slower than this to its first token is slow"
@@ -244,25 +246,32 @@ def run_target(
         before = worker_stats(urls)
         args.fresh_connections = run.processes > 1
         target: Callable[[int], str]
+        serving = list(gateways) if run.count else []  # what the client's balancer sends to (a killed one leaves)
         if not run.count:  # the oracle: every conversation of a system prompt on one worker
             target = lambda user: urls[users[user][1] % len(urls)]  # noqa: E731
         elif args.spread == "random":
-            pick = partial(random.Random(args.seed + 2).choice, gateways)
+            pick = partial(random.Random(args.seed + 2).choice, serving)
             target = lambda _user: pick()  # noqa: E731
         else:
-            turn = itertools.cycle(gateways).__next__
-            target = lambda _user: turn()  # noqa: E731
-        cpu_before, wall_before = sum(family_cpu_seconds(p.pid) for p in procs), time.monotonic()
+            turn = itertools.count()
+            target = lambda _user: serving[next(turn) % len(serving)]  # noqa: E731
+        cpu_before, wall_before = {p.pid: family_cpu_seconds(p.pid) for p in procs}, time.monotonic()
         sim_before, client_before = family_cpu_seconds(sim.pid), time.process_time()
-        stats = trio.run(drive, target, systems, users, args)
-        cpu = sum(family_cpu_seconds(p.pid) for p in procs) - cpu_before
+        killing = args.kill_at is not None and run.mesh and run.binary is None
+        kill: dict[str, float] = {}
+        if killing:
+            stats = trio.run(drive_and_kill, target, systems, users, args, procs, serving, kill)
+            procs = procs[:-1]  # reaped
+        else:
+            stats = trio.run(drive, target, systems, users, args)
+        cpu = sum(family_cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs)  # (a killed one: until its kill, not counted)
         wall = time.monotonic() - wall_before
         sim_cpu, client_cpu = family_cpu_seconds(sim.pid) - sim_before, time.process_time() - client_before
         after = worker_stats(urls)
         if run.processes > 1:
             print(f"  ({label}: requests per process {served_per_process(gateways[0])})")
         prefills = {url: httpx.get(url + "/sim/prefills", timeout=30).json()["prefills"] for url in urls} if trace else {}
-        replicated = replication_bytes(gateways) if run.mesh and run.binary is None else {}
+        replicated = replication_bytes(serving) if run.mesh and run.binary is None else {}
     finally:
         stop(procs)
     prompt, cached, _, spread = cache_figures(before, after)
@@ -285,12 +294,66 @@ def run_target(
         print(
             "  replication sent by all gateways (KiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(replicated.items()))
         )
+    if kill:
+        for line in after_the_kill(stats.records, stats.errors, kill):
+            print(line)
     if trace:
         logs = [path for path in logdir.glob(f"{name}-*.log") if path.stem[len(name) + 1 :].isdigit()]
         logs.sort(key=lambda path: int(path.stem[len(name) + 1 :]))
         for line in explain(stats.records, read_decisions(logs), prefills, args.slow_ms, logdir / f"{name}.jsonl"):
             print(line)
     return row
+
+
+async def drive_and_kill(
+    target: Callable[[int], str],
+    systems: list[str],
+    users: list[tuple[float, int, list[str]]],
+    args: argparse.Namespace,
+    procs: list[subprocess.Popen[bytes]],
+    serving: list[str],
+    kill: dict[str, float],
+) -> Any:
+    """`drive`, and `--kill-at` seconds in, SIGKILL the last gateway: the client's balancer stops
+    sending to it at once (its requests in flight fail), and a survivor's view of it is polled:
+    `kill` gets the wall-clock times it was killed, suspected and declared dead there."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_kill_later, args.kill_at, procs[-1], serving, kill)
+        stats = await drive(target, systems, users, args)
+        nursery.cancel_scope.cancel()
+    return stats
+
+
+async def _kill_later(at: float, proc: subprocess.Popen[bytes], serving: list[str], kill: dict[str, float]) -> None:
+    await trio.sleep(at)
+    victim, survivor = serving[-1], serving[0]
+    async with httpx.AsyncClient(timeout=5) as client:
+        name = (await client.get(victim + "/mesh/status")).json()["node_name"]
+        proc.kill()
+        kill["killed"] = time.time()
+        serving.remove(victim)
+        await trio.to_thread.run_sync(proc.wait)
+        while "dead" not in kill:
+            nodes = (await client.get(survivor + "/mesh/status")).json()["nodes"]
+            status = next(n["status"] for n in nodes if n["name"] == name)
+            if status in ("suspect", "dead"):
+                kill.setdefault(status, time.time())
+            await trio.sleep(0.05)
+
+
+def after_the_kill(records: list[dict[str, Any]], errors: int, kill: dict[str, float]) -> list[str]:
+    """TTFT before the kill, in the 10 s after it, and later; when a survivor noticed."""
+    killed = kill["killed"]
+    spans = [("before", -math.inf, killed), ("first 10 s after", killed, killed + 10), ("later", killed + 10, math.inf)]
+    lines = [
+        f"  killed the last gateway; a survivor suspected it after {kill.get('suspect', math.nan) - killed:.2f} s "
+        f"(its in-flight load left the survivors' view then) and declared it dead after {kill.get('dead', math.nan) - killed:.2f} s; "
+        f"{errors} requests failed (in flight on it)"
+    ]
+    for label, begin, end in spans:
+        ttfts = [r["ttft"] for r in records if begin <= r["at"] < end]
+        lines.append(f"  requests sent {label}: {len(ttfts)}, TTFT p50 {pct(ttfts, 50):.1f} ms, p99 {pct(ttfts, 99):.1f} ms")
+    return lines
 
 
 def print_medians(runs: list[Run], rows: list[dict[str, Any]], repeat: int) -> None:

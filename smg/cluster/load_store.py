@@ -2,7 +2,8 @@
 
 Every `interval` a node writes its in-flight count for each worker whose
 count changed into the `load` LWW map under `<worker>|<node>`; every node
-sums the entries of the other live members into `Worker.peer_in_flight`, so
+sums the entries of the other members it counts (`live_members`: the alive
+ones; a suspect's requests may have died with it) into `Worker.peer_in_flight`, so
 load-aware policies balance on what the whole cluster sends each worker, not
 only on this gateway's share.
 """

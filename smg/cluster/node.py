@@ -181,7 +181,11 @@ class ClusterNode:
         self.health = ReplicatedHealth(
             self.ctx, self.replication, self.mesh.name, self.alive_members, self.config.mesh_health_owners
         )
-        self.load = ReplicatedLoad(self.ctx, self.replication, self.mesh.name, self.alive_members)
+        # in-flight counts of alive members only: a killed gateway's requests died with it (the
+        # workers see their connections close), so its counts leave the others' view as soon as
+        # it is suspected, not seconds later when it is declared dead; a false suspicion only
+        # hides a peer's share until it refutes
+        self.load = ReplicatedLoad(self.ctx, self.replication, self.mesh.name, self._alive_names)
         limiter = self.ctx.limiter
         if limiter is not None:  # counts of every node, read as one sliding window
             limiter.adopt_replica(replica)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
@@ -154,3 +155,39 @@ def test_an_owners_removal_of_a_failed_worker_is_a_cluster_wide_delete() -> None
         for node in nodes:
             node.stop()
         sim.stop()
+
+
+def test_a_killed_gateways_load_leaves_the_others_view_once_it_is_suspected(fresh: tuple[Proc, list[Proc]]) -> None:
+    sim, nodes = fresh
+    url = sim.urls[0]
+    body = {"model": "sim-model", "messages": [{"role": "user", "content": "long"}], "max_tokens": 4000, "stream": True}
+    victim, survivor = nodes[0], nodes[-1]
+    name = name_of(victim)
+
+    def stream() -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            httpx.stream("POST", victim.url + "/v1/chat/completions", json=body, timeout=30) as response,
+        ):
+            for _ in response.iter_bytes():
+                pass  # until the gateway dies under it
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: worker(survivor, url)["cluster_load"] == 3, "three streams seen from another node", CONVERGE)
+    victim.popen.kill()
+    victim.popen.wait()
+    nodes.remove(victim)
+    seen: list[str] = []
+
+    def load_gone() -> bool:
+        status = {n["name"]: n["status"] for n in httpx.get(survivor.url + "/mesh/status").json()["nodes"]}
+        seen.append(status[name])
+        return worker(survivor, url)["cluster_load"] == 0
+
+    wait_until(load_gone, "the dead gateway's load out of the survivor's view", CONVERGE, interval=0.05)
+    # gone while it was only suspected: Lifeguard's suspicion lasts seconds on 3 members, polled every 50 ms
+    assert seen[-1] == "suspect", seen
+    for t in threads:
+        t.join(30)
