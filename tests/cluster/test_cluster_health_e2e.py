@@ -27,6 +27,11 @@ def worker(node: Proc, worker_url: str) -> dict:
     return next(w for w in httpx.get(node.url + "/workers").json()["workers"] if w["url"] == worker_url)
 
 
+def healthy_on(node: Proc, worker_url: str) -> bool:
+    """Listed and healthy there (a member that has not yet heard of the worker: not yet)."""
+    return any(w["url"] == worker_url and w["is_healthy"] for w in httpx.get(node.url + "/workers").json()["workers"])
+
+
 def name_of(node: Proc) -> str:
     return httpx.get(node.url + "/mesh/status").json()["node_name"]
 
@@ -38,7 +43,7 @@ def _cluster() -> Iterator[tuple[Proc, list[Proc]]]:
     first = start_mesh_gateway([sim.urls[0]], *flags)
     nodes = [first] + [start_mesh_gateway([], *flags, seeds=[first.mesh_address]) for _ in range(2)]
     try:
-        wait_until(lambda: all(worker(n, sim.urls[0])["is_healthy"] for n in nodes), "the worker ready everywhere", CONVERGE)
+        wait_until(lambda: all(healthy_on(n, sim.urls[0]) for n in nodes), "the worker ready everywhere", CONVERGE)
         yield sim, list(nodes)
     finally:
         for node in nodes:
@@ -141,7 +146,7 @@ def test_an_owners_removal_of_a_failed_worker_is_a_cluster_wide_delete() -> None
     first = start_mesh_gateway(sim.urls, *flags)
     nodes = [first] + [start_mesh_gateway([], *flags, seeds=[first.mesh_address]) for _ in range(2)]
     try:
-        wait_until(lambda: all(worker(n, sim.urls[1])["is_healthy"] for n in nodes), "both workers ready", CONVERGE)
+        wait_until(lambda: all(healthy_on(n, sim.urls[1]) for n in nodes), "both workers ready", CONVERGE)
         httpx.post(sim.urls[1] + "/sim/config", json={"unhealthy": True})
 
         def gone_everywhere() -> bool:
