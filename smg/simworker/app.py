@@ -383,7 +383,7 @@ class SimWorker:
     ) -> None:
         engine = self.engine
         slots = self._prefill_slots.current(self.config.prefill_slots)
-        cached = await prefill(engine, slots, tokens, prompt_tokens, request_id)
+        cached = await prefill(engine, slots, tokens, prompt_tokens, request_id, held=prompt_tokens + count)
         words = engine.output_words(prompt, count)
         engine.completion_tokens += count
         usage = {

@@ -203,6 +203,7 @@ class SimEngine:
         self.completion_tokens = 0
         self.failures_injected = 0
         self.prefill_waiting = 0  # requests waiting for a prefill slot (--prefill-slots)
+        self.prefill_waiting_tokens = 0  # the KV those requests will hold, not yet in use
         self.prefill_queued_tokens = 0  # uncached prompt tokens waiting for or in prefill
         # each prefill as the engine saw it (the truth a routing benchmark compares the gateways' beliefs with)
         self.prefills: deque[dict[str, Any]] = deque(maxlen=PREFILLS_KEPT)
@@ -266,8 +267,9 @@ class SimEngine:
         capacity = self.config.cache_blocks * self.cache.block_tokens
         # as SGLang counts it: tokens the running requests hold; cached prefixes nobody uses are
         # evictable, not in use (a full prefix cache is not an overloaded engine)
-        used = min(capacity, self.running_tokens)
-        # a request waiting for a prefill slot holds a running slot but is, as SGLang counts it, waiting
+        # a request waiting for a prefill slot holds a running slot but is, as SGLang counts it,
+        # waiting, and holds no KV yet
+        used = min(capacity, self.running_tokens - self.prefill_waiting_tokens)
         running, waiting = self.running - self.prefill_waiting, self.waiting + self.prefill_waiting
         return {
             "dp_rank": 0,

@@ -199,7 +199,7 @@ class GrpcSimWorker:
             raise RpcFailure(code, "simulated worker failure")
         prompt_tokens = len(request.prompt_ids)
         progress = _Progress(sequences, prompt_tokens, request.stream, request.logprobs)
-        held = prompt_tokens + sum(len(s.output_ids) for s in sequences)
+        held = progress.held
         try:
             with trio.CancelScope() as scope:  # Abort cancels it
                 self._running[rid] = scope
@@ -223,7 +223,9 @@ class GrpcSimWorker:
         engine = self.engine
         slots = self._prefill_slots.current(self.config.prefill_slots)
         tokens = [str(i) for i in request.prompt_ids]
-        progress.cached = await prefill(engine, slots, tokens, progress.prompt_tokens, request.request_id, self._kv_step)
+        progress.cached = await prefill(
+            engine, slots, tokens, progress.prompt_tokens, request.request_id, self._kv_step, held=progress.held
+        )
         step = 0
         while not progress.done:
             if step:
@@ -297,6 +299,7 @@ class _Progress:
     def __init__(self, sequences: list[Sequence], prompt_tokens: int, stream: bool, logprobs: int | None = None) -> None:
         self.sequences, self.prompt_tokens, self.stream = sequences, prompt_tokens, stream
         self.logprobs = logprobs
+        self.held = prompt_tokens + sum(len(s.output_ids) for s in sequences)  # the KV its running slot counts
         self.cached = 0
         self.produced = [0] * len(sequences)
         self.finished = [False] * len(sequences)

@@ -54,12 +54,14 @@ async def prefill(
     prompt_tokens: int,
     request_id: str,
     on_change: Callable[[], None] | None = None,
+    held: int = 0,
 ) -> int:
     """Wait for a prefill slot in arrival order (trio's semaphores are FIFO), then look the prompt
     up in the cache and spend its time to first token; returns the cached tokens. What the
     request found and waited for is recorded in `engine.prefills` (a prefill cancelled by its
     client's leaving is not). `on_change`: the load changed (it started waiting, or its prompt
-    entered the cache), for the gRPC shell's KV events."""
+    entered the cache), for the gRPC shell's KV events. `held`: the KV tokens its running slot
+    counts (`running_slot`), not in use while it waits for a prefill slot."""
     arrival, wall = trio.current_time(), time.time()
     guess = prompt_tokens - engine.cache.peek(tokens)  # its prefill work, as the queue sees it now
     queued = (engine.prefill_waiting, engine.prefill_queued_tokens)
@@ -70,12 +72,14 @@ async def prefill(
                 slots.acquire_nowait()  # a free slot: no wait counted (a release hands a slot to the first waiter)
             except trio.WouldBlock:
                 engine.prefill_waiting += 1
+                engine.prefill_waiting_tokens += held
                 if on_change is not None:
                     on_change()
                 try:
                     await slots.acquire()
                 finally:
                     engine.prefill_waiting -= 1
+                    engine.prefill_waiting_tokens -= held
         try:
             started = trio.current_time()
             cached = engine.cache.admit(tokens)

@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from smg.simworker.engine import SimConfig, SimEngine
-from smg.simworker.slots import PrefillSlots, prefill
+from smg.simworker.slots import PrefillSlots, prefill, running_slot
 
 
 def _prompt(name: str, blocks: int) -> list[str]:
@@ -99,3 +99,27 @@ async def test_a_request_that_leaves_gives_its_slot_and_its_counts_back(autojump
         assert engine.prefill_waiting == 1 and engine.prefill_queued_tokens == 160 + 80  # b's are gone
     assert done == ["a", "c"] and [p["request_id"] for p in engine.prefills] == ["a", "c"]
     assert engine.prefill_waiting == 0 and engine.prefill_queued_tokens == 0
+
+
+async def test_requests_waiting_for_a_prefill_slot_hold_no_kv_yet(autojump_clock: Any) -> None:
+    engine = SimEngine(SimConfig(ttft_ms=0, prefill_tokens_per_sec=1000, prefill_slots=1, cache_blocks=1000))
+    running, slots = trio.Semaphore(8), PrefillSlots().current(1)
+    seen: list[dict[str, Any]] = []
+
+    async def one(name: str, blocks: int, output: int) -> None:
+        tokens = _prompt(name, blocks)
+        async with running_slot(engine, running, len(tokens) + output):
+            await prefill(engine, slots, tokens, len(tokens), name, held=len(tokens) + output)
+            await trio.sleep(1.0)  # decoding: its KV in use
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, "a", 10, 40)  # in prefill for 0.16 s, holds 200
+        await trio.sleep(0)
+        nursery.start_soon(one, "b", 5, 20)  # waits for the slot: 100 not yet in use
+        await trio.sleep(0.05)
+        seen.append(engine.load_report())
+        await trio.sleep(0.15)  # a decodes, b is in prefill
+        seen.append(engine.load_report())
+    assert (seen[0]["num_running_reqs"], seen[0]["num_waiting_reqs"], seen[0]["num_used_tokens"]) == (1, 1, 200)
+    assert (seen[1]["num_running_reqs"], seen[1]["num_waiting_reqs"], seen[1]["num_used_tokens"]) == (2, 0, 300)
+    assert engine.load_report()["num_used_tokens"] == 0 and engine.prefill_waiting_tokens == 0
