@@ -261,10 +261,10 @@ def run_target(
         kill: dict[str, float] = {}
         if killing:
             stats = trio.run(drive_and_kill, target, systems, users, args, procs, serving, kill)
-            procs = procs[:-1]  # reaped
         else:
             stats = trio.run(drive, target, systems, users, args)
-        cpu = sum(family_cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs)  # (a killed one: until its kill, not counted)
+        # (a killed gateway's CPU until its kill is not counted: /proc has no record of it now)
+        cpu = sum(family_cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs if p.poll() is None)
         wall = time.monotonic() - wall_before
         sim_cpu, client_cpu = family_cpu_seconds(sim.pid) - sim_before, time.process_time() - client_before
         after = worker_stats(urls)
@@ -335,7 +335,7 @@ async def _kill_later(at: float, proc: subprocess.Popen[bytes], serving: list[st
         await trio.to_thread.run_sync(proc.wait)
         while "dead" not in kill:
             nodes = (await client.get(survivor + "/mesh/status")).json()["nodes"]
-            status = next(n["status"] for n in nodes if n["name"] == name)
+            status = next((n["status"] for n in nodes if n["name"] == name), "dead")  # (reaped: long dead)
             if status in ("suspect", "dead"):
                 kill.setdefault(status, time.time())
             await trio.sleep(0.05)

@@ -125,8 +125,23 @@ async def drive(
     stats = Stats()
     think = random.Random(args.seed + 1)
     # the client's own full garbage collections (35 ms seen) would land in the TTFT it measures
+    # (unfrozen afterwards: each run's runner would otherwise stay frozen, alive, for good)
     gc.collect()
     gc.freeze()
+    try:
+        return await _drive(stats, think, url, systems, users, args)
+    finally:
+        gc.unfreeze()
+
+
+async def _drive(
+    stats: Stats,
+    think: random.Random,
+    url: str | Callable[[int], str],
+    systems: list[str],
+    users: list[tuple[float, int, list[str]]],
+    args: argparse.Namespace,
+) -> Stats:
     # fresh_connections: a new connection per request, so that the kernel spreads the requests
     # of a gateway started with --processes over its processes (kept connections stick to one)
     keepalive = 0 if getattr(args, "fresh_connections", False) else args.users

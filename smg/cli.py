@@ -227,7 +227,7 @@ def _runner(command: str, args: argparse.Namespace, argv: list[str]) -> tuple[An
             _checked(config.for_process(0))  # a mesh that cannot start fails here, once, not in every process
             return partial(supervise, config, argv), logging
         config = _checked(config)
-        gateway = partial(run_gateway, config, handle_signals=True, reconfigure=partial(configured, args))
+        gateway = partial(run_gateway, config, handle_signals=True, reconfigure=partial(configured, args), settle=settle_heap)
         return partial(settled_once_started, gateway), logging
     sim = sim_config_from(args)
     if command == "serve":
@@ -269,7 +269,7 @@ async def settled_once_started(serve: Callable[..., Awaitable[Any]]) -> Any:
 
 
 def settle_heap() -> None:
-    """Exempt everything a started server holds from the cyclic garbage collector (`gc.freeze`).
+    """Exempt everything a starting server holds from the cyclic garbage collector (`gc.freeze`).
 
     Start-up leaves a million long-lived objects (modules, classes, settings, the libraries'
     tables). Python's oldest-generation collection walks all of them whenever the heap has
@@ -277,9 +277,13 @@ def settle_heap() -> None:
     gateway then stops for 75-185 ms on this 2-core machine, and a simulated engine for 95 ms
     (`bench/cluster_routing.py`, the issue-20 workload: with 8 gateways each one stops once,
     and every request in flight there waits; with one gateway the TTFT p99 fell from 41.7 to
-    32.1 ms once this was done). Frozen objects are still freed by reference counting; only a
-    reference cycle among them would now outlive its use, and start-up state lives as long as
-    the process. What the server allocates from here on is collected as before.
+    32.1 ms once this was done). The gateway calls it just before its data plane takes
+    connections, and `settled_once_started` again once everything has started (the second
+    pass walks only what start-up added since). Frozen objects are still freed by reference
+    counting; what is never collected is a reference cycle through them that becomes
+    garbage later: the stores a mesh restart replaces (bounded: once per restart), or a
+    `--worker-urls` worker removed later. What the server allocates from here on is
+    collected as before.
     """
     gc.collect()
     gc.freeze()

@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -80,12 +80,15 @@ async def run_gateway(
     *,
     handle_signals: bool = False,
     reconfigure: Reconfigure | None = None,
+    settle: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[GatewayHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`reconfigure`: the settings built again as the command line built them, for SIGHUP."""
+    """`reconfigure`: the settings built again as the command line built them, for SIGHUP.
+    `settle`: run just before the data plane takes connections (the process's owner settles
+    its heap then: `smg.cli.settle_heap`), so its pause falls on no request."""
     ctx = GatewayContext.create(config)
     try:
-        await _run_gateway(ctx, config, handle_signals, reconfigure, task_status)
+        await _run_gateway(ctx, config, handle_signals, reconfigure, task_status, settle)
     finally:
         # Also when cancelled or failing (a port taken, `smg serve` losing its workers): the
         # pool's sockets and the history store (a SQLite file, a PostgreSQL pool) are closed
@@ -106,6 +109,7 @@ async def _run_gateway(
     handle_signals: bool,
     reconfigure: Reconfigure | None,
     task_status: trio.TaskStatus[GatewayHandle],
+    settle: Callable[[], None] | None = None,
 ) -> None:
     backend = open_backend(config)
     if backend is not None:
@@ -144,6 +148,8 @@ async def _run_gateway(
         data_plane = DataPlane(app, main)
         urls: list[str] = []
         if not config.is_process:
+            if settle is not None:
+                settle()
             urls = await nursery.start(data_plane.serve)
         metrics_urls: list[str] = []
         if config.prometheus_port is not None:
@@ -168,6 +174,8 @@ async def _run_gateway(
             # as it binds the shared port, so it binds once it can answer them (a restarted one
             # would otherwise answer 503 while its siblings could serve), or after a bound
             await until_ready(ctx, PROCESS_READY_SECS)
+            if settle is not None:
+                settle()
             urls = await nursery.start(data_plane.serve)
         if config.enable_trace:  # now that the mesh node, if any, has its name
             tracing.start(config.otlp_traces_endpoint, ctx.cluster.name if ctx.cluster is not None else None)

@@ -237,7 +237,8 @@ class ClusterNode:
         return [m["name"] for m in self.mesh.members() if m["status"] != State.LEFT.value]
 
     def alive_members(self) -> list[str]:
-        """Members (us included) that own health checks and whose load counts: alive or suspect."""
+        """Members (us included) that own health checks: alive or suspect (load counts only the
+        alive ones: `_alive_names`)."""
         return [m["name"] for m in self.mesh.members() if m["status"] in (State.ALIVE.value, State.SUSPECT.value)]
 
     def limit_share(self) -> float:

@@ -4,7 +4,7 @@
 per peer keeps a connection to the member's current address (reconnecting
 with backoff when it breaks or the member moves) and writes frames in order.
 Delivery is at most once per message: a message written into a connection
-that then breaks may be lost. The application acknowledges what it needs
+that then breaks may be lost, and none is written twice. The application acknowledges what it needs
 acknowledged (the CRDT delta replicator does: it resends unacknowledged
 intervals), so the stream stays simple and never blocks the sender.
 """
@@ -20,11 +20,13 @@ import trio
 
 from smg.mesh.messages import AppMessage
 from smg.mesh.transport import TCP_TIMEOUT, MeshTransport, split_address
+from smg.mesh.wire import LENGTH, MAX_MESSAGE
 
 log = logging.getLogger("smg.mesh")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 BATCH_BYTES = 256 * 1024  # one write takes the queued messages up to about this much
+MAX_FRAME = LENGTH.size + MAX_MESSAGE  # a sealed frame and its prefix, as a peer's FrameReader takes them
 RECHECK_SECS = 10.0  # an idle stream checks this often that its peer has not moved
 UNRESOLVED_POLL = 0.2
 
@@ -105,14 +107,18 @@ class PeerStreams:
 
         Whatever is queued goes out in one write (up to BATCH_BYTES): a flush of replication
         deltas and acks to a peer is one system call and one trio checkpoint, not one per
-        message. A task watching the connection for the peer's close lives as long as it does
-        (the receiving side never writes, so anything readable is its end: noticing it now,
-        instead of at the next write, keeps the next messages from vanishing into a dead
-        connection)."""
+        message. When the connection breaks or is dropped in the middle of a batch, the
+        messages whose frames the kernel had not wholly taken go first on the next connection
+        (the peer dropped the cut one), and none it had taken is written twice. A task
+        watching the connection for the peer's close lives as long as it does (the receiving
+        side never writes, so anything readable is its end: noticing it now, instead of at the
+        next write, keeps the next messages from vanishing into a dead connection)."""
         async with stream, trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_when_closed, stream, nursery.cancel_scope)
             faults = self.transport.faults
             batch: list[AppMessage] = []
+            ends: list[int] = []  # where each message's frame ends in the batch's bytes
+            written = 0  # of the batch's bytes, how many the kernel took
             try:
                 while self.resolve(peer) == address:
                     if not outbox.queue:
@@ -126,18 +132,34 @@ class PeerStreams:
                         if faults.outgoing_dropped(address):
                             self.transport.dropped["fault_filter"] += 1  # an injected partition or loss (tests, chaos)
                             continue
+                        frame = self.transport.frame(message)
+                        if len(frame) > MAX_FRAME:  # the peer would refuse the stream (and we would resend it forever)
+                            self.transport.dropped["oversize_sent"] += 1
+                            log.error(
+                                "mesh: a %d-byte message on '%s' to %s dropped: beyond the frame limit",
+                                len(frame),
+                                message.channel,
+                                peer,
+                            )
+                            continue
                         batch.append(message)
-                        frames.append(self.transport.frame(message))
-                        size += len(frames[-1])
+                        frames.append(frame)
+                        size += len(frame)
+                        ends.append(size)
                     if frames:
                         if faults.delay:
                             await trio.sleep(faults.delay)
-                        await stream.send_all(b"".join(frames))
+                        data = memoryview(b"".join(frames))
+                        while written < len(data):  # (the count a cancelled send took nothing of is exact)
+                            written += await stream.socket.send(data[written:])
                     batch.clear()
+                    ends.clear()
+                    written = 0
             except (trio.BrokenResourceError, OSError) as exc:
                 log.debug("mesh stream to %s broke: %s", peer, exc)
             finally:
-                outbox.queue.extendleft(reversed(batch))  # not written: first on the next connection
+                unsent = [message for message, end in zip(batch, ends, strict=True) if end > written]
+                outbox.queue.extendleft(reversed(unsent))  # first on the next connection
             nursery.cancel_scope.cancel()
 
 

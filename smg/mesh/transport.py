@@ -21,14 +21,16 @@ import trio
 
 from smg.mesh.keyring import NOT_MESH, Keyring, SealError, open_frame, seal
 from smg.mesh.messages import Message
-from smg.mesh.wire import FrameReader, FrameTooLarge, WireError, decode_message, encode_message, frame_bytes
+from smg.mesh.wire import FrameReader, WireError, decode_message, encode_message, frame_bytes
 
 log = logging.getLogger("smg.mesh")
 
 UDP_MAX = 65_507
 RCVBUF = 4 * 1024 * 1024
 TCP_TIMEOUT = 5.0
-RECEIVE_BYTES = 256 * 1024  # one receive takes whatever a stream holds, up to this
+RECEIVE_BYTES = (
+    64 * 1024
+)  # one receive takes whatever a stream holds, up to this (more: malloc maps and unmaps the buffer every time)
 
 
 @dataclass
@@ -39,7 +41,7 @@ class FaultFilter:
     drop_to: set[str] = field(default_factory=set)
     drop_from: set[str] = field(default_factory=set)
     loss: float = 0.0
-    delay: float = 0.0  # seconds added before each packet or frame leaves
+    delay: float = 0.0  # seconds added before each packet, or each write of a stream's frames, leaves
     rng: random.Random = field(default_factory=random.Random)
 
     def outgoing_dropped(self, address: str) -> bool:
@@ -140,21 +142,19 @@ class MeshTransport:
                     with trio.fail_at(begun + TCP_TIMEOUT):
                         data = await stream.receive_some(RECEIVE_BYTES)
                 except (trio.TooSlowError, trio.BrokenResourceError):
-                    self.dropped["truncated"] += 1
+                    data = b""  # stalled mid-frame, or reset: as a close
+                frames = reader.feed(data)
+                for frame in frames:
+                    self._accept(frame, host, port, "tcp")
+                if reader.refused:  # no smg frame is this long: someone else's protocol
+                    self.dropped["oversize"] += 1
+                    if self.on_rejected is not None:
+                        self.on_rejected(host, port, "tcp", NOT_MESH)
                     return
                 if not data:
                     if reader.pending:
                         self.dropped["truncated"] += 1
                     return
-                try:
-                    frames = reader.feed(data)
-                except FrameTooLarge:  # no smg frame is this long: someone else's protocol
-                    self.dropped["oversize"] += 1
-                    if self.on_rejected is not None:
-                        self.on_rejected(host, port, "tcp", NOT_MESH)
-                    return
-                for frame in frames:
-                    self._accept(frame, host, port, "tcp")
                 if not reader.pending:
                     begun = math.inf
                 elif frames or begun == math.inf:

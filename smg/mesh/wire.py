@@ -37,10 +37,6 @@ class WireError(ValueError):
     """Not a valid mesh message."""
 
 
-class FrameTooLarge(WireError):
-    """A length prefix beyond MAX_MESSAGE: no smg frame is this long (someone else's protocol)."""
-
-
 def frame_bytes(sealed: bytes) -> bytes:
     """`sealed` with its length prefix, as written on a TCP stream."""
     return LENGTH.pack(len(sealed)) + sealed
@@ -52,30 +48,36 @@ class FrameReader:
     The stream's reader hands over whatever one receive returned, however many frames (or
     parts of one) it holds: a batch of small messages costs one receive, not two per
     message (a length, then its body), which was most of a meshed gateway's receive work.
+    A length beyond `limit` (no smg frame is that long: someone else's protocol) sets
+    `refused`; the frames before it still come out, and nothing after it does.
     """
 
-    __slots__ = ("_buffer", "limit")
+    __slots__ = ("_buffer", "limit", "refused")
 
     def __init__(self, limit: int = MAX_MESSAGE) -> None:
         self.limit = limit
+        self.refused = False
         self._buffer = bytearray()
 
     @property
     def pending(self) -> bool:
         """Part of a frame (or of its prefix) has arrived and the rest has not."""
-        return bool(self._buffer)
+        return bool(self._buffer) and not self.refused
 
     def feed(self, data: bytes) -> list[bytes]:
-        """The frames completed by `data`, in order. Raises FrameTooLarge (the stream is not ours:
-        drop it; the frames returned by earlier calls stand)."""
+        """The frames completed by `data`, in order (none once `refused`)."""
+        if self.refused:
+            return []
         buffer = self._buffer
         buffer += data
-        frames = []
+        frames: list[bytes] = []
         start, size = 0, len(buffer)
         while size - start >= LENGTH.size:
             (length,) = LENGTH.unpack_from(buffer, start)
             if length > self.limit:
-                raise FrameTooLarge(f"a frame of {length} bytes")
+                self.refused = True
+                buffer.clear()
+                return frames
             end = start + LENGTH.size + length
             if end > size:
                 break

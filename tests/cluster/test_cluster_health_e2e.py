@@ -187,9 +187,11 @@ def test_a_killed_gateways_load_leaves_the_others_view_once_it_is_suspected(fres
     seen: list[str] = []
 
     def load_gone() -> bool:
+        gone = worker(survivor, url)["cluster_load"] == 0
+        # read after the load: the status seen is the one it had when its load was already gone
         status = {n["name"]: n["status"] for n in httpx.get(survivor.url + "/mesh/status").json()["nodes"]}
         seen.append(status[name])
-        return worker(survivor, url)["cluster_load"] == 0
+        return gone
 
     wait_until(load_gone, "the dead gateway's load out of the survivor's view", CONVERGE, interval=0.05)
     # gone while it was only suspected: Lifeguard's suspicion lasts seconds on 3 members, polled every 50 ms

@@ -6,16 +6,19 @@ import base64
 import logging
 import os
 import socket
+from functools import partial
 
 import pytest
 import trio
 
 from smg.mesh import transport as transport_module
-from smg.mesh.keyring import NOT_MESH, Keyring, parse_key
+from smg.mesh.keyring import NOT_MESH, Keyring, open_frame, parse_key
 from smg.mesh.messages import AppMessage, Message, State
 from smg.mesh.node import MeshNode
+from smg.mesh.streams import PeerStreams
 from smg.mesh.swim import MemberEvent, SwimConfig
 from smg.mesh.transport import MeshTransport
+from smg.mesh.wire import FrameReader, decode_message
 
 FAST = SwimConfig(probe_interval=0.1, probe_timeout=0.04, gossip_interval=0.05, push_pull_interval=2.0, reconnect_interval=1.0)
 KEY = os.urandom(32)
@@ -297,3 +300,64 @@ async def test_tcp_frames_in_one_write_cut_frames_strangers_and_stalls(
     await until(lambda: transport.dropped["truncated"] == 2, 5)  # after TCP_TIMEOUT, not never
     await stalled.aclose()
     assert len(delivered) == 6
+
+
+async def test_a_stream_may_idle_between_frames_longer_than_a_frame_may_take(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "TCP_TIMEOUT", 0.3)
+    delivered: list[Message] = []
+    transport = MeshTransport("127.0.0.1", 0, None, delivered.append)
+    port = await nursery.start(transport.run)
+    one, two, three = (transport.frame(AppMessage("n", "chan", b"%d" % i)) for i in range(3))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(one)
+    await until(lambda: len(delivered) == 1, 5)
+    await trio.sleep(0.5)  # idle past TCP_TIMEOUT: the stream stays
+    await stream.send_all(two + three[:4])  # a frame completed and the next begun in one receive
+    await until(lambda: len(delivered) == 2, 5)
+    await trio.sleep(0.1)  # within TCP_TIMEOUT of the frame it began
+    await stream.send_all(three[4:])
+    await until(lambda: len(delivered) == 3, 5)
+    await stream.aclose()
+    assert [m.payload for m in delivered] == [b"0", b"1", b"2"]  # type: ignore[union-attr]
+    assert transport.dropped["truncated"] == 0
+
+
+async def test_a_stream_dropped_in_the_middle_of_a_batch_sends_every_message_once(nursery: trio.Nursery) -> None:
+    """The writer resends the messages whose frames the kernel had not wholly taken (the peer
+    drops the cut one), and none it had taken."""
+    received = [bytearray(), bytearray()]  # per connection, in order
+    first_may_read = trio.Event()
+    accepted = 0
+
+    async def peer(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        index, accepted = accepted, accepted + 1
+        if index == 0:
+            await first_may_read.wait()  # reading nothing yet: the writer blocks in mid-batch
+        async for chunk in stream:
+            received[index] += chunk
+
+    listeners = await nursery.start(partial(trio.serve_tcp, peer, 0, host="127.0.0.1"))
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    framing = MeshTransport("127.0.0.1", 0, None, lambda message: None)  # (frames only: never run)
+    streams = PeerStreams("a", framing, lambda name: address)
+    await nursery.start(streams.run)
+    payloads = [b"%05d" % i + b"x" * 4096 for i in range(2000)]  # 8 MB: more than the socket buffers hold
+    for payload in payloads:
+        assert streams.send("b", "chan", payload)
+    await trio.sleep(0.3)  # the writer fills the buffers and waits
+    streams.reset("b")  # as when the member is declared dead: the connection is dropped mid-batch
+    first_may_read.set()
+
+    def frames() -> list[bytes]:
+        out = []
+        for data in received:
+            reader = FrameReader()
+            out += [decode_message(open_frame(None, frame)).payload for frame in reader.feed(bytes(data))]  # type: ignore[union-attr]
+        return out
+
+    await until(lambda: len(frames()) >= len(payloads), 20)
+    assert accepted == 2
+    assert frames() == payloads  # each once, in order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 import trio
@@ -10,12 +11,24 @@ import trio
 from smg import cli
 
 
-def test_settle_heap_freezes_what_exists() -> None:
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def test_settle_heap_collects_the_garbage_then_freezes_what_is_left() -> None:
     gc.unfreeze()
-    kept = [object() for _ in range(10)]
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a  # a cycle only the collector frees
+    garbage = weakref.ref(a)
+    kept = _Node()
+    del a, b
     try:
         cli.settle_heap()
-        assert gc.get_freeze_count() >= len(kept)
+        assert garbage() is None  # collected first: not frozen alive
+        assert gc.get_freeze_count() > 0 and gc.is_tracked(kept)
+        gc.collect()
+        assert kept.other is None  # untouched (frozen objects stay usable)
     finally:
         gc.unfreeze()  # the rest of the test session collects as before
 
