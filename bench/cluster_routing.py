@@ -165,7 +165,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="*", default=[], help="also one smg gateway with --processes N")
     parser.add_argument("--prefill-slots", type=int, default=0, help="prefills each worker runs at once (0: no limit)")
     parser.add_argument("--prefill-tokens-per-sec", type=float, default=20000.0)
-    parser.add_argument("--spread", choices=["round-robin", "random"], default="round-robin", help="how requests pick a gateway")
+    parser.add_argument(
+        "--spread",
+        choices=["round-robin", "random", "first"],
+        default="round-robin",
+        help="how requests pick a gateway (first: all to one gateway; its peers only replicate)",
+    )
     parser.add_argument("--no-independent", action="store_true", help="N > 1: only the meshed gateways")
     parser.add_argument("--oracle", action="store_true", help="also clients pinned to workers by system prompt, no gateway")
     parser.add_argument("--round-robin", action="store_true", help="also every size with --policy round_robin (meshed)")
@@ -249,6 +254,8 @@ def run_target(
         serving = list(gateways) if run.count else []  # what the client's balancer sends to (a killed one leaves)
         if not run.count:  # the oracle: every conversation of a system prompt on one worker
             target = lambda user: urls[users[user][1] % len(urls)]  # noqa: E731
+        elif args.spread == "first":  # the others only replicate: the mesh's cost without spreading the requests
+            target = lambda _user: serving[0]  # noqa: E731
         elif args.spread == "random":
             pick = partial(random.Random(args.seed + 2).choice, serving)
             target = lambda _user: pick()  # noqa: E731
