@@ -38,7 +38,7 @@ class MeshCollector(Collector):
         yield CounterMetricFamily("smg_mesh_bytes_sent_total", "Bytes sent, sealed", value=transport.sent_bytes)
         yield CounterMetricFamily("smg_mesh_bytes_received_total", "Bytes received, sealed", value=transport.received_bytes)
         dropped = CounterMetricFamily("smg_mesh_packets_dropped_total", "Packets dropped, by reason", labels=["reason"])
-        for reason in ("unauthenticated", "malformed", "oversize", "truncated", "fault_filter"):
+        for reason in ("unauthenticated", "malformed", "oversize", "oversize_sent", "truncated", "fault_filter"):
             dropped.add_metric([reason], transport.dropped[reason])
         yield dropped
         stats = swim.stats if swim is not None else {}

@@ -4,9 +4,10 @@
 per peer keeps a connection to the member's current address (reconnecting
 with backoff when it breaks or the member moves) and writes frames in order.
 Delivery is at most once per message: a message written into a connection
-that then breaks may be lost, and none is written twice. The application acknowledges what it needs
-acknowledged (the CRDT delta replicator does: it resends unacknowledged
-intervals), so the stream stays simple and never blocks the sender.
+that then breaks may be lost, and none is written twice. The application
+acknowledges what it needs acknowledged (the CRDT delta replicator does: it
+resends unacknowledged intervals), so the stream stays simple and never
+blocks the sender.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class PeerStreams:
                         data = memoryview(b"".join(frames))
                         while written < len(data):  # (the count a cancelled send took nothing of is exact)
                             written += await stream.socket.send(data[written:])
+                        self.transport.wrote(len(frames), len(data))
                     batch.clear()
                     ends.clear()
                     written = 0

@@ -28,9 +28,8 @@ log = logging.getLogger("smg.mesh")
 UDP_MAX = 65_507
 RCVBUF = 4 * 1024 * 1024
 TCP_TIMEOUT = 5.0
-RECEIVE_BYTES = (
-    64 * 1024
-)  # one receive takes whatever a stream holds, up to this (more: malloc maps and unmaps the buffer every time)
+# one receive takes whatever a stream holds, up to this (more: malloc maps and unmaps the buffer every time)
+RECEIVE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -191,11 +190,14 @@ class MeshTransport:
             self.on_tcp_result(address, None)
 
     def frame(self, message: Message) -> bytes:
-        """A length-prefixed sealed frame, for a persistent stream."""
-        framed = frame_bytes(seal(self.keyring, encode_message(message)))
-        self.sent_bytes += len(framed)
-        self.sent_packets += 1
-        return framed
+        """A length-prefixed sealed frame, for a persistent stream (counted by `wrote`, once the
+        kernel took it: a message framed again after a dropped connection counts once)."""
+        return frame_bytes(seal(self.keyring, encode_message(message)))
+
+    def wrote(self, frames: int, size: int) -> None:
+        """A persistent stream's write of `frames` frames, `size` bytes in all, went out."""
+        self.sent_bytes += size
+        self.sent_packets += frames
 
     def send_soon(self, address: str, message: Message, reliable: bool) -> None:
         if self._nursery is not None:

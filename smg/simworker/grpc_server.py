@@ -199,14 +199,13 @@ class GrpcSimWorker:
             raise RpcFailure(code, "simulated worker failure")
         prompt_tokens = len(request.prompt_ids)
         progress = _Progress(sequences, prompt_tokens, request.stream, request.logprobs)
-        held = progress.held
         try:
             with trio.CancelScope() as scope:  # Abort cancels it
                 self._running[rid] = scope
                 try:
                     if outcome.hang:
                         await trio.sleep_forever()  # a stall: no message until the client leaves
-                    async with running_slot(engine, self._slots, held):
+                    async with running_slot(engine, self._slots, progress.held):
                         await self._decode(emit, request, progress, outcome.die_after_tokens)
                 finally:
                     self._running.pop(rid, None)

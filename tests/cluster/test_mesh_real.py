@@ -305,7 +305,7 @@ async def test_tcp_frames_in_one_write_cut_frames_strangers_and_stalls(
 async def test_a_stream_may_idle_between_frames_longer_than_a_frame_may_take(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transport_module, "TCP_TIMEOUT", 0.3)
+    monkeypatch.setattr(transport_module, "TCP_TIMEOUT", 1.0)
     delivered: list[Message] = []
     transport = MeshTransport("127.0.0.1", 0, None, delivered.append)
     port = await nursery.start(transport.run)
@@ -313,7 +313,7 @@ async def test_a_stream_may_idle_between_frames_longer_than_a_frame_may_take(
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(one)
     await until(lambda: len(delivered) == 1, 5)
-    await trio.sleep(0.5)  # idle past TCP_TIMEOUT: the stream stays
+    await trio.sleep(1.5)  # idle past TCP_TIMEOUT: the stream stays
     await stream.send_all(two + three[:4])  # a frame completed and the next begun in one receive
     await until(lambda: len(delivered) == 2, 5)
     await trio.sleep(0.1)  # within TCP_TIMEOUT of the frame it began
