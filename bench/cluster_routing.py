@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,9 +84,10 @@ def start_gateways(
     processes: int = 1,
     trace: bool = False,
     policy: str = "cache_aware",
+    gateway_args: Sequence[str] = (),
 ) -> tuple[list[str], list[subprocess.Popen[bytes]]]:
     """`count` gateways, independent or in one mesh; the reference's when `reference` is its path;
-    each with `--processes processes` when more than 1."""
+    each with `--processes processes` when more than 1, and (ours) `gateway_args`."""
     procs, gateways, seed = [], [], None
     taken: set[int] = set()  # a port is free only until someone binds it: never hand one out twice
 
@@ -113,6 +114,8 @@ def start_gateways(
             command += ["--processes", str(processes), "--mesh-host", HOST, "--mesh-port", str(mesh_port)]
         if trace and not reference:
             command += ["--log-routing-decisions", "--log-json"]
+        if not reference:
+            command += gateway_args
         if i == 0 or not mesh:
             command += ["--worker-urls", *urls]  # mesh members learn the workers from the first
         if mesh:
@@ -175,6 +178,10 @@ def main() -> None:
     parser.add_argument("--oracle", action="store_true", help="also clients pinned to workers by system prompt, no gateway")
     parser.add_argument("--round-robin", action="store_true", help="also every size with --policy round_robin (meshed)")
     parser.add_argument("--kill-at", type=float, help="meshed runs: SIGKILL the last gateway this many seconds in")
+    parser.add_argument(
+        "--gateway-arg", action="append", default=[], metavar="ARG",
+        help="one more argument for every smg gateway (repeat; e.g. --gateway-arg=--upstream-pool-idle-timeout-secs=0)",
+    )  # fmt: skip
     parser.add_argument("--trace", action="store_true", help="explain the TTFT tail from the gateways' and workers' records")
     parser.add_argument(
         "--slow-ms", type=float, default=300.0, help="--trace: a request slower than this to its first token is slow"
@@ -243,7 +250,9 @@ def run_target(
     trace = args.trace and run.binary is None and run.count > 0
     procs: list[subprocess.Popen[bytes]] = []
     if run.count:
-        gateways, procs = start_gateways(name, run.count, run.mesh, urls, logdir, run.binary, run.processes, trace, run.policy)
+        gateways, procs = start_gateways(
+            name, run.count, run.mesh, urls, logdir, run.binary, run.processes, trace, run.policy, args.gateway_arg
+        )
     try:
         for url in urls:
             httpx.post(url + "/flush_cache")

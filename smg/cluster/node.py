@@ -62,6 +62,8 @@ VIEW, VIEW_REPLY = "ui.view", "ui.view.reply"
 VIEW_CACHE_SECS = 0.5  # one view built per half second however many pages ask: no amplification
 
 
+LIVE = (State.ALIVE, State.SUSPECT)
+
 MEMBER_EVENTS = {
     State.ALIVE: "alive",
     State.SUSPECT: "suspected of having failed",
@@ -120,6 +122,8 @@ class ClusterNode:
         self.replication_errors = 0
         self.error: str | None = None  # why the mesh is not running, if it is not
         self._kick = trio.Event()
+        self._flush_wait: trio.CancelScope | None = None  # the flush task's wait, for an earlier deadline
+        self._change_due: float | None = None  # a delayed local change is flushed by then (`changed`)
         # this node's own view for the cluster page (set by the gateway: `smg.ui.views.peer_view`)
         self.describe: Callable[[bool], dict[str, Any]] | None = None
         self._views: dict[bool, tuple[float, bytes]] = {}  # series? -> (built at, packed view)
@@ -233,13 +237,16 @@ class ClusterNode:
             await self.mesh.leave()
 
     def known_members(self) -> list[str]:
-        """Every member that still holds back tombstone GC: all but those that left."""
-        return [m["name"] for m in self.mesh.members() if m["status"] != State.LEFT.value]
+        """Every member that still holds back tombstone GC: all but those that left (read per
+        received message: no member records built)."""
+        swim = self.mesh.swim
+        return [m.name for m in swim.members.values() if m.state is not State.LEFT] if swim is not None else []
 
     def alive_members(self) -> list[str]:
         """Members (us included) that own health checks: alive or suspect (load counts only the
         alive ones: `_alive_names`)."""
-        return [m["name"] for m in self.mesh.members() if m["status"] in (State.ALIVE.value, State.SUSPECT.value)]
+        swim = self.mesh.swim
+        return [m.name for m in swim.members.values() if m.state in LIVE] if swim is not None else []
 
     def limit_share(self) -> float:
         """The part of a cluster-wide limit this side may use: alive / known members.
@@ -275,11 +282,11 @@ class ClusterNode:
         return len(alive), alive.index(self.name)
 
     def live_peers(self) -> list[str]:
-        return [
-            m["name"]
-            for m in self.mesh.members()
-            if m["name"] != self.name and m["status"] in (State.ALIVE.value, State.SUSPECT.value)
-        ]
+        """The other members that are alive or suspect: replication goes to them (read per flush)."""
+        swim = self.mesh.swim
+        if swim is None:
+            return []
+        return [m.name for m in swim.members.values() if m.state in LIVE and m.name != self.name]
 
     async def _watch_members(self) -> None:
         events = self.mesh.subscribe()
@@ -296,15 +303,30 @@ class ClusterNode:
 
     # -- replication --------------------------------------------------------------------
 
-    def changed(self) -> None:
-        """Something local changed: flush now."""
-        self._kick.set()
+    def changed(self, delay: float = 0.0) -> None:
+        """Something local changed: flush now, or within `delay` (`Replication.add_store`'s
+        `send_delay`; any earlier flush takes the change along)."""
+        if delay <= 0:
+            self._kick.set()
+            return
+        due = trio.current_time() + delay
+        if self._change_due is None or due < self._change_due:
+            self._change_due = due
+            wait = self._flush_wait
+            if wait is not None and due < wait.deadline:
+                wait.deadline = due
 
     async def _flush(self) -> None:
+        """Send what is due, woken by a change, an ack, a membership change, a delayed change's
+        deadline, or every FLUSH_SECS (the resend granularity)."""
         while True:
-            with trio.move_on_after(FLUSH_SECS):
+            deadline = trio.current_time() + FLUSH_SECS
+            if self._change_due is not None:
+                deadline = min(deadline, self._change_due)
+            with trio.move_on_at(deadline) as self._flush_wait:
                 await self._kick.wait()
-            self._kick = trio.Event()
+            self._flush_wait = None
+            self._kick, self._change_due = trio.Event(), None
             replication = self.replication
             if replication is None:
                 continue

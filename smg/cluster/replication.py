@@ -44,6 +44,9 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELTA = "crdt.delta"
 ACK = "crdt.ack"
 CHANNELS = (DELTA, ACK)
+# the stores every routed request writes (prefix summaries, in-flight counts) are flushed this
+# long after a change rather than at once (`add_store(send_delay=...)`)
+SEND_DELAY_SECS = 0.01
 SETTLE_SECS = 3.0  # a soft store unchanged this long is compared at push-pull (deltas are acked within ms)
 # ... and compared with a peer at least this often whatever the traffic: a member that cannot hear
 # a writer (a partial partition; nothing is relayed) gets its hints within this long
@@ -94,6 +97,7 @@ class _Store:
     full_bytes: int = 0
     merged: int = 0
     soft: bool = False  # compared at push-pull only once settled (`Replication.compare`)
+    send_delay: float = 0.0  # a local change is flushed within this (`Replication.add_store`)
     version: int = 0  # local changes and merges so far
     seen_version: int = -1  # `version` when the shell last passed the time (`Replication._note_changes`)
     changed_at: float = -math.inf  # when a change was last seen (the shell's clock)
@@ -139,7 +143,8 @@ class Replication:
         self.settle_secs = settle_secs
         self.max_skip_secs = max_skip_secs
         self._stores: dict[str, _Store] = {}
-        self.on_change: Callable[[], None] | None = None  # a local change: the shell flushes at once
+        # a local change: the shell flushes within the delay given (the store's `send_delay`)
+        self.on_change: Callable[[float], None] | None = None
         # replication lag: from a write's HLC stamp to its merge here (deltas only), cumulative counts
         self.lag_buckets = [0] * len(LAG_BUCKETS)
         self.lag_count = 0
@@ -154,15 +159,20 @@ class Replication:
         on_merge: Callable[[], None] | None = None,
         vet: Callable[[CRDT, int], None] | None = None,
         soft: bool = False,
+        send_delay: float = 0.0,
     ) -> None:
         """Replicate `state` under `name`; `on_merge` runs after remote data was merged into it.
 
         `vet(remote, wall_ms)` may raise ValueError to refuse remote data before it is merged.
         `soft`: hints that change with every request and that every writer keeps refreshing (prefix
         summaries): push-pull compares them only once they are settled (`compare`).
+        `send_delay`: a local change is flushed this long after it instead of at once (it goes
+        sooner with any other flush). For the stores a routed request writes: flushed at once,
+        a request's record woke every peer while the request itself was still on its way to
+        the worker and back, competing with it for the CPU (`docs/architecture.md`).
         """
         replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes, relay=False)
-        self._stores[name] = _Store(name, replicator, on_merge, vet, soft=soft)
+        self._stores[name] = _Store(name, replicator, on_merge, vet, soft=soft, send_delay=send_delay)
 
     def state(self, name: str) -> Any:
         return self._stores[name].replicator.state
@@ -176,7 +186,7 @@ class Replication:
         store.replicator.apply_local(delta)
         store.version += 1
         if self.on_change is not None:
-            self.on_change()
+            self.on_change(store.send_delay)
 
     def sequence(self, name: str) -> int:
         """The log position of store `name`'s newest local change."""

@@ -1,0 +1,97 @@
+"""The cluster node's flush task, on a mock clock: when a local change leaves for the peers.
+
+A store's `send_delay` (the prefix summaries' and the in-flight counts') holds its changes for
+a few milliseconds, so a routed request's record does not wake every peer while the request is
+still on its way; every other store's change, and any earlier flush, goes at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from trio.testing import wait_all_tasks_blocked
+
+from smg.cluster.node import ClusterNode
+from smg.cluster.replication import DELTA, SEND_DELAY_SECS, Outgoing, Replication
+from smg.crdt import HybridClock, LWWMap
+from tests.unit.test_cluster_page_state import _cluster_node
+from tests.unit.test_replication_timers import keys_in
+
+MS = 1_700_000_000_000
+Sent = list[tuple[str, str, bytes]]
+
+
+def replica(name: str, **options: Any) -> Replication:
+    replication = Replication(name, HybridClock(f"{name}#1"), sync_interval=100.0, **options)
+    replication.add_store("workers", LWWMap())
+    replication.add_store("load", LWWMap(), send_delay=SEND_DELAY_SECS)
+    return replication
+
+
+def deliver(node: ClusterNode, peer: Replication, sent: Sent) -> None:
+    """What "a" sent reaches "b"; b's acks come back to the node."""
+    for _, channel, payload in sent:
+        for reply in peer.receive("a", channel, payload, ["a", "b"], MS):
+            node._on_app_message("b", reply.channel, reply.payload)
+    sent.clear()
+
+
+def write(replication: Replication, store: str, key: str) -> None:
+    replication.changed(store, replication.state(store).set(key, 1, replication.stamp(MS)))
+
+
+def keys(sent: Sent) -> list[set[str]]:
+    return [keys_in(Outgoing(*message)) for message in sent if message[1] == DELTA]
+
+
+async def test_a_delayed_stores_change_leaves_after_its_send_delay(autojump_clock: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        node, _, sent = await _started(nursery)
+        assert node.replication is not None
+        start = trio.current_time()
+        write(node.replication, "load", "l1")
+        await trio.sleep(SEND_DELAY_SECS / 2)
+        assert sent == []  # held
+        await trio.sleep(SEND_DELAY_SECS)
+        assert keys(sent) == [{"l1"}]
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start >= SEND_DELAY_SECS
+
+
+async def test_any_earlier_flush_takes_a_delayed_change_along(autojump_clock: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        node, _, sent = await _started(nursery)
+        assert node.replication is not None
+        start = trio.current_time()
+        write(node.replication, "load", "l1")
+        write(node.replication, "workers", "w1")  # flushed at once, with the held change
+        await wait_all_tasks_blocked()
+        assert sorted(keys(sent), key=sorted) == [{"l1"}, {"w1"}] and trio.current_time() == start
+        nursery.cancel_scope.cancel()
+
+
+async def _started(nursery: trio.Nursery) -> tuple[ClusterNode, Replication, Sent]:
+    node, sent = _cluster_node()
+    node.replication = replica("a")
+    node.replication.on_change = node.changed
+    node.live_peers = lambda: ["b"]  # type: ignore[method-assign]
+    nursery.start_soon(node._flush)
+    await wait_all_tasks_blocked()
+    node.changed()  # the first full states, at once
+    await wait_all_tasks_blocked()
+    assert sent and trio.current_time() == 0
+    peer = replica("b")
+    deliver(node, peer, sent)
+    await wait_all_tasks_blocked()  # (the acks' flush: nothing more to send)
+    assert sent == []
+    return node, peer, sent
+
+
+def test_the_store_s_send_delay_reaches_the_shell() -> None:
+    replication = replica("a")
+    delays: list[float] = []
+    replication.on_change = delays.append
+    write(replication, "workers", "w1")
+    write(replication, "load", "l1")
+    assert delays == [0.0, SEND_DELAY_SECS]
