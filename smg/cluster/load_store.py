@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from smg.cluster import per_node
-from smg.cluster.replication import SEND_DELAY_SECS, Replication
+from smg.cluster.replication import Replication
 from smg.cluster.worker_store import wall_ms
 from smg.context import GatewayContext
 from smg.crdt.lww import LWWMap
@@ -27,7 +27,7 @@ class ReplicatedLoad:
         self.replication = replication
         self.node = node
         self.live_members = live_members
-        replication.add_store(STORE, LWWMap(), on_merge=self.apply, send_delay=SEND_DELAY_SECS)
+        replication.add_store(STORE, LWWMap(), on_merge=self.apply)
 
     @property
     def map(self) -> LWWMap:

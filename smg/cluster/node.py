@@ -2,7 +2,8 @@
 
 The cluster node's nursery (inside the gateway's) owns the mesh node, the
 flush task (replication messages due to live members, sent on the mesh's
-ordered per-peer streams, woken at once by a local change), the membership
+ordered per-peer streams, woken by a local change at once or within its
+store's send delay), the membership
 watcher and the tombstone collector. Push-pull carries each store's digest:
 a member whose digest differs gets the full state on the stream.
 """
@@ -49,7 +50,7 @@ from smg.settings import ConfigError
 
 log = logging.getLogger("smg.cluster")
 
-FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushes at once
+FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushes at once or within its store's send delay
 GC_SECS = 10.0
 RATE_LIMITS = "rate_limits"
 SYNC_SECS = 5.0  # a joining node waits this long at most for its peers' state before it serves
@@ -258,9 +259,10 @@ class ClusterNode:
         timeout, and until then it would apply the whole limit. Erring this way
         under-admits briefly on a false suspicion, never over-admits.
         """
-        members = self.mesh.members()
-        known = sum(1 for m in members if m["status"] != State.LEFT.value)
-        alive = sum(1 for m in members if m["status"] == State.ALIVE.value)
+        swim = self.mesh.swim  # (read on every admission: no member records built)
+        states = [m.state for m in swim.members.values()] if swim is not None else []
+        known = sum(1 for state in states if state is not State.LEFT)
+        alive = sum(1 for state in states if state is State.ALIVE)
         return alive / known if known else 1.0
 
     def _alive_names(self) -> list[str]:
@@ -317,8 +319,10 @@ class ClusterNode:
                 wait.deadline = due
 
     async def _flush(self) -> None:
-        """Send what is due, woken by a change, an ack, a membership change, a delayed change's
-        deadline, or every FLUSH_SECS (the resend granularity)."""
+        """Send what is due, woken by a change, an ack, a membership change, a push-pull that
+        found a store differing, a delayed change's deadline, or every FLUSH_SECS (the resend
+        granularity). What goes out is still paced per peer and store by `Replication`: a
+        change behind an unacknowledged interval waits for its ack."""
         while True:
             deadline = trio.current_time() + FLUSH_SECS
             if self._change_due is not None:

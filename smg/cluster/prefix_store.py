@@ -25,7 +25,7 @@ class SharedPrefixes:
         self.replication = replication
         self.summary = PrefixSummary(budget, ttl_ms)
         self.refresh_ms = ttl_ms // 4
-        # hints, refreshed by traffic; written by every routed request
+        # hints, refreshed by traffic; written as a request is routed (its new blocks)
         replication.add_store(STORE, self.summary, vet=self._vet, soft=True, send_delay=SEND_DELAY_SECS)
 
     def record(self, model: str, worker: str, chain: list[bytes]) -> None:

@@ -44,8 +44,8 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELTA = "crdt.delta"
 ACK = "crdt.ack"
 CHANNELS = (DELTA, ACK)
-# the stores every routed request writes (prefix summaries, in-flight counts) are flushed this
-# long after a change rather than at once (`add_store(send_delay=...)`)
+# the prefix summaries, written as a request is routed, are flushed this long after a change
+# rather than at once (`add_store(send_delay=...)`)
 SEND_DELAY_SECS = 0.01
 SETTLE_SECS = 3.0  # a soft store unchanged this long is compared at push-pull (deltas are acked within ms)
 # ... and compared with a peer at least this often whatever the traffic: a member that cannot hear
@@ -167,9 +167,10 @@ class Replication:
         `soft`: hints that change with every request and that every writer keeps refreshing (prefix
         summaries): push-pull compares them only once they are settled (`compare`).
         `send_delay`: a local change is flushed this long after it instead of at once (it goes
-        sooner with any other flush). For the stores a routed request writes: flushed at once,
-        a request's record woke every peer while the request itself was still on its way to
-        the worker and back, competing with it for the CPU (`docs/architecture.md`).
+        sooner with any other flush; either way it still waits behind an unacknowledged
+        interval). For the store a routed request writes (its prefix): flushed at once, the
+        record woke every peer while the request itself was still on its way to the worker and
+        back, competing with it for the CPU (`docs/architecture.md`).
         """
         replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes, relay=False)
         self._stores[name] = _Store(name, replicator, on_merge, vet, soft=soft, send_delay=send_delay)
