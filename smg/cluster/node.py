@@ -237,17 +237,20 @@ class ClusterNode:
         if self.mesh.swim is not None:
             await self.mesh.leave()
 
-    def known_members(self) -> list[str]:
-        """Every member that still holds back tombstone GC: all but those that left (read per
-        received message: no member records built)."""
+    def _states(self) -> list[tuple[str, State]]:
+        """Every known member's name and state, read from SWIM directly: the member lists below
+        are read per received message, flush and admission, so they build no member records."""
         swim = self.mesh.swim
-        return [m.name for m in swim.members.values() if m.state is not State.LEFT] if swim is not None else []
+        return [(m.name, m.state) for m in swim.members.values()] if swim is not None else []
+
+    def known_members(self) -> list[str]:
+        """Every member that still holds back tombstone GC: all but those that left."""
+        return [name for name, state in self._states() if state is not State.LEFT]
 
     def alive_members(self) -> list[str]:
         """Members (us included) that own health checks: alive or suspect (load counts only the
         alive ones: `_alive_names`)."""
-        swim = self.mesh.swim
-        return [m.name for m in swim.members.values() if m.state in LIVE] if swim is not None else []
+        return [name for name, state in self._states() if state in LIVE]
 
     def limit_share(self) -> float:
         """The part of a cluster-wide limit this side may use: alive / known members.
@@ -259,16 +262,14 @@ class ClusterNode:
         timeout, and until then it would apply the whole limit. Erring this way
         under-admits briefly on a false suspicion, never over-admits.
         """
-        swim = self.mesh.swim  # (read on every admission: no member records built)
-        states = [m.state for m in swim.members.values()] if swim is not None else []
+        states = [state for _, state in self._states()]
         known = sum(1 for state in states if state is not State.LEFT)
         alive = sum(1 for state in states if state is State.ALIVE)
         return alive / known if known else 1.0
 
     def _alive_names(self) -> list[str]:
-        """The alive members' names, sorted (read on the request path: no member records built)."""
-        swim = self.mesh.swim
-        return sorted(m.name for m in swim.members.values() if m.state is State.ALIVE) if swim is not None else []
+        """The alive members' names, sorted (read on the request path)."""
+        return sorted(name for name, state in self._states() if state is State.ALIVE)
 
     def _limits_confirmed(self) -> int:
         """How far every alive peer has merged this node's rate-limit counts (suspects count as away)."""
@@ -284,11 +285,8 @@ class ClusterNode:
         return len(alive), alive.index(self.name)
 
     def live_peers(self) -> list[str]:
-        """The other members that are alive or suspect: replication goes to them (read per flush)."""
-        swim = self.mesh.swim
-        if swim is None:
-            return []
-        return [m.name for m in swim.members.values() if m.state in LIVE and m.name != self.name]
+        """The other members that are alive or suspect: replication goes to them."""
+        return [name for name, state in self._states() if state in LIVE and name != self.name]
 
     async def _watch_members(self) -> None:
         events = self.mesh.subscribe()

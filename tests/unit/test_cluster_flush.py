@@ -1,7 +1,6 @@
 """The cluster node's flush task, on a mock clock: when a local change leaves for the peers.
 
-A store's `send_delay` (the prefix summaries' and the in-flight counts') holds its changes for
-a few milliseconds, so a routed request's record does not wake every peer while the request is
+A store's `send_delay` (the prefix summaries') holds its changes for a few milliseconds, so a routed request's record does not wake every peer while the request is
 still on its way; every other store's change, and any earlier flush, goes at once.
 """
 
@@ -47,7 +46,7 @@ def keys(sent: Sent) -> list[set[str]]:
 
 async def test_a_delayed_stores_change_leaves_after_its_send_delay(autojump_clock: Any) -> None:
     async with trio.open_nursery() as nursery:
-        node, _, sent = await _started(nursery)
+        node, sent = await _started(nursery)
         assert node.replication is not None
         flushed_at: list[float] = []
         record = node.mesh.send_to
@@ -63,7 +62,7 @@ async def test_a_delayed_stores_change_leaves_after_its_send_delay(autojump_cloc
 
 async def test_any_earlier_flush_takes_a_delayed_change_along(autojump_clock: Any) -> None:
     async with trio.open_nursery() as nursery:
-        node, _, sent = await _started(nursery)
+        node, sent = await _started(nursery)
         assert node.replication is not None
         start = trio.current_time()
         write(node.replication, "prefixes", "l1")
@@ -73,7 +72,8 @@ async def test_any_earlier_flush_takes_a_delayed_change_along(autojump_clock: An
         nursery.cancel_scope.cancel()
 
 
-async def _started(nursery: trio.Nursery) -> tuple[ClusterNode, Replication, Sent]:
+async def _started(nursery: trio.Nursery) -> tuple[ClusterNode, Sent]:
+    """Node "a" with its flush task running, past the first full states to a core peer "b"."""
     node, sent = _cluster_node()
     node.replication = replica("a")
     node.replication.on_change = node.changed
@@ -87,7 +87,7 @@ async def _started(nursery: trio.Nursery) -> tuple[ClusterNode, Replication, Sen
     deliver(node, peer, sent)
     await wait_all_tasks_blocked()  # (the acks' flush: nothing more to send)
     assert sent == []
-    return node, peer, sent
+    return node, sent
 
 
 def test_the_store_s_send_delay_reaches_the_shell() -> None:
