@@ -54,7 +54,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, family_cpu_seconds, free_port, free_ports, start, stop, wait_http
+from overhead import HOST, family_cpu_seconds, family_wakeups, free_port, free_ports, start, stop, wait_http
 from routing import cache_figures, drive, make_workload, pct, start_workers, worker_stats
 from routing_trace import explain, read_decisions
 
@@ -272,6 +272,7 @@ def run_target(
             turn = itertools.count()
             target = lambda _user: serving[next(turn) % len(serving)]  # noqa: E731
         cpu_before, wall_before = {p.pid: family_cpu_seconds(p.pid) for p in procs}, time.monotonic()
+        wakes_before = {p.pid: family_wakeups(p.pid) for p in procs}
         sim_before, client_before = family_cpu_seconds(sim.pid), time.process_time()
         killing = args.kill_at is not None and run.mesh and run.binary is None
         kill: dict[str, float] = {}
@@ -281,6 +282,7 @@ def run_target(
             stats = trio.run(drive, target, systems, users, args)
         # (a killed gateway's CPU until its kill is not counted: /proc has no record of it now)
         cpu = sum(family_cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs if p.poll() is None)
+        wakes = sum(family_wakeups(p.pid) - wakes_before[p.pid] for p in procs if p.poll() is None)
         wall = time.monotonic() - wall_before
         sim_cpu, client_cpu = family_cpu_seconds(sim.pid) - sim_before, time.process_time() - client_before
         after = worker_stats(urls)
@@ -297,7 +299,8 @@ def run_target(
     row = {"target": label, "seed": args.seed, "hit_rate": round(hit, 3), "vs_x1": hit / base if base else None,
            "uncached_tokens": prompt - cached, "ttft_p50_ms": round(pct(stats.ttft, 50), 1),
            "ttft_p99_ms": round(pct(stats.ttft, 99), 1), "ttft_max_ms": round(1000 * max(stats.ttft, default=0)),
-           "spread": round(spread, 2), "errors": stats.errors, "cpu": 100 * cpu / wall}  # fmt: skip
+           "spread": round(spread, 2), "errors": stats.errors, "cpu": 100 * cpu / wall,
+           "wakeups_per_sec": round(wakes / wall)}  # fmt: skip
     relative = f"{row['vs_x1']:>6.2f}x" if base else f"{'':>7}"
     print(
         f"{label:<26}{hit:>9.3f}{relative}{row['uncached_tokens']:>14}{row['ttft_p50_ms']:>10.1f}"
@@ -306,6 +309,9 @@ def run_target(
     print(f"  CPU over {wall:.0f} s, in % of one core (2 cores here): gateways {row['cpu']:.0f}, "
           f"workers {100 * sim_cpu / wall:.0f}, this client {100 * client_cpu / wall:.0f}; "
           f"TTFT max {row['ttft_max_ms']} ms; requests per worker {_per_worker(before, after)}")  # fmt: skip
+    if procs:
+        requests = len(stats.ttft) or 1
+        print(f"  gateways' wake-ups: {wakes / wall:.0f}/s in all, {wakes / requests:.0f} per request")
     if replicated:
         print(
             "  replication sent by all gateways (KiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(replicated.items()))

@@ -32,7 +32,7 @@ from smg.cluster.load_store import ReplicatedLoad
 from smg.cluster.metrics import ClusterCollector
 from smg.cluster.pin_store import ReplicatedPins
 from smg.cluster.prefix_store import SharedPrefixes
-from smg.cluster.replication import ACK, CHANNELS, Replication, ReplicationError
+from smg.cluster.replication import ACK, CHANNELS, TRAFFIC_SECS, Replication, ReplicationError
 from smg.cluster.worker_store import ReplicatedWorkers, wall_ms
 from smg.config import GatewayConfig
 from smg.context import GatewayContext
@@ -54,7 +54,7 @@ FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushe
 GC_SECS = 10.0
 RATE_LIMITS = "rate_limits"
 SYNC_SECS = 5.0  # a joining node waits this long at most for its peers' state before it serves
-LOAD_SECS = 0.2  # in-flight counts are published this often (when they changed)
+LOAD_SECS = TRAFFIC_SECS  # in-flight counts are published this often (when they changed), with the prefix hints
 BIND_RETRY_SECS = 5.0  # a mesh that fails after its start-up bind runs again after this
 # the cluster page: a member asks the others for their own views on the mesh's authenticated
 # streams (not over HTTP: no credential leaves the gateway, and each process of --processes N,

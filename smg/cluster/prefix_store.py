@@ -11,7 +11,7 @@ sighting is older than `refresh_ms`: a hot prefix does not flood the mesh.
 
 from __future__ import annotations
 
-from smg.cluster.replication import SEND_DELAY_SECS, Replication
+from smg.cluster.replication import TRAFFIC_SECS, Replication
 from smg.cluster.worker_store import wall_ms
 from smg.crdt.codec import CRDT
 from smg.crdt.prefix_summary import PrefixSummary
@@ -26,7 +26,7 @@ class SharedPrefixes:
         self.summary = PrefixSummary(budget, ttl_ms)
         self.refresh_ms = ttl_ms // 4
         # hints, refreshed by traffic; written as a request is routed (its new blocks)
-        replication.add_store(STORE, self.summary, vet=self._vet, soft=True, send_delay=SEND_DELAY_SECS)
+        replication.add_store(STORE, self.summary, vet=self._vet, soft=True, send_delay=TRAFFIC_SECS)
 
     def record(self, model: str, worker: str, chain: list[bytes]) -> None:
         now_ms = wall_ms()

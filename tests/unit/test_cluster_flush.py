@@ -1,7 +1,8 @@
 """The cluster node's flush task, on a mock clock: when a local change leaves for the peers.
 
-A store's `send_delay` (the prefix summaries') holds its changes for a few milliseconds, so a routed request's record does not wake every peer while the request is
-still on its way; every other store's change, and any earlier flush, goes at once.
+A store's `send_delay` (the prefix summaries': the traffic's cadence, `TRAFFIC_SECS`) holds its
+changes, so a gateway's routed requests wake its peers about once per period, not once per
+request; every other store's change, and any earlier flush, goes at once and takes them along.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from smg.cluster.node import ClusterNode
-from smg.cluster.replication import DELTA, SEND_DELAY_SECS, Outgoing, Replication
+from smg.cluster.replication import DELTA, TRAFFIC_SECS, Outgoing, Replication
 from smg.crdt import HybridClock, LWWMap
 from tests.unit.test_cluster_page_state import _cluster_node
 from tests.unit.test_replication_timers import keys_in
@@ -24,7 +25,7 @@ Sent = list[tuple[str, str, bytes]]
 def replica(name: str, **options: Any) -> Replication:
     replication = Replication(name, HybridClock(f"{name}#1"), sync_interval=100.0, **options)
     replication.add_store("workers", LWWMap())
-    replication.add_store("prefixes", LWWMap(), send_delay=SEND_DELAY_SECS)
+    replication.add_store("prefixes", LWWMap(), send_delay=TRAFFIC_SECS)
     return replication
 
 
@@ -53,10 +54,10 @@ async def test_a_delayed_stores_change_leaves_after_its_send_delay(autojump_cloc
         node.mesh.send_to = lambda *message: flushed_at.append(trio.current_time()) or record(*message)  # type: ignore[method-assign]
         start = trio.current_time()
         write(node.replication, "prefixes", "l1")
-        await trio.sleep(SEND_DELAY_SECS / 2)
+        await trio.sleep(TRAFFIC_SECS / 2)
         write(node.replication, "prefixes", "l2")  # the earliest deadline holds: not pushed back
-        await trio.sleep(SEND_DELAY_SECS * 2)
-        assert keys(sent) == [{"l1", "l2"}] and flushed_at == [start + SEND_DELAY_SECS]
+        await trio.sleep(TRAFFIC_SECS * 2)
+        assert keys(sent) == [{"l1", "l2"}] and flushed_at == [start + TRAFFIC_SECS]
         nursery.cancel_scope.cancel()
 
 
@@ -96,4 +97,4 @@ def test_the_store_s_send_delay_reaches_the_shell() -> None:
     replication.on_change = delays.append
     write(replication, "workers", "w1")
     write(replication, "prefixes", "l1")
-    assert delays == [0.0, SEND_DELAY_SECS]
+    assert delays == [0.0, TRAFFIC_SECS]
