@@ -26,7 +26,9 @@ random` sends each request to a gateway drawn at random; `--trace` starts the ga
 `--log-routing-decisions` and, after each run, joins every request's client record, its
 gateway's beliefs and its worker's prefill record (`bench/routing_trace.py`): it prints where
 the slow requests' time went and writes the joined records to `<logs>/<target>.jsonl`. The
-gateways' CPU during each run is printed too (2 cores are shared by all the processes).
+gateways' CPU and wake-ups (voluntary context switches) during each run are printed too (2 cores
+are shared by all the processes; on a virtual machine, a wake-up from idle costs tens to hundreds
+of microseconds of CPU, more than most of the work it wakes for).
 
 `--processes N` adds one gateway started with `--processes N`: its processes share one port
 (the kernel spreads the client's connections over them; the client opens one per request, so
@@ -54,8 +56,8 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import HOST, family_cpu_seconds, family_wakeups, free_port, free_ports, start, stop, wait_http
-from routing import cache_figures, drive, make_workload, pct, start_workers, worker_stats
+from overhead import HOST, family_cpu_seconds, family_wakeups, free_port, free_ports, start, stop, wait_http, woken_since
+from routing import SOURCE, cache_figures, drive, make_workload, pct, start_workers, worker_stats
 from routing_trace import explain, read_decisions
 
 METRICS_PORTS: dict[str, list[int]] = {}  # gateway URL -> its processes' metrics ports
@@ -123,7 +125,7 @@ def start_gateways(
             if seed is not None:
                 command += ["--mesh-peer-urls", seed]
             seed = seed or f"{HOST}:{mesh_port}"
-        procs.append(start(command, logdir / f"{label}-{i}.log"))
+        procs.append(start(command, logdir / f"{label}-{i}.log", cwd=None if reference else str(SOURCE)))
         gateways.append(f"http://{HOST}:{port}")
     try:
         for url in gateways:
@@ -180,7 +182,8 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, help="meshed runs: SIGKILL the last gateway this many seconds in")
     parser.add_argument(
         "--gateway-arg", action="append", default=[], metavar="ARG",
-        help="one more argument for every smg gateway (repeat; e.g. --gateway-arg=--upstream-pool-idle-timeout-secs=0)",
+        help="one more argument for every smg gateway (repeat; e.g. --gateway-arg=--upstream-pool-idle-timeout-secs=0); "
+             "the gateways run in the bench's source tree, so a relative path is relative to it",
     )  # fmt: skip
     parser.add_argument("--trace", action="store_true", help="explain the TTFT tail from the gateways' and workers' records")
     parser.add_argument(
@@ -282,7 +285,7 @@ def run_target(
             stats = trio.run(drive, target, systems, users, args)
         # (a killed gateway's CPU until its kill is not counted: /proc has no record of it now)
         cpu = sum(family_cpu_seconds(p.pid) - cpu_before[p.pid] for p in procs if p.poll() is None)
-        wakes = sum(family_wakeups(p.pid) - wakes_before[p.pid] for p in procs if p.poll() is None)
+        wakes = sum(woken_since(wakes_before[p.pid], family_wakeups(p.pid)) for p in procs if p.poll() is None)
         wall = time.monotonic() - wall_before
         sim_cpu, client_cpu = family_cpu_seconds(sim.pid) - sim_before, time.process_time() - client_before
         after = worker_stats(urls)

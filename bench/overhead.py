@@ -52,11 +52,12 @@ def family_cpu_seconds(pid: int) -> float:
     return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
 
 
-def wakeups(pid: int) -> int:
-    """Voluntary context switches of every thread of `pid`: each is a time it blocked and was
-    woken again. On a small virtual machine a wake-up from idle can cost more CPU than the work
-    it wakes for, so their count explains CPU figures that the work alone does not."""
-    total = 0
+def wakeups(pid: int) -> dict[int, int]:
+    """Voluntary context switches of each thread of `pid`, by thread id: each is a time it blocked
+    and was woken again. On a small virtual machine a wake-up from idle can cost more CPU than
+    the work it wakes for, so their count explains CPU figures that the work alone does not.
+    Compare two readings with `woken_since` (threads come and go)."""
+    counts: dict[int, int] = {}
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         try:
             text = status.read_text()
@@ -64,14 +65,33 @@ def wakeups(pid: int) -> int:
             continue
         for line in text.splitlines():
             if line.startswith("voluntary_ctxt_switches:"):
-                total += int(line.split()[1])
-    return total
+                counts[int(status.parent.name)] = int(line.split()[1])
+    return counts
 
 
-def family_wakeups(pid: int) -> int:
-    """Wake-ups of `pid` and its children (see `family_cpu_seconds`)."""
-    children = " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children")).split()
-    return wakeups(pid) + sum(wakeups(int(child)) for child in children)
+def family_wakeups(pid: int) -> dict[int, int]:
+    """`wakeups` of `pid` and its children (see `family_cpu_seconds`), by thread id."""
+    counts = wakeups(pid)
+    for child in _children(pid):
+        counts.update(wakeups(child))
+    return counts
+
+
+def woken_since(before: dict[int, int], after: dict[int, int]) -> int:
+    """Wake-ups between two `family_wakeups` readings: a thread that started meanwhile counts in
+    full; one that ended meanwhile is missing from `after` and its last wake-ups are lost (trio's
+    idle worker threads end after 10 s), so the figure is a lower bound."""
+    return sum(count - before.get(tid, 0) for tid, count in after.items())
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in path.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
 
 
 def free_port() -> int:

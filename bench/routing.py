@@ -38,6 +38,10 @@ WORDS = (
     "romeo sierra tango uniform victor whiskey xray yankee zulu network cache prefix token gateway engine "
     "latency throughput replica cluster shard worker policy request stream answer question system user"
 ).split()
+# `python -m smg` imports the tree it runs in (its working directory comes first on sys.path): the
+# simulated workers and smg gateways run in this script's own tree, so that a git worktree's copy of
+# a bench measures the worktree's code (the editable install names one checkout only)
+SOURCE = Path(__file__).resolve().parent.parent
 SMG_POLICIES = ["cache_aware", "round_robin", "random", "power_of_two", "prefix_hash", "consistent_hashing", "manual"]
 
 
@@ -172,6 +176,7 @@ def start_workers(args: argparse.Namespace, logdir: Path) -> tuple[subprocess.Po
          "--prefill-tokens-per-sec", str(speed), "--prefill-slots", str(slots), "--tpot-ms", "2", "--max-running", "32",
          "--cache-blocks", str(args.cache_blocks), "--log-level", "warn"],
         logdir / "workers.log",
+        cwd=str(SOURCE),
     )  # fmt: skip
     return sim, [f"http://{HOST}:{port + i}" for i in range(args.workers)]
 
@@ -231,6 +236,7 @@ def main() -> None:
                 [*command, "--host", HOST, "--port", str(gw_port), "--worker-urls", *urls,
                  "--prometheus-host", HOST, "--prometheus-port", str(free_port())],
                 logdir / f"{name.replace(' ', '-')}.log",
+                cwd=None if name.startswith("reference") else str(SOURCE),
             )  # fmt: skip
             try:
                 wait_http(f"http://{HOST}:{gw_port}/readiness", 60)

@@ -32,7 +32,7 @@ from smg.cluster.load_store import ReplicatedLoad
 from smg.cluster.metrics import ClusterCollector
 from smg.cluster.pin_store import ReplicatedPins
 from smg.cluster.prefix_store import SharedPrefixes
-from smg.cluster.replication import ACK, CHANNELS, TRAFFIC_SECS, Replication, ReplicationError
+from smg.cluster.replication import CHANNELS, TRAFFIC_SECS, Replication, ReplicationError
 from smg.cluster.worker_store import ReplicatedWorkers, wall_ms
 from smg.config import GatewayConfig
 from smg.context import GatewayContext
@@ -350,9 +350,7 @@ class ClusterNode:
             log.warning("cluster %s: replication message from %s dropped: %s", self.name, source, exc)
             return
         for peer, reply_channel, reply in replies:
-            self.mesh.send_to(peer, reply_channel, reply)
-        if channel == ACK:
-            self.changed()  # the peer has room for what changed while the interval was in flight
+            self.mesh.send_to(peer, reply_channel, reply)  # (an ack calls `changed` through `Replication.on_change`)
 
     def _app_state(self) -> bytes:
         # not the soft stores changing with the traffic: they differ by their deltas in flight

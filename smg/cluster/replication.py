@@ -172,9 +172,10 @@ class Replication:
         summaries): push-pull compares them only once they are settled (`compare`).
         `send_delay`: a local change is flushed this long after it instead of at once (it goes
         sooner with any other flush; either way it still waits behind an unacknowledged
-        interval). For the store a routed request writes (its prefix): flushed at once, the
-        record woke every peer while the request itself was still on its way to the worker and
-        back, competing with it for the CPU (`docs/architecture.md`).
+        interval, and the ack that frees it flushes within the same delay). For the stores that
+        follow the traffic (`TRAFFIC_SECS`): every flush wakes every peer, so a gateway's
+        routed requests should cost its peers one wake-up per period, not one each
+        (`docs/architecture.md`).
         """
         replicator = DeltaReplicator(state, self.replica, chunk_bytes=self.chunk_bytes, relay=False)
         self._stores[name] = _Store(name, replicator, on_merge, vet, soft=soft, send_delay=send_delay)
@@ -276,6 +277,8 @@ class Replication:
             raise ReplicationError(f"unknown store '{body['s']}'")
         if channel == ACK:
             self._on_ack(store, peer, body)
+            if self.on_change is not None:  # the peer has room for what changed while the interval was in flight:
+                self.on_change(store.send_delay)  # it goes as a change would (a cadence store's, within its delay)
             return []
         if channel != DELTA:
             raise ReplicationError(f"unknown channel '{channel}'")

@@ -14,6 +14,7 @@ from trio.testing import wait_all_tasks_blocked
 
 from smg.cluster.node import ClusterNode
 from smg.cluster.replication import DELTA, TRAFFIC_SECS, Outgoing, Replication
+from smg.cluster.worker_store import wall_ms
 from smg.crdt import HybridClock, LWWMap
 from tests.unit.test_cluster_page_state import _cluster_node
 from tests.unit.test_replication_timers import keys_in
@@ -32,7 +33,7 @@ def replica(name: str, **options: Any) -> Replication:
 def deliver(node: ClusterNode, peer: Replication, sent: Sent) -> None:
     """What "a" sent reaches "b"; b's acks come back to the node."""
     for _, channel, payload in sent:
-        for reply in peer.receive("a", channel, payload, ["a", "b"], MS):
+        for reply in peer.receive("a", channel, payload, ["a", "b"], wall_ms()):  # (a's flushes stamp with the wall clock)
             node._on_app_message("b", reply.channel, reply.payload)
     sent.clear()
 
@@ -47,7 +48,7 @@ def keys(sent: Sent) -> list[set[str]]:
 
 async def test_a_delayed_stores_change_leaves_after_its_send_delay(autojump_clock: Any) -> None:
     async with trio.open_nursery() as nursery:
-        node, sent = await _started(nursery)
+        node, sent, _ = await _started(nursery)
         assert node.replication is not None
         flushed_at: list[float] = []
         record = node.mesh.send_to
@@ -63,7 +64,7 @@ async def test_a_delayed_stores_change_leaves_after_its_send_delay(autojump_cloc
 
 async def test_any_earlier_flush_takes_a_delayed_change_along(autojump_clock: Any) -> None:
     async with trio.open_nursery() as nursery:
-        node, sent = await _started(nursery)
+        node, sent, _ = await _started(nursery)
         assert node.replication is not None
         start = trio.current_time()
         write(node.replication, "prefixes", "l1")
@@ -73,8 +74,32 @@ async def test_any_earlier_flush_takes_a_delayed_change_along(autojump_clock: An
         nursery.cancel_scope.cancel()
 
 
-async def _started(nursery: trio.Nursery) -> tuple[ClusterNode, Sent]:
-    """Node "a" with its flush task running, past the first full states to a core peer "b"."""
+async def test_an_ack_frees_a_delayed_stores_change_within_its_delay_not_at_once(autojump_clock: Any) -> None:
+    """Behind an unacknowledged interval a change waits for the ack; the ack then flushes it as a
+    change would be, within the store's delay: flushed at the ack, a gateway routing a request
+    per round trip would wake its peers per request again."""
+    async with trio.open_nursery() as nursery:
+        node, sent, peer = await _started(nursery)
+        assert node.replication is not None
+        write(node.replication, "prefixes", "l1")
+        await trio.sleep(TRAFFIC_SECS * 1.5)
+        assert keys(sent) == [{"l1"}]
+        in_flight = list(sent)
+        sent.clear()
+        write(node.replication, "prefixes", "l2")  # behind l1's interval
+        await trio.sleep(TRAFFIC_SECS * 2)
+        assert keys(sent) == []  # waits for the ack (the resend is 1 s away)
+        acked = trio.current_time()
+        deliver(node, peer, in_flight)
+        await wait_all_tasks_blocked()
+        assert keys(sent) == [] and trio.current_time() == acked  # not at the ack ...
+        await trio.sleep(TRAFFIC_SECS * 1.5)
+        assert keys(sent) == [{"l2"}]  # ... but within the delay after it
+        nursery.cancel_scope.cancel()
+
+
+async def _started(nursery: trio.Nursery) -> tuple[ClusterNode, Sent, Replication]:
+    """Node "a" with its flush task running, past the first full states to a core peer "b" (returned)."""
     node, sent = _cluster_node()
     node.replication = replica("a")
     node.replication.on_change = node.changed
@@ -88,7 +113,7 @@ async def _started(nursery: trio.Nursery) -> tuple[ClusterNode, Sent]:
     deliver(node, peer, sent)
     await wait_all_tasks_blocked()  # (the acks' flush: nothing more to send)
     assert sent == []
-    return node, sent
+    return node, sent, peer
 
 
 def test_the_store_s_send_delay_reaches_the_shell() -> None:
