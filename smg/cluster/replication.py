@@ -277,8 +277,10 @@ class Replication:
             raise ReplicationError(f"unknown store '{body['s']}'")
         if channel == ACK:
             self._on_ack(store, peer, body)
-            if self.on_change is not None:  # the peer has room for what changed while the interval was in flight:
-                self.on_change(store.send_delay)  # it goes as a change would (a cadence store's, within its delay)
+            # the peer has room for what changed while the interval was in flight: it goes as a change
+            # would (a cadence store's, within its delay); an ack of everything frees nothing
+            if self.on_change is not None and store.replicator.seq > store.replicator.acked(peer):
+                self.on_change(store.send_delay)
             return []
         if channel != DELTA:
             raise ReplicationError(f"unknown channel '{channel}'")
