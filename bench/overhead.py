@@ -48,8 +48,7 @@ def cpu_seconds(pid: int) -> float:
 
 def family_cpu_seconds(pid: int) -> float:
     """CPU of `pid` and its children (the gateway processes of `--processes N`)."""
-    children = " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children")).split()
-    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in _children(pid))
 
 
 def wakeups(pid: int) -> dict[int, int]:

@@ -51,7 +51,7 @@ CHANNELS = (DELTA, ACK)
 # gateways share, every flush wakes every peer, and those wake-ups were most of a meshed
 # gateway's CPU (docs/architecture.md, "A replicated change").
 TRAFFIC_SECS = 0.2
-SETTLE_SECS = 3.0  # a soft store unchanged this long is compared at push-pull (deltas are acked within ms)
+SETTLE_SECS = 3.0  # a soft store unchanged this long is compared at push-pull (its deltas leave within TRAFFIC_SECS)
 # ... and compared with a peer at least this often whatever the traffic: a member that cannot hear
 # a writer (a partial partition; nothing is relayed) gets its hints within this long
 MAX_SKIP_SECS = 300.0
