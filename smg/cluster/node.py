@@ -54,7 +54,7 @@ FLUSH_SECS = 1.0  # idle wake-up (the resend granularity); a local change flushe
 GC_SECS = 10.0
 RATE_LIMITS = "rate_limits"
 SYNC_SECS = 5.0  # a joining node waits this long at most for its peers' state before it serves
-LOAD_SECS = TRAFFIC_SECS  # in-flight counts are published this often (when they changed), with the prefix hints
+LOAD_SECS = TRAFFIC_SECS  # a moved in-flight count is published within this, with the prefix hints
 BIND_RETRY_SECS = 5.0  # a mesh that fails after its start-up bind runs again after this
 # the cluster page: a member asks the others for their own views on the mesh's authenticated
 # streams (not over HTTP: no credential leaves the gateway, and each process of --processes N,
@@ -149,7 +149,6 @@ class ClusterNode:
             nursery.start_soon(self._flush)
             nursery.start_soon(self._watch_members)
             nursery.start_soon(self._collect_garbage)
-            nursery.start_soon(self._publish_load)
             if self.router_seeds is not None:
                 nursery.start_soon(self._follow_router_seeds, self.router_seeds)
             try:
@@ -191,6 +190,7 @@ class ClusterNode:
         # it is suspected, not seconds later when it is declared dead; a false suspicion only
         # hides a peer's share until it refutes
         self.load = ReplicatedLoad(self.ctx, self.replication, self.mesh.name, self._alive_names)
+        self.ctx.registry.on_in_flight = self._in_flight_moved
         limiter = self.ctx.limiter
         if limiter is not None:  # counts of every node, read as one sliding window
             limiter.adopt_replica(replica)
@@ -328,6 +328,8 @@ class ClusterNode:
             with trio.move_on_at(deadline) as self._flush_wait:
                 await self._kick.wait()
             self._flush_wait = None
+            if self.load is not None:  # the in-flight counts as they are now ride with whatever goes
+                self.load.publish()
             self._kick, self._change_due = trio.Event(), None
             replication = self.replication
             if replication is None:
@@ -379,11 +381,11 @@ class ClusterNode:
             seeds.changed = trio.Event()
             await self.mesh.reseed()
 
-    async def _publish_load(self) -> None:
-        while True:
-            await trio.sleep(LOAD_SECS)
-            if self.load is not None:
-                self.load.publish()
+    def _in_flight_moved(self) -> None:
+        """A request started or ended on a worker: its count goes with the flush due within
+        LOAD_SECS (the prefix record of a routed request is due then too), so an idle node has
+        no load timer to wake for and a busy one sends its counts in the traffic's flushes."""
+        self.changed(LOAD_SECS)
 
     def _forget_removed_workers(self) -> None:
         """Delete this node's health reports and load counts of workers no longer registered."""

@@ -45,8 +45,8 @@ DELTA = "crdt.delta"
 ACK = "crdt.ack"
 CHANNELS = (DELTA, ACK)
 # The stores that follow the traffic (the prefix hints a routed request writes, the in-flight
-# counts) share one cadence: a change leaves within this long (`add_store(send_delay=...)`, the
-# load store's publish tick), so a member sends each peer at most about one such flush per
+# counts, written at each flush, one due within this long of a request starting or ending) share
+# one cadence: a change leaves within this long (`add_store(send_delay=...)`), so a member sends each peer at most about one such flush per
 # period whatever its request rate, and both stores ride in it. On a machine whose cores the
 # gateways share, every flush wakes every peer, and those wake-ups were most of a meshed
 # gateway's CPU (docs/architecture.md, "A replicated change").

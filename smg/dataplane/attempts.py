@@ -490,6 +490,7 @@ async def attempt_once(
     _publish(ctx, worker, transition)
     active = ctx.metrics.worker_active(worker.url)
     worker.in_flight += 1
+    ctx.registry.on_in_flight()
     active.inc()
     ok = neutral = False
     try:
@@ -503,6 +504,7 @@ async def attempt_once(
         return result
     finally:
         worker.in_flight -= 1
+        ctx.registry.on_in_flight()
         active.dec()
         breaker = worker.breaker
         now = trio.current_time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
@@ -167,6 +168,10 @@ class Worker:
         }
 
 
+def _unwatched() -> None:
+    pass
+
+
 class DuplicateWorker(Exception):
     pass
 
@@ -178,6 +183,9 @@ class WorkerRegistry:
         self._by_id: dict[str, Worker] = {}
         self._available: dict[str, list[Worker]] = {}
         self._serving: dict[str, list[Worker]] = {}
+        # called after a worker's `in_flight` moves (the data plane's attempts): the HA mesh
+        # publishes its counts with its next traffic flush instead of waking on a timer
+        self.on_in_flight: Callable[[], None] = _unwatched
 
     def __len__(self) -> int:
         return len(self._by_id)
