@@ -44,12 +44,12 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELTA = "crdt.delta"
 ACK = "crdt.ack"
 CHANNELS = (DELTA, ACK)
-# The stores that follow the traffic (the prefix hints a routed request writes, the in-flight
+# The stores that follow the traffic (the prefix hints a routed request writes; the in-flight
 # counts, written at each flush, one due within this long of a request starting or ending) share
-# one cadence: a change leaves within this long (`add_store(send_delay=...)`), so a member sends each peer at most about one such flush per
-# period whatever its request rate, and both stores ride in it. On a machine whose cores the
-# gateways share, every flush wakes every peer, and those wake-ups were most of a meshed
-# gateway's CPU (docs/architecture.md, "A replicated change").
+# one cadence: a change leaves within this long (`add_store(send_delay=...)`), so a member sends
+# each peer about one such flush per period whatever its request rate, and both stores ride in
+# it. On a machine whose cores the gateways share, every flush wakes every peer, and those
+# wake-ups were most of a meshed gateway's CPU (docs/architecture.md, "A replicated change").
 TRAFFIC_SECS = 0.2
 SETTLE_SECS = 3.0  # a soft store unchanged this long is compared at push-pull (its deltas leave within TRAFFIC_SECS)
 # ... and compared with a peer at least this often whatever the traffic: a member that cannot hear
